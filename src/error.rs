@@ -1,0 +1,99 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in dbksvd.
+///
+/// Messages name what is wrong (the shapes, the limit and the number that exceeded it, the adapter),
+/// so a user can act on them without reading code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No adapter matched the request (backend filter, adapter name), or none exists at all.
+    #[error("no GPU adapter found: {0}")]
+    NoAdapter(String),
+
+    /// The adapter refused to create a device with the requested features and limits.
+    #[error("requesting a device from adapter `{adapter}` failed: {reason}")]
+    DeviceRequest {
+        /// Name of the adapter that refused.
+        adapter: String,
+        /// What the backend said.
+        reason: String,
+    },
+
+    /// Two operands do not fit together.
+    #[error("shape mismatch in {op}: {left} vs {right}")]
+    ShapeMismatch {
+        /// The operation and the operand roles, e.g. `gemm A·Bᵀ (A vs B)`.
+        op: String,
+        /// First shape, e.g. `[17, 65]`.
+        left: String,
+        /// Second shape.
+        right: String,
+    },
+
+    /// A host slice does not hold rows × cols elements.
+    #[error("{what}: expected {expected} elements for shape [{rows}, {cols}], got {actual}")]
+    DataLength {
+        /// What the data is (e.g. `matrix upload`).
+        what: String,
+        /// Rows of the declared shape.
+        rows: usize,
+        /// Columns of the declared shape.
+        cols: usize,
+        /// rows × cols.
+        expected: usize,
+        /// Length of the slice given.
+        actual: usize,
+    },
+
+    /// A request is larger than what the device allows.
+    #[error("{what} needs {requested} but the device limit `{limit_name}` is {limit}")]
+    ExceedsLimit {
+        /// What was requested, e.g. `buffer for a [100000, 384] matrix (bytes)`.
+        what: String,
+        /// The requested amount.
+        requested: u64,
+        /// Name of the wgpu limit.
+        limit_name: &'static str,
+        /// The value of that limit on this device (after any user cap).
+        limit: u64,
+    },
+
+    /// Mapping a buffer for reading failed (device lost, or buffer in use).
+    #[error("mapping a GPU buffer for reading failed: {0}")]
+    BufferMap(String),
+
+    /// wgpu reported a validation error: a bug in dbksvd or a request the device cannot serve.
+    #[error("GPU validation error: {0}")]
+    GpuValidation(String),
+
+    /// The device ran out of memory.
+    #[error("GPU out of memory: {0}")]
+    GpuOutOfMemory(String),
+
+    /// The device was lost (driver reset, `destroy`, sleep) or stopped answering.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+
+    /// An argument is outside its valid range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Formats a matrix shape as `[rows, cols]` for error messages.
+pub(crate) fn shape(rows: usize, cols: usize) -> String {
+    format!("[{rows}, {cols}]")
+}

@@ -1,0 +1,291 @@
+//! Typed storage buffers and row-major matrices on the device.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use super::Gpu;
+use crate::error::{shape, Error, Result};
+
+/// Gives every buffer an identity so aliasing (the same buffer read and written by one dispatch)
+/// is caught on the host with a clear error rather than as a wgpu usage conflict.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A storage buffer of `len` elements of `T` on the device.
+///
+/// Usable as a storage binding and as a copy source and destination. Zero-length buffers still
+/// own 4 bytes so they can be bound; `len` stays 0.
+pub struct GpuBuffer<T: Pod> {
+    pub(crate) buffer: wgpu::Buffer,
+    len: usize,
+    id: u64,
+    _element: PhantomData<T>,
+}
+
+impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBuffer")
+            .field("len", &self.len)
+            .field("bytes", &self.buffer.size())
+            .finish()
+    }
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the buffer holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size in bytes of the elements (not counting padding).
+    pub fn byte_len(&self) -> u64 {
+        (self.len * std::mem::size_of::<T>()) as u64
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+impl Gpu {
+    /// Bytes for `len` elements of `T`, padded to the 4-byte copy alignment, checked against
+    /// the device's buffer limit.
+    fn buffer_bytes<T: Pod>(&self, len: usize, what: &str) -> Result<u64> {
+        let bytes = (len as u128) * (std::mem::size_of::<T>() as u128);
+        let padded = bytes.max(4).div_ceil(4) * 4;
+        let limit = self.limits().max_buffer_size;
+        if padded > limit as u128 {
+            return Err(Error::ExceedsLimit {
+                what: format!("{what} ({len} elements, bytes)"),
+                requested: u64::try_from(padded).unwrap_or(u64::MAX),
+                limit_name: "max_buffer_size",
+                limit,
+            });
+        }
+        Ok(padded as u64)
+    }
+
+    /// Copies `data` into a new device buffer.
+    pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
+        let bytes = self.buffer_bytes::<T>(data.len(), "upload")?;
+        let buffer = self.scoped(|| {
+            let raw: &[u8] = bytemuck::cast_slice(data);
+            Ok(if raw.len() as u64 == bytes {
+                self.device()
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("dbksvd upload"),
+                        contents: raw,
+                        usage: USAGE,
+                    })
+            } else {
+                // Pad to the copy alignment (e.g. an empty or odd-sized u8/u16 slice).
+                let mut padded = raw.to_vec();
+                padded.resize(bytes as usize, 0);
+                self.device()
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("dbksvd upload"),
+                        contents: &padded,
+                        usage: USAGE,
+                    })
+            })
+        })?;
+        Ok(GpuBuffer {
+            buffer,
+            len: data.len(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _element: PhantomData,
+        })
+    }
+
+    /// A new device buffer of `len` zeroed elements (wgpu zero-initialises new buffers).
+    pub fn zeroed<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let bytes = self.buffer_bytes::<T>(len, "zeroed buffer")?;
+        let buffer = self.scoped(|| {
+            Ok(self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dbksvd buffer"),
+                size: bytes,
+                usage: USAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(GpuBuffer {
+            buffer,
+            len,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _element: PhantomData,
+        })
+    }
+
+    /// Overwrites the start of `buffer` with `data`.
+    pub fn write<T: Pod>(&self, buffer: &GpuBuffer<T>, data: &[T]) -> Result<()> {
+        if data.len() > buffer.len() {
+            return Err(Error::InvalidArgument(format!(
+                "writing {} elements into a buffer of {}",
+                data.len(),
+                buffer.len()
+            )));
+        }
+        let raw: &[u8] = bytemuck::cast_slice(data);
+        if raw.is_empty() {
+            return Ok(());
+        }
+        // wgpu copies whole 4-byte words; element types here are 4 bytes wide.
+        if !raw.len().is_multiple_of(4) {
+            return Err(Error::InvalidArgument(format!(
+                "write of {} bytes is not a multiple of 4",
+                raw.len()
+            )));
+        }
+        self.scoped(|| {
+            self.queue().write_buffer(&buffer.buffer, 0, raw);
+            Ok(())
+        })
+    }
+
+    /// Copies the whole buffer back to the host. Waits for all submitted work first.
+    pub fn read<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        if buffer.is_empty() {
+            return Ok(Vec::new());
+        }
+        let size = buffer.buffer.size();
+        let staging = self.scoped(|| {
+            let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("dbksvd readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder =
+                self.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("dbksvd readback"),
+                    });
+            encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
+            self.queue().submit([encoder.finish()]);
+            Ok(staging)
+        })?;
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver outlives the poll below; a send error cannot happen.
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        match rx.try_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::BufferMap(e.to_string())),
+            Err(_) => {
+                return Err(Error::BufferMap(
+                    "the map callback did not run after waiting for the device".into(),
+                ))
+            }
+        }
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::BufferMap(e.to_string()))?;
+            let elements = buffer.len() * std::mem::size_of::<T>();
+            bytemuck::pod_collect_to_vec::<u8, T>(&view[..elements])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+/// A row-major `rows × cols` f32 matrix on the device.
+#[derive(Debug)]
+pub struct Matrix {
+    pub(crate) data: GpuBuffer<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Matrix {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `[rows, cols]` for messages.
+    pub fn shape(&self) -> String {
+        shape(self.rows, self.cols)
+    }
+}
+
+impl Gpu {
+    /// Uploads a row-major `rows × cols` matrix.
+    pub fn matrix(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Matrix> {
+        let expected = checked_len(rows, cols)?;
+        if data.len() != expected {
+            return Err(Error::DataLength {
+                what: "matrix upload".into(),
+                rows,
+                cols,
+                expected,
+                actual: data.len(),
+            });
+        }
+        self.check_row_fits(rows, cols)?;
+        Ok(Matrix {
+            data: self.upload(data)?,
+            rows,
+            cols,
+        })
+    }
+
+    /// A zero-filled `rows × cols` matrix.
+    pub fn zeros(&self, rows: usize, cols: usize) -> Result<Matrix> {
+        let len = checked_len(rows, cols)?;
+        self.check_row_fits(rows, cols)?;
+        Ok(Matrix {
+            data: self.zeroed(len)?,
+            rows,
+            cols,
+        })
+    }
+
+    /// Reads a matrix back as a row-major vector.
+    pub fn read_matrix(&self, m: &Matrix) -> Result<Vec<f32>> {
+        self.read(&m.data)
+    }
+
+    /// Kernels bind whole rows, so one row must fit a binding even after alignment slack.
+    fn check_row_fits(&self, rows: usize, cols: usize) -> Result<()> {
+        let limits = self.limits();
+        let row_bytes = cols as u64 * 4;
+        let usable = limits
+            .planned_binding_size
+            .saturating_sub(limits.min_storage_buffer_offset_alignment as u64 - 4);
+        if rows > 0 && row_bytes > usable {
+            return Err(Error::ExceedsLimit {
+                what: format!("one row of a {} matrix (bytes)", shape(rows, cols)),
+                requested: row_bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: usable,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn checked_len(rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols).ok_or_else(|| {
+        Error::InvalidArgument(format!("matrix shape {} overflows", shape(rows, cols)))
+    })
+}

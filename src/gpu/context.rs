@@ -1,0 +1,484 @@
+//! The GPU context: adapter choice, device creation with the adapter's own limits, error capture.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{Error, Result};
+
+use super::gemm::GemmKernels;
+
+/// Environment variable that caps the storage-binding size dbksvd plans with (bytes).
+///
+/// Lets tests and users exercise the row-block splitting paths on small data, or stay under a
+/// driver's limit that the adapter over-reports.
+pub const MAX_BINDING_ENV: &str = "DBKSVD_MAX_BINDING_SIZE";
+
+/// How to choose and configure the GPU.
+///
+/// [`GpuOptions::from_env`] reads the usual wgpu variables, so `WGPU_BACKEND=vulkan` and
+/// `WGPU_ADAPTER_NAME=nvidia` work as in other wgpu programs.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Comma-separated backends to consider (`vulkan`, `metal`, `dx12`); all compiled-in when `None`.
+    pub backends: Option<String>,
+    /// Case-insensitive substring of the adapter name to pick; the best adapter when `None`.
+    pub adapter_name: Option<String>,
+    /// Prefer a low-power (integrated) adapter over a discrete one.
+    pub low_power: bool,
+    /// Upper bound for one storage binding in bytes, below the device limit (see [`MAX_BINDING_ENV`]).
+    pub max_binding_size: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and [`MAX_BINDING_ENV`].
+    ///
+    /// An unparsable [`MAX_BINDING_ENV`] is an error rather than silently ignored.
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let max_binding_size = match var(MAX_BINDING_ENV) {
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{MAX_BINDING_ENV}={v:?} is not a byte count (a positive integer)"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            backends: var("WGPU_BACKEND"),
+            adapter_name: var("WGPU_ADAPTER_NAME"),
+            low_power: var("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
+            max_binding_size,
+        })
+    }
+
+    fn backends(&self) -> wgpu::Backends {
+        match &self.backends {
+            Some(list) => wgpu::Backends::from_comma_list(list),
+            None => wgpu::Backends::all(),
+        }
+    }
+}
+
+/// What an adapter is, in plain strings (no wgpu types leave `gpu`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name as the driver reports it.
+    pub name: String,
+    /// Graphics API: `Vulkan`, `Metal`, `Dx12`.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other`.
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// PCI vendor id (0 when unknown).
+    pub vendor: u32,
+    /// PCI device id (0 when unknown).
+    pub device: u32,
+}
+
+impl AdapterSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        let driver = match (info.driver.is_empty(), info.driver_info.is_empty()) {
+            (false, false) => format!("{} {}", info.driver, info.driver_info),
+            (false, true) => info.driver.clone(),
+            _ => info.driver_info.clone(),
+        };
+        Self {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver,
+            vendor: info.vendor,
+            device: info.device,
+        }
+    }
+
+    /// True for software rasterisers such as lavapipe (useful for tests, slow for training).
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
+/// The device limits dbksvd plans its work with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Largest storage-buffer binding the device granted (bytes).
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest binding dbksvd uses: the granted size, lowered by any user cap and to what a
+    /// 32-bit element index can address.
+    pub planned_binding_size: u64,
+    /// Largest buffer (bytes).
+    pub max_buffer_size: u64,
+    /// Workgroup memory per workgroup (bytes).
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations per workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Alignment of storage-binding offsets (bytes).
+    pub min_storage_buffer_offset_alignment: u32,
+    /// Alignment of uniform-binding offsets (bytes).
+    pub min_uniform_buffer_offset_alignment: u32,
+    /// Storage buffers one shader stage may bind.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+/// Errors wgpu reported outside an error scope, or the device-lost callback, kept until the next
+/// check so they become an [`Error`] instead of a panic in wgpu's default handler.
+#[derive(Default)]
+pub(crate) struct ErrorSink {
+    uncaptured: Mutex<Vec<wgpu::Error>>,
+    lost: Mutex<Option<String>>,
+}
+
+pub(crate) struct GpuInner {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    summary: AdapterSummary,
+    sink: Arc<ErrorSink>,
+    gemm: OnceLock<GemmKernels>,
+}
+
+/// A GPU device ready to run dbksvd's kernels.
+///
+/// Cheap to clone (the device is shared); pipelines are built on first use and kept.
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+    limits: DeviceLimits,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.summary)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+fn instance(options: &GpuOptions) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = options.backends();
+    wgpu::Instance::new(desc)
+}
+
+/// Rank for the default choice: lower is preferred.
+fn preference(device_type: wgpu::DeviceType, low_power: bool) -> u8 {
+    use wgpu::DeviceType::*;
+    match (device_type, low_power) {
+        (DiscreteGpu, false) | (IntegratedGpu, true) => 0,
+        (IntegratedGpu, false) | (DiscreteGpu, true) => 1,
+        (VirtualGpu, _) => 2,
+        (Other, _) => 3,
+        (Cpu, _) => 4,
+    }
+}
+
+/// Lists the adapters the options' backends can see, in the order [`Gpu::new`] prefers them.
+pub fn list_adapters(options: &GpuOptions) -> Vec<AdapterSummary> {
+    let mut adapters = pollster::block_on(instance(options).enumerate_adapters(options.backends()));
+    adapters.sort_by_key(|a| preference(a.get_info().device_type, options.low_power));
+    adapters
+        .iter()
+        .map(|a| AdapterSummary::from_info(&a.get_info()))
+        .collect()
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by the environment ([`GpuOptions::from_env`]).
+    pub fn new() -> Result<Self> {
+        Self::with_options(&GpuOptions::from_env()?)
+    }
+
+    /// Opens the adapter the options choose: by name if given, else the highest-performance one.
+    pub fn with_options(options: &GpuOptions) -> Result<Self> {
+        let instance = instance(options);
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(options.backends()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(format!(
+                "no adapter for backends {:?}; without a GPU install a software Vulkan driver \
+                 (Debian/Ubuntu: apt-get install mesa-vulkan-drivers)",
+                options.backends()
+            )));
+        }
+        adapters.sort_by_key(|a| preference(a.get_info().device_type, options.low_power));
+        let adapter = match &options.adapter_name {
+            Some(want) => {
+                let want_lc = want.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want_lc))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "no adapter name contains {want:?}; available: {}",
+                            names.join(", ")
+                        ))
+                    })?
+            }
+            None => adapters.swap_remove(0),
+        };
+        Self::from_adapter(adapter, options)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Self> {
+        let info = adapter.get_info();
+        let summary = AdapterSummary::from_info(&info);
+        // The WebGPU defaults (128 MiB bindings, 16 KiB workgroup memory) are far too small for
+        // real dictionaries, so ask for everything the adapter offers.
+        let required_limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("dbksvd"),
+            required_features: wgpu::Features::empty(),
+            required_limits: required_limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::DeviceRequest {
+            adapter: summary.name.clone(),
+            reason: e.to_string(),
+        })?;
+
+        let sink = Arc::new(ErrorSink::default());
+        {
+            let sink = Arc::clone(&sink);
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                log::error!("uncaptured GPU error: {e}");
+                if let Ok(mut errors) = sink.uncaptured.lock() {
+                    errors.push(e);
+                }
+            }));
+        }
+        {
+            let sink = Arc::clone(&sink);
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut lost) = sink.lost.lock() {
+                    *lost = Some(format!("{reason:?}: {message}"));
+                }
+            });
+        }
+
+        let granted = device.limits();
+        // Element indices in the shaders are u32: a binding past 2^32 bytes could not be addressed
+        // with headroom, so plan below that whatever the device grants.
+        let index_cap = (u32::MAX as u64) & !255;
+        let mut planned = granted.max_storage_buffer_binding_size.min(index_cap);
+        if let Some(cap) = options.max_binding_size {
+            if cap < 4 {
+                return Err(Error::InvalidArgument(format!(
+                    "max binding size {cap} bytes is below one f32"
+                )));
+            }
+            planned = planned.min(cap & !3);
+        }
+        let limits = DeviceLimits {
+            max_storage_buffer_binding_size: granted.max_storage_buffer_binding_size,
+            planned_binding_size: planned,
+            max_buffer_size: granted.max_buffer_size,
+            max_compute_workgroup_storage_size: granted.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: granted.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: granted.max_compute_workgroups_per_dimension,
+            min_storage_buffer_offset_alignment: granted.min_storage_buffer_offset_alignment,
+            min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
+            max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
+        };
+        log::info!(
+            "dbksvd GPU: {} ({}, {}), binding {} B (planned {} B), buffer {} B",
+            summary.name,
+            summary.backend,
+            summary.device_type,
+            limits.max_storage_buffer_binding_size,
+            limits.planned_binding_size,
+            limits.max_buffer_size
+        );
+        Ok(Self {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                summary,
+                sink,
+                gemm: OnceLock::new(),
+            }),
+            limits,
+        })
+    }
+
+    /// The same device, planning with bindings of at most `bytes` (rounded down to 4).
+    ///
+    /// Pipelines and buffers are shared with `self`; only the planning of row blocks changes. Tests
+    /// use it to force the splitting paths on small matrices.
+    pub fn with_max_binding_size(&self, bytes: u64) -> Result<Self> {
+        if bytes < 4 {
+            return Err(Error::InvalidArgument(format!(
+                "max binding size {bytes} bytes is below one f32"
+            )));
+        }
+        let mut limits = self.limits.clone();
+        limits.planned_binding_size = limits.planned_binding_size.min(bytes & !3);
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        })
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.summary
+    }
+
+    /// The granted limits and the binding size dbksvd plans with.
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+
+    pub(crate) fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub(crate) fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub(crate) fn gemm_kernels(&self) -> Result<&GemmKernels> {
+        if let Some(k) = self.inner.gemm.get() {
+            return Ok(k);
+        }
+        let built = GemmKernels::new(self)?;
+        Ok(self.inner.gemm.get_or_init(|| built))
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns anything wgpu
+    /// reports into an [`Error`]. Also surfaces errors that escaped earlier scopes and device loss.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let device = self.device();
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        // Pop in reverse order of pushing; on native the futures are already resolved.
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(internal.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            return Err(convert(e));
+        }
+        self.check()?;
+        out
+    }
+
+    /// Returns the first error wgpu reported outside a scope, or device loss, if any.
+    pub(crate) fn check(&self) -> Result<()> {
+        let sink = &self.inner.sink;
+        if let Some(lost) = sink.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(lost));
+        }
+        if let Ok(mut errors) = sink.uncaptured.lock() {
+            if !errors.is_empty() {
+                return Err(convert(errors.remove(0)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(format!("waiting for the GPU failed: {e}")))?;
+        self.check()
+    }
+}
+
+fn convert(e: wgpu::Error) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => Error::GpuOutOfMemory(e.to_string()),
+        wgpu::Error::Validation { description, .. } => Error::GpuValidation(description),
+        wgpu::Error::Internal { description, .. } => Error::GpuValidation(description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A private device per test: these tests break or destroy it on purpose.
+    fn fresh_gpu() -> Option<Gpu> {
+        match Gpu::new() {
+            Ok(gpu) => Some(gpu),
+            Err(e) if std::env::var("DBKSVD_REQUIRE_GPU").as_deref() == Ok("1") => {
+                panic!("DBKSVD_REQUIRE_GPU=1 but no GPU could be opened: {e}")
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// MAP_READ may only be combined with COPY_DST: wgpu rejects this buffer.
+    fn invalid_buffer(gpu: &Gpu) -> wgpu::Buffer {
+        gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    }
+
+    #[test]
+    fn validation_errors_in_a_scope_become_errors() {
+        let Some(gpu) = fresh_gpu() else { return };
+        let err = gpu
+            .scoped(|| {
+                invalid_buffer(&gpu);
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::GpuValidation(_)), "{err}");
+        // Nothing is left behind: the device keeps working.
+        let b = gpu.upload(&[1.0f32, 2.0]).unwrap();
+        assert_eq!(gpu.read(&b).unwrap(), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn uncaptured_errors_are_kept_not_panicked() {
+        let Some(gpu) = fresh_gpu() else { return };
+        // Outside any scope wgpu's default handler would panic; ours records the error.
+        invalid_buffer(&gpu);
+        let err = gpu.check().unwrap_err();
+        assert!(matches!(err, Error::GpuValidation(_)), "{err}");
+        gpu.check().unwrap();
+    }
+
+    #[test]
+    fn a_destroyed_device_gives_errors_not_hangs() {
+        let Some(gpu) = fresh_gpu() else { return };
+        let b = gpu.upload(&[1.0f32; 64]).unwrap();
+        gpu.device().destroy();
+        let err = gpu.read(&b).unwrap_err();
+        assert!(matches!(err, Error::DeviceLost(_)), "{err}");
+    }
+
+    #[test]
+    fn binding_cap_from_options_and_env_parsing() {
+        let Some(gpu) = fresh_gpu() else { return };
+        let capped = gpu.with_max_binding_size(4099).unwrap();
+        assert_eq!(capped.limits().planned_binding_size, 4096);
+        assert!(gpu.with_max_binding_size(3).is_err());
+        let options = GpuOptions {
+            max_binding_size: Some(1 << 20),
+            ..GpuOptions::default()
+        };
+        let gpu = Gpu::with_options(&options).unwrap();
+        assert_eq!(gpu.limits().planned_binding_size, 1 << 20);
+        let err = Gpu::with_options(&GpuOptions {
+            adapter_name: Some("no such adapter, surely".into()),
+            ..GpuOptions::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::NoAdapter(m) if m.contains("available")),
+            "{err}"
+        );
+    }
+}

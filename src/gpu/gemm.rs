@@ -1,0 +1,593 @@
+//! Dense matrix products (`shaders/gemm.wgsl`): Gram D·Dᵀ, correlations Y·Dᵀ, and A·B.
+//!
+//! Matrices larger than one storage binding are split on the host into row blocks: each block
+//! binds a window of whole rows starting at an aligned byte offset and tells the shader, through
+//! its parameters, the element where the block really starts. For A·B the inner dimension is
+//! split too (blocks of B's rows), accumulating into C with beta = 1 after the first.
+
+use std::borrow::Cow;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Gpu, Matrix};
+use crate::error::{Error, Result};
+
+const SHADER: &str = include_str!("../../shaders/gemm.wgsl");
+
+/// Workgroup shape of the tiled kernel (x along n, y along m) and its tile depth along k.
+const WG_X: u32 = 16;
+const WG_Y: u32 = 16;
+const TILE_K: u32 = 16;
+/// Register block per invocation: 8×8, as the shader's accumulators are written out.
+const TM: u32 = 8;
+const TN: u32 = 8;
+
+/// Which kernel computes a product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// 128×128 workgroup-memory tiles, 16×16 invocations each owning an 8×8 register block
+    /// (the one to use).
+    #[default]
+    Tiled,
+    /// One output per invocation read straight from global memory, same 16×16 workgroups as
+    /// `Tiled`: the benchmark baseline.
+    Naive,
+}
+
+/// Which product: the second operand transposed or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Product {
+    /// C = alpha·A·Bᵀ + beta·C with A [m, k], B [n, k], C [m, n] (Gram, correlations).
+    ABt,
+    /// C = alpha·A·B + beta·C with A [m, k], B [k, n], C [m, n].
+    AB,
+}
+
+/// What to compute: product, scalars and kernel. Build with [`GemmParams::abt`] or
+/// [`GemmParams::ab`] and adjust with the setters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmParams {
+    /// The product.
+    pub product: Product,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of the old C; with 0, C is not read (NaNs in it do not leak).
+    pub beta: f32,
+    /// The kernel.
+    pub kernel: GemmKernel,
+}
+
+impl GemmParams {
+    /// C = A·Bᵀ with the tiled kernel.
+    pub fn abt() -> Self {
+        Self {
+            product: Product::ABt,
+            alpha: 1.0,
+            beta: 0.0,
+            kernel: GemmKernel::Tiled,
+        }
+    }
+
+    /// C = A·B with the tiled kernel.
+    pub fn ab() -> Self {
+        Self {
+            product: Product::AB,
+            ..Self::abt()
+        }
+    }
+
+    /// Sets alpha.
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// Sets beta.
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// Sets the kernel.
+    pub fn kernel(mut self, kernel: GemmKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+}
+
+/// Mirrors `Params` in gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct BlockParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_offset: u32,
+    b_offset: u32,
+    c_offset: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+struct Pipelines {
+    abt: wgpu::ComputePipeline,
+    ab: wgpu::ComputePipeline,
+    /// Outputs one workgroup covers along m and n.
+    tile_m: u32,
+    tile_n: u32,
+}
+
+/// The gemm pipelines, built once per device.
+pub(crate) struct GemmKernels {
+    layout: wgpu::BindGroupLayout,
+    tiled: Pipelines,
+    naive: Pipelines,
+}
+
+impl GemmKernels {
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        let limits = gpu.limits();
+        let invocations = WG_X * WG_Y;
+        if invocations > limits.max_compute_invocations_per_workgroup {
+            return Err(Error::ExceedsLimit {
+                what: "gemm workgroup (invocations)".into(),
+                requested: invocations as u64,
+                limit_name: "max_compute_invocations_per_workgroup",
+                limit: limits.max_compute_invocations_per_workgroup as u64,
+            });
+        }
+        let shared = (TILE_K * (WG_Y * TM + WG_X * TN) * 4) as u64;
+        if shared > limits.max_compute_workgroup_storage_size as u64 {
+            return Err(Error::ExceedsLimit {
+                what: "gemm tiles (workgroup bytes)".into(),
+                requested: shared,
+                limit_name: "max_compute_workgroup_storage_size",
+                limit: limits.max_compute_workgroup_storage_size as u64,
+            });
+        }
+
+        gpu.scoped(|| {
+            let device = gpu.device();
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some("gemm.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
+            };
+            let module = device.create_shader_module(desc);
+            let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            };
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("gemm"),
+                entries: &[
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    },
+                    storage(1, true),
+                    storage(2, true),
+                    storage(3, false),
+                ],
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("gemm"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = |entry: &str, transposed: bool, wg: (u32, u32)| {
+                let constants = [
+                    ("WG_X", wg.0 as f64),
+                    ("WG_Y", wg.1 as f64),
+                    ("TILE_K", TILE_K as f64),
+                    ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
+                ];
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        // Tiles are fully written before they are read; zeroing is wasted work.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            };
+            Ok(Self {
+                tiled: Pipelines {
+                    abt: pipeline("gemm", true, (WG_X, WG_Y)),
+                    ab: pipeline("gemm", false, (WG_X, WG_Y)),
+                    tile_m: WG_Y * TM,
+                    tile_n: WG_X * TN,
+                },
+                naive: Pipelines {
+                    abt: pipeline("gemm_naive", true, (WG_X, WG_Y)),
+                    ab: pipeline("gemm_naive", false, (WG_X, WG_Y)),
+                    tile_m: WG_Y,
+                    tile_n: WG_X,
+                },
+                layout,
+            })
+        })
+    }
+}
+
+impl GemmKernels {
+    fn pipelines(&self, kernel: GemmKernel) -> &Pipelines {
+        match kernel {
+            GemmKernel::Tiled => &self.tiled,
+            GemmKernel::Naive => &self.naive,
+        }
+    }
+}
+
+/// A binding window over whole rows `[r0, r1)` of a row-major matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    /// Byte offset of the binding (aligned).
+    offset: u64,
+    /// Byte size of the binding.
+    size: u64,
+    /// Element index of row `r0` inside the binding.
+    first: u32,
+}
+
+fn window(cols: usize, r0: usize, r1: usize, align: u64) -> Window {
+    let row_bytes = cols as u64 * 4;
+    let start = r0 as u64 * row_bytes;
+    let end = r1 as u64 * row_bytes;
+    let offset = start - start % align;
+    Window {
+        offset,
+        // A matrix with no columns still owns 4 bytes; bind those (the shader reads none).
+        size: (end - offset).max(4),
+        first: ((start - offset) / 4) as u32,
+    }
+}
+
+/// Most rows of a `cols`-wide matrix that fit one binding wherever the window starts.
+fn rows_per_window(cols: usize, binding: u64, align: u64) -> usize {
+    if cols == 0 {
+        return usize::MAX;
+    }
+    let usable = binding.saturating_sub(align - 4);
+    (usable / (cols as u64 * 4)) as usize
+}
+
+/// Splits `0..len` into consecutive ranges of at most `step`; one empty range when `len == 0`.
+fn ranges(len: usize, step: usize) -> Vec<(usize, usize)> {
+    if len == 0 {
+        return vec![(0, 0)];
+    }
+    (0..len)
+        .step_by(step)
+        .map(|s| (s, (s + step).min(len)))
+        .collect()
+}
+
+struct Block {
+    params: BlockParams,
+    a: Window,
+    b: Window,
+    c: Window,
+    groups: (u32, u32),
+}
+
+/// Checks shapes and plans the blocks of one product.
+fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Vec<Block>> {
+    let (m, k) = (a.rows(), a.cols());
+    let (n, b_inner) = match op.product {
+        Product::ABt => (b.rows(), b.cols()),
+        Product::AB => (b.cols(), b.rows()),
+    };
+    let name = match op.product {
+        Product::ABt => "gemm A·Bᵀ",
+        Product::AB => "gemm A·B",
+    };
+    if b_inner != k {
+        return Err(Error::ShapeMismatch {
+            op: format!("{name} (inner dimension of A vs B)"),
+            left: a.shape(),
+            right: b.shape(),
+        });
+    }
+    if (c.rows(), c.cols()) != (m, n) {
+        return Err(Error::ShapeMismatch {
+            op: format!("{name} (C vs the product's [{m}, {n}])"),
+            left: c.shape(),
+            right: crate::error::shape(m, n),
+        });
+    }
+    if c.data.id() == a.data.id() || c.data.id() == b.data.id() {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: C must not be the same buffer as A or B"
+        )));
+    }
+    if !op.alpha.is_finite() || !op.beta.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "{name}: alpha {} and beta {} must be finite",
+            op.alpha, op.beta
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(Vec::new());
+    }
+
+    let limits = gpu.limits();
+    let binding = limits.planned_binding_size;
+    let align = limits.min_storage_buffer_offset_alignment as u64;
+    let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+    let kernels = gpu.gemm_kernels()?;
+    let pipes = kernels.pipelines(op.kernel);
+    let (tile_m, tile_n) = (pipes.tile_m as usize, pipes.tile_n as usize);
+
+    // Matrix construction already checked that one row fits a binding, so every step is ≥ 1.
+    let m_step = rows_per_window(k, binding, align)
+        .min(rows_per_window(n, binding, align))
+        .min(max_groups * tile_m);
+    let (n_step, k_step) = match op.product {
+        Product::ABt => (
+            rows_per_window(k, binding, align).min(max_groups * tile_n),
+            k,
+        ),
+        Product::AB => (max_groups * tile_n, rows_per_window(n, binding, align)),
+    };
+    if m_step == 0 || n_step == 0 || (k > 0 && k_step == 0) {
+        return Err(Error::ExceedsLimit {
+            what: format!("{name} row of [{m}, {k}]·[{n}] (bytes)"),
+            requested: (k.max(n) * 4) as u64,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: binding,
+        });
+    }
+
+    let mut blocks = Vec::new();
+    for &(m0, m1) in &ranges(m, m_step) {
+        for &(n0, n1) in &ranges(n, n_step) {
+            for &(k0, k1) in &ranges(k, k_step.max(1)) {
+                let (aw, bw, cw) = match op.product {
+                    Product::ABt => (
+                        window(k, m0, m1, align),
+                        window(k, n0, n1, align),
+                        window(n, m0, m1, align),
+                    ),
+                    Product::AB => (
+                        window(k, m0, m1, align),
+                        window(n, k0, k1, align),
+                        window(n, m0, m1, align),
+                    ),
+                };
+                let (a_col, b_col) = match op.product {
+                    Product::ABt => (0, 0),
+                    Product::AB => (k0, n0),
+                };
+                let (bm, bn) = (m1 - m0, n1 - n0);
+                blocks.push(Block {
+                    params: BlockParams {
+                        m: bm as u32,
+                        n: bn as u32,
+                        k: (k1 - k0) as u32,
+                        lda: k as u32,
+                        ldb: match op.product {
+                            Product::ABt => k as u32,
+                            Product::AB => n as u32,
+                        },
+                        ldc: n as u32,
+                        a_offset: aw.first + a_col as u32,
+                        b_offset: bw.first + b_col as u32,
+                        c_offset: cw.first + n0 as u32,
+                        alpha: op.alpha,
+                        // Later blocks of a split inner dimension accumulate onto the first.
+                        beta: if k0 == 0 { op.beta } else { 1.0 },
+                        _pad: 0,
+                    },
+                    a: aw,
+                    b: bw,
+                    c: cw,
+                    groups: (bn.div_ceil(tile_n) as u32, bm.div_ceil(tile_m) as u32),
+                });
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+impl Gpu {
+    /// Computes `c = alpha·A·op(B) + beta·c` as `op` says, and submits it.
+    ///
+    /// Shapes are checked (`Error::ShapeMismatch` names both); C must be a different buffer from
+    /// A and B. Returns once the work is submitted; reading C waits for it.
+    pub fn gemm(&self, op: &GemmParams, a: &Matrix, b: &Matrix, c: &mut Matrix) -> Result<()> {
+        let mut encoder = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gemm"),
+            });
+        self.record_gemm(&mut encoder, op, a, b, c)?;
+        self.scoped(|| {
+            self.queue().submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    /// How many dispatch blocks `gemm` splits this product into: 1 when every operand fits one
+    /// binding, more under a small binding limit (or cap). Checks shapes like `gemm`.
+    pub fn gemm_blocks(
+        &self,
+        op: &GemmParams,
+        a: &Matrix,
+        b: &Matrix,
+        c: &Matrix,
+    ) -> Result<usize> {
+        Ok(plan(self, op, a, b, c)?.len())
+    }
+
+    /// Gram matrix G = D·Dᵀ of the rows of `d` ([K, d] → [K, K]).
+    pub fn gram(&self, d: &Matrix) -> Result<Matrix> {
+        let mut g = self.zeros(d.rows(), d.rows())?;
+        self.gemm(&GemmParams::abt(), d, d, &mut g)?;
+        Ok(g)
+    }
+
+    /// Correlations Y·Dᵀ of samples `y` [B, d] with atoms `d` [K, d] → [B, K].
+    pub fn correlations(&self, y: &Matrix, d: &Matrix) -> Result<Matrix> {
+        let mut c = self.zeros(y.rows(), d.rows())?;
+        self.gemm(&GemmParams::abt(), y, d, &mut c)?;
+        Ok(c)
+    }
+
+    /// Records the product's dispatches into `encoder` (for kernels that batch several steps into
+    /// one submission).
+    pub(crate) fn record_gemm(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        op: &GemmParams,
+        a: &Matrix,
+        b: &Matrix,
+        c: &mut Matrix,
+    ) -> Result<()> {
+        let blocks = plan(self, op, a, b, c)?;
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let kernels = self.gemm_kernels()?;
+        let pipes = kernels.pipelines(op.kernel);
+        let pipeline = match op.product {
+            Product::ABt => &pipes.abt,
+            Product::AB => &pipes.ab,
+        };
+        let stride = (std::mem::size_of::<BlockParams>() as u64)
+            .next_multiple_of(self.limits().min_uniform_buffer_offset_alignment as u64);
+
+        self.scoped(|| {
+            let device = self.device();
+            let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gemm params"),
+                size: stride * blocks.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: true,
+            });
+            {
+                let mut view = uniforms.slice(..).get_mapped_range_mut().map_err(|e| {
+                    Error::BufferMap(format!("gemm parameters could not be written: {e}"))
+                })?;
+                for (i, block) in blocks.iter().enumerate() {
+                    let at = i * stride as usize;
+                    view.slice(at..at + std::mem::size_of::<BlockParams>())
+                        .copy_from_slice(bytemuck::bytes_of(&block.params));
+                }
+            }
+            uniforms.unmap();
+
+            fn storage(buffer: &wgpu::Buffer, w: Window) -> wgpu::BindingResource<'_> {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: w.offset,
+                    size: wgpu::BufferSize::new(w.size),
+                })
+            }
+            let groups: Vec<wgpu::BindGroup> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, block)| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("gemm block"),
+                        layout: &kernels.layout,
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &uniforms,
+                                    offset: i as u64 * stride,
+                                    size: wgpu::BufferSize::new(
+                                        std::mem::size_of::<BlockParams>() as u64
+                                    ),
+                                }),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: storage(&a.data.buffer, block.a),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 2,
+                                resource: storage(&b.data.buffer, block.b),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 3,
+                                resource: storage(&c.data.buffer, block.c),
+                            },
+                        ],
+                    })
+                })
+                .collect();
+
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("gemm"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            for (block, group) in blocks.iter().zip(&groups) {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(block.groups.0, block.groups.1, 1);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_aligned_and_cover_the_rows() {
+        for align in [4u64, 16, 64, 256] {
+            for cols in [1usize, 3, 17, 65, 129] {
+                for (r0, r1) in [(0, 1), (1, 2), (5, 9), (31, 64)] {
+                    let w = window(cols, r0, r1, align);
+                    assert_eq!(w.offset % align, 0);
+                    assert_eq!(w.offset + w.first as u64 * 4, (r0 * cols * 4) as u64);
+                    assert_eq!(w.offset + w.size, (r1 * cols * 4) as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_per_window_fit_the_binding_at_any_start() {
+        for align in [4u64, 16, 256] {
+            for cols in [1usize, 7, 65, 300] {
+                let binding = 4096;
+                let rows = rows_per_window(cols, binding, align);
+                for r0 in 0..50 {
+                    let w = window(cols, r0, r0 + rows, align);
+                    assert!(w.size <= binding, "cols {cols} align {align} r0 {r0}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_cover_exactly() {
+        assert_eq!(ranges(0, 4), vec![(0, 0)]);
+        assert_eq!(ranges(10, 4), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(ranges(8, 8), vec![(0, 8)]);
+    }
+}

@@ -1,0 +1,34 @@
+//! # dbksvd
+//!
+//! Double-Batch KSVD (DB-KSVD, Valentin et al., arXiv 2505.18441) sparse dictionary learning on any
+//! GPU through WebGPU: wgpu with WGSL compute shaders on Vulkan, Metal and DX12, including software
+//! Vulkan (lavapipe) for machines without a GPU.
+//!
+//! Samples Y [N, d] are approximated as X·D with unit-norm atoms D [K, d] and at most k nonzeros
+//! per row of X.
+//!
+//! Layout: [`gpu`] owns every wgpu type (context, buffers, one module per shader family);
+//! [`reference`] is the f64 CPU oracle for every kernel; [`error`] holds the one error enum.
+//!
+//! ```no_run
+//! use dbksvd::gpu::Gpu;
+//! # fn main() -> dbksvd::Result<()> {
+//! let gpu = Gpu::new()?; // honours WGPU_BACKEND and WGPU_ADAPTER_NAME
+//! let atoms = gpu.matrix(2, 3, &[1.0, 0.0, 0.0, 0.6, 0.8, 0.0])?;
+//! let gram = gpu.gram(&atoms)?;
+//! assert_eq!(gpu.read_matrix(&gram)?.len(), 4);
+//! # Ok(()) }
+//! ```
+
+pub mod check;
+pub mod error;
+pub mod gpu;
+pub mod reference;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+
+/// Compiles the README's code so it cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,359 @@
+//! GPU matrix products against the f64 reference, on awkward shapes, on whatever adapter the
+//! environment picks (lavapipe in CI).
+//!
+//! Error bounds. The GPU accumulates `inner` products in f32. The standard bound for a dot
+//! product in floating point (Higham, Accuracy and Stability of Numerical Algorithms, §3.1) is
+//! |fl(x·y) − x·y| ≤ γ_n·|x|·|y| with γ_n = n·u/(1 − n·u) and unit roundoff u = 2⁻²⁴. Scaling by
+//! alpha and adding beta·C are two more roundings. We allow (inner + 2)·ε with ε = f32::EPSILON
+//! = 2u, i.e. twice the worst case, applied to |α|·(|A|·|B|)ᵢⱼ + |β|·|Cᵢⱼ| from the reference;
+//! any indexing or tiling bug produces errors of the size of the entries themselves, far above
+//! it. The relative Frobenius error must stay ≤ 1e-5: rounding errors of a random-sign sum grow
+//! like √inner·u (≈ 1.2e-6 at inner = 384), so 1e-5 leaves room without hiding a wrong element
+//! (one wrong entry of a 17×33 product already moves it by ≈ 4e-2).
+
+mod common;
+
+use dbksvd::gpu::{GemmKernel, GemmParams, Gpu, Product};
+use dbksvd::{reference, Error};
+
+struct Case {
+    product: Product,
+    m: usize,
+    n: usize,
+    inner: usize,
+    alpha: f32,
+    beta: f32,
+    /// Fill C with NaN before the product (only meaningful with beta = 0).
+    nan_c: bool,
+    kernel: GemmKernel,
+}
+
+impl Case {
+    fn new(product: Product, m: usize, n: usize, inner: usize) -> Self {
+        Self {
+            product,
+            m,
+            n,
+            inner,
+            alpha: 1.0,
+            beta: 0.0,
+            nan_c: true,
+            kernel: GemmKernel::Tiled,
+        }
+    }
+}
+
+/// Runs one product on `gpu` and checks it against the reference. Returns the relative
+/// Frobenius error.
+fn check(gpu: &Gpu, case: &Case, seed: u64) -> f64 {
+    let Case {
+        product,
+        m,
+        n,
+        inner,
+        alpha,
+        beta,
+        nan_c,
+        kernel,
+    } = *case;
+    let a = common::uniform(m * inner, seed);
+    let b = common::uniform(n * inner, seed + 1);
+    let c0: Vec<f32> = if nan_c {
+        vec![f32::NAN; m * n]
+    } else {
+        common::uniform(m * n, seed + 2)
+    };
+    let (b_rows, b_cols) = match product {
+        Product::ABt => (n, inner),
+        Product::AB => (inner, n),
+    };
+    let ga = gpu.matrix(m, inner, &a).unwrap();
+    let gb = gpu.matrix(b_rows, b_cols, &b).unwrap();
+    let mut gc = gpu.matrix(m, n, &c0).unwrap();
+    let op = GemmParams {
+        product,
+        alpha,
+        beta,
+        kernel,
+    };
+    gpu.gemm(&op, &ga, &gb, &mut gc).unwrap();
+    let got = gpu.read_matrix(&gc).unwrap();
+
+    let (alpha, beta) = (alpha as f64, beta as f64);
+    let want = reference::gemm(product, m, n, inner, alpha, &a, &b, beta, &c0);
+    let scale = reference::gemm_abs(product, m, n, inner, alpha, &a, &b, beta, &c0);
+    let eps = f32::EPSILON as f64;
+    let (mut err2, mut ref2) = (0.0f64, 0.0f64);
+    for i in 0..m * n {
+        let g = got[i] as f64;
+        assert!(
+            g.is_finite(),
+            "{product:?} {m}×{n}×{inner}: element {i} is {g}"
+        );
+        let bound = (inner as f64 + 2.0) * eps * scale[i];
+        let diff = (g - want[i]).abs();
+        assert!(
+            diff <= bound,
+            "{product:?} {kernel:?} {m}×{n}×{inner} α={alpha} β={beta}: C[{}, {}] = {g}, \
+             reference {}, |Δ| = {diff:.3e} > bound {bound:.3e}",
+            i / n,
+            i % n,
+            want[i]
+        );
+        err2 += (g - want[i]).powi(2);
+        ref2 += want[i].powi(2);
+    }
+    let rel = if ref2 > 0.0 {
+        (err2 / ref2).sqrt()
+    } else {
+        err2.sqrt()
+    };
+    assert!(
+        rel <= 1e-5,
+        "{product:?} {kernel:?} {m}×{n}×{inner}: relative Frobenius error {rel:.3e} > 1e-5"
+    );
+    rel
+}
+
+/// (m, n, inner) from the issue: 1, primes and non-multiples of the 64×64×16 tile, and a
+/// realistic correlations block.
+const SHAPES: [(usize, usize, usize); 4] =
+    [(1, 1, 1), (17, 33, 65), (127, 129, 257), (512, 1536, 384)];
+
+#[test]
+fn a_bt_matches_reference_on_awkward_shapes_over_nan_c() {
+    let Some(gpu) = common::gpu() else { return };
+    for (i, &(m, n, inner)) in SHAPES.iter().enumerate() {
+        let rel = check(gpu, &Case::new(Product::ABt, m, n, inner), 10 + i as u64);
+        eprintln!("A·Bᵀ {m}×{n}×{inner}: relative error {rel:.2e}");
+    }
+}
+
+#[test]
+fn a_b_matches_reference_on_awkward_shapes_over_nan_c() {
+    let Some(gpu) = common::gpu() else { return };
+    for (i, &(m, n, inner)) in SHAPES.iter().enumerate() {
+        let rel = check(gpu, &Case::new(Product::AB, m, n, inner), 20 + i as u64);
+        eprintln!("A·B {m}×{n}×{inner}: relative error {rel:.2e}");
+    }
+}
+
+#[test]
+fn alpha_and_beta_scale_and_accumulate() {
+    let Some(gpu) = common::gpu() else { return };
+    for product in [Product::ABt, Product::AB] {
+        for &(m, n, inner) in &SHAPES[..3] {
+            for (alpha, beta) in [(-1.5f32, 0.75f32), (0.0, 1.0), (2.0, -1.0)] {
+                let case = Case {
+                    alpha,
+                    beta,
+                    nan_c: false,
+                    ..Case::new(product, m, n, inner)
+                };
+                check(gpu, &case, 30);
+            }
+        }
+    }
+}
+
+#[test]
+fn naive_kernel_matches_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    for product in [Product::ABt, Product::AB] {
+        for &(m, n, inner) in &SHAPES[..3] {
+            let case = Case {
+                kernel: GemmKernel::Naive,
+                alpha: 0.5,
+                beta: 2.0,
+                nan_c: false,
+                ..Case::new(product, m, n, inner)
+            };
+            check(gpu, &case, 40);
+        }
+    }
+}
+
+/// A binding cap far below the matrices forces row blocks (and, for A·B, inner-dimension blocks)
+/// whose windows start at unaligned rows; the results must not change.
+#[test]
+fn row_block_splitting_under_a_small_binding_cap() {
+    let Some(gpu) = common::gpu() else { return };
+    let cases = [
+        (4096u64, (127usize, 129usize, 257usize)),
+        (4096, (17, 33, 65)),
+        (256 * 1024, (512, 1536, 384)),
+    ];
+    for (cap, (m, n, inner)) in cases {
+        let small = gpu.with_max_binding_size(cap).unwrap();
+        assert!(small.limits().planned_binding_size <= cap);
+        for product in [Product::ABt, Product::AB] {
+            // The plan must really split, or this test would pass without exercising it.
+            let (b_rows, b_cols) = match product {
+                Product::ABt => (n, inner),
+                Product::AB => (inner, n),
+            };
+            let a = small.zeros(m, inner).unwrap();
+            let b = small.zeros(b_rows, b_cols).unwrap();
+            let c = small.zeros(m, n).unwrap();
+            let op = GemmParams {
+                product,
+                ..GemmParams::abt()
+            };
+            let blocks = small.gemm_blocks(&op, &a, &b, &c).unwrap();
+            assert!(
+                blocks > 1,
+                "{product:?} {m}×{n}×{inner} under {cap} B ran in one block"
+            );
+            for beta in [0.0f32, 0.5] {
+                let case = Case {
+                    beta,
+                    nan_c: beta == 0.0,
+                    ..Case::new(product, m, n, inner)
+                };
+                check(&small, &case, 50);
+            }
+        }
+    }
+}
+
+#[test]
+fn gram_and_correlations_helpers() {
+    let Some(gpu) = common::gpu() else { return };
+    let (k_atoms, d, batch) = (131, 61, 37);
+    let atoms = common::uniform(k_atoms * d, 60);
+    let samples = common::uniform(batch * d, 61);
+    let gd = gpu.matrix(k_atoms, d, &atoms).unwrap();
+    let gy = gpu.matrix(batch, d, &samples).unwrap();
+
+    let gram = gpu.read_matrix(&gpu.gram(&gd).unwrap()).unwrap();
+    let want = reference::gemm(
+        Product::ABt,
+        k_atoms,
+        k_atoms,
+        d,
+        1.0,
+        &atoms,
+        &atoms,
+        0.0,
+        &[],
+    );
+    for i in 0..k_atoms {
+        for j in 0..k_atoms {
+            let g = gram[i * k_atoms + j] as f64;
+            assert!((g - want[i * k_atoms + j]).abs() <= (d as f64 + 2.0) * 1.2e-7 * d as f64);
+        }
+    }
+
+    let corr = gpu
+        .read_matrix(&gpu.correlations(&gy, &gd).unwrap())
+        .unwrap();
+    let want = reference::gemm(
+        Product::ABt,
+        batch,
+        k_atoms,
+        d,
+        1.0,
+        &samples,
+        &atoms,
+        0.0,
+        &[],
+    );
+    assert_eq!(corr.len(), batch * k_atoms);
+    for (g, w) in corr.iter().zip(&want) {
+        // Entries are bounded by d·1·1; same (inner + 2)·ε·scale bound as above.
+        assert!((*g as f64 - w).abs() <= (d as f64 + 2.0) * 1.2e-7 * d as f64);
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors() {
+    let Some(gpu) = common::gpu() else { return };
+    let a = gpu.zeros(4, 5).unwrap();
+    let b = gpu.zeros(6, 7).unwrap();
+    let mut c = gpu.zeros(4, 6).unwrap();
+    let err = gpu.gemm(&GemmParams::abt(), &a, &b, &mut c).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeMismatch { left, right, .. } if left == "[4, 5]" && right == "[6, 7]"),
+        "{err}"
+    );
+    let b = gpu.zeros(6, 5).unwrap();
+    let mut wrong_c = gpu.zeros(4, 7).unwrap();
+    let err = gpu
+        .gemm(&GemmParams::abt(), &a, &b, &mut wrong_c)
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    // Mismatched upload length.
+    let err = gpu.matrix(3, 3, &[0.0; 8]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DataLength {
+                expected: 9,
+                actual: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn requests_beyond_device_limits_are_errors() {
+    let Some(gpu) = common::gpu() else { return };
+    let limits = gpu.limits().clone();
+    // A buffer one row larger than the device allows: refused before any allocation.
+    let cols = 1024usize;
+    let rows = (limits.max_buffer_size / (cols as u64 * 4)) as usize + 1;
+    let err = gpu.zeros(rows, cols).unwrap_err();
+    match err {
+        Error::ExceedsLimit {
+            requested,
+            limit,
+            limit_name,
+            ..
+        } => {
+            assert_eq!(limit_name, "max_buffer_size");
+            assert_eq!(limit, limits.max_buffer_size);
+            assert!(requested > limit);
+        }
+        other => panic!("expected ExceedsLimit, got {other}"),
+    }
+    // One row wider than a (capped) binding cannot be split by rows.
+    let small = gpu.with_max_binding_size(1024).unwrap();
+    let err = small.zeros(2, 1000).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ExceedsLimit {
+                limit_name: "max_storage_buffer_binding_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The device itself must still work afterwards.
+    let a = gpu.matrix(1, 1, &[3.0]).unwrap();
+    let g = gpu.gram(&a).unwrap();
+    assert_eq!(gpu.read_matrix(&g).unwrap(), vec![9.0]);
+}
+
+#[test]
+fn empty_products_leave_c_or_scale_it() {
+    let Some(gpu) = common::gpu() else { return };
+    // inner = 0: C = beta·C.
+    let a = gpu.zeros(3, 0).unwrap();
+    let b = gpu.zeros(2, 0).unwrap();
+    let mut c = gpu.matrix(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    gpu.gemm(&GemmParams::abt().beta(2.0), &a, &b, &mut c)
+        .unwrap();
+    assert_eq!(
+        gpu.read_matrix(&c).unwrap(),
+        vec![2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    );
+    // m = 0: nothing to do, no error.
+    let a = gpu.zeros(0, 4).unwrap();
+    let b = gpu.zeros(3, 4).unwrap();
+    let mut c = gpu.zeros(0, 3).unwrap();
+    gpu.gemm(&GemmParams::abt(), &a, &b, &mut c).unwrap();
+    assert!(gpu.read_matrix(&c).unwrap().is_empty());
+}
