@@ -35,7 +35,7 @@ fn pattern(len: usize, salt: u64) -> Vec<f32> {
 }
 
 /// Runs a Gram matrix, a correlations block and an A·B product on awkward shapes (primes, not
-/// multiples of the tile) and compares each with [`reference::gemm`].
+/// multiples of the tile) and compares each with [`reference::gemm()`].
 pub fn gemm_self_check(gpu: &Gpu) -> Result<Vec<CheckReport>> {
     let cases = [
         ("gram D·Dᵀ", Product::ABt, 257, 257, 97),

@@ -8,7 +8,7 @@
 //! per row of X.
 //!
 //! Layout: [`gpu`] owns every wgpu type (context, buffers, one module per shader family);
-//! [`reference`] is the f64 CPU oracle for every kernel; [`error`] holds the one error enum.
+//! [`mod@reference`] is the f64 CPU oracle for every kernel; [`error`] holds the one error enum.
 //!
 //! ```no_run
 //! use dbksvd::gpu::Gpu;
