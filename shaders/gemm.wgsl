@@ -42,8 +42,6 @@ override B_TRANSPOSED: bool = true;
 // array needs dynamic indexing. Eight-by-eight keeps the ratio of workgroup-memory loads to
 // multiply-adds at 1:4; on software rasterisers (lavapipe), where every per-invocation load of
 // shared memory is a scalar gather, that ratio decides the speed. The tile is (8·WG_Y) × (8·WG_X).
-override TILE_M: u32 = 8u * WG_Y;
-override TILE_N: u32 = 8u * WG_X;
 override A_TILE_VECS: u32 = 2u * TILE_K * WG_Y;
 override B_TILE_VECS: u32 = 2u * TILE_K * WG_X;
 
@@ -91,8 +89,12 @@ fn gemm(
     let ty = lid.y;
     let tid = ty * WG_X + tx;
     let threads = WG_X * WG_Y;
-    let row0 = wid.y * TILE_M;
-    let col0 = wid.x * TILE_N;
+    // The tile is derived, not an override of its own, so it cannot disagree with the
+    // workgroup shape.
+    let tile_m = 8u * WG_Y;
+    let tile_n = 8u * WG_X;
+    let row0 = wid.y * tile_m;
+    let col0 = wid.x * tile_n;
 
     var acc0_0 = vec4<f32>();
     var acc0_1 = vec4<f32>();
@@ -113,7 +115,7 @@ fn gemm(
 
     for (var k0 = 0u; k0 < params.k; k0 += TILE_K) {
         // A tile: consecutive invocations read consecutive k of one row (contiguous in A).
-        for (var e = tid; e < TILE_M * TILE_K; e += threads) {
+        for (var e = tid; e < tile_m * TILE_K; e += threads) {
             let r = e / TILE_K;
             let kk = e % TILE_K;
             let gr = row0 + r;
@@ -125,15 +127,15 @@ fn gemm(
             a_tile[2u * (kk * WG_Y + r / 8u) + (r % 8u) / 4u][r % 4u] = v;
         }
         // B tile: read along whichever index is contiguous in memory.
-        for (var e = tid; e < TILE_N * TILE_K; e += threads) {
+        for (var e = tid; e < tile_n * TILE_K; e += threads) {
             var col: u32;
             var kk: u32;
             if B_TRANSPOSED {
                 col = e / TILE_K;
                 kk = e % TILE_K;
             } else {
-                kk = e / TILE_N;
-                col = e % TILE_N;
+                kk = e / tile_n;
+                col = e % tile_n;
             }
             let gc = col0 + col;
             let gk = k0 + kk;

@@ -75,6 +75,19 @@ pub enum Error {
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
 
+    /// A NaN or infinity in input data.
+    #[error("{what}: non-finite value {value} at row {row}, column {col}")]
+    NonFinite {
+        /// What the data is (file and tensor, or `samples`, `dictionary`).
+        what: String,
+        /// Row of the first non-finite value.
+        row: usize,
+        /// Column of the first non-finite value.
+        col: usize,
+        /// The value (NaN or ±inf).
+        value: f32,
+    },
+
     /// An argument is outside its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

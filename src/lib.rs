@@ -21,6 +21,7 @@
 //! ```
 
 pub mod check;
+pub mod encode;
 pub mod error;
 pub mod gpu;
 pub mod reference;

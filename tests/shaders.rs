@@ -18,7 +18,7 @@ fn every_shader_parses_and_validates() {
             panic!("{}:\n{}", path.display(), e.emit_to_string(&source));
         });
         // Default capabilities: what every WebGPU device supports, no native extras.
-        naga::valid::Validator::new(
+        let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::default(),
         )
@@ -26,6 +26,29 @@ fn every_shader_parses_and_validates() {
         .unwrap_or_else(|e| {
             panic!("{}:\n{}", path.display(), e.emit_to_string(&source));
         });
+        // Specialise each entry point with the overrides' defaults (what a pipeline does) and
+        // emit SPIR-V: override-sized workgroup arrays and derived overrides must resolve.
+        for entry in &module.entry_points {
+            let stage = (entry.stage, entry.name.as_str());
+            let (specialised, specialised_info) =
+                naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    Some(stage),
+                    &Default::default(),
+                )
+                .unwrap_or_else(|e| panic!("{} `{}`: {e}", path.display(), entry.name));
+            naga::back::spv::write_vec(
+                &specialised,
+                &specialised_info,
+                &naga::back::spv::Options::default(),
+                Some(&naga::back::spv::PipelineOptions {
+                    shader_stage: entry.stage,
+                    entry_point: entry.name.clone(),
+                }),
+            )
+            .unwrap_or_else(|e| panic!("{} `{}` to SPIR-V: {e}", path.display(), entry.name));
+        }
         assert!(
             module
                 .entry_points
@@ -36,10 +59,12 @@ fn every_shader_parses_and_validates() {
         );
         checked.push(path);
     }
-    // The folder holds at least the gemm family; an empty listing would make this test vacuous.
-    assert!(
-        checked.iter().any(|p| p.ends_with("gemm.wgsl")),
-        "gemm.wgsl not found in {}",
-        dir.display()
-    );
+    // The folder holds at least these families; an empty listing would make this test vacuous.
+    for family in ["gemm.wgsl", "omp.wgsl"] {
+        assert!(
+            checked.iter().any(|p| p.ends_with(family)),
+            "{family} not found in {}",
+            dir.display()
+        );
+    }
 }

@@ -52,6 +52,16 @@ impl<T: Pod> GpuBuffer<T> {
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
+
+    /// A second handle to the same device memory (same identity for alias checks).
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            buffer: self.buffer.clone(),
+            len: self.len,
+            id: self.id,
+            _element: PhantomData,
+        }
+    }
 }
 
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -155,10 +165,27 @@ impl Gpu {
 
     /// Copies the whole buffer back to the host. Waits for all submitted work first.
     pub fn read<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
-        if buffer.is_empty() {
-            return Ok(Vec::new());
-        }
-        let size = buffer.buffer.size();
+        let encoder = self.encoder("dbksvd readback");
+        self.submit_and_read(encoder, buffer, buffer.len())
+    }
+
+    pub(crate) fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    /// Submits `encoder` followed by a copy of the first `len` elements of `buffer` to a staging
+    /// buffer, waits, and returns them: one submission and one readback for a whole step.
+    pub(crate) fn submit_and_read<T: Pod>(
+        &self,
+        mut encoder: wgpu::CommandEncoder,
+        buffer: &GpuBuffer<T>,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let len = len.min(buffer.len());
+        let elements = len * std::mem::size_of::<T>();
+        // Copies move whole 4-byte words.
+        let size = (elements.max(4).div_ceil(4) * 4) as u64;
         let staging = self.scoped(|| {
             let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("dbksvd readback"),
@@ -166,15 +193,16 @@ impl Gpu {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let mut encoder =
-                self.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("dbksvd readback"),
-                    });
-            encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
+            if len > 0 {
+                encoder.copy_buffer_to_buffer(&buffer.buffer, 0, &staging, 0, size);
+            }
             self.queue().submit([encoder.finish()]);
             Ok(staging)
         })?;
+        if len == 0 {
+            self.wait()?;
+            return Ok(Vec::new());
+        }
 
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -195,7 +223,6 @@ impl Gpu {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| Error::BufferMap(e.to_string()))?;
-            let elements = buffer.len() * std::mem::size_of::<T>();
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..elements])
         };
         staging.unmap();
@@ -225,6 +252,15 @@ impl Matrix {
     /// `[rows, cols]` for messages.
     pub fn shape(&self) -> String {
         shape(self.rows, self.cols)
+    }
+
+    /// The first `rows` rows as a matrix sharing this one's memory (a partial last batch).
+    pub(crate) fn prefix(&self, rows: usize) -> Matrix {
+        Matrix {
+            data: self.data.share(),
+            rows: rows.min(self.rows),
+            cols: self.cols,
+        }
     }
 }
 
@@ -271,7 +307,7 @@ impl Gpu {
         let row_bytes = cols as u64 * 4;
         let usable = limits
             .planned_binding_size
-            .saturating_sub(limits.min_storage_buffer_offset_alignment as u64 - 4);
+            .saturating_sub(limits.binding_alignment() - 4);
         if rows > 0 && row_bytes > usable {
             return Err(Error::ExceedsLimit {
                 what: format!("one row of a {} matrix (bytes)", shape(rows, cols)),
@@ -288,4 +324,98 @@ fn checked_len(rows: usize, cols: usize) -> Result<usize> {
     rows.checked_mul(cols).ok_or_else(|| {
         Error::InvalidArgument(format!("matrix shape {} overflows", shape(rows, cols)))
     })
+}
+
+/// A binding window over whole rows `[r0, r1)` of a row-major matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Byte offset of the binding (aligned).
+    pub(crate) offset: u64,
+    /// Byte size of the binding.
+    pub(crate) size: u64,
+    /// Element index of row `r0` inside the binding.
+    pub(crate) first: u32,
+}
+
+pub(crate) fn window(cols: usize, r0: usize, r1: usize, align: u64) -> Window {
+    let row_bytes = cols as u64 * 4;
+    let start = r0 as u64 * row_bytes;
+    let end = r1 as u64 * row_bytes;
+    let offset = start - start % align;
+    Window {
+        offset,
+        // A matrix with no columns still owns 4 bytes; bind those (the shader reads none).
+        size: (end - offset).max(4),
+        first: ((start - offset) / 4) as u32,
+    }
+}
+
+/// The binding of `w` inside `buffer`.
+pub(crate) fn binding(buffer: &wgpu::Buffer, w: Window) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: w.offset,
+        size: wgpu::BufferSize::new(w.size),
+    })
+}
+
+/// Most rows of a `cols`-wide matrix that fit one binding wherever the window starts.
+pub(crate) fn rows_per_window(cols: usize, binding: u64, align: u64) -> usize {
+    if cols == 0 {
+        return usize::MAX;
+    }
+    // A window starts at most align − 4 bytes before its first row (align ≥ 4).
+    let usable = binding.saturating_sub(align.max(4) - 4);
+    (usable / (cols as u64 * 4)) as usize
+}
+
+/// Splits `0..len` into consecutive ranges of at most `step`; one empty range when `len == 0`.
+pub(crate) fn ranges(len: usize, step: usize) -> Vec<(usize, usize)> {
+    if len == 0 {
+        return vec![(0, 0)];
+    }
+    (0..len)
+        .step_by(step)
+        .map(|s| (s, (s + step).min(len)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_aligned_and_cover_the_rows() {
+        for align in [4u64, 16, 64, 256] {
+            for cols in [1usize, 3, 17, 65, 129] {
+                for (r0, r1) in [(0, 1), (1, 2), (5, 9), (31, 64)] {
+                    let w = window(cols, r0, r1, align);
+                    assert_eq!(w.offset % align, 0);
+                    assert_eq!(w.offset + w.first as u64 * 4, (r0 * cols * 4) as u64);
+                    assert_eq!(w.offset + w.size, (r1 * cols * 4) as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_per_window_fit_the_binding_at_any_start() {
+        for align in [4u64, 16, 256] {
+            for cols in [1usize, 7, 65, 300] {
+                let binding = 4096;
+                let rows = rows_per_window(cols, binding, align);
+                for r0 in 0..50 {
+                    let w = window(cols, r0, r0 + rows, align);
+                    assert!(w.size <= binding, "cols {cols} align {align} r0 {r0}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_cover_exactly() {
+        assert_eq!(ranges(0, 4), vec![(0, 0)]);
+        assert_eq!(ranges(10, 4), vec![(0, 4), (4, 8), (8, 10)]);
+        assert_eq!(ranges(8, 8), vec![(0, 8)]);
+    }
 }

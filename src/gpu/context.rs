@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::error::{Error, Result};
 
 use super::gemm::GemmKernels;
+use super::omp::OmpKernels;
 
 /// Environment variable that caps the storage-binding size dbksvd plans with (bytes).
 ///
@@ -122,6 +123,26 @@ pub struct DeviceLimits {
     pub max_storage_buffers_per_shader_stage: u32,
 }
 
+impl DeviceLimits {
+    /// Storage-binding offset alignment used for planning: at least one f32, since windows
+    /// start at whole elements.
+    pub fn binding_alignment(&self) -> u64 {
+        (self.min_storage_buffer_offset_alignment as u64).max(4)
+    }
+
+    /// Checks that a binding cap leaves room for at least one element after alignment slack.
+    fn check_cap(&self, cap: u64) -> Result<()> {
+        if cap < self.binding_alignment() + 4 {
+            return Err(Error::InvalidArgument(format!(
+                "max binding size {cap} bytes is too small: bindings start at multiples of                  min_storage_buffer_offset_alignment = {} bytes, so at least {} are needed",
+                self.min_storage_buffer_offset_alignment,
+                self.binding_alignment() + 4
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Errors wgpu reported outside an error scope, or the device-lost callback, kept until the next
 /// check so they become an [`Error`] instead of a panic in wgpu's default handler.
 #[derive(Default)]
@@ -136,6 +157,7 @@ pub(crate) struct GpuInner {
     summary: AdapterSummary,
     sink: Arc<ErrorSink>,
     gemm: OnceLock<GemmKernels>,
+    pub(crate) omp: OnceLock<OmpKernels>,
 }
 
 /// A GPU device ready to run dbksvd's kernels.
@@ -263,18 +285,9 @@ impl Gpu {
         // Element indices in the shaders are u32: a binding past 2^32 bytes could not be addressed
         // with headroom, so plan below that whatever the device grants.
         let index_cap = (u32::MAX as u64) & !255;
-        let mut planned = granted.max_storage_buffer_binding_size.min(index_cap);
-        if let Some(cap) = options.max_binding_size {
-            if cap < 4 {
-                return Err(Error::InvalidArgument(format!(
-                    "max binding size {cap} bytes is below one f32"
-                )));
-            }
-            planned = planned.min(cap & !3);
-        }
-        let limits = DeviceLimits {
+        let mut limits = DeviceLimits {
             max_storage_buffer_binding_size: granted.max_storage_buffer_binding_size,
-            planned_binding_size: planned,
+            planned_binding_size: granted.max_storage_buffer_binding_size.min(index_cap),
             max_buffer_size: granted.max_buffer_size,
             max_compute_workgroup_storage_size: granted.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: granted.max_compute_invocations_per_workgroup,
@@ -283,6 +296,10 @@ impl Gpu {
             min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
             max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
         };
+        if let Some(cap) = options.max_binding_size {
+            limits.check_cap(cap)?;
+            limits.planned_binding_size = limits.planned_binding_size.min(cap & !3);
+        }
         log::info!(
             "dbksvd GPU: {} ({}, {}), binding {} B (planned {} B), buffer {} B",
             summary.name,
@@ -299,6 +316,7 @@ impl Gpu {
                 summary,
                 sink,
                 gemm: OnceLock::new(),
+                omp: OnceLock::new(),
             }),
             limits,
         })
@@ -309,11 +327,7 @@ impl Gpu {
     /// Pipelines and buffers are shared with `self`; only the planning of row blocks changes. Tests
     /// use it to force the splitting paths on small matrices.
     pub fn with_max_binding_size(&self, bytes: u64) -> Result<Self> {
-        if bytes < 4 {
-            return Err(Error::InvalidArgument(format!(
-                "max binding size {bytes} bytes is below one f32"
-            )));
-        }
+        self.limits.check_cap(bytes)?;
         let mut limits = self.limits.clone();
         limits.planned_binding_size = limits.planned_binding_size.min(bytes & !3);
         Ok(Self {
@@ -375,20 +389,35 @@ impl Gpu {
         if let Some(lost) = sink.lost.lock().ok().and_then(|l| l.clone()) {
             return Err(Error::DeviceLost(lost));
         }
-        if let Ok(mut errors) = sink.uncaptured.lock() {
-            if !errors.is_empty() {
-                return Err(convert(errors.remove(0)));
-            }
+        // Take them all: later errors are usually consequences of the first, and leaving them
+        // queued would pin them on an unrelated later call.
+        let errors: Vec<wgpu::Error> = match sink.uncaptured.lock() {
+            Ok(mut errors) => errors.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        match errors.into_iter().next() {
+            Some(first) => Err(convert(first)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Blocks until all submitted work has finished.
     pub fn wait(&self) -> Result<()> {
-        self.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::DeviceLost(format!("waiting for the GPU failed: {e}")))?;
-        self.check()
+        // wgpu treats a device lost during the poll as fatal and panics; turn that into an error.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.device().poll(wgpu::PollType::wait_indefinitely())
+        }));
+        // Device loss (reported through the callback the poll runs) explains everything else.
+        self.check()?;
+        match polled {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::DeviceLost(format!(
+                "waiting for the GPU failed: {e}"
+            ))),
+            Err(_) => Err(Error::DeviceLost(
+                "the GPU failed while waiting for submitted work".into(),
+            )),
+        }
     }
 }
 
@@ -460,11 +489,16 @@ mod tests {
     }
 
     #[test]
-    fn binding_cap_from_options_and_env_parsing() {
+    fn binding_cap_and_adapter_name_options() {
         let Some(gpu) = fresh_gpu() else { return };
         let capped = gpu.with_max_binding_size(4099).unwrap();
         assert_eq!(capped.limits().planned_binding_size, 4096);
-        assert!(gpu.with_max_binding_size(3).is_err());
+        let too_small = gpu.limits().binding_alignment() + 3;
+        let err = gpu.with_max_binding_size(too_small).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("min_storage_buffer_offset_alignment")),
+            "{err}"
+        );
         let options = GpuOptions {
             max_binding_size: Some(1 << 20),
             ..GpuOptions::default()

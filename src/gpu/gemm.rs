@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::buffer::{binding, ranges, rows_per_window, window, Window};
 use super::{Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -238,50 +239,6 @@ impl GemmKernels {
     }
 }
 
-/// A binding window over whole rows `[r0, r1)` of a row-major matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
-    /// Byte offset of the binding (aligned).
-    offset: u64,
-    /// Byte size of the binding.
-    size: u64,
-    /// Element index of row `r0` inside the binding.
-    first: u32,
-}
-
-fn window(cols: usize, r0: usize, r1: usize, align: u64) -> Window {
-    let row_bytes = cols as u64 * 4;
-    let start = r0 as u64 * row_bytes;
-    let end = r1 as u64 * row_bytes;
-    let offset = start - start % align;
-    Window {
-        offset,
-        // A matrix with no columns still owns 4 bytes; bind those (the shader reads none).
-        size: (end - offset).max(4),
-        first: ((start - offset) / 4) as u32,
-    }
-}
-
-/// Most rows of a `cols`-wide matrix that fit one binding wherever the window starts.
-fn rows_per_window(cols: usize, binding: u64, align: u64) -> usize {
-    if cols == 0 {
-        return usize::MAX;
-    }
-    let usable = binding.saturating_sub(align - 4);
-    (usable / (cols as u64 * 4)) as usize
-}
-
-/// Splits `0..len` into consecutive ranges of at most `step`; one empty range when `len == 0`.
-fn ranges(len: usize, step: usize) -> Vec<(usize, usize)> {
-    if len == 0 {
-        return vec![(0, 0)];
-    }
-    (0..len)
-        .step_by(step)
-        .map(|s| (s, (s + step).min(len)))
-        .collect()
-}
-
 struct Block {
     params: BlockParams,
     a: Window,
@@ -290,7 +247,7 @@ struct Block {
     groups: (u32, u32),
 }
 
-/// Checks shapes and plans the blocks of one product.
+/// Checks shapes and plans the blocks of one product on `gpu`.
 fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Vec<Block>> {
     let (m, k) = (a.rows(), a.cols());
     let (n, b_inner) = match op.product {
@@ -331,32 +288,58 @@ fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Resul
     }
 
     let limits = gpu.limits();
-    let binding = limits.planned_binding_size;
-    let align = limits.min_storage_buffer_offset_alignment as u64;
-    let max_groups = limits.max_compute_workgroups_per_dimension as usize;
     let kernels = gpu.gemm_kernels()?;
     let pipes = kernels.pipelines(op.kernel);
-    let (tile_m, tile_n) = (pipes.tile_m as usize, pipes.tile_n as usize);
-
-    // Matrix construction already checked that one row fits a binding, so every step is ≥ 1.
-    let m_step = rows_per_window(k, binding, align)
-        .min(rows_per_window(n, binding, align))
-        .min(max_groups * tile_m);
-    let (n_step, k_step) = match op.product {
-        Product::ABt => (
-            rows_per_window(k, binding, align).min(max_groups * tile_n),
-            k,
-        ),
-        Product::AB => (max_groups * tile_n, rows_per_window(n, binding, align)),
+    let space = Space {
+        binding: limits.planned_binding_size,
+        align: limits.binding_alignment(),
+        max_groups: limits.max_compute_workgroups_per_dimension as usize,
+        tile: (pipes.tile_m as usize, pipes.tile_n as usize),
     };
-    if m_step == 0 || n_step == 0 || (k > 0 && k_step == 0) {
-        return Err(Error::ExceedsLimit {
-            what: format!("{name} row of [{m}, {k}]·[{n}] (bytes)"),
-            requested: (k.max(n) * 4) as u64,
-            limit_name: "max_storage_buffer_binding_size",
-            limit: binding,
-        });
+    plan_blocks(op, (m, n, k), &space).map_err(|(operand, cols)| Error::ExceedsLimit {
+        what: format!("{name} of [{m}, {k}] and [{n}, {k}]: one row of {operand} (bytes)"),
+        requested: cols as u64 * 4,
+        limit_name: "max_storage_buffer_binding_size",
+        limit: space.binding.saturating_sub(space.align - 4),
+    })
+}
+
+/// What a plan must respect: binding size and alignment, dispatch size, the kernel's tile.
+struct Space {
+    binding: u64,
+    align: u64,
+    max_groups: usize,
+    tile: (usize, usize),
+}
+
+/// Splits the product of shape (m, n, inner) into blocks whose windows fit `space`. On failure,
+/// names the operand whose single row does not fit and its width. A `Gpu` capped below the
+/// size its matrices were made under can get here.
+fn plan_blocks(
+    op: &GemmParams,
+    (m, n, k): (usize, usize, usize),
+    space: &Space,
+) -> std::result::Result<Vec<Block>, (&'static str, usize)> {
+    let Space {
+        binding,
+        align,
+        max_groups,
+        tile: (tile_m, tile_n),
+    } = *space;
+    let rows_a = rows_per_window(k, binding, align);
+    let rows_c = rows_per_window(n, binding, align);
+    if rows_a == 0 {
+        return Err(("A", k));
     }
+    if rows_c == 0 {
+        return Err(("C", n));
+    }
+    let m_step = rows_a.min(rows_c).min(max_groups * tile_m);
+    // For A·Bᵀ the rows of B run along n; for A·B along the inner dimension.
+    let (n_step, k_step) = match op.product {
+        Product::ABt => (rows_a.min(max_groups * tile_n), k),
+        Product::AB => (max_groups * tile_n, rows_c),
+    };
 
     let mut blocks = Vec::new();
     for &(m0, m1) in &ranges(m, m_step) {
@@ -496,13 +479,6 @@ impl Gpu {
             }
             uniforms.unmap();
 
-            fn storage(buffer: &wgpu::Buffer, w: Window) -> wgpu::BindingResource<'_> {
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer,
-                    offset: w.offset,
-                    size: wgpu::BufferSize::new(w.size),
-                })
-            }
             let groups: Vec<wgpu::BindGroup> = blocks
                 .iter()
                 .enumerate()
@@ -523,15 +499,15 @@ impl Gpu {
                             },
                             wgpu::BindGroupEntry {
                                 binding: 1,
-                                resource: storage(&a.data.buffer, block.a),
+                                resource: binding(&a.data.buffer, block.a),
                             },
                             wgpu::BindGroupEntry {
                                 binding: 2,
-                                resource: storage(&b.data.buffer, block.b),
+                                resource: binding(&b.data.buffer, block.b),
                             },
                             wgpu::BindGroupEntry {
                                 binding: 3,
-                                resource: storage(&c.data.buffer, block.c),
+                                resource: binding(&c.data.buffer, block.c),
                             },
                         ],
                     })
@@ -555,39 +531,126 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference;
 
-    #[test]
-    fn windows_start_aligned_and_cover_the_rows() {
-        for align in [4u64, 16, 64, 256] {
-            for cols in [1usize, 3, 17, 65, 129] {
-                for (r0, r1) in [(0, 1), (1, 2), (5, 9), (31, 64)] {
-                    let w = window(cols, r0, r1, align);
-                    assert_eq!(w.offset % align, 0);
-                    assert_eq!(w.offset + w.first as u64 * 4, (r0 * cols * 4) as u64);
-                    assert_eq!(w.offset + w.size, (r1 * cols * 4) as u64);
+    /// Runs a plan on the CPU exactly as the shader indexes its bindings, checking every window
+    /// against the space's binding size, alignment and dispatch limits.
+    fn simulate(
+        op: &GemmParams,
+        blocks: &[Block],
+        space: &Space,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+    ) {
+        let slice = |w: Window| {
+            assert_eq!(w.offset % space.align, 0, "unaligned window");
+            assert!(
+                w.size <= space.binding,
+                "window of {} B over the binding",
+                w.size
+            );
+            (w.offset / 4) as usize..((w.offset + w.size) / 4) as usize
+        };
+        for blk in blocks {
+            let p = blk.params;
+            let (aw, bw, cw) = (slice(blk.a), slice(blk.b), slice(blk.c));
+            assert!(blk.groups.0 as usize <= space.max_groups);
+            assert!(blk.groups.1 as usize <= space.max_groups);
+            assert!(blk.groups.0 as usize * space.tile.1 >= p.n as usize);
+            assert!(blk.groups.1 as usize * space.tile.0 >= p.m as usize);
+            let (a, b) = (&a[aw], &b[bw]);
+            let c = &mut c[cw];
+            for i in 0..p.m {
+                for j in 0..p.n {
+                    let mut acc = 0.0f32;
+                    for kk in 0..p.k {
+                        let bv = match op.product {
+                            Product::ABt => b[(p.b_offset + j * p.ldb + kk) as usize],
+                            Product::AB => b[(p.b_offset + kk * p.ldb + j) as usize],
+                        };
+                        acc += a[(p.a_offset + i * p.lda + kk) as usize] * bv;
+                    }
+                    let idx = (p.c_offset + i * p.ldc + j) as usize;
+                    let mut v = p.alpha * acc;
+                    if p.beta != 0.0 {
+                        v += p.beta * c[idx];
+                    }
+                    c[idx] = v;
                 }
             }
         }
     }
 
+    fn values(len: usize, salt: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Tiny limits force splits along m, n and the inner dimension at unaligned rows; the
+    /// simulated result must equal the reference (NaN in C must not leak with beta = 0).
     #[test]
-    fn rows_per_window_fit_the_binding_at_any_start() {
-        for align in [4u64, 16, 256] {
-            for cols in [1usize, 7, 65, 300] {
-                let binding = 4096;
-                let rows = rows_per_window(cols, binding, align);
-                for r0 in 0..50 {
-                    let w = window(cols, r0, r0 + rows, align);
-                    assert!(w.size <= binding, "cols {cols} align {align} r0 {r0}");
+    fn plans_split_every_dimension_and_compute_the_product() {
+        let space = Space {
+            binding: 1024,
+            align: 64,
+            max_groups: 2,
+            tile: (4, 8),
+        };
+        for product in [Product::ABt, Product::AB] {
+            for (m, n, k) in [(37usize, 61usize, 29usize), (5, 40, 200), (1, 1, 1)] {
+                for beta in [0.0f32, 0.5] {
+                    let op = GemmParams {
+                        product,
+                        ..GemmParams::abt()
+                    }
+                    .alpha(1.5)
+                    .beta(beta);
+                    let blocks = plan_blocks(&op, (m, n, k), &space).unwrap();
+                    if m * n > 1 {
+                        assert!(blocks.len() > 1, "{product:?} {m}×{n}×{k} not split");
+                    }
+                    let a = values(m * k, 1);
+                    let b = values(n * k, 2);
+                    let c0 = if beta == 0.0 {
+                        vec![f32::NAN; m * n]
+                    } else {
+                        values(m * n, 3)
+                    };
+                    let mut c = c0.clone();
+                    simulate(&op, &blocks, &space, &a, &b, &mut c);
+                    let want = reference::gemm(product, m, n, k, 1.5, &a, &b, beta as f64, &c0);
+                    for (g, w) in c.iter().zip(&want) {
+                        assert!(
+                            (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{product:?} {m}×{n}×{k}: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
+        // A·B with n beyond max_groups·tile_n splits n, shifting B's and C's column offsets.
+        let op = GemmParams::ab();
+        let blocks = plan_blocks(&op, (3, 40, 2), &space).unwrap();
+        assert!(blocks.iter().any(|b| b.params.c_offset % 40 != 0));
     }
 
     #[test]
-    fn ranges_cover_exactly() {
-        assert_eq!(ranges(0, 4), vec![(0, 0)]);
-        assert_eq!(ranges(10, 4), vec![(0, 4), (4, 8), (8, 10)]);
-        assert_eq!(ranges(8, 8), vec![(0, 8)]);
+    fn a_row_wider_than_the_binding_names_the_operand() {
+        let space = Space {
+            binding: 256,
+            align: 64,
+            max_groups: 100,
+            tile: (8, 8),
+        };
+        assert_eq!(
+            plan_blocks(&GemmParams::abt(), (4, 4, 100), &space).err(),
+            Some(("A", 100))
+        );
+        assert_eq!(
+            plan_blocks(&GemmParams::ab(), (4, 100, 4), &space).err(),
+            Some(("C", 100))
+        );
     }
 }

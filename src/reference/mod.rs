@@ -4,5 +4,6 @@
 //! data the GPU sees; results are f64 so a test measures only the GPU's rounding.
 
 pub mod gemm;
+pub mod omp;
 
 pub use gemm::{gemm, gemm_abs};

@@ -39,3 +39,17 @@ pub fn uniform(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
+
+/// The bundled slice of real activations (MiniLM layer 4, first 1536 rows of
+/// `minilm_rustbook_L4_small`): (row-major data, rows, d).
+pub fn minilm_slice() -> (Vec<f32>, usize, usize) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/minilm_L4_1536.safetensors"
+    );
+    let bytes = std::fs::read(path).expect("bundled test data");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let tensor = file.tensor("activations").expect("activations tensor");
+    let (rows, d) = (tensor.shape()[0], tensor.shape()[1]);
+    (bytemuck::pod_collect_to_vec(tensor.data()), rows, d)
+}

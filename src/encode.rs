@@ -1,0 +1,459 @@
+//! Sparse coding API: an [`Encoder`] built once from a dictionary codes any number of samples
+//! into [`SparseCodes`] on the GPU, streaming them in batches.
+//!
+//! ```no_run
+//! use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions};
+//! use dbksvd::gpu::Gpu;
+//! # fn main() -> dbksvd::Result<()> {
+//! let gpu = Gpu::new()?;
+//! let atoms = vec![1.0, 0.0, 0.0, 1.0]; // K = 2 atoms of d = 2
+//! let encoder = Encoder::new(&gpu, &atoms, 2, 2, EncoderOptions::new(CodingOptions::omp(1)))?;
+//! let codes = encoder.encode(&[3.0, 0.5])?;
+//! assert_eq!(codes.row(0).collect::<Vec<_>>(), vec![(0, 3.0)]);
+//! let approx = encoder.reconstruct(&codes)?;
+//! # Ok(()) }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::{omp, GemmParams, Gpu, Matrix};
+
+/// Which greedy coder selects atoms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coder {
+    /// Orthogonal matching pursuit (Batch-OMP): coefficients are the least-squares fit of the
+    /// chosen atoms after every step. The default and the more accurate.
+    Omp,
+    /// Matching pursuit: each step subtracts the chosen atom's projection; an atom may be chosen
+    /// again. Cheaper per step; `refit` replaces the final coefficients by the least-squares fit
+    /// of the support.
+    Mp {
+        /// Least-squares refit of the final support.
+        refit: bool,
+    },
+}
+
+/// Sparsity and stopping rules, shared by the GPU coders and [`crate::reference::omp`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CodingOptions {
+    /// The coder.
+    pub coder: Coder,
+    /// Most atoms per sample (slots per row of [`SparseCodes`]); a sample never uses more than
+    /// min(k, d, K).
+    pub k: usize,
+    /// Stop a sample once ‖y − x·D‖² ≤ tolerance·‖y‖². Computed in f32 as ‖y‖² − γ·α⁰, so values
+    /// below about 1e-6 are not meaningful.
+    pub tolerance: Option<f32>,
+    /// Stop when the largest remaining correlation |dⱼ·r| ≤ min_correlation·‖y‖ (nothing left
+    /// worth fitting; also gives a zero sample no atoms).
+    pub min_correlation: f32,
+    /// Stop when the next atom's Cholesky pivot G[j,j] − wᵀw ≤ min_pivot·G[j,j]: it is nearly in
+    /// the span of the atoms already chosen (its sine to that span is below √min_pivot).
+    pub min_pivot: f32,
+}
+
+impl CodingOptions {
+    /// OMP with at most `k` atoms and the default thresholds.
+    pub fn omp(k: usize) -> Self {
+        Self {
+            coder: Coder::Omp,
+            k,
+            tolerance: None,
+            // f32 correlations carry rounding of a few 1e-7·‖y‖; stop well above that.
+            min_correlation: 1e-5,
+            // sin² of the angle to the span; 1e-4 is 0.57°, far above f32 rounding of the pivot.
+            min_pivot: 1e-4,
+        }
+    }
+
+    /// Matching pursuit with at most `k` atoms.
+    pub fn mp(k: usize, refit: bool) -> Self {
+        Self {
+            coder: Coder::Mp { refit },
+            ..Self::omp(k)
+        }
+    }
+
+    /// Sets the relative residual-energy tolerance.
+    pub fn tolerance(mut self, tolerance: f32) -> Self {
+        self.tolerance = Some(tolerance);
+        self
+    }
+
+    /// min(k, d, K): the most atoms a sample may use with K atoms of dimension d.
+    pub fn max_atoms(&self, n_atoms: usize, d: usize) -> usize {
+        self.k.min(d).min(n_atoms)
+    }
+
+    /// Checks the options; `d` and `n_atoms` describe the dictionary.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 {
+            return Err(Error::InvalidArgument(
+                "k = 0: every sample must be allowed at least one atom".into(),
+            ));
+        }
+        if let Some(t) = self.tolerance {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Error::InvalidArgument(format!(
+                    "tolerance {t} is not a relative residual energy in [0, 1]"
+                )));
+            }
+        }
+        if !(self.min_correlation >= 0.0 && self.min_correlation.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "min_correlation {} must be finite and ≥ 0",
+                self.min_correlation
+            )));
+        }
+        if !(self.min_pivot > 0.0 && self.min_pivot < 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "min_pivot {} must lie in (0, 1)",
+                self.min_pivot
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Codes in a fixed-width layout: each of `n` rows has `k` slots of (atom index, coefficient);
+/// unused slots hold index −1 and value 0.0. Row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseCodes {
+    /// Number of samples.
+    pub n: usize,
+    /// Slots per sample.
+    pub k: usize,
+    /// [n, k] atom indices, −1 for an empty slot.
+    pub indices: Vec<i32>,
+    /// [n, k] coefficients, 0.0 for an empty slot.
+    pub values: Vec<f32>,
+    /// [n] ‖y − x·D‖² of each sample (of y after subtracting the mean, if any) as the coder
+    /// computed it.
+    pub residual_energy: Vec<f32>,
+}
+
+impl SparseCodes {
+    /// The (atom, coefficient) pairs of row `i`, in the order the coder chose them.
+    pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let slots = i * self.k..(i + 1) * self.k;
+        self.indices[slots.clone()]
+            .iter()
+            .zip(&self.values[slots])
+            .filter(|(&j, _)| j >= 0)
+            .map(|(&j, &v)| (j as usize, v))
+    }
+
+    /// Atoms used by row `i` (its L0).
+    pub fn row_nnz(&self, i: usize) -> usize {
+        self.row(i).count()
+    }
+
+    /// Used slots over all rows.
+    pub fn nnz(&self) -> usize {
+        self.indices.iter().filter(|&&j| j >= 0).count()
+    }
+
+    /// Mean atoms per sample.
+    pub fn mean_l0(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.nnz() as f64 / self.n as f64
+        }
+    }
+
+    /// Dense [n, n_atoms] coefficients; for small cases (tests, plots).
+    pub fn to_dense(&self, n_atoms: usize) -> Result<Vec<f32>> {
+        self.check_indices(n_atoms)?;
+        let mut dense = vec![0.0; self.n * n_atoms];
+        for i in 0..self.n {
+            for (j, v) in self.row(i) {
+                dense[i * n_atoms + j] += v;
+            }
+        }
+        Ok(dense)
+    }
+
+    fn check_indices(&self, n_atoms: usize) -> Result<()> {
+        if let Some(pos) = self.indices.iter().position(|&j| j >= n_atoms as i32) {
+            return Err(Error::InvalidArgument(format!(
+                "codes row {} slot {} names atom {} but the dictionary has {n_atoms} atoms",
+                pos / self.k.max(1),
+                pos % self.k.max(1),
+                self.indices[pos]
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How an [`Encoder`] codes and batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncoderOptions {
+    /// Coder, k and stopping rules.
+    pub coding: CodingOptions,
+    /// Samples per GPU batch; `None` picks the largest that fits `memory_budget` and the device.
+    pub batch_size: Option<usize>,
+    /// Device memory for one batch's buffers (samples, correlations, codes), in bytes.
+    pub memory_budget: u64,
+}
+
+impl EncoderOptions {
+    /// The coding options with automatic batching in a 256 MiB budget.
+    pub fn new(coding: CodingOptions) -> Self {
+        Self {
+            coding,
+            batch_size: None,
+            memory_budget: 256 << 20,
+        }
+    }
+}
+
+/// Sparse coder for one dictionary: normalised atoms and their Gram matrix live on the GPU.
+pub struct Encoder {
+    gpu: Gpu,
+    atoms: Vec<f32>,
+    n_atoms: usize,
+    d: usize,
+    dictionary: Matrix,
+    gram: Matrix,
+    mean: Option<Vec<f32>>,
+    options: EncoderOptions,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("n_atoms", &self.n_atoms)
+            .field("d", &self.d)
+            .field("centred", &self.mean.is_some())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The first non-finite value of a row-major [rows, cols] slice, as an error.
+pub(crate) fn check_finite(what: &str, data: &[f32], cols: usize) -> Result<()> {
+    if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: what.to_string(),
+            row: pos / cols.max(1),
+            col: pos % cols.max(1),
+            value: data[pos],
+        });
+    }
+    Ok(())
+}
+
+impl Encoder {
+    /// Builds the coder for `atoms` [n_atoms, d] (row-major). Atoms are normalised to unit norm; a
+    /// zero or non-finite atom is an error naming its row.
+    pub fn new(
+        gpu: &Gpu,
+        atoms: &[f32],
+        n_atoms: usize,
+        d: usize,
+        options: EncoderOptions,
+    ) -> Result<Self> {
+        options.coding.validate()?;
+        if n_atoms == 0 || d == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "dictionary [{n_atoms}, {d}] is empty"
+            )));
+        }
+        if atoms.len() != n_atoms * d {
+            return Err(Error::DataLength {
+                what: "dictionary".into(),
+                rows: n_atoms,
+                cols: d,
+                expected: n_atoms * d,
+                actual: atoms.len(),
+            });
+        }
+        if options.batch_size == Some(0) {
+            return Err(Error::InvalidArgument("batch size 0".into()));
+        }
+        check_finite("dictionary", atoms, d)?;
+        let mut normalised = atoms.to_vec();
+        for (row, atom) in normalised.chunks_mut(d).enumerate() {
+            let norm = atom
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum::<f64>()
+                .sqrt();
+            if norm == 0.0 || !norm.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "dictionary atom {row} has norm {norm}: atoms must be nonzero"
+                )));
+            }
+            atom.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+        }
+        let dictionary = gpu.matrix(n_atoms, d, &normalised)?;
+        let gram = gpu.gram(&dictionary)?;
+        Ok(Self {
+            gpu: gpu.clone(),
+            atoms: normalised,
+            n_atoms,
+            d,
+            dictionary,
+            gram,
+            mean: None,
+            options,
+        })
+    }
+
+    /// Subtracts `mean` (SAELens' `b_dec`) from samples before coding and adds it back in
+    /// [`Encoder::reconstruct`].
+    pub fn with_mean(mut self, mean: Vec<f32>) -> Result<Self> {
+        if mean.len() != self.d {
+            return Err(Error::ShapeMismatch {
+                op: "encoder mean (mean vs atoms)".into(),
+                left: format!("[{}]", mean.len()),
+                right: crate::error::shape(self.n_atoms, self.d),
+            });
+        }
+        check_finite("mean", &mean, self.d)?;
+        self.mean = Some(mean);
+        Ok(self)
+    }
+
+    /// The normalised atoms [K, d].
+    pub fn atoms(&self) -> &[f32] {
+        &self.atoms
+    }
+
+    /// Number of atoms K.
+    pub fn n_atoms(&self) -> usize {
+        self.n_atoms
+    }
+
+    /// Sample dimension d.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Samples per GPU batch for `n` samples: the user's choice if it fits the device, else the
+    /// largest that fits both the memory budget and the device's bindings.
+    pub fn batch_size(&self, n: usize) -> Result<usize> {
+        let k = self.options.coding.k;
+        let device_max = omp::max_batch(&self.gpu, self.n_atoms, k);
+        // Samples, correlations, norms, codes and their staging copy, per sample.
+        let per_sample = 4 * (self.d + self.n_atoms + 1 + 2 * omp::code_words(k)) as u64;
+        let budget_max = (self.options.memory_budget / per_sample).max(1) as usize;
+        match self.options.batch_size {
+            Some(b) if b > device_max => Err(Error::ExceedsLimit {
+                what: format!(
+                    "batch of {b} samples for K = {}, k = {k} (samples; the largest that fits is \
+                     the limit)",
+                    self.n_atoms
+                ),
+                requested: b as u64,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: device_max as u64,
+            }),
+            Some(b) => Ok(b.min(n.max(1))),
+            None => Ok(device_max.min(budget_max).min(n.max(1))),
+        }
+    }
+
+    /// Codes `samples` [n, d] (row-major; n = samples.len() / d), streaming batches through the
+    /// GPU: one submission and one readback of the codes per batch.
+    pub fn encode(&self, samples: &[f32]) -> Result<SparseCodes> {
+        let d = self.d;
+        if !samples.len().is_multiple_of(d) {
+            return Err(Error::ShapeMismatch {
+                op: "encode (samples vs dictionary)".into(),
+                left: format!("[{} values]", samples.len()),
+                right: format!("[?, {d}] (d from the dictionary)"),
+            });
+        }
+        check_finite("samples", samples, d)?;
+        let n = samples.len() / d;
+        let k = self.options.coding.k;
+        let words = omp::code_words(k);
+        let mut codes = SparseCodes {
+            n,
+            k,
+            indices: Vec::with_capacity(n * k),
+            values: Vec::with_capacity(n * k),
+            residual_energy: Vec::with_capacity(n),
+        };
+        if n == 0 {
+            return Ok(codes);
+        }
+        let batch = self.batch_size(n)?;
+        let gpu = &self.gpu;
+        let y = gpu.zeros(batch, d)?;
+        let alpha = gpu.zeros(batch, self.n_atoms)?;
+        let norms = gpu.zeroed::<f32>(batch)?;
+        let out = gpu.zeroed::<u32>(batch * words)?;
+        let mut host = vec![0.0f32; batch * d];
+        let mut host_norms = vec![0.0f32; batch];
+
+        for start in (0..n).step_by(batch) {
+            let rows = batch.min(n - start);
+            let chunk = &samples[start * d..(start + rows) * d];
+            for (r, sample) in chunk.chunks(d).enumerate() {
+                let dst = &mut host[r * d..(r + 1) * d];
+                match &self.mean {
+                    Some(mean) => {
+                        for ((o, v), m) in dst.iter_mut().zip(sample).zip(mean) {
+                            *o = v - m;
+                        }
+                    }
+                    None => dst.copy_from_slice(sample),
+                }
+                host_norms[r] = dst.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32;
+            }
+            gpu.write(&y.data, &host[..rows * d])?;
+            gpu.write(&norms, &host_norms[..rows])?;
+
+            let y_rows = y.prefix(rows);
+            let mut alpha_rows = alpha.prefix(rows);
+            let mut encoder = gpu.encoder("encode batch");
+            gpu.record_gemm(
+                &mut encoder,
+                &GemmParams::abt(),
+                &y_rows,
+                &self.dictionary,
+                &mut alpha_rows,
+            )?;
+            gpu.record_sparse_code(
+                &mut encoder,
+                d,
+                &self.gram,
+                &alpha_rows,
+                &norms,
+                rows,
+                &self.options.coding,
+                &out,
+            )?;
+            let words_out = gpu.submit_and_read(encoder, &out, rows * words)?;
+            for row in words_out.chunks(words) {
+                codes.indices.extend(row[..k].iter().map(|&w| w as i32));
+                codes
+                    .values
+                    .extend(row[k..2 * k].iter().map(|&w| f32::from_bits(w)));
+                codes.residual_energy.push(f32::from_bits(row[2 * k]));
+            }
+        }
+        Ok(codes)
+    }
+
+    /// x·D (+ mean) for every row of `codes`: [n, d].
+    pub fn reconstruct(&self, codes: &SparseCodes) -> Result<Vec<f32>> {
+        codes.check_indices(self.n_atoms)?;
+        let d = self.d;
+        let mut out = vec![0.0f32; codes.n * d];
+        for (i, row) in out.chunks_mut(d).enumerate() {
+            if let Some(mean) = &self.mean {
+                row.copy_from_slice(mean);
+            }
+            for (j, v) in codes.row(i) {
+                for (o, a) in row.iter_mut().zip(&self.atoms[j * d..(j + 1) * d]) {
+                    *o += v * a;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,403 @@
+//! GPU sparse coders (Batch-OMP, MP) against the f64 reference coders, on planted and real data.
+
+mod common;
+
+use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
+use dbksvd::reference::omp::{self as reference, RefCode};
+use dbksvd::Error;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Standard normal values by Box–Muller (the test needs nothing fancier).
+fn gaussian(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random_range(0.0..1.0);
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
+fn normalise_rows(data: &mut [f32], d: usize) {
+    for row in data.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+fn support(codes: &SparseCodes, i: usize) -> Vec<usize> {
+    codes.row(i).map(|(j, _)| j).collect()
+}
+
+struct Planted {
+    atoms: Vec<f32>,
+    samples: Vec<f32>,
+    supports: Vec<Vec<usize>>,
+    coefficients: Vec<Vec<f32>>,
+}
+
+/// d = 64, K = 128 Gaussian unit atoms; n samples of k atoms with coefficients ±U(1, 2).
+fn planted(n: usize, k: usize, seed: u64) -> Planted {
+    let (d, n_atoms) = (64, 128);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut atoms = gaussian(&mut rng, n_atoms * d);
+    normalise_rows(&mut atoms, d);
+    let mut samples = vec![0.0f32; n * d];
+    let mut supports = Vec::new();
+    let mut coefficients = Vec::new();
+    for i in 0..n {
+        let mut s: Vec<usize> = Vec::new();
+        while s.len() < k {
+            let j = rng.random_range(0..n_atoms);
+            if !s.contains(&j) {
+                s.push(j);
+            }
+        }
+        let c: Vec<f32> = (0..k)
+            .map(|_| {
+                let mag: f32 = rng.random_range(1.0..2.0);
+                if rng.random_range(0..2) == 0 {
+                    -mag
+                } else {
+                    mag
+                }
+            })
+            .collect();
+        for (&j, &v) in s.iter().zip(&c) {
+            for t in 0..d {
+                samples[i * d + t] += v * atoms[j * d + t];
+            }
+        }
+        supports.push(s);
+        coefficients.push(c);
+    }
+    Planted {
+        atoms,
+        samples,
+        supports,
+        coefficients,
+    }
+}
+
+fn encoder(atoms: &[f32], d: usize, coding: CodingOptions) -> Option<Encoder> {
+    let gpu = common::gpu()?;
+    Some(Encoder::new(gpu, atoms, atoms.len() / d, d, EncoderOptions::new(coding)).unwrap())
+}
+
+#[test]
+fn planted_supports_are_found_exactly() {
+    let (n, k, d) = (2048, 4, 64);
+    let data = planted(n, k, 1);
+    let coding = CodingOptions::omp(k);
+    let Some(enc) = encoder(&data.atoms, d, coding) else {
+        return;
+    };
+    let codes = enc.encode(&data.samples).unwrap();
+    let reference = reference::encode(&data.atoms, 128, &data.samples, d, &coding);
+
+    let mut same_as_reference = 0;
+    let mut true_support = 0;
+    for (i, r) in reference.iter().enumerate() {
+        let got = support(&codes, i);
+        if got == r.indices {
+            same_as_reference += 1;
+        }
+        let mut sorted_got = got.clone();
+        sorted_got.sort_unstable();
+        let mut truth = data.supports[i].clone();
+        truth.sort_unstable();
+        if sorted_got == truth {
+            true_support += 1;
+            for (j, v) in codes.row(i) {
+                let t = data.supports[i].iter().position(|&s| s == j).unwrap();
+                let want = data.coefficients[i][t];
+                // Noise-free: the least-squares fit is exact up to f32 rounding of a 4×4 solve.
+                assert!(
+                    ((v - want) / want).abs() <= 1e-4,
+                    "sample {i} atom {j}: {v} vs planted {want}"
+                );
+            }
+        }
+    }
+    assert_eq!(same_as_reference, n, "GPU and reference supports differ");
+    assert!(
+        true_support as f64 >= 0.995 * n as f64,
+        "true support recovered on {true_support} of {n}"
+    );
+}
+
+/// Atoms: the first 512 rows of the bundled MiniLM slice, normalised; samples: the next 1024.
+fn minilm() -> (Vec<f32>, Vec<f32>, usize) {
+    let (data, rows, d) = common::minilm_slice();
+    assert!(rows >= 1536);
+    let mut atoms = data[..512 * d].to_vec();
+    normalise_rows(&mut atoms, d);
+    let samples = data[512 * d..1536 * d].to_vec();
+    (atoms, samples, d)
+}
+
+fn compare_real(coding: CodingOptions) -> (SparseCodes, Vec<RefCode>) {
+    let (atoms, samples, d) = minilm();
+    let Some(enc) = encoder(&atoms, d, coding) else {
+        return (
+            SparseCodes {
+                n: 0,
+                k: 0,
+                indices: vec![],
+                values: vec![],
+                residual_energy: vec![],
+            },
+            vec![],
+        );
+    };
+    let codes = enc.encode(&samples).unwrap();
+    let reference = reference::encode(&atoms, 512, &samples, d, &coding);
+    (codes, reference)
+}
+
+fn check_real(coding: CodingOptions, min_same: f64) {
+    let (codes, reference) = compare_real(coding);
+    let n = codes.n;
+    let mut same = 0;
+    for (i, r) in reference.iter().enumerate() {
+        if support(&codes, i) == r.indices {
+            same += 1;
+        }
+        let (got, want) = (codes.residual_energy[i] as f64, r.residual_energy);
+        assert!(got.is_finite());
+        assert!(
+            (got - want).abs() <= 1e-3 * want,
+            "{:?} sample {i}: residual energy {got} vs reference {want}",
+            coding.coder
+        );
+    }
+    eprintln!("{:?}: supports identical on {same} of {n}", coding.coder);
+    assert!(
+        same as f64 >= min_same * n as f64,
+        "{:?}: supports identical on only {same} of {n}",
+        coding.coder
+    );
+}
+
+#[test]
+fn omp_matches_reference_on_real_activations() {
+    check_real(CodingOptions::omp(16), 0.99);
+}
+
+#[test]
+fn mp_matches_reference_on_real_activations() {
+    check_real(CodingOptions::mp(16, false), 0.99);
+    check_real(CodingOptions::mp(16, true), 0.99);
+}
+
+#[test]
+fn tolerance_stop_matches_reference_counts() {
+    let (atoms, samples, d) = minilm();
+    // A tolerance that stops about half the samples early.
+    let tolerance = 0.3;
+    let coding = CodingOptions::omp(16).tolerance(tolerance);
+    let (codes, reference) = compare_real(coding);
+    if codes.n == 0 {
+        return;
+    }
+    let mut early = 0;
+    for (i, r) in reference.iter().enumerate() {
+        let (got, want) = (codes.row_nnz(i), r.indices.len());
+        early += (want < 16) as usize;
+        if got != want {
+            // Only a sample whose ratio at the shorter count sits at the tolerance may differ.
+            let at = got.min(want);
+            let y = &samples[i * d..(i + 1) * d];
+            let y2: f64 = y.iter().map(|&v| v as f64 * v as f64).sum();
+            let path = reference::encode_sample(&atoms, 512, y, &CodingOptions::omp(at));
+            let ratio = path.residual_energy / y2;
+            assert!(
+                (ratio - tolerance as f64).abs() <= 1e-5,
+                "sample {i}: GPU used {got} atoms, reference {want}, ratio {ratio}"
+            );
+        }
+    }
+    assert!(
+        early > 100,
+        "the tolerance stopped only {early} samples early"
+    );
+}
+
+#[test]
+fn batching_does_not_change_codes() {
+    let (atoms, samples, d) = minilm();
+    let Some(gpu) = common::gpu() else { return };
+    let coding = CodingOptions::omp(8);
+    let whole = Encoder::new(gpu, &atoms, 512, d, EncoderOptions::new(coding))
+        .unwrap()
+        .encode(&samples)
+        .unwrap();
+    let options = EncoderOptions {
+        batch_size: Some(97),
+        ..EncoderOptions::new(coding)
+    };
+    let batched = Encoder::new(gpu, &atoms, 512, d, options).unwrap();
+    assert_eq!(batched.batch_size(1024).unwrap(), 97);
+    assert_eq!(batched.encode(&samples).unwrap(), whole);
+}
+
+/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks and α as small
+/// batches; the codes must not change.
+#[test]
+fn gram_split_across_bindings_gives_the_same_codes() {
+    let (atoms, samples, d) = minilm();
+    let Some(gpu) = common::gpu() else { return };
+    let coding = CodingOptions::omp(8);
+    let whole = Encoder::new(gpu, &atoms, 512, d, EncoderOptions::new(coding))
+        .unwrap()
+        .encode(&samples)
+        .unwrap();
+    let small = gpu.with_max_binding_size(300 * 1024).unwrap();
+    let split = Encoder::new(&small, &atoms, 512, d, EncoderOptions::new(coding)).unwrap();
+    assert!(split.batch_size(1024).unwrap() < 1024);
+    assert_eq!(split.encode(&samples).unwrap(), whole);
+    // Beyond four blocks the Gram matrix cannot be bound: a clear error, not a wrong result.
+    let tiny = gpu.with_max_binding_size(64 * 1024).unwrap();
+    let err = Encoder::new(&tiny, &atoms, 512, d, EncoderOptions::new(coding))
+        .and_then(|e| e.encode(&samples))
+        .unwrap_err();
+    assert!(matches!(err, Error::ExceedsLimit { .. }), "{err}");
+}
+
+#[test]
+fn degenerate_inputs_give_correct_results_or_errors() {
+    let Some(gpu) = common::gpu() else { return };
+    let d = 8;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut atoms = gaussian(&mut rng, 32 * d);
+    normalise_rows(&mut atoms, d);
+    // Atom 1 duplicates atom 0: OMP may take one of them, never both (the pivot rule).
+    let (a0, rest) = atoms.split_at_mut(d);
+    rest[..d].copy_from_slice(a0);
+    let samples = gaussian(&mut rng, 20 * d);
+    let mut with_zero = samples.clone();
+    with_zero[3 * d..4 * d].fill(0.0);
+
+    for coding in [
+        CodingOptions::omp(20), // k > d: at most d atoms
+        CodingOptions::mp(20, true),
+        CodingOptions::omp(3),
+    ] {
+        let enc = Encoder::new(gpu, &atoms, 32, d, EncoderOptions::new(coding)).unwrap();
+        let codes = enc.encode(&with_zero).unwrap();
+        let reference = reference::encode(enc.atoms(), 32, &with_zero, d, &coding);
+        for (i, r) in reference.iter().enumerate() {
+            let s = support(&codes, i);
+            assert!(
+                s.len() <= d.min(coding.k),
+                "sample {i} uses {} atoms",
+                s.len()
+            );
+            assert!(
+                !(s.contains(&0) && s.contains(&1)),
+                "sample {i} uses both duplicates"
+            );
+            assert!(codes.values[i * coding.k..(i + 1) * coding.k]
+                .iter()
+                .all(|v| v.is_finite()));
+            assert!(codes.residual_energy[i].is_finite());
+            let want = r.residual_energy;
+            assert!(
+                (codes.residual_energy[i] as f64 - want).abs() <= 1e-3 * want + 1e-4,
+                "{:?} sample {i}: energy {} vs {want}",
+                coding.coder,
+                codes.residual_energy[i]
+            );
+        }
+        assert_eq!(codes.row_nnz(3), 0, "the zero sample got atoms");
+        assert_eq!(codes.residual_energy[3], 0.0);
+    }
+
+    // k > K: at most K atoms.
+    let few = &atoms[2 * d..7 * d];
+    let enc = Encoder::new(gpu, few, 5, d, EncoderOptions::new(CodingOptions::omp(10))).unwrap();
+    let codes = enc.encode(&samples).unwrap();
+    assert!((0..20).all(|i| codes.row_nnz(i) <= 5));
+
+    // Errors: k = 0, d mismatch, non-finite data, zero atom.
+    let err = Encoder::new(
+        gpu,
+        &atoms,
+        32,
+        d,
+        EncoderOptions::new(CodingOptions::omp(0)),
+    );
+    assert!(matches!(err, Err(Error::InvalidArgument(_))), "{err:?}");
+    let enc = Encoder::new(
+        gpu,
+        &atoms,
+        32,
+        d,
+        EncoderOptions::new(CodingOptions::omp(4)),
+    )
+    .unwrap();
+    let err = enc.encode(&samples[..d * 3 + 1]).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let mut bad = samples.clone();
+    bad[5 * d + 2] = f32::NAN;
+    let err = enc.encode(&bad).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFinite { row: 5, col: 2, .. }),
+        "{err}"
+    );
+    let mut zero_atom = atoms.clone();
+    zero_atom[4 * d..5 * d].fill(0.0);
+    let err = Encoder::new(
+        gpu,
+        &zero_atom,
+        32,
+        d,
+        EncoderOptions::new(CodingOptions::omp(4)),
+    );
+    assert!(
+        matches!(&err, Err(Error::InvalidArgument(m)) if m.contains("atom 4")),
+        "{err:?}"
+    );
+    let err = enc.with_mean(vec![0.0; d + 1]).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}
+
+#[test]
+fn mean_is_subtracted_and_added_back() {
+    let Some(gpu) = common::gpu() else { return };
+    let d = 64;
+    let data = planted(64, 3, 3);
+    let mean: Vec<f32> = (0..d).map(|t| t as f32 * 0.1 - 2.0).collect();
+    let shifted: Vec<f32> = data
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + mean[i % d])
+        .collect();
+    let enc = Encoder::new(
+        gpu,
+        &data.atoms,
+        128,
+        d,
+        EncoderOptions::new(CodingOptions::omp(3)),
+    )
+    .unwrap()
+    .with_mean(mean)
+    .unwrap();
+    let codes = enc.encode(&shifted).unwrap();
+    let back = enc.reconstruct(&codes).unwrap();
+    let err: f32 = back
+        .iter()
+        .zip(&shifted)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let norm: f32 = shifted.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(err <= 1e-4 * norm, "reconstruction error {err} of {norm}");
+    // Densified codes hold the same nonzeros; indices beyond K are an error.
+    let dense = codes.to_dense(128).unwrap();
+    assert_eq!(dense.len(), 64 * 128);
+    assert_eq!(dense.iter().filter(|v| **v != 0.0).count(), codes.nnz());
+    assert!(matches!(codes.to_dense(10), Err(Error::InvalidArgument(_))));
+}
