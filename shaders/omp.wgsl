@@ -54,13 +54,17 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> codes: array<u32>;
 
 // Invocations per workgroup; a power of two (the argmax is a tree reduction).
-override WG: u32 = 256u;
+override WG: u32 = 64u;
 // Capacity for chosen atoms; the host builds one pipeline per capacity it needs.
 override MAX_K: u32 = 32u;
+// G in a single binding (the common case): no block selection per element.
+override G_SINGLE_BLOCK: bool = true;
 override CHOL_LEN: u32 = MAX_K * (MAX_K + 1u) / 2u;
 
-// Chosen atoms, in order.
+// Chosen atoms, in order, with where each one's row of G starts: binding (block) and element.
 var<workgroup> sel: array<u32, MAX_K>;
+var<workgroup> sel_blk: array<u32, MAX_K>;
+var<workgroup> sel_row: array<u32, MAX_K>;
 // Cholesky factor L of G[I,I], lower triangle packed by rows: row i starts at i(i+1)/2.
 var<workgroup> chol: array<f32, CHOL_LEN>;
 // α⁰ at the chosen atoms (the right-hand side of the normal equations).
@@ -81,23 +85,40 @@ var<workgroup> energy: f32;
 var<workgroup> step_atom: u32;
 var<workgroup> step_value: f32;
 
-fn g_at(row: u32, col: u32) -> f32 {
+// Block of G holding `row`, and the element where that row starts inside the block's binding.
+fn g_row(row: u32) -> vec2<u32> {
+    if G_SINGLE_BLOCK {
+        return vec2<u32>(0u, params.g_first.x + row * params.n_atoms);
+    }
     let blk = row / params.g_rows_per_block;
-    let i = (row - blk * params.g_rows_per_block) * params.n_atoms + col;
+    let local = (row - blk * params.g_rows_per_block) * params.n_atoms;
+    return vec2<u32>(blk, params.g_first[blk] + local);
+}
+
+// Element `i` of block `blk` of G.
+fn g_elem(blk: u32, i: u32) -> f32 {
+    if G_SINGLE_BLOCK {
+        return g0[i];
+    }
     switch blk {
         case 0u: {
-            return g0[params.g_first.x + i];
+            return g0[i];
         }
         case 1u: {
-            return g1[params.g_first.y + i];
+            return g1[i];
         }
         case 2u: {
-            return g2[params.g_first.z + i];
+            return g2[i];
         }
         default: {
-            return g3[params.g_first.w + i];
+            return g3[i];
         }
     }
+}
+
+fn g_at(row: u32, col: u32) -> f32 {
+    let r = g_row(row);
+    return g_elem(r.x, r.y + col);
 }
 
 fn tri(i: u32) -> u32 {
@@ -130,15 +151,16 @@ fn backward_in_tmp(n: u32) {
 // Grows the Cholesky factor by atom j (the next row, n_sel existing rows). Returns false when the
 // pivot is too small: j is nearly in the span of the chosen atoms.
 fn cholesky_grow(j: u32, s: u32) -> bool {
+    let rj = g_row(j);
     for (var t = 0u; t < s; t++) {
-        tmp[t] = g_at(j, sel[t]);
+        tmp[t] = g_elem(rj.x, rj.y + sel[t]);
     }
     forward_in_tmp(s);
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
         ww += tmp[t] * tmp[t];
     }
-    let gjj = g_at(j, j);
+    let gjj = g_elem(rj.x, rj.y + j);
     let pivot = gjj - ww;
     // `!(pivot > …)` also stops on NaN.
     if !(pivot > params.min_pivot * gjj) {
@@ -241,10 +263,14 @@ fn omp(
             if go {
                 // α⁰[j] = α[j] + G[j,I]·γ: α = α⁰ − G[:,I]·γ holds for the current γ.
                 var a0 = a;
+                let rj0 = g_row(j);
                 for (var t = 0u; t < s; t++) {
-                    a0 += g_at(j, sel[t]) * coef[t];
+                    a0 += g_elem(rj0.x, rj0.y + sel[t]) * coef[t];
                 }
                 sel[s] = j;
+                let rj = g_row(j);
+                sel_blk[s] = rj.x;
+                sel_row[s] = rj.y;
                 rhs[s] = a0;
                 coef[s] = 0.0;
                 // γ solves L·Lᵀ·γ = α⁰[I].
@@ -274,7 +300,7 @@ fn omp(
         for (var j = lid; j < params.n_atoms; j += WG) {
             var v = alpha[base + j];
             for (var t = 0u; t < n; t++) {
-                v -= g_at(sel[t], j) * delta[t];
+                v -= g_elem(sel_blk[t], sel_row[t] + j) * delta[t];
             }
             alpha[base + j] = v;
         }
@@ -353,10 +379,10 @@ fn mp(
         if workgroupUniformLoad(&stop) != 0u {
             break;
         }
-        let j = step_atom;
+        let rj = g_row(step_atom);
         let a = step_value;
         for (var i = lid; i < params.n_atoms; i += WG) {
-            alpha[base + i] -= a * g_at(j, i);
+            alpha[base + i] -= a * g_elem(rj.x, rj.y + i);
         }
         workgroupBarrier();
     }

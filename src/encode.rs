@@ -208,6 +208,17 @@ impl EncoderOptions {
     }
 }
 
+/// Wall-clock seconds per phase of [`Encoder::encode_profiled`], summed over batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EncodeProfile {
+    /// Host preparation and upload of the samples plus the correlations GEMM Y·Dᵀ.
+    pub correlations_s: f64,
+    /// The sparse-coding kernel plus the readback of the codes.
+    pub coding_s: f64,
+    /// Batches run.
+    pub batches: usize,
+}
+
 /// Sparse coder for one dictionary: normalised atoms and their Gram matrix live on the GPU.
 pub struct Encoder {
     gpu: Gpu,
@@ -358,6 +369,23 @@ impl Encoder {
     /// Codes `samples` [n, d] (row-major; n = samples.len() / d), streaming batches through the
     /// GPU: one submission and one readback of the codes per batch.
     pub fn encode(&self, samples: &[f32]) -> Result<SparseCodes> {
+        self.encode_inner(samples, None)
+    }
+
+    /// [`Encoder::encode`] that also times its phases. Each batch is submitted in two parts
+    /// (correlations, then coding) with a wait between, so it runs a little slower than `encode`;
+    /// use it for benchmarks and diagnostics.
+    pub fn encode_profiled(&self, samples: &[f32]) -> Result<(SparseCodes, EncodeProfile)> {
+        let mut profile = EncodeProfile::default();
+        let codes = self.encode_inner(samples, Some(&mut profile))?;
+        Ok((codes, profile))
+    }
+
+    fn encode_inner(
+        &self,
+        samples: &[f32],
+        mut profile: Option<&mut EncodeProfile>,
+    ) -> Result<SparseCodes> {
         let d = self.d;
         if !samples.len().is_multiple_of(d) {
             return Err(Error::ShapeMismatch {
@@ -390,6 +418,7 @@ impl Encoder {
         let mut host_norms = vec![0.0f32; batch];
 
         for start in (0..n).step_by(batch) {
+            let started = std::time::Instant::now();
             let rows = batch.min(n - start);
             let chunk = &samples[start * d..(start + rows) * d];
             for (r, sample) in chunk.chunks(d).enumerate() {
@@ -417,6 +446,13 @@ impl Encoder {
                 &self.dictionary,
                 &mut alpha_rows,
             )?;
+            if let Some(p) = profile.as_deref_mut() {
+                gpu.submit(encoder)?;
+                gpu.wait()?;
+                p.correlations_s += started.elapsed().as_secs_f64();
+                encoder = gpu.encoder("encode batch");
+            }
+            let coding_started = std::time::Instant::now();
             gpu.record_sparse_code(
                 &mut encoder,
                 d,
@@ -428,6 +464,10 @@ impl Encoder {
                 &out,
             )?;
             let words_out = gpu.submit_and_read(encoder, &out, rows * words)?;
+            if let Some(p) = profile.as_deref_mut() {
+                p.coding_s += coding_started.elapsed().as_secs_f64();
+                p.batches += 1;
+            }
             for row in words_out.chunks(words) {
                 codes.indices.extend(row[..k].iter().map(|&w| w as i32));
                 codes

@@ -174,6 +174,14 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
+    /// Submits recorded work.
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.scoped(|| {
+            self.queue().submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
     /// Submits `encoder` followed by a copy of the first `len` elements of `buffer` to a staging
     /// buffer, waits, and returns them: one submission and one readback for a whole step.
     pub(crate) fn submit_and_read<T: Pod>(
@@ -210,12 +218,24 @@ impl Gpu {
             let _ = tx.send(r);
         });
         self.wait()?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::BufferMap(e.to_string())),
-            Err(_) => {
+        // Another thread's poll may be running our callback right now; give it time rather
+        // than reporting a spurious failure, but never hang.
+        let mut result = rx.try_recv().ok();
+        for _ in 0..100 {
+            if result.is_some() {
+                break;
+            }
+            result = rx.recv_timeout(std::time::Duration::from_millis(100)).ok();
+            if result.is_none() {
+                self.wait()?;
+            }
+        }
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::BufferMap(e.to_string())),
+            None => {
                 return Err(Error::BufferMap(
-                    "the map callback did not run after waiting for the device".into(),
+                    "the map callback did not run within 10 s of the device going idle".into(),
                 ))
             }
         }

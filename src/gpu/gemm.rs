@@ -398,16 +398,9 @@ impl Gpu {
     /// Shapes are checked (`Error::ShapeMismatch` names both); C must be a different buffer from
     /// A and B. Returns once the work is submitted; reading C waits for it.
     pub fn gemm(&self, op: &GemmParams, a: &Matrix, b: &Matrix, c: &mut Matrix) -> Result<()> {
-        let mut encoder = self
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("gemm"),
-            });
+        let mut encoder = self.encoder("gemm");
         self.record_gemm(&mut encoder, op, a, b, c)?;
-        self.scoped(|| {
-            self.queue().submit([encoder.finish()]);
-            Ok(())
-        })
+        self.submit(encoder)
     }
 
     /// How many dispatch blocks `gemm` splits this product into: 1 when every operand fits one
