@@ -205,6 +205,28 @@ fn argmax(lid: u32, base: u32) {
     }
 }
 
+// Resets the shared state for a new sample and returns its ‖y‖².
+fn begin(lid: u32, sample: u32) -> f32 {
+    let y2 = y_norm2[sample];
+    if lid == 0u {
+        energy = y2;
+        n_sel = 0u;
+        stop = 0u;
+    }
+    workgroupBarrier();
+    return y2;
+}
+
+// Rules 2 and 4 on the argmax just computed: the residual is still above the tolerance and the
+// best correlation above its floor (the latter also stops a zero sample, and when every α is 0).
+fn worth_another_atom(y2: f32) -> bool {
+    if params.tolerance >= 0.0 && energy <= params.tolerance * y2 {
+        return false;
+    }
+    // `!(… > …)` also stops on NaN.
+    return red_abs[0] > params.min_correlation * sqrt(y2);
+}
+
 fn sample_index(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wid.y * groups.x + wid.x;
 }
@@ -236,27 +258,14 @@ fn omp(
         return;
     }
     let base = sample * params.n_atoms;
-    let y2 = y_norm2[sample];
-    if lid == 0u {
-        energy = y2;
-        n_sel = 0u;
-        stop = 0u;
-    }
-    workgroupBarrier();
+    let y2 = begin(lid, sample);
 
     for (var s = 0u; s < params.max_atoms; s++) {
         argmax(lid, base);
         if lid == 0u {
             let j = red_idx[0];
             let a = red_val[0];
-            var go = true;
-            if params.tolerance >= 0.0 && energy <= params.tolerance * y2 {
-                go = false;
-            }
-            // Rule 4 (also stops a zero sample, and when every α is 0).
-            if go && !(red_abs[0] > params.min_correlation * sqrt(y2)) {
-                go = false;
-            }
+            var go = worth_another_atom(y2);
             if go && !cholesky_grow(j, s) {
                 go = false;
             }
@@ -325,26 +334,14 @@ fn mp(
         return;
     }
     let base = sample * params.n_atoms;
-    let y2 = y_norm2[sample];
-    if lid == 0u {
-        energy = y2;
-        n_sel = 0u;
-        stop = 0u;
-    }
-    workgroupBarrier();
+    let y2 = begin(lid, sample);
 
     for (var it = 0u; it < 2u * params.max_atoms; it++) {
         argmax(lid, base);
         if lid == 0u {
             let j = red_idx[0];
             let a = red_val[0];
-            var go = true;
-            if params.tolerance >= 0.0 && energy <= params.tolerance * y2 {
-                go = false;
-            }
-            if go && !(red_abs[0] > params.min_correlation * sqrt(y2)) {
-                go = false;
-            }
+            var go = worth_another_atom(y2);
             var slot = n_sel;
             for (var t = 0u; t < n_sel; t++) {
                 if sel[t] == j {

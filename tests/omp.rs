@@ -224,15 +224,29 @@ fn tolerance_stop_matches_reference_counts() {
     );
 }
 
+/// Codes of all samples in a single batch, the baseline the batching tests compare with.
+fn one_batch(
+    gpu: &dbksvd::Gpu,
+    atoms: &[f32],
+    samples: &[f32],
+    d: usize,
+    coding: CodingOptions,
+) -> SparseCodes {
+    let encoder =
+        Encoder::new(gpu, atoms, atoms.len() / d, d, EncoderOptions::new(coding)).unwrap();
+    assert_eq!(
+        encoder.batch_size(samples.len() / d).unwrap(),
+        samples.len() / d
+    );
+    encoder.encode(samples).unwrap()
+}
+
 #[test]
 fn batching_does_not_change_codes() {
     let (atoms, samples, d) = minilm();
     let Some(gpu) = common::gpu() else { return };
     let coding = CodingOptions::omp(8);
-    let whole = Encoder::new(gpu, &atoms, 512, d, EncoderOptions::new(coding))
-        .unwrap()
-        .encode(&samples)
-        .unwrap();
+    let whole = one_batch(gpu, &atoms, &samples, d, coding);
     let options = EncoderOptions {
         batch_size: Some(97),
         ..EncoderOptions::new(coding)
@@ -249,10 +263,7 @@ fn gram_split_across_bindings_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();
     let Some(gpu) = common::gpu() else { return };
     let coding = CodingOptions::omp(8);
-    let whole = Encoder::new(gpu, &atoms, 512, d, EncoderOptions::new(coding))
-        .unwrap()
-        .encode(&samples)
-        .unwrap();
+    let whole = one_batch(gpu, &atoms, &samples, d, coding);
     let small = gpu.with_max_binding_size(300 * 1024).unwrap();
     let split = Encoder::new(&small, &atoms, 512, d, EncoderOptions::new(coding)).unwrap();
     assert!(split.batch_size(1024).unwrap() < 1024);
