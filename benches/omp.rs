@@ -122,6 +122,10 @@ fn main() -> dbksvd::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let atoms = gaussian(&mut rng, n_atoms * d);
     let samples = gaussian(&mut rng, 256 * d);
-    run(&gpu, "synthetic", &atoms, d, &samples, 64, 2)?;
+    // On a loop-capped driver (lavapipe) this job is refused rather than truncated.
+    match run(&gpu, "synthetic", &atoms, d, &samples, 64, 2) {
+        Err(e @ dbksvd::Error::ExceedsLimit { .. }) => println!("synthetic: not run here: {e}"),
+        other => other?,
+    }
     Ok(())
 }

@@ -359,3 +359,29 @@ fn empty_products_leave_c_or_scale_it() {
     gpu.gemm(&GemmParams::abt(), &a, &b, &mut c).unwrap();
     assert!(gpu.read_matrix(&c).unwrap().is_empty());
 }
+
+/// An inner dimension longer than a loop-capped driver (lavapipe) runs in one dispatch is split
+/// into accumulated blocks; the result must still match the reference.
+#[test]
+fn long_inner_dimensions_are_split_under_a_loop_cap() {
+    let Some(gpu) = common::gpu() else { return };
+    for product in [Product::ABt, Product::AB] {
+        let (m, n, inner) = (3, 5, 40_000);
+        let rel = check(gpu, &Case::new(product, m, n, inner), 70);
+        eprintln!("{product:?} {m}×{n}×{inner}: relative error {rel:.2e}");
+        if gpu.limits().max_loop_iterations.is_some() {
+            let (b_rows, b_cols) = match product {
+                Product::ABt => (n, inner),
+                Product::AB => (inner, n),
+            };
+            let a = gpu.zeros(m, inner).unwrap();
+            let b = gpu.zeros(b_rows, b_cols).unwrap();
+            let c = gpu.zeros(m, n).unwrap();
+            let op = GemmParams {
+                product,
+                ..GemmParams::abt()
+            };
+            assert!(gpu.gemm_blocks(&op, &a, &b, &c).unwrap() > 1);
+        }
+    }
+}

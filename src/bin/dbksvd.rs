@@ -101,6 +101,9 @@ fn devices(args: &DeviceArgs) -> dbksvd::Result<bool> {
         "  offset alignment  {} B",
         l.min_storage_buffer_offset_alignment
     );
+    if let Some(cap) = l.max_loop_iterations {
+        println!("  loop cap          {cap} iterations per invocation (llvmpipe; larger jobs are split or refused)");
+    }
     println!("self-check against the f64 CPU reference:");
     let mut all_passed = true;
     for r in gemm_self_check(&gpu)? {

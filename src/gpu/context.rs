@@ -121,6 +121,11 @@ pub struct DeviceLimits {
     pub min_uniform_buffer_offset_alignment: u32,
     /// Storage buffers one shader stage may bind.
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Loop iterations one invocation may run in a dispatch before the driver silently ends its
+    /// loops, where the driver has such a cap: Mesa's llvmpipe (lavapipe) stops every loop of an
+    /// invocation once 65 535 iterations have run in total, which gives wrong results without
+    /// any error. dbksvd plans work below it (or returns `ExceedsLimit`); `None` elsewhere.
+    pub max_loop_iterations: Option<u64>,
 }
 
 impl DeviceLimits {
@@ -140,6 +145,21 @@ impl DeviceLimits {
             )));
         }
         Ok(())
+    }
+}
+
+impl Gpu {
+    /// Checks a kernel's estimated loop iterations per invocation against the driver's cap.
+    pub(crate) fn check_loop_budget(&self, what: &str, iterations: u64) -> Result<()> {
+        match self.limits.max_loop_iterations {
+            Some(cap) if iterations > cap => Err(Error::ExceedsLimit {
+                what: format!("{what} (loop iterations per invocation)"),
+                requested: iterations,
+                limit_name: "max_loop_iterations (llvmpipe's per-invocation loop cap)",
+                limit: cap,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -295,6 +315,14 @@ impl Gpu {
             min_storage_buffer_offset_alignment: granted.min_storage_buffer_offset_alignment,
             min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
             max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
+            // gallivm's LP_MAX_TGSI_LOOP_ITERATIONS is 65 535; plan for 45 000 so that the
+            // kernels' iteration estimates may be off by 30 % (measured: a GEMM estimated at
+            // 59 800 iterations was already truncated).
+            max_loop_iterations: summary
+                .name
+                .to_lowercase()
+                .contains("llvmpipe")
+                .then_some(45_000),
         };
         if let Some(cap) = options.max_binding_size {
             limits.check_cap(cap)?;

@@ -295,6 +295,13 @@ fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Resul
         align: limits.binding_alignment(),
         max_groups: limits.max_compute_workgroups_per_dimension as usize,
         tile: (pipes.tile_m as usize, pipes.tile_n as usize),
+        // The tiled kernel runs about 2.1 loop iterations per inner element (tile loads, the
+        // k loop and the tile loop: 33 per 16-deep tile), the naive one 1; budget 3 and 2 (a
+        // 29 900-deep block at 2 per element still came out wrong on lavapipe).
+        max_inner: limits.max_loop_iterations.map_or(usize::MAX, |cap| {
+            let per = if op.kernel == GemmKernel::Tiled { 3 } else { 2 };
+            ((cap as usize).saturating_sub(200) / per).max(TILE_K as usize)
+        }),
     };
     plan_blocks(op, (m, n, k), &space).map_err(|(operand, cols)| Error::ExceedsLimit {
         what: format!("{name} of [{m}, {k}] and [{n}, {k}]: one row of {operand} (bytes)"),
@@ -310,6 +317,8 @@ struct Space {
     align: u64,
     max_groups: usize,
     tile: (usize, usize),
+    /// Longest inner dimension one dispatch may run (the driver's loop cap; else unbounded).
+    max_inner: usize,
 }
 
 /// Splits the product of shape (m, n, inner) into blocks whose windows fit `space`. On failure,
@@ -325,6 +334,7 @@ fn plan_blocks(
         align,
         max_groups,
         tile: (tile_m, tile_n),
+        max_inner,
     } = *space;
     let rows_a = rows_per_window(k, binding, align);
     let rows_c = rows_per_window(n, binding, align);
@@ -335,10 +345,11 @@ fn plan_blocks(
         return Err(("C", n));
     }
     let m_step = rows_a.min(rows_c).min(max_groups * tile_m);
-    // For A·Bᵀ the rows of B run along n; for A·B along the inner dimension.
+    // For A·Bᵀ the rows of B run along n; for A·B along the inner dimension. The inner
+    // dimension is also split where the driver caps loop iterations.
     let (n_step, k_step) = match op.product {
-        Product::ABt => (rows_a.min(max_groups * tile_n), k),
-        Product::AB => (max_groups * tile_n, rows_c),
+        Product::ABt => (rows_a.min(max_groups * tile_n), k.min(max_inner)),
+        Product::AB => (max_groups * tile_n, rows_c.min(max_inner)),
     };
 
     let mut blocks = Vec::new();
@@ -358,7 +369,7 @@ fn plan_blocks(
                     ),
                 };
                 let (a_col, b_col) = match op.product {
-                    Product::ABt => (0, 0),
+                    Product::ABt => (k0, k0),
                     Product::AB => (k0, n0),
                 };
                 let (bm, bn) = (m1 - m0, n1 - n0);
@@ -590,6 +601,7 @@ mod tests {
             align: 64,
             max_groups: 2,
             tile: (4, 8),
+            max_inner: 23,
         };
         for product in [Product::ABt, Product::AB] {
             for (m, n, k) in [(37usize, 61usize, 29usize), (5, 40, 200), (1, 1, 1)] {
@@ -636,6 +648,7 @@ mod tests {
             align: 64,
             max_groups: 100,
             tile: (8, 8),
+            max_inner: usize::MAX,
         };
         assert_eq!(
             plan_blocks(&GemmParams::abt(), (4, 4, 100), &space).err(),

@@ -213,6 +213,25 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
     })
 }
 
+/// Loop iterations one invocation (invocation 0, which also runs the small solves) executes for
+/// one sample, counted as a loop-capped driver counts them: every iteration of every loop.
+fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
+    let per = n_atoms.div_ceil(WG as usize) as u64;
+    let reduce = WG.ilog2() as u64;
+    let k = max_atoms as u64;
+    match coder {
+        // Per step s: argmax and α update over K/WG entries, the Cholesky row and two
+        // triangular solves (≈ 1.5·s²), and short loops over the chosen atoms.
+        Coder::Omp => (0..k)
+            .map(|s| per * (s + 3) + 3 * s * s / 2 + 9 * s + 8 + reduce)
+            .sum(),
+        // 2k steps of argmax, update and support search; the refit's Cholesky and solves.
+        Coder::Mp { .. } => {
+            2 * k * (2 * per + 2 * k + 8 + reduce) + k * k * k / 6 + 2 * k * k + 3 * k
+        }
+    }
+}
+
 /// Words per sample in the codes buffer: k indices, k values, the residual energy.
 pub(crate) fn code_words(k: usize) -> usize {
     2 * k + 1
@@ -287,6 +306,10 @@ impl Gpu {
             });
         }
         let max_atoms = options.max_atoms(n_atoms, d);
+        self.check_loop_budget(
+            &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
+            loop_iterations(options.coder, n_atoms, max_atoms),
+        )?;
         let g = plan_gram(self, n_atoms)?;
         let kernels = self.omp_kernels()?;
         let pipelines = kernels.pipelines(self, max_atoms.max(1), g.windows.len() == 1)?;
@@ -380,6 +403,16 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Measured on lavapipe: K = 512 codes correctly at k = 32 and silently wrongly at k = 48;
+    /// the estimate must put the 45 000 budget between them, and allow the bench's K = 1536,
+    /// k = 32.
+    #[test]
+    fn loop_estimate_separates_what_lavapipe_runs_from_what_it_truncates() {
+        assert!(loop_iterations(Coder::Omp, 512, 32) < 45_000);
+        assert!(loop_iterations(Coder::Omp, 512, 48) > 65_535);
+        assert!(loop_iterations(Coder::Omp, 1536, 32) < 45_000);
+    }
 
     #[test]
     fn workgroup_bytes_fit_webgpu_defaults_up_to_k_64() {
