@@ -60,7 +60,13 @@ fn every_shader_parses_and_validates() {
         checked.push(path);
     }
     // The folder holds at least these families; an empty listing would make this test vacuous.
-    for family in ["gemm.wgsl", "omp.wgsl"] {
+    for family in [
+        "gemm.wgsl",
+        "omp.wgsl",
+        "sparse.wgsl",
+        "power.wgsl",
+        "reduce.wgsl",
+    ] {
         assert!(
             checked.iter().any(|p| p.ends_with(family)),
             "{family} not found in {}",

@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 
 use super::gemm::GemmKernels;
 use super::omp::OmpKernels;
+use super::power::PowerKernels;
+use super::reduce::ReduceKernels;
+use super::sparse::SparseKernels;
 
 /// Environment variable that caps the storage-binding size dbksvd plans with (bytes).
 ///
@@ -178,6 +181,9 @@ pub(crate) struct GpuInner {
     sink: Arc<ErrorSink>,
     gemm: OnceLock<GemmKernels>,
     pub(crate) omp: OnceLock<OmpKernels>,
+    pub(crate) sparse: OnceLock<SparseKernels>,
+    pub(crate) power: OnceLock<PowerKernels>,
+    pub(crate) reduce: OnceLock<ReduceKernels>,
 }
 
 /// A GPU device ready to run dbksvd's kernels.
@@ -345,6 +351,9 @@ impl Gpu {
                 sink,
                 gemm: OnceLock::new(),
                 omp: OnceLock::new(),
+                sparse: OnceLock::new(),
+                power: OnceLock::new(),
+                reduce: OnceLock::new(),
             }),
             limits,
         })

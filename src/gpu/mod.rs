@@ -3,13 +3,21 @@
 //! - [`context`]: adapter choice, device with the adapter's own limits, error capture;
 //! - [`buffer`]: typed storage buffers and row-major matrices;
 //! - [`gemm`]: the matrix products of `shaders/gemm.wgsl`;
-//! - `omp`: batched sparse coding of `shaders/omp.wgsl`, used through [`crate::encode::Encoder`].
+//! - `omp`: batched sparse coding of `shaders/omp.wgsl`, used through [`crate::encode::Encoder`];
+//! - `sparse`: residual and code transpose of `shaders/sparse.wgsl`;
+//! - [`power`]: the double-batched KSVD dictionary update of `shaders/power.wgsl`;
+//! - [`reduce`]: atom replacement (re-seeding, duplicate purge) of `shaders/reduce.wgsl`.
 
 pub mod buffer;
 pub mod context;
 pub mod gemm;
 pub(crate) mod omp;
+pub mod power;
+pub mod reduce;
+pub(crate) mod sparse;
 
 pub use buffer::{GpuBuffer, Matrix};
 pub use context::{list_adapters, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV};
 pub use gemm::{GemmKernel, GemmParams, Product};
+pub use power::{CodedBatch, UpdateOptions};
+pub use reduce::Reseeded;

@@ -4,6 +4,7 @@
 //! data the GPU sees; results are f64 so a test measures only the GPU's rounding.
 
 pub mod gemm;
+pub mod ksvd_update;
 pub mod omp;
 
 pub use gemm::{gemm, gemm_abs};

@@ -1,0 +1,194 @@
+// Reductions behind atom replacement (KSVD-Box's "replace unused atoms"):
+//
+//   residual_norms    ‖e_s‖² per sample, one workgroup per sample
+//   mark_duplicates   flags atom j when |cos(d_i, d_j)| > threshold for some atom i that is used
+//                     more (ties: the lower index counts as more used), one invocation per atom
+//   remove_users      drops flagged atoms from every code: E_s += x·d_j, slot emptied; one
+//                     workgroup per sample (it owns its row of E and its slots)
+//   reseed            one workgroup walks the flagged atoms in ascending order and gives each the
+//                     normalised sample with the largest remaining residual, each sample once
+
+struct Params {
+    n: u32,
+    d: u32,
+    k: u32,
+    n_atoms: u32,
+    threshold: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> samples: array<f32>;
+@group(0) @binding(2) var<storage, read_write> atoms: array<f32>;
+@group(0) @binding(3) var<storage, read_write> residual: array<f32>;
+@group(0) @binding(4) var<storage, read_write> indices: array<i32>;
+@group(0) @binding(5) var<storage, read_write> values: array<f32>;
+// [K]: 1 for atoms to replace.
+@group(0) @binding(6) var<storage, read_write> flags: array<u32>;
+// [n]: ‖e_s‖², set to −1 once a sample has seeded an atom.
+@group(0) @binding(7) var<storage, read_write> norms: array<f32>;
+// [K]: the sample that seeded each atom, 0xffffffff for none.
+@group(0) @binding(8) var<storage, read_write> chosen: array<u32>;
+@group(0) @binding(9) var<storage, read> gram: array<f32>;
+@group(0) @binding(10) var<storage, read> usage: array<u32>;
+
+override WG: u32 = 64u;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> red_idx: array<u32, WG>;
+var<workgroup> flag: u32;
+
+fn wg_sum(lid: u32, x: f32) -> f32 {
+    red[lid] = x;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half {
+            red[lid] += red[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn linear(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wid.y * groups.x + wid.x;
+}
+
+@compute @workgroup_size(WG)
+fn residual_norms(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = linear(wid, groups);
+    if s >= params.n {
+        return;
+    }
+    var part = 0.0;
+    for (var c = lid; c < params.d; c += WG) {
+        let e = residual[s * params.d + c];
+        part += e * e;
+    }
+    let total = wg_sum(lid, part);
+    if lid == 0u {
+        norms[s] = total;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mark_duplicates(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let j = linear(wid, groups) * WG + lid;
+    if j >= params.n_atoms {
+        return;
+    }
+    var duplicate = 0u;
+    for (var i = 0u; i < params.n_atoms; i++) {
+        let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
+        if i != j && more_used && abs(gram[j * params.n_atoms + i]) > params.threshold {
+            duplicate = 1u;
+        }
+    }
+    flags[j] = duplicate;
+}
+
+@compute @workgroup_size(WG)
+fn remove_users(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = linear(wid, groups);
+    if s >= params.n {
+        return;
+    }
+    for (var t = 0u; t < params.k; t++) {
+        let slot = s * params.k + t;
+        let j = indices[slot];
+        if j < 0 || u32(j) >= params.n_atoms || flags[u32(j)] == 0u {
+            continue;
+        }
+        let x = values[slot];
+        for (var c = lid; c < params.d; c += WG) {
+            residual[s * params.d + c] += x * atoms[u32(j) * params.d + c];
+        }
+    }
+    // Every invocation has read the slots above before any is emptied.
+    workgroupBarrier();
+    if lid == 0u {
+        for (var t = 0u; t < params.k; t++) {
+            let slot = s * params.k + t;
+            let j = indices[slot];
+            if j >= 0 && u32(j) < params.n_atoms && flags[u32(j)] != 0u {
+                indices[slot] = -1;
+                values[slot] = 0.0;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn reseed(@builtin(local_invocation_index) lid: u32) {
+    for (var j = 0u; j < params.n_atoms; j++) {
+        if lid == 0u {
+            flag = flags[j];
+            chosen[j] = 0xffffffffu;
+        }
+        if workgroupUniformLoad(&flag) == 0u {
+            continue;
+        }
+        // Largest remaining residual, ties to the lowest sample.
+        var best = -1.0;
+        var best_s = 0xffffffffu;
+        for (var s = lid; s < params.n; s += WG) {
+            if norms[s] > best {
+                best = norms[s];
+                best_s = s;
+            }
+        }
+        red[lid] = best;
+        red_idx[lid] = best_s;
+        workgroupBarrier();
+        for (var half = WG / 2u; half > 0u; half /= 2u) {
+            if lid < half {
+                let o = red[lid + half];
+                let oi = red_idx[lid + half];
+                if o > red[lid] || (o == red[lid] && oi < red_idx[lid]) {
+                    red[lid] = o;
+                    red_idx[lid] = oi;
+                }
+            }
+            workgroupBarrier();
+        }
+        if lid == 0u {
+            // Nothing left to explain (every residual zero or every sample used): keep the atom.
+            flag = select(0u, 1u, red[0] > 0.0);
+        }
+        let s = red_idx[0];
+        if workgroupUniformLoad(&flag) == 0u {
+            continue;
+        }
+        var part = 0.0;
+        for (var c = lid; c < params.d; c += WG) {
+            let y = samples[s * params.d + c];
+            part += y * y;
+        }
+        let norm = sqrt(wg_sum(lid, part));
+        // A positive residual implies a nonzero sample.
+        for (var c = lid; c < params.d; c += WG) {
+            atoms[j * params.d + c] = samples[s * params.d + c] / norm;
+        }
+        if lid == 0u {
+            chosen[j] = s;
+            norms[s] = -1.0;
+        }
+        storageBarrier();
+    }
+}

@@ -1,0 +1,142 @@
+// Kernels on fixed-width sparse codes (k slots per sample: atom index, −1 when empty, and value).
+//
+//   residual        E = Y − X·D
+//   chunk_counts    per chunk of samples, how many slots name each atom
+//   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
+//   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
+//   scatter         per chunk, its samples in ascending order into each atom's user list
+//
+// The transpose is a counting sort whose scatter runs chunk by chunk, each chunk walking its
+// samples in order with one invocation: every list comes out in ascending sample order and the
+// result does not depend on scheduling. No atomics.
+
+struct Params {
+    n: u32,
+    k: u32,
+    d: u32,
+    n_atoms: u32,
+    // Samples per chunk, and chunks.
+    chunk: u32,
+    n_chunks: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> indices: array<i32>;
+@group(0) @binding(2) var<storage, read> values: array<f32>;
+@group(0) @binding(3) var<storage, read> samples: array<f32>;
+@group(0) @binding(4) var<storage, read> atoms: array<f32>;
+@group(0) @binding(5) var<storage, read_write> residual: array<f32>;
+// [n_chunks, K] counts, then per-chunk write cursors.
+@group(0) @binding(6) var<storage, read_write> counts: array<u32>;
+// [K + 1]: users of atom j are users[user_start[j] .. user_start[j + 1]].
+@group(0) @binding(7) var<storage, read_write> user_start: array<u32>;
+// (sample, flat slot s·k + t) of every used slot, grouped by atom.
+@group(0) @binding(8) var<storage, read_write> users: array<vec2<u32>>;
+
+override WG: u32 = 64u;
+
+fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * groups.x + wid.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn residual_from_codes(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let g = linear_id(wid, groups, lid);
+    if g >= params.n * params.d {
+        return;
+    }
+    let s = g / params.d;
+    let c = g % params.d;
+    var e = samples[g];
+    for (var t = 0u; t < params.k; t++) {
+        let j = indices[s * params.k + t];
+        if j >= 0 {
+            e -= values[s * params.k + t] * atoms[u32(j) * params.d + c];
+        }
+    }
+    residual[g] = e;
+}
+
+@compute @workgroup_size(WG)
+fn chunk_counts(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let chunk = linear_id(wid, groups, lid);
+    if chunk >= params.n_chunks {
+        return;
+    }
+    let row = chunk * params.n_atoms;
+    let end = min((chunk + 1u) * params.chunk, params.n);
+    for (var s = chunk * params.chunk; s < end; s++) {
+        for (var t = 0u; t < params.k; t++) {
+            let j = indices[s * params.k + t];
+            if j >= 0 && u32(j) < params.n_atoms {
+                counts[row + u32(j)] += 1u;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn chunk_offsets(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let j = linear_id(wid, groups, lid);
+    if j >= params.n_atoms {
+        return;
+    }
+    var running = 0u;
+    for (var c = 0u; c < params.n_chunks; c++) {
+        let idx = c * params.n_atoms + j;
+        let count = counts[idx];
+        counts[idx] = running;
+        running += count;
+    }
+    user_start[j] = running;
+}
+
+// One invocation: K additions are cheap next to everything around them.
+@compute @workgroup_size(1)
+fn atom_offsets() {
+    var running = 0u;
+    for (var j = 0u; j < params.n_atoms; j++) {
+        let total = user_start[j];
+        user_start[j] = running;
+        running += total;
+    }
+    user_start[params.n_atoms] = running;
+}
+
+@compute @workgroup_size(WG)
+fn scatter(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let chunk = linear_id(wid, groups, lid);
+    if chunk >= params.n_chunks {
+        return;
+    }
+    let row = chunk * params.n_atoms;
+    let end = min((chunk + 1u) * params.chunk, params.n);
+    for (var s = chunk * params.chunk; s < end; s++) {
+        for (var t = 0u; t < params.k; t++) {
+            let j = indices[s * params.k + t];
+            if j >= 0 && u32(j) < params.n_atoms {
+                let cursor = row + u32(j);
+                users[user_start[u32(j)] + counts[cursor]] = vec2<u32>(s, s * params.k + t);
+                counts[cursor] += 1u;
+            }
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The KSVD dictionary update by atom-wise power iteration (`shaders/power.wgsl`), double-batched:
+//! atoms in a seeded random order, in batches of `atom_batch` that update in parallel from the
+//! same residual (Jacobi), batches one after another (Gauss–Seidel).
+
+use std::borrow::Cow;
+
+use bytemuck::{Pod, Zeroable};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::sparse::{compute_pipeline, groups, CodeBuffers};
+use super::{Gpu, GpuBuffer, Matrix};
+use crate::encode::SparseCodes;
+use crate::error::{Error, Result};
+
+const SHADER: &str = include_str!("../../shaders/power.wgsl");
+const WG: u32 = 64;
+
+/// Parameters of one dictionary update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// Atoms updated in parallel from the same residual (A). 1 is exact sequential KSVD; K
+    /// updates every atom at once. Larger batches mean fewer, fuller dispatches but more
+    /// interference between atoms that share samples.
+    pub atom_batch: usize,
+    /// Power iterations per atom (p), warm-started from the current atom.
+    pub power_iterations: usize,
+    /// Seed of the atom visiting order.
+    pub seed: u64,
+}
+
+impl Default for UpdateOptions {
+    /// A = 256 and p = 2: see `benches/update.rs` and the project notes for the measurements
+    /// behind them (warm starts make a couple of iterations enough; batches of a few hundred atoms
+    /// keep dispatches full while sharing few samples per batch).
+    fn default() -> Self {
+        Self {
+            atom_batch: 256,
+            power_iterations: 2,
+            seed: 0,
+        }
+    }
+}
+
+/// Per-atom user lists: `start` [K + 1] and (sample, flat slot) pairs grouped by atom.
+pub type UserLists = (Vec<u32>, Vec<(u32, u32)>);
+
+/// The seeded order in which [`Gpu::ksvd_update`] visits the atoms; batches are consecutive runs
+/// of `atom_batch` atoms of it.
+pub fn atom_order(n_atoms: usize, seed: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n_atoms as u32).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
+/// Mirrors `Params` in power.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    start: u32,
+    len: u32,
+    d: u32,
+    k: u32,
+    n: u32,
+    n_atoms: u32,
+    iterations: u32,
+    _pad: u32,
+}
+
+pub(crate) struct PowerKernels {
+    start: wgpu::ComputePipeline,
+    steps: wgpu::ComputePipeline,
+    finish: wgpu::ComputePipeline,
+    fold: wgpu::ComputePipeline,
+    commit: wgpu::ComputePipeline,
+}
+
+impl PowerKernels {
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        gpu.scoped(|| {
+            let module = gpu
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("power.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
+                });
+            let c = [("WG", WG as f64)];
+            Ok(Self {
+                start: compute_pipeline(gpu, &module, "power_start", &c),
+                steps: compute_pipeline(gpu, &module, "power_steps", &c),
+                finish: compute_pipeline(gpu, &module, "power_finish", &c),
+                fold: compute_pipeline(gpu, &module, "fold", &c),
+                commit: compute_pipeline(gpu, &module, "commit", &c),
+            })
+        })
+    }
+}
+
+/// One batch of samples and their codes on the device, ready for dictionary updates: the
+/// samples Y, the codes, the residual E = Y − X·D, and the per-atom user lists.
+pub struct CodedBatch {
+    d: usize,
+    n_atoms: usize,
+    samples: Matrix,
+    residual: Matrix,
+    codes: CodeBuffers,
+    /// [K, d] power iterates.
+    iterate: Matrix,
+    /// [n·k, 2] per-slot scratch.
+    slot_scratch: GpuBuffer<f32>,
+}
+
+impl std::fmt::Debug for CodedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodedBatch")
+            .field("n", &self.codes.n)
+            .field("d", &self.d)
+            .field("k", &self.codes.k)
+            .field("n_atoms", &self.n_atoms)
+            .finish()
+    }
+}
+
+impl CodedBatch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.codes.n
+    }
+
+    /// True for a batch without samples.
+    pub fn is_empty(&self) -> bool {
+        self.codes.n == 0
+    }
+
+    /// Sample dimension d.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Slots per sample (k).
+    pub fn slots(&self) -> usize {
+        self.codes.k
+    }
+
+    /// Atoms K of the dictionary the codes refer to.
+    pub fn n_atoms(&self) -> usize {
+        self.n_atoms
+    }
+
+    /// Samples, residual, indices and values.
+    pub(crate) fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
+        (
+            &self.samples.data.buffer,
+            &self.residual.data.buffer,
+            &self.codes.indices.buffer,
+            &self.codes.values.buffer,
+        )
+    }
+}
+
+impl Gpu {
+    /// Records E = Y − X·D (and the user lists) for `batch` with the current `atoms`.
+    pub(crate) fn record_batch_residual(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        atoms: &Matrix,
+        batch: &CodedBatch,
+    ) -> Result<()> {
+        self.record_residual_and_transpose(
+            encoder,
+            &batch.samples,
+            atoms,
+            &batch.codes,
+            &batch.residual,
+        )
+    }
+
+    pub(crate) fn power_kernels(&self) -> Result<&PowerKernels> {
+        if let Some(k) = self.inner.power.get() {
+            return Ok(k);
+        }
+        let built = PowerKernels::new(self)?;
+        Ok(self.inner.power.get_or_init(|| built))
+    }
+
+    /// Uploads `samples` [n, d] and their `codes` for a dictionary of `n_atoms` atoms. Codes
+    /// naming an atom ≥ `n_atoms` are an error.
+    pub fn coded_batch(
+        &self,
+        samples: &[f32],
+        d: usize,
+        codes: &SparseCodes,
+        n_atoms: usize,
+    ) -> Result<CodedBatch> {
+        let n = codes.n;
+        if samples.len() != n * d {
+            return Err(Error::DataLength {
+                what: "samples of a coded batch".into(),
+                rows: n,
+                cols: d,
+                expected: n * d,
+                actual: samples.len(),
+            });
+        }
+        if codes.indices.len() != n * codes.k || codes.values.len() != n * codes.k {
+            return Err(Error::InvalidArgument(format!(
+                "codes of {n} rows × {} slots hold {} indices and {} values",
+                codes.k,
+                codes.indices.len(),
+                codes.values.len()
+            )));
+        }
+        if let Some(pos) = codes
+            .indices
+            .iter()
+            .position(|&j| j >= n_atoms as i32 || j < -1)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "codes row {} slot {} names atom {} but the dictionary has {n_atoms} atoms",
+                pos / codes.k.max(1),
+                pos % codes.k.max(1),
+                codes.indices[pos]
+            )));
+        }
+        crate::encode::check_finite("samples", samples, d)?;
+        crate::encode::check_finite("code values", &codes.values, codes.k)?;
+        Ok(CodedBatch {
+            d,
+            n_atoms,
+            samples: self.matrix(n, d, samples)?,
+            residual: self.zeros(n, d)?,
+            codes: CodeBuffers::new(self, n_atoms, &codes.indices, &codes.values, codes.k)?,
+            iterate: self.zeros(n_atoms, d)?,
+            slot_scratch: self.zeroed(2 * (n * codes.k).max(1))?,
+        })
+    }
+
+    /// One KSVD dictionary update of `atoms` [K, d] on `batch`: residual, transpose, then every
+    /// atom by power iteration in batches of `options.atom_batch`, all in one submission. The
+    /// atoms (unit norm) and the batch's coefficients are updated in place; returns how many
+    /// samples use each atom.
+    pub fn ksvd_update(
+        &self,
+        atoms: &mut Matrix,
+        batch: &mut CodedBatch,
+        options: &UpdateOptions,
+    ) -> Result<Vec<u32>> {
+        let (n_atoms, d) = (atoms.rows(), atoms.cols());
+        if n_atoms != batch.n_atoms || d != batch.d {
+            return Err(Error::ShapeMismatch {
+                op: "dictionary update (atoms vs the coded batch's dictionary)".into(),
+                left: atoms.shape(),
+                right: crate::error::shape(batch.n_atoms, batch.d),
+            });
+        }
+        if options.atom_batch == 0 || options.atom_batch > n_atoms {
+            return Err(Error::InvalidArgument(format!(
+                "atom batch {} must lie in 1..={n_atoms}",
+                options.atom_batch
+            )));
+        }
+        let order = atom_order(n_atoms, options.seed);
+        let mut rank = vec![0u32; n_atoms];
+        for (position, &j) in order.iter().enumerate() {
+            rank[j as usize] = position as u32;
+        }
+        let order_buf = self.upload(&order)?;
+        let rank_buf = self.upload(&rank)?;
+        let kernels = self.power_kernels()?;
+        let (n, k) = (batch.codes.n, batch.codes.k);
+
+        // First submission: residual and transpose; the user counts come back (they are the
+        // usage this call returns) and size the power-iteration dispatches.
+        let mut encoder = self.encoder("ksvd residual and transpose");
+        self.record_residual_and_transpose(
+            &mut encoder,
+            &batch.samples,
+            atoms,
+            &batch.codes,
+            &batch.residual,
+        )?;
+        let user_start = self.submit_and_read(encoder, &batch.codes.user_start, n_atoms + 1)?;
+        let usage: Vec<u32> = user_start.windows(2).map(|w| w[1] - w[0]).collect();
+
+        // Per atom batch: its parameter record, then one record per power_steps dispatch.
+        struct Dispatch {
+            record: usize,
+            kind: Kind,
+            groups: (u32, u32),
+        }
+        #[derive(Clone, Copy, PartialEq)]
+        enum Kind {
+            Start,
+            Steps,
+            Finish,
+            Fold,
+            Commit,
+        }
+        let wg = WG as u64;
+        let mut records: Vec<Params> = Vec::new();
+        let mut dispatches: Vec<Dispatch> = Vec::new();
+        for start in (0..n_atoms).step_by(options.atom_batch) {
+            let len = options.atom_batch.min(n_atoms - start);
+            let most_users = order[start..start + len]
+                .iter()
+                .map(|&j| usage[j as usize] as u64)
+                .max()
+                .unwrap_or(0);
+            let (dd, m) = (d as u64, most_users);
+            // Loop iterations of one invocation: per power iteration (users × d, then d × users,
+            // plus the reductions), and for the final x_new pass.
+            let per_iteration =
+                m.div_ceil(wg) * (dd + 2) + dd.div_ceil(wg) * (m + 4) + 2 * wg.ilog2() as u64 + 8;
+            let finish =
+                m.div_ceil(wg) * (dd + 2) + 3 * dd.div_ceil(wg) + 3 * wg.ilog2() as u64 + 8;
+            let what = format!("power iteration over an atom with {m} users at d = {d}");
+            self.check_loop_budget(&what, per_iteration.max(finish))?;
+            let per_dispatch = match self.limits().max_loop_iterations {
+                Some(cap) => (cap / per_iteration).max(1) as usize,
+                None => options.power_iterations.max(1),
+            };
+            let base = Params {
+                start: start as u32,
+                len: len as u32,
+                d: d as u32,
+                k: k as u32,
+                n: n as u32,
+                n_atoms: n_atoms as u32,
+                iterations: 0,
+                _pad: 0,
+            };
+            let atom_groups = groups(self, len, 1);
+            let record = records.len();
+            records.push(base);
+            dispatches.push(Dispatch {
+                record,
+                kind: Kind::Start,
+                groups: atom_groups,
+            });
+            let mut left = options.power_iterations;
+            while left > 0 {
+                let now = left.min(per_dispatch);
+                records.push(Params {
+                    iterations: now as u32,
+                    ..base
+                });
+                dispatches.push(Dispatch {
+                    record: records.len() - 1,
+                    kind: Kind::Steps,
+                    groups: atom_groups,
+                });
+                left -= now;
+            }
+            dispatches.push(Dispatch {
+                record,
+                kind: Kind::Finish,
+                groups: atom_groups,
+            });
+            dispatches.push(Dispatch {
+                record,
+                kind: Kind::Fold,
+                groups: groups(self, n, 1),
+            });
+            dispatches.push(Dispatch {
+                record,
+                kind: Kind::Commit,
+                groups: atom_groups,
+            });
+        }
+
+        let stride = (std::mem::size_of::<Params>() as u64)
+            .next_multiple_of(self.limits().min_uniform_buffer_offset_alignment as u64);
+        let mut encoder = self.encoder("ksvd atom batches");
+        self.scoped(|| {
+            let device = self.device();
+            let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("power params"),
+                size: stride * records.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: true,
+            });
+            {
+                let mut view = uniforms.slice(..).get_mapped_range_mut().map_err(|e| {
+                    Error::BufferMap(format!("update parameters could not be written: {e}"))
+                })?;
+                for (i, params) in records.iter().enumerate() {
+                    let at = i * stride as usize;
+                    view.slice(at..at + std::mem::size_of::<Params>())
+                        .copy_from_slice(bytemuck::bytes_of(params));
+                }
+            }
+            uniforms.unmap();
+            let c = &batch.codes;
+            let pipeline = |kind: Kind| match kind {
+                Kind::Start => &kernels.start,
+                Kind::Steps => &kernels.steps,
+                Kind::Finish => &kernels.finish,
+                Kind::Fold => &kernels.fold,
+                Kind::Commit => &kernels.commit,
+            };
+            let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
+                match kind {
+                    Kind::Start => vec![
+                        (1, &order_buf.buffer),
+                        (3, &atoms.data.buffer),
+                        (9, &batch.iterate.data.buffer),
+                    ],
+                    Kind::Steps | Kind::Finish => vec![
+                        (1, &order_buf.buffer),
+                        (3, &atoms.data.buffer),
+                        (4, &batch.residual.data.buffer),
+                        (5, &c.values.buffer),
+                        (7, &c.user_start.buffer),
+                        (8, &c.users.buffer),
+                        (9, &batch.iterate.data.buffer),
+                        (10, &batch.slot_scratch.buffer),
+                    ],
+                    Kind::Fold => vec![
+                        (2, &rank_buf.buffer),
+                        (3, &atoms.data.buffer),
+                        (4, &batch.residual.data.buffer),
+                        (5, &c.values.buffer),
+                        (6, &c.indices.buffer),
+                        (9, &batch.iterate.data.buffer),
+                        (10, &batch.slot_scratch.buffer),
+                    ],
+                    Kind::Commit => vec![
+                        (1, &order_buf.buffer),
+                        (3, &atoms.data.buffer),
+                        (5, &c.values.buffer),
+                        (7, &c.user_start.buffer),
+                        (8, &c.users.buffer),
+                        (9, &batch.iterate.data.buffer),
+                        (10, &batch.slot_scratch.buffer),
+                    ],
+                }
+            };
+            let bind_groups: Vec<wgpu::BindGroup> = dispatches
+                .iter()
+                .map(|dispatch| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &uniforms,
+                            offset: dispatch.record as u64 * stride,
+                            size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
+                        }),
+                    }];
+                    entries.extend(buffers(dispatch.kind).into_iter().map(|(binding, buffer)| {
+                        wgpu::BindGroupEntry {
+                            binding,
+                            resource: buffer.as_entire_binding(),
+                        }
+                    }));
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &pipeline(dispatch.kind).get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("atom batches"),
+                timestamp_writes: None,
+            });
+            for (dispatch, group) in dispatches.iter().zip(&bind_groups) {
+                pass.set_pipeline(pipeline(dispatch.kind));
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(dispatch.groups.0, dispatch.groups.1, 1);
+            }
+            Ok(())
+        })?;
+        self.submit(encoder)?;
+        self.wait()?;
+        Ok(usage)
+    }
+
+    /// The batch's codes with their current (updated) coefficients, and each row's residual
+    /// energy ‖y − x·D‖² from the device's residual as of the last update.
+    pub fn read_codes(&self, batch: &CodedBatch) -> Result<SparseCodes> {
+        let indices = self.read(&batch.codes.indices)?;
+        let values = self.read(&batch.codes.values)?;
+        let residual = self.read_matrix(&batch.residual)?;
+        Ok(SparseCodes {
+            n: batch.codes.n,
+            k: batch.codes.k,
+            indices,
+            values,
+            residual_energy: residual
+                .chunks(batch.d.max(1))
+                .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
+                .collect(),
+        })
+    }
+
+    /// The residual E = Y − X·D [n, d] as of the last update.
+    pub fn read_residual(&self, batch: &CodedBatch) -> Result<Vec<f32>> {
+        self.read_matrix(&batch.residual)
+    }
+
+    /// The per-atom user lists of the last update: `start` [K + 1] and (sample, slot) pairs in
+    /// list order, where slot = sample·k + t.
+    pub fn read_users(&self, batch: &CodedBatch) -> Result<UserLists> {
+        let start = self.read(&batch.codes.user_start)?;
+        let total = start.last().copied().unwrap_or(0) as usize;
+        let flat = self.read(&batch.codes.users)?;
+        let users = flat[..2 * total].chunks(2).map(|p| (p[0], p[1])).collect();
+        Ok((start, users))
+    }
+}

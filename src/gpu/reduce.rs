@@ -1,0 +1,259 @@
+//! Atom replacement (`shaders/reduce.wgsl`): re-seeding atoms with the worst-represented samples
+//! and purging near-duplicate atoms, on the GPU from the batch already there.
+
+use std::borrow::Cow;
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::power::CodedBatch;
+use super::sparse::{compute_pipeline, groups};
+use super::{GemmParams, Gpu, Matrix};
+use crate::error::{Error, Result};
+
+const SHADER: &str = include_str!("../../shaders/reduce.wgsl");
+const WG: u32 = 64;
+
+/// Mirrors `Params` in reduce.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    d: u32,
+    k: u32,
+    n_atoms: u32,
+    threshold: f32,
+    _pad: [u32; 3],
+}
+
+pub(crate) struct ReduceKernels {
+    residual_norms: wgpu::ComputePipeline,
+    mark_duplicates: wgpu::ComputePipeline,
+    remove_users: wgpu::ComputePipeline,
+    reseed: wgpu::ComputePipeline,
+}
+
+impl ReduceKernels {
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        gpu.scoped(|| {
+            let module = gpu
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("reduce.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
+                });
+            let c = [("WG", WG as f64)];
+            Ok(Self {
+                residual_norms: compute_pipeline(gpu, &module, "residual_norms", &c),
+                mark_duplicates: compute_pipeline(gpu, &module, "mark_duplicates", &c),
+                remove_users: compute_pipeline(gpu, &module, "remove_users", &c),
+                reseed: compute_pipeline(gpu, &module, "reseed", &c),
+            })
+        })
+    }
+}
+
+/// An atom given a new value, and the sample it was seeded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reseeded {
+    /// The atom.
+    pub atom: usize,
+    /// The sample (row of the batch) whose normalised value it now holds.
+    pub sample: usize,
+}
+
+impl Gpu {
+    pub(crate) fn reduce_kernels(&self) -> Result<&ReduceKernels> {
+        if let Some(k) = self.inner.reduce.get() {
+            return Ok(k);
+        }
+        let built = ReduceKernels::new(self)?;
+        Ok(self.inner.reduce.get_or_init(|| built))
+    }
+
+    /// Re-seeds the atoms `which` with the normalised samples of `batch` that are worst
+    /// represented (largest ‖y − x·D‖², each sample at most once), as KSVD-Box does for unused
+    /// atoms. Codes using those atoms are removed first (their part goes back into the residual).
+    /// Returns the atoms replaced, in ascending order; an atom stays as it was when no sample has
+    /// any residual left.
+    pub fn reseed_atoms(
+        &self,
+        atoms: &mut Matrix,
+        batch: &mut CodedBatch,
+        which: &[usize],
+    ) -> Result<Vec<Reseeded>> {
+        let n_atoms = atoms.rows();
+        let mut flags = vec![0u32; n_atoms];
+        for &j in which {
+            if j >= n_atoms {
+                return Err(Error::InvalidArgument(format!(
+                    "re-seeding atom {j} of a dictionary of {n_atoms}"
+                )));
+            }
+            flags[j] = 1;
+        }
+        let flags = self.upload(&flags)?;
+        self.replace_flagged(atoms, batch, &flags, None)
+    }
+
+    /// Purges near-duplicates: atom j is re-seeded (as in [`Gpu::reseed_atoms`]) when
+    /// |cos(d_i, d_j)| > `threshold` for an atom i with more users (`usage`, e.g. from
+    /// [`Gpu::ksvd_update`]; equal usage: the lower index is kept). KSVD-Box uses 0.99.
+    pub fn purge_duplicates(
+        &self,
+        atoms: &mut Matrix,
+        batch: &mut CodedBatch,
+        usage: &[u32],
+        threshold: f32,
+    ) -> Result<Vec<Reseeded>> {
+        let n_atoms = atoms.rows();
+        if usage.len() != n_atoms {
+            return Err(Error::InvalidArgument(format!(
+                "usage holds {} counts for {n_atoms} atoms",
+                usage.len()
+            )));
+        }
+        if !(threshold > 0.0 && threshold < 1.0) {
+            return Err(Error::InvalidArgument(format!(
+                "duplicate threshold {threshold} must lie in (0, 1)"
+            )));
+        }
+        let usage = self.upload(usage)?;
+        let flags = self.zeroed::<u32>(n_atoms)?;
+        let mut gram = self.zeros(n_atoms, n_atoms)?;
+        self.check_loop_budget("duplicate search over the atoms", n_atoms as u64 + 8)?;
+        let kernels = self.reduce_kernels()?;
+        let mut encoder = self.encoder("purge duplicates");
+        self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
+        self.scoped(|| {
+            let params = self.reduce_params(batch, n_atoms, threshold);
+            let group = super::sparse::bind(
+                self,
+                &kernels.mark_duplicates,
+                &[
+                    (0, &params),
+                    (6, &flags.buffer),
+                    (9, &gram.data.buffer),
+                    (10, &usage.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("mark duplicates"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.mark_duplicates);
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = groups(self, n_atoms, WG as usize);
+            pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })?;
+        self.replace_flagged(atoms, batch, &flags, Some(encoder))
+    }
+
+    fn reduce_params(&self, batch: &CodedBatch, n_atoms: usize, threshold: f32) -> wgpu::Buffer {
+        let params = Params {
+            n: batch.len() as u32,
+            d: batch.dim() as u32,
+            k: batch.slots() as u32,
+            n_atoms: n_atoms as u32,
+            threshold,
+            _pad: [0; 3],
+        };
+        self.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("reduce params"),
+                contents: bytemuck::bytes_of(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Removes flagged atoms from the codes and re-seeds them, after the work in `encoder`.
+    fn replace_flagged(
+        &self,
+        atoms: &mut Matrix,
+        batch: &mut CodedBatch,
+        flags: &super::GpuBuffer<u32>,
+        encoder: Option<wgpu::CommandEncoder>,
+    ) -> Result<Vec<Reseeded>> {
+        let n_atoms = atoms.rows();
+        if n_atoms != batch.n_atoms() || atoms.cols() != batch.dim() {
+            return Err(Error::ShapeMismatch {
+                op: "atom replacement (atoms vs the coded batch's dictionary)".into(),
+                left: atoms.shape(),
+                right: crate::error::shape(batch.n_atoms(), batch.dim()),
+            });
+        }
+        let (n, d) = (batch.len(), batch.dim());
+        // One workgroup walks every atom and, per flagged one, every sample.
+        let per_atom = (n.div_ceil(WG as usize) + 3 * d.div_ceil(WG as usize) + 20) as u64;
+        self.check_loop_budget(
+            &format!("re-seeding from {n} samples"),
+            n_atoms as u64 + per_atom * n_atoms as u64,
+        )?;
+        let kernels = self.reduce_kernels()?;
+        let norms = self.zeroed::<f32>(n.max(1))?;
+        let chosen = self.zeroed::<u32>(n_atoms)?;
+        let mut encoder = encoder.unwrap_or_else(|| self.encoder("reseed atoms"));
+        // The residual must match the current atoms and codes.
+        self.record_batch_residual(&mut encoder, atoms, batch)?;
+        self.scoped(|| {
+            let params = self.reduce_params(batch, n_atoms, 0.0);
+            let p = &params;
+            let (samples, residual, indices, values) = batch.buffers();
+            let remove = super::sparse::bind(
+                self,
+                &kernels.remove_users,
+                &[
+                    (0, p),
+                    (2, &atoms.data.buffer),
+                    (3, residual),
+                    (4, indices),
+                    (5, values),
+                    (6, &flags.buffer),
+                ],
+            );
+            let norms_group = super::sparse::bind(
+                self,
+                &kernels.residual_norms,
+                &[(0, p), (3, residual), (7, &norms.buffer)],
+            );
+            let reseed = super::sparse::bind(
+                self,
+                &kernels.reseed,
+                &[
+                    (0, p),
+                    (1, samples),
+                    (2, &atoms.data.buffer),
+                    (6, &flags.buffer),
+                    (7, &norms.buffer),
+                    (8, &chosen.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("reseed atoms"),
+                timestamp_writes: None,
+            });
+            let per_sample = groups(self, n, 1);
+            for (pipeline, group, (x, y)) in [
+                (&kernels.remove_users, &remove, per_sample),
+                (&kernels.residual_norms, &norms_group, per_sample),
+                (&kernels.reseed, &reseed, (1, 1)),
+            ] {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            Ok(())
+        })?;
+        let chosen = self.submit_and_read(encoder, &chosen, n_atoms)?;
+        Ok(chosen
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s != u32::MAX)
+            .map(|(atom, &s)| Reseeded {
+                atom,
+                sample: s as usize,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,278 @@
+//! Kernels on fixed-width codes (`shaders/sparse.wgsl`): the residual E = Y − X·D and the
+//! transpose of the codes into per-atom user lists.
+
+use std::borrow::Cow;
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{Gpu, GpuBuffer, Matrix};
+use crate::error::{Error, Result};
+
+const SHADER: &str = include_str!("../../shaders/sparse.wgsl");
+const WG: u32 = 64;
+/// Samples per chunk of the transpose: each chunk is walked in order by one invocation, so a
+/// smaller chunk means more parallel chunks but a larger [chunks, K] count table.
+const CHUNK: u32 = 64;
+
+/// Mirrors `Params` in sparse.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    k: u32,
+    d: u32,
+    n_atoms: u32,
+    chunk: u32,
+    n_chunks: u32,
+    _pad: [u32; 2],
+}
+
+/// The sparse.wgsl pipelines (auto layouts: each entry point binds only what it uses).
+pub(crate) struct SparseKernels {
+    residual: wgpu::ComputePipeline,
+    chunk_counts: wgpu::ComputePipeline,
+    chunk_offsets: wgpu::ComputePipeline,
+    atom_offsets: wgpu::ComputePipeline,
+    scatter: wgpu::ComputePipeline,
+}
+
+pub(crate) fn compute_pipeline(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    gpu.device()
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+}
+
+/// A bind group for `pipeline` from (binding, buffer) pairs, whole buffers.
+pub(crate) fn bind(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = entries
+        .iter()
+        .map(|&(binding, buffer)| wgpu::BindGroupEntry {
+            binding,
+            resource: buffer.as_entire_binding(),
+        })
+        .collect();
+    gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// Workgroups (x, y) covering `items` items at `per_group` items per workgroup.
+pub(crate) fn groups(gpu: &Gpu, items: usize, per_group: usize) -> (u32, u32) {
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let total = items.div_ceil(per_group).max(1);
+    let x = total.min(max);
+    (x as u32, total.div_ceil(x) as u32)
+}
+
+impl SparseKernels {
+    pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
+        gpu.scoped(|| {
+            let module = gpu
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("sparse.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
+                });
+            let c = [("WG", WG as f64)];
+            Ok(Self {
+                residual: compute_pipeline(gpu, &module, "residual_from_codes", &c),
+                chunk_counts: compute_pipeline(gpu, &module, "chunk_counts", &c),
+                chunk_offsets: compute_pipeline(gpu, &module, "chunk_offsets", &c),
+                atom_offsets: compute_pipeline(gpu, &module, "atom_offsets", &[]),
+                scatter: compute_pipeline(gpu, &module, "scatter", &c),
+            })
+        })
+    }
+}
+
+/// Buffers of one sample batch's codes and what is derived from them on the device.
+pub(crate) struct CodeBuffers {
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) indices: GpuBuffer<i32>,
+    pub(crate) values: GpuBuffer<f32>,
+    /// [n_chunks, K] counts, then cursors.
+    pub(crate) counts: GpuBuffer<u32>,
+    /// [K + 1] start of each atom's users.
+    pub(crate) user_start: GpuBuffer<u32>,
+    /// [n·k, 2]: (sample, flat slot) grouped by atom.
+    pub(crate) users: GpuBuffer<u32>,
+}
+
+impl CodeBuffers {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        n_atoms: usize,
+        indices: &[i32],
+        values: &[f32],
+        k: usize,
+    ) -> Result<Self> {
+        let n = indices.len() / k.max(1);
+        let n_chunks = n.div_ceil(CHUNK as usize).max(1);
+        Ok(Self {
+            n,
+            k,
+            indices: gpu.upload(indices)?,
+            values: gpu.upload(values)?,
+            counts: gpu.zeroed(n_chunks * n_atoms)?,
+            user_start: gpu.zeroed(n_atoms + 1)?,
+            users: gpu.zeroed(2 * (n * k).max(1))?,
+        })
+    }
+}
+
+impl Gpu {
+    pub(crate) fn sparse_kernels(&self) -> Result<&SparseKernels> {
+        if let Some(k) = self.inner.sparse.get() {
+            return Ok(k);
+        }
+        let built = SparseKernels::new(self)?;
+        Ok(self.inner.sparse.get_or_init(|| built))
+    }
+
+    /// Records E = Y − X·D into `residual` and the transpose of the codes into per-atom user lists
+    /// (ascending sample order) in `codes`.
+    pub(crate) fn record_residual_and_transpose(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        samples: &Matrix,
+        atoms: &Matrix,
+        codes: &CodeBuffers,
+        residual: &Matrix,
+    ) -> Result<()> {
+        let (n, d, k, n_atoms) = (codes.n, atoms.cols(), codes.k, atoms.rows());
+        if samples.rows() != n
+            || samples.cols() != d
+            || residual.rows() != n
+            || residual.cols() != d
+        {
+            return Err(Error::ShapeMismatch {
+                op: format!("residual of {n} coded samples (samples vs atoms)"),
+                left: samples.shape(),
+                right: atoms.shape(),
+            });
+        }
+        let kernels = self.sparse_kernels()?;
+        let n_chunks = n.div_ceil(CHUNK as usize).max(1);
+        let params = Params {
+            n: n as u32,
+            k: k as u32,
+            d: d as u32,
+            n_atoms: n_atoms as u32,
+            chunk: CHUNK,
+            n_chunks: n_chunks as u32,
+            _pad: [0; 2],
+        };
+        self.scoped(|| {
+            let uniforms = self
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("sparse params"),
+                    contents: bytemuck::bytes_of(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let u = &uniforms;
+            encoder.clear_buffer(&codes.counts.buffer, 0, None);
+            let residual_group = bind(
+                self,
+                &kernels.residual,
+                &[
+                    (0, u),
+                    (1, &codes.indices.buffer),
+                    (2, &codes.values.buffer),
+                    (3, &samples.data.buffer),
+                    (4, &atoms.data.buffer),
+                    (5, &residual.data.buffer),
+                ],
+            );
+            let counts_group = bind(
+                self,
+                &kernels.chunk_counts,
+                &[
+                    (0, u),
+                    (1, &codes.indices.buffer),
+                    (6, &codes.counts.buffer),
+                ],
+            );
+            let offsets_group = bind(
+                self,
+                &kernels.chunk_offsets,
+                &[
+                    (0, u),
+                    (6, &codes.counts.buffer),
+                    (7, &codes.user_start.buffer),
+                ],
+            );
+            let atoms_group = bind(
+                self,
+                &kernels.atom_offsets,
+                &[(0, u), (7, &codes.user_start.buffer)],
+            );
+            let scatter_group = bind(
+                self,
+                &kernels.scatter,
+                &[
+                    (0, u),
+                    (1, &codes.indices.buffer),
+                    (6, &codes.counts.buffer),
+                    (7, &codes.user_start.buffer),
+                    (8, &codes.users.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("residual and transpose"),
+                timestamp_writes: None,
+            });
+            let steps = [
+                (
+                    &kernels.residual,
+                    &residual_group,
+                    groups(self, n * d, WG as usize),
+                ),
+                (
+                    &kernels.chunk_counts,
+                    &counts_group,
+                    groups(self, n_chunks, WG as usize),
+                ),
+                (
+                    &kernels.chunk_offsets,
+                    &offsets_group,
+                    groups(self, n_atoms, WG as usize),
+                ),
+                (&kernels.atom_offsets, &atoms_group, (1, 1)),
+                (
+                    &kernels.scatter,
+                    &scatter_group,
+                    groups(self, n_chunks, WG as usize),
+                ),
+            ];
+            for (pipeline, group, (x, y)) in steps {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(x, y, 1);
+            }
+            Ok(())
+        })
+    }
+}
