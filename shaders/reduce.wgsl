@@ -181,12 +181,17 @@ fn reseed(@builtin(local_invocation_index) lid: u32) {
             part += y * y;
         }
         let norm = sqrt(wg_sum(lid, part));
-        // A positive residual implies a nonzero sample.
-        for (var c = lid; c < params.d; c += WG) {
-            atoms[j * params.d + c] = samples[s * params.d + c] / norm;
+        // A zero sample can have a residual (its codes are not zero): it cannot seed an atom,
+        // and is only marked used.
+        if norm > 0.0 {
+            for (var c = lid; c < params.d; c += WG) {
+                atoms[j * params.d + c] = samples[s * params.d + c] / norm;
+            }
         }
         if lid == 0u {
-            chosen[j] = s;
+            if norm > 0.0 {
+                chosen[j] = s;
+            }
             norms[s] = -1.0;
         }
         storageBarrier();

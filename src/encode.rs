@@ -46,7 +46,7 @@ pub struct CodingOptions {
     /// Stop when the largest remaining correlation |dⱼ·r| ≤ min_correlation·‖y‖ (nothing left
     /// worth fitting; also gives a zero sample no atoms).
     pub min_correlation: f32,
-    /// Stop when the next atom's Cholesky pivot G[j,j] − wᵀw ≤ min_pivot·G[j,j]: it is nearly in
+    /// Stop when the next atom's Cholesky pivot G\[j,j\] − wᵀw ≤ min_pivot·G\[j,j\]: it is nearly in
     /// the span of the atoms already chosen (its sine to that span is below √min_pivot).
     pub min_pivot: f32,
 }

@@ -92,8 +92,9 @@ impl Gpu {
             }
             flags[j] = 1;
         }
+        let flagged = flags.iter().filter(|&&f| f != 0).count();
         let flags = self.upload(&flags)?;
-        self.replace_flagged(atoms, batch, &flags, None)
+        self.replace_flagged(atoms, batch, &flags, flagged)
     }
 
     /// Purges near-duplicates: atom j is re-seeded (as in [`Gpu::reseed_atoms`]) when
@@ -147,7 +148,16 @@ impl Gpu {
             pass.dispatch_workgroups(x, y, 1);
             Ok(())
         })?;
-        self.replace_flagged(atoms, batch, &flags, Some(encoder))
+        // The flags come back (K words) so the re-seeding can be sized, and skipped when none.
+        let flagged = self
+            .submit_and_read(encoder, &flags, n_atoms)?
+            .iter()
+            .filter(|&&f| f != 0)
+            .count();
+        if flagged == 0 {
+            return Ok(Vec::new());
+        }
+        self.replace_flagged(atoms, batch, &flags, flagged)
     }
 
     fn reduce_params(&self, batch: &CodedBatch, n_atoms: usize, threshold: f32) -> wgpu::Buffer {
@@ -167,13 +177,13 @@ impl Gpu {
             })
     }
 
-    /// Removes flagged atoms from the codes and re-seeds them, after the work in `encoder`.
+    /// Removes the `flagged` atoms marked in `flags` from the codes and re-seeds them.
     fn replace_flagged(
         &self,
         atoms: &mut Matrix,
         batch: &mut CodedBatch,
         flags: &super::GpuBuffer<u32>,
-        encoder: Option<wgpu::CommandEncoder>,
+        flagged: usize,
     ) -> Result<Vec<Reseeded>> {
         let n_atoms = atoms.rows();
         if n_atoms != batch.n_atoms() || atoms.cols() != batch.dim() {
@@ -187,13 +197,16 @@ impl Gpu {
         // One workgroup walks every atom and, per flagged one, every sample.
         let per_atom = (n.div_ceil(WG as usize) + 3 * d.div_ceil(WG as usize) + 20) as u64;
         self.check_loop_budget(
-            &format!("re-seeding from {n} samples"),
-            n_atoms as u64 + per_atom * n_atoms as u64,
+            &format!("re-seeding {flagged} atoms from {n} samples"),
+            n_atoms as u64 + per_atom * flagged as u64,
         )?;
         let kernels = self.reduce_kernels()?;
         let norms = self.zeroed::<f32>(n.max(1))?;
         let chosen = self.zeroed::<u32>(n_atoms)?;
-        let mut encoder = encoder.unwrap_or_else(|| self.encoder("reseed atoms"));
+        if flagged == 0 {
+            return Ok(Vec::new());
+        }
+        let mut encoder = self.encoder("reseed atoms");
         // The residual must match the current atoms and codes.
         self.record_batch_residual(&mut encoder, atoms, batch)?;
         self.scoped(|| {

@@ -168,13 +168,24 @@ impl Gpu {
             || residual.cols() != d
         {
             return Err(Error::ShapeMismatch {
-                op: format!("residual of {n} coded samples (samples vs atoms)"),
-                left: samples.shape(),
-                right: atoms.shape(),
+                op: format!(
+                    "residual of {n} coded samples (samples and residual vs [n, d] from codes \
+                     and atoms {})",
+                    atoms.shape()
+                ),
+                left: format!("{} and {}", samples.shape(), residual.shape()),
+                right: crate::error::shape(n, d),
             });
         }
-        let kernels = self.sparse_kernels()?;
         let n_chunks = n.div_ceil(CHUNK as usize).max(1);
+        // atom_offsets is one invocation over all atoms; the chunk kernels walk a chunk's slots.
+        self.check_loop_budget(
+            &format!("code transpose over {n_atoms} atoms and {n_chunks} chunks"),
+            (n_atoms as u64 + 1)
+                .max(n_chunks as u64 + 1)
+                .max(CHUNK as u64 * (k as u64 + 1)),
+        )?;
+        let kernels = self.sparse_kernels()?;
         let params = Params {
             n: n as u32,
             k: k as u32,

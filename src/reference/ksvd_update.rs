@@ -2,9 +2,10 @@
 //!
 //! For atom j with users ω (the samples whose codes contain j), E_Ω = (Y − X·D)[ω] + x_j[ω]·d_j.
 //! Its best rank-1 approximation σ·v·uᵀ replaces d_j by u and x_j[ω] by σ·v = E_Ω·u. Here u is
-//! computed exactly (to f64 precision): the top eigenvector of the small |ω|×|ω| matrix
-//! M = E_Ω·E_Ωᵀ by repeated squaring, then u = E_Ωᵀ·v/‖E_Ωᵀ·v‖. The sign makes u·d_j ≥ 0; an
-//! atom without users, or with E_Ω = 0, keeps d_j.
+//! computed to f64 precision by the power method run to convergence (the direction moving by
+//! less than 1e-14) on the smaller of E_Ω·E_Ωᵀ (then u = E_Ωᵀ·v/‖E_Ωᵀ·v‖) and E_Ωᵀ·E_Ω, started
+//! from the current atom. The sign makes u·d_j ≥ 0; an atom without users, or with E_Ω = 0,
+//! keeps d_j.
 //!
 //! Batches: the atoms of one batch all see the same residual (Jacobi); batches follow each other
 //! (Gauss–Seidel). One atom per batch is classic sequential KSVD.

@@ -8,9 +8,9 @@
 //! 2. stop when `tolerance` is set and ‖r‖² ≤ tolerance·‖y‖²;
 //! 3. choose j = argmax |dⱼ·r| over unchosen atoms, ties to the lowest index;
 //! 4. stop when |dⱼ·r| ≤ `min_correlation`·‖y‖ (this also stops a zero sample with no atom);
-//! 5. stop when the Cholesky pivot G[j,j] − wᵀw with w = L⁻¹·G[I,j] is ≤ `min_pivot`·G[j,j]
+//! 5. stop when the Cholesky pivot G\[j,j\] − wᵀw with w = L⁻¹·G\[I,j\] is ≤ `min_pivot`·G\[j,j\]
 //!    (dⱼ is nearly in the span of the chosen atoms);
-//! 6. add j; γ solves G[I,I]·γ = D[I]·y; r = y − γ·D[I].
+//! 6. add j; γ solves G\[I,I\]·γ = D\[I\]·y; r = y − γ·D\[I\].
 //!
 //! MP: at most `2·max_atoms` iterations of: rules 2–4 over all atoms (an atom may be chosen again,
 //! adding to its coefficient), stopping when a new atom would exceed `max_atoms`; then
@@ -53,7 +53,7 @@ fn argmax_abs(c: &[f64], excluded: &[usize]) -> Option<(usize, f64)> {
 }
 
 /// Lower-triangular Cholesky factor of the Gram matrix of `support`, grown one row at a time.
-/// Returns `None` when a pivot is ≤ `min_pivot`·G[j,j].
+/// Returns `None` when a pivot is ≤ `min_pivot`·G\[j,j\].
 fn cholesky(atoms: &[f64], d: usize, support: &[usize], min_pivot: f64) -> Option<Vec<Vec<f64>>> {
     let mut l: Vec<Vec<f64>> = Vec::new();
     for (s, &j) in support.iter().enumerate() {
