@@ -250,6 +250,57 @@ impl Gpu {
     }
 }
 
+/// Parameter records of several dispatches in one uniform buffer, each at an offset the device
+/// accepts, so one buffer serves many bind groups.
+pub(crate) struct UniformRecords {
+    buffer: wgpu::Buffer,
+    stride: u64,
+    size: u64,
+}
+
+impl UniformRecords {
+    /// The binding of record `i`.
+    pub(crate) fn binding(&self, i: usize) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: i as u64 * self.stride,
+            size: wgpu::BufferSize::new(self.size),
+        })
+    }
+}
+
+impl Gpu {
+    /// Uploads `records` as [`UniformRecords`].
+    pub(crate) fn uniform_records<T: Pod>(
+        &self,
+        label: &str,
+        records: &[T],
+    ) -> Result<UniformRecords> {
+        let size = std::mem::size_of::<T>() as u64;
+        let stride =
+            size.next_multiple_of(self.limits().min_uniform_buffer_offset_alignment as u64);
+        let mut bytes = vec![0u8; (stride as usize) * records.len().max(1)];
+        for (i, record) in records.iter().enumerate() {
+            let at = i * stride as usize;
+            bytes[at..at + size as usize].copy_from_slice(bytemuck::bytes_of(record));
+        }
+        let buffer = self.scoped(|| {
+            Ok(self
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                }))
+        })?;
+        Ok(UniformRecords {
+            buffer,
+            stride,
+            size,
+        })
+    }
+}
+
 /// A row-major `rows × cols` f32 matrix on the device.
 #[derive(Debug)]
 pub struct Matrix {

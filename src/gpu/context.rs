@@ -391,12 +391,22 @@ impl Gpu {
         &self.inner.queue
     }
 
-    pub(crate) fn gemm_kernels(&self) -> Result<&GemmKernels> {
-        if let Some(k) = self.inner.gemm.get() {
-            return Ok(k);
+    /// The value in `cell`, built by `build` on first use (pipelines are built once per device;
+    /// a failed build is returned and retried next time).
+    pub(crate) fn cached<'a, T>(
+        &self,
+        cell: &'a OnceLock<T>,
+        build: impl FnOnce(&Gpu) -> Result<T>,
+    ) -> Result<&'a T> {
+        if let Some(value) = cell.get() {
+            return Ok(value);
         }
-        let built = GemmKernels::new(self)?;
-        Ok(self.inner.gemm.get_or_init(|| built))
+        let built = build(self)?;
+        Ok(cell.get_or_init(|| built))
+    }
+
+    pub(crate) fn gemm_kernels(&self) -> Result<&GemmKernels> {
+        self.cached(&self.inner.gemm, GemmKernels::new)
     }
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes and turns anything wgpu

@@ -460,29 +460,11 @@ impl Gpu {
             Product::ABt => &pipes.abt,
             Product::AB => &pipes.ab,
         };
-        let stride = (std::mem::size_of::<BlockParams>() as u64)
-            .next_multiple_of(self.limits().min_uniform_buffer_offset_alignment as u64);
+        let params: Vec<BlockParams> = blocks.iter().map(|b| b.params).collect();
+        let uniforms = self.uniform_records("gemm params", &params)?;
 
         self.scoped(|| {
             let device = self.device();
-            let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("gemm params"),
-                size: stride * blocks.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: true,
-            });
-            {
-                let mut view = uniforms.slice(..).get_mapped_range_mut().map_err(|e| {
-                    Error::BufferMap(format!("gemm parameters could not be written: {e}"))
-                })?;
-                for (i, block) in blocks.iter().enumerate() {
-                    let at = i * stride as usize;
-                    view.slice(at..at + std::mem::size_of::<BlockParams>())
-                        .copy_from_slice(bytemuck::bytes_of(&block.params));
-                }
-            }
-            uniforms.unmap();
-
             let groups: Vec<wgpu::BindGroup> = blocks
                 .iter()
                 .enumerate()
@@ -493,13 +475,7 @@ impl Gpu {
                         entries: &[
                             wgpu::BindGroupEntry {
                                 binding: 0,
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &uniforms,
-                                    offset: i as u64 * stride,
-                                    size: wgpu::BufferSize::new(
-                                        std::mem::size_of::<BlockParams>() as u64
-                                    ),
-                                }),
+                                resource: uniforms.binding(i),
                             },
                             wgpu::BindGroupEntry {
                                 binding: 1,

@@ -254,11 +254,7 @@ pub(crate) fn max_batch(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
 
 impl Gpu {
     pub(crate) fn omp_kernels(&self) -> Result<&OmpKernels> {
-        if let Some(k) = self.inner.omp.get() {
-            return Ok(k);
-        }
-        let built = OmpKernels::new(self)?;
-        Ok(self.inner.omp.get_or_init(|| built))
+        self.cached(&self.inner.omp, OmpKernels::new)
     }
 
     /// Records the sparse coding of `batch` samples of dimension `d`: `alpha` holds their

@@ -181,11 +181,7 @@ impl Gpu {
     }
 
     pub(crate) fn power_kernels(&self) -> Result<&PowerKernels> {
-        if let Some(k) = self.inner.power.get() {
-            return Ok(k);
-        }
-        let built = PowerKernels::new(self)?;
-        Ok(self.inner.power.get_or_init(|| built))
+        self.cached(&self.inner.power, PowerKernels::new)
     }
 
     /// Uploads `samples` [n, d] and their `codes` for a dictionary of `n_atoms` atoms. Codes
@@ -372,28 +368,10 @@ impl Gpu {
             });
         }
 
-        let stride = (std::mem::size_of::<Params>() as u64)
-            .next_multiple_of(self.limits().min_uniform_buffer_offset_alignment as u64);
+        let uniforms = self.uniform_records("power params", &records)?;
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
             let device = self.device();
-            let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("power params"),
-                size: stride * records.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM,
-                mapped_at_creation: true,
-            });
-            {
-                let mut view = uniforms.slice(..).get_mapped_range_mut().map_err(|e| {
-                    Error::BufferMap(format!("update parameters could not be written: {e}"))
-                })?;
-                for (i, params) in records.iter().enumerate() {
-                    let at = i * stride as usize;
-                    view.slice(at..at + std::mem::size_of::<Params>())
-                        .copy_from_slice(bytemuck::bytes_of(params));
-                }
-            }
-            uniforms.unmap();
             let c = &batch.codes;
             let pipeline = |kind: Kind| match kind {
                 Kind::Start => &kernels.start,
@@ -444,11 +422,7 @@ impl Gpu {
                 .map(|dispatch| {
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &uniforms,
-                            offset: dispatch.record as u64 * stride,
-                            size: wgpu::BufferSize::new(std::mem::size_of::<Params>() as u64),
-                        }),
+                        resource: uniforms.binding(dispatch.record),
                     }];
                     entries.extend(buffers(dispatch.kind).into_iter().map(|(binding, buffer)| {
                         wgpu::BindGroupEntry {

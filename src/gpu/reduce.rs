@@ -64,11 +64,7 @@ pub struct Reseeded {
 
 impl Gpu {
     pub(crate) fn reduce_kernels(&self) -> Result<&ReduceKernels> {
-        if let Some(k) = self.inner.reduce.get() {
-            return Ok(k);
-        }
-        let built = ReduceKernels::new(self)?;
-        Ok(self.inner.reduce.get_or_init(|| built))
+        self.cached(&self.inner.reduce, ReduceKernels::new)
     }
 
     /// Re-seeds the atoms `which` with the normalised samples of `batch` that are worst

@@ -144,11 +144,7 @@ impl CodeBuffers {
 
 impl Gpu {
     pub(crate) fn sparse_kernels(&self) -> Result<&SparseKernels> {
-        if let Some(k) = self.inner.sparse.get() {
-            return Ok(k);
-        }
-        let built = SparseKernels::new(self)?;
-        Ok(self.inner.sparse.get_or_init(|| built))
+        self.cached(&self.inner.sparse, SparseKernels::new)
     }
 
     /// Records E = Y − X·D into `residual` and the transpose of the codes into per-atom user lists
