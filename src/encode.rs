@@ -133,6 +133,9 @@ pub struct SparseCodes {
 
 impl SparseCodes {
     /// The (atom, coefficient) pairs of row `i`, in the order the coder chose them.
+    ///
+    /// # Panics
+    /// If `i >= n`, like slice indexing.
     pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let slots = i * self.k..(i + 1) * self.k;
         self.indices[slots.clone()]
@@ -142,7 +145,7 @@ impl SparseCodes {
             .map(|(&j, &v)| (j as usize, v))
     }
 
-    /// Atoms used by row `i` (its L0).
+    /// Atoms used by row `i` (its L0). Panics if `i >= n`.
     pub fn row_nnz(&self, i: usize) -> usize {
         self.row(i).count()
     }
