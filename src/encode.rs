@@ -126,7 +126,7 @@ pub struct SparseCodes {
     pub indices: Vec<i32>,
     /// [n, k] coefficients, 0.0 for an empty slot.
     pub values: Vec<f32>,
-    /// [n] ‖y − x·D‖² of each sample (of y after subtracting the mean, if any) as the coder
+    /// \[n\] ‖y − x·D‖² of each sample (of y after subtracting the mean, if any) as the coder
     /// computed it.
     pub residual_energy: Vec<f32>,
 }

@@ -1,7 +1,7 @@
 //! Reference KSVD dictionary update in f64, atom by atom or in Jacobi batches.
 //!
-//! For atom j with users ω (the samples whose codes contain j), E_Ω = (Y − X·D)[ω] + x_j[ω]·d_j.
-//! Its best rank-1 approximation σ·v·uᵀ replaces d_j by u and x_j[ω] by σ·v = E_Ω·u. Here u is
+//! For atom j with users ω (the samples whose codes contain j), E_Ω = (Y − X·D)\[ω\] + x_j\[ω\]·d_j.
+//! Its best rank-1 approximation σ·v·uᵀ replaces d_j by u and x_j\[ω\] by σ·v = E_Ω·u. Here u is
 //! computed to f64 precision by the power method run to convergence (the direction moving by
 //! less than 1e-14) on the smaller of E_Ω·E_Ωᵀ (then u = E_Ωᵀ·v/‖E_Ωᵀ·v‖) and E_Ωᵀ·E_Ω, started
 //! from the current atom. The sign makes u·d_j ≥ 0; an atom without users, or with E_Ω = 0,

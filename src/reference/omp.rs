@@ -115,7 +115,7 @@ fn least_squares(
     (gamma, r)
 }
 
-/// Codes one sample `y` [d] over `atoms` [K, d] with the coder and rules in `options`.
+/// Codes one sample `y` \[d\] over `atoms` [K, d] with the coder and rules in `options`.
 pub fn encode_sample(atoms: &[f32], n_atoms: usize, y: &[f32], options: &CodingOptions) -> RefCode {
     encode(atoms, n_atoms, y, y.len(), options).remove(0)
 }
