@@ -71,6 +71,17 @@ fn dot_atom_iterate(lid: u32, row: u32) -> f32 {
     return wg_sum(lid, part);
 }
 
+// (e_s + x_s·d_j)·u for a user (sample, slot) of atom `row / d`, given d_j·u: the row of E_Ω
+// times the iterate, without forming E_Ω.
+fn project_user(user: vec2<u32>, row: u32, dj_u: f32) -> f32 {
+    let e = user.x * params.d;
+    var v = values[user.y] * dj_u;
+    for (var c = 0u; c < params.d; c++) {
+        v += residual[e + c] * iterate[row + c];
+    }
+    return v;
+}
+
 // The batch atom this workgroup serves: (atom, its row in D and in `iterate`, first and
 // one-past-last user).
 fn atom_of(a: u32) -> vec4<u32> {
@@ -118,12 +129,7 @@ fn power_steps(
         // v_s = e_s·u + x_s·(d_j·u), one user per invocation.
         for (var q = first + lid; q < last; q += WG) {
             let user = users[q];
-            let e = user.x * d;
-            var v = values[user.y] * dju;
-            for (var c = 0u; c < d; c++) {
-                v += residual[e + c] * iterate[row + c];
-            }
-            slot_scratch[user.y].x = v;
+            slot_scratch[user.y].x = project_user(user, row, dju);
         }
         storageBarrier();
         // u = Σ_s v_s·(e_s + x_s·d_j), one dimension per invocation.
@@ -182,12 +188,7 @@ fn power_finish(
     let dj_new = dot_atom_iterate(lid, row);
     for (var q = at.z + lid; q < at.w; q += WG) {
         let user = users[q];
-        let e = user.x * d;
-        var x = values[user.y] * dj_new;
-        for (var c = 0u; c < d; c++) {
-            x += residual[e + c] * iterate[row + c];
-        }
-        slot_scratch[user.y].y = x;
+        slot_scratch[user.y].y = project_user(user, row, dj_new);
     }
 }
 

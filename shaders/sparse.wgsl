@@ -63,6 +63,11 @@ fn residual_from_codes(
     residual[g] = e;
 }
 
+// First and one-past-last sample of a chunk.
+fn chunk_samples(chunk: u32) -> vec2<u32> {
+    return vec2<u32>(chunk * params.chunk, min((chunk + 1u) * params.chunk, params.n));
+}
+
 @compute @workgroup_size(WG)
 fn chunk_counts(
     @builtin(local_invocation_index) lid: u32,
@@ -74,8 +79,8 @@ fn chunk_counts(
         return;
     }
     let row = chunk * params.n_atoms;
-    let end = min((chunk + 1u) * params.chunk, params.n);
-    for (var s = chunk * params.chunk; s < end; s++) {
+    let samples_of = chunk_samples(chunk);
+    for (var s = samples_of.x; s < samples_of.y; s++) {
         for (var t = 0u; t < params.k; t++) {
             let j = indices[s * params.k + t];
             if j >= 0 && u32(j) < params.n_atoms {
@@ -128,8 +133,8 @@ fn scatter(
         return;
     }
     let row = chunk * params.n_atoms;
-    let end = min((chunk + 1u) * params.chunk, params.n);
-    for (var s = chunk * params.chunk; s < end; s++) {
+    let samples_of = chunk_samples(chunk);
+    for (var s = samples_of.x; s < samples_of.y; s++) {
         for (var t = 0u; t < params.k; t++) {
             let j = indices[s * params.k + t];
             if j >= 0 && u32(j) < params.n_atoms {
