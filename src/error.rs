@@ -92,6 +92,16 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// An activation file (or other data source) is malformed or does not fit the request: a bad
+    /// header, offsets past the end, an unsupported dtype or rank, shards of different widths.
+    #[error("{file}: {message}")]
+    Format {
+        /// The file (and tensor, where there is one) involved.
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

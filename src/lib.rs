@@ -21,6 +21,7 @@
 //! ```
 
 pub mod check;
+pub mod data;
 pub mod encode;
 pub mod error;
 pub mod gpu;

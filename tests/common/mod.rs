@@ -1,6 +1,8 @@
 //! Shared helpers for the GPU integration tests.
 #![allow(dead_code)]
 
+pub mod files;
+
 use std::sync::OnceLock;
 
 use dbksvd::gpu::Gpu;
