@@ -3,6 +3,7 @@
 //   residual_norms    ‖e_s‖² per sample, one workgroup per sample
 //   mark_duplicates   flags atom j when |cos(d_i, d_j)| > threshold for some atom i that is used
 //                     more (ties: the lower index counts as more used), one invocation per atom
+//   coherence         max over i ≠ j of |cos(d_i, d_j)| per atom j, one invocation per atom
 //   remove_users      drops flagged atoms from every code: E_s += x·d_j, slot emptied; one
 //                     workgroup per sample (it owns its row of E and its slots)
 //   reseed            one workgroup walks the flagged atoms in ascending order and gives each the
@@ -97,6 +98,25 @@ fn mark_duplicates(
         }
     }
     flags[j] = duplicate;
+}
+
+@compute @workgroup_size(WG)
+fn coherence(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let j = linear(wid, groups) * WG + lid;
+    if j >= params.n_atoms {
+        return;
+    }
+    var most = 0.0;
+    for (var i = 0u; i < params.n_atoms; i++) {
+        if i != j {
+            most = max(most, abs(gram[j * params.n_atoms + i]));
+        }
+    }
+    norms[j] = most;
 }
 
 @compute @workgroup_size(WG)

@@ -5,6 +5,8 @@
 //   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
 //   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
 //   scatter         per chunk, its samples in ascending order into each atom's user list
+//   unpack_codes    the sparse coder's output words into indices and values, plus per-sample
+//                   metrics (residual energy, L0), so codes never leave the device in training
 //
 // The transpose is a counting sort whose scatter runs chunk by chunk, each chunk walking its
 // samples in order with one invocation: every list comes out in ascending sample order and the
@@ -34,6 +36,13 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> user_start: array<u32>;
 // (sample, flat slot s·k + t) of every used slot, grouped by atom.
 @group(0) @binding(8) var<storage, read_write> users: array<vec2<u32>>;
+
+// unpack_codes: [n, 2k + 1] words per sample from omp.wgsl (k indices, k value bits, residual
+// energy bits) in; indices and values out, and [n, 2] (residual energy, L0) per sample.
+@group(0) @binding(9) var<storage, read> code_words: array<u32>;
+@group(0) @binding(10) var<storage, read_write> out_indices: array<i32>;
+@group(0) @binding(11) var<storage, read_write> out_values: array<f32>;
+@group(0) @binding(12) var<storage, read_write> row_stats: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -144,4 +153,30 @@ fn scatter(
             }
         }
     }
+}
+
+// One invocation per sample: k slots each, far below any loop cap for the k a coder accepts.
+@compute @workgroup_size(WG)
+fn unpack_codes(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = linear_id(wid, groups, lid);
+    if s >= params.n {
+        return;
+    }
+    let k = params.k;
+    let base = s * (2u * k + 1u);
+    var l0 = 0u;
+    for (var t = 0u; t < k; t++) {
+        let j = bitcast<i32>(code_words[base + t]);
+        out_indices[s * k + t] = j;
+        out_values[s * k + t] = bitcast<f32>(code_words[base + k + t]);
+        if j >= 0 {
+            l0 += 1u;
+        }
+    }
+    row_stats[2u * s] = bitcast<f32>(code_words[base + 2u * k]);
+    row_stats[2u * s + 1u] = f32(l0);
 }

@@ -95,22 +95,37 @@ fn every_format_gives_the_same_rows() {
 }
 
 #[test]
+#[ignore = "needs ../shared/data beside the checkout"]
 fn the_bundled_npy_and_safetensors_agree() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     let (npy, st) = (
         data.join("minilm_rustbook_L4_small.npy"),
         data.join("minilm_rustbook_L4_small.safetensors"),
     );
-    if !npy.exists() {
-        eprintln!("skipping: {} not present", npy.display());
-        return;
-    }
     let (npy, st) = (
         ActivationFile::open(npy).unwrap(),
         ActivationFile::open(st).unwrap(),
     );
     assert_eq!((npy.rows(), npy.dim()), (4096, 384));
     assert_eq!(read_all(&npy), read_all(&st));
+}
+
+/// Version 2 and 3 headers (4-byte header length) read like version 1.
+#[test]
+fn npy_versions_2_and_3_read() {
+    let (m, rows, d) = matrix();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = files::activations_npy(&m, [rows, d], "<f4");
+    let header_len = u16::from_le_bytes([v1[8], v1[9]]) as usize;
+    for version in [2u8, 3] {
+        let mut bytes = b"\x93NUMPY".to_vec();
+        bytes.extend([version, 0]);
+        bytes.extend((header_len as u32).to_le_bytes());
+        bytes.extend(&v1[10..]);
+        let path = files::write(dir.path(), &format!("v{version}.npy"), &bytes);
+        let file = ActivationFile::open(&path).unwrap();
+        assert_eq!(read_all(&file), m, "version {version}");
+    }
 }
 
 #[test]
@@ -296,12 +311,20 @@ fn malformed_safetensors_files_are_errors() {
             "runs past the end",
         ),
         (
-            "offsets-past-end.safetensors",
+            "size-mismatch.safetensors",
             files::safetensors_raw(
                 r#"{"activations":{"dtype":"F32","shape":[2,3],"data_offsets":[0,4000]}}"#,
                 &[0; 24],
             ),
             "does not match its shape",
+        ),
+        (
+            "offsets-past-end.safetensors",
+            files::safetensors_raw(
+                r#"{"activations":{"dtype":"F32","shape":[1000,3],"data_offsets":[0,12000]}}"#,
+                &[0; 24],
+            ),
+            "truncated",
         ),
         (
             "offsets-gap.safetensors",
@@ -492,9 +515,15 @@ fn shuffled_order_is_a_reproducible_permutation_that_changes_per_epoch() {
     let epoch = |o: &BatchOrder, e| o.epoch(rows, e).unwrap().collect::<Vec<Vec<usize>>>();
     let e0 = epoch(&order, 0);
 
-    // A permutation in ceil(rows / batch) batches, at most one short.
+    // A permutation in ceil(rows / batch) batches, at most one short; the size hint is exact
+    // all the way through.
     assert_eq!(e0.len(), rows.div_ceil(batch));
-    assert_eq!(order.epoch(rows, 0).unwrap().len(), e0.len());
+    let mut it = order.epoch(rows, 0).unwrap();
+    for left in (0..e0.len()).rev() {
+        it.next().unwrap();
+        assert_eq!(it.len(), left);
+    }
+    assert!(it.next().is_none());
     assert!(e0.iter().filter(|b| b.len() != batch).count() <= 1);
     let mut all: Vec<usize> = e0.concat();
     all.sort_unstable();

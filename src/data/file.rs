@@ -89,7 +89,14 @@ impl ActivationFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            return Err(Error::Format {
+                file: file_name(),
+                message: "is not a file (for a directory of shards use data::open)".into(),
+            });
+        }
+        let len = metadata.len();
         if len < 8 {
             return Err(Error::Format {
                 file: file_name(),
@@ -99,6 +106,12 @@ impl ActivationFile {
         // SAFETY: the map is only read, and mapped files are documented above to be left alone
         // while open; every offset used below is validated against the map's length first.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        if map.starts_with(b"PK") {
+            return Err(Error::Format {
+                file: file_name(),
+                message: "is a zip archive (.npz?); extract the .npy arrays from it".into(),
+            });
+        }
         let (format, layout) = if map.starts_with(NPY_MAGIC) {
             if let Some(name) = tensor {
                 return Err(Error::Format {
@@ -123,7 +136,9 @@ impl ActivationFile {
             .checked_mul(layout.dim)
             .and_then(|n| n.checked_mul(layout.dtype.size()))
             .and_then(|n| n.checked_add(layout.offset));
-        if bytes.is_none_or(|end| end > map.len()) {
+        // A row's size must not overflow either (a [0, huge] tensor passes the total).
+        let row = layout.dim.checked_mul(layout.dtype.size());
+        if bytes.is_none_or(|end| end > map.len()) || row.is_none() {
             return Err(Error::Format {
                 file: file_name(),
                 message: format!(

@@ -71,7 +71,7 @@ pub trait ActivationSource: Send + Sync {
         let mut i = 0;
         while i < rows.len() {
             let mut run = 1;
-            while i + run < rows.len() && rows[i + run] == rows[i] + run {
+            while i + run < rows.len() && rows[i].checked_add(run) == Some(rows[i + run]) {
                 run += 1;
             }
             self.read_rows(rows[i], &mut out[i * d..(i + run) * d])?;
@@ -123,12 +123,12 @@ forward_source!(Box<S>, &S, std::sync::Arc<S>);
 
 /// Checks that `out` holds `count` rows of `source` (the shared precondition of reads).
 fn check_len<S: ActivationSource + ?Sized>(source: &S, count: usize, out_len: usize) -> Result<()> {
-    if count * source.dim() != out_len {
+    if count.checked_mul(source.dim()) != Some(out_len) {
         return Err(Error::DataLength {
             what: format!("rows read from {}", source.name()),
             rows: count,
             cols: source.dim(),
-            expected: count * source.dim(),
+            expected: count.saturating_mul(source.dim()),
             actual: out_len,
         });
     }
@@ -143,6 +143,12 @@ fn rows_to_read<S: ActivationSource + ?Sized>(
     out_len: usize,
 ) -> Result<usize> {
     let d = source.dim();
+    if d == 0 {
+        return Err(Error::Format {
+            file: source.name(),
+            message: "rows have no columns".into(),
+        });
+    }
     if !out_len.is_multiple_of(d) {
         return Err(Error::DataLength {
             what: format!("rows read from {}", source.name()),
@@ -314,6 +320,12 @@ impl Shards {
             return Err(Error::InvalidArgument("no shards given".into()));
         };
         let dim = first.dim();
+        if dim == 0 {
+            return Err(Error::Format {
+                file: first.name(),
+                message: "rows have no columns".into(),
+            });
+        }
         if let Some(other) = parts.iter().find(|p| p.dim() != dim) {
             return Err(Error::Format {
                 file: other.name(),
@@ -424,7 +436,8 @@ impl<S: ActivationSource> ActivationSource for Centred<S> {
 }
 
 /// Opens activation files as one source: each path is a safetensors or `.npy` file, or a
-/// directory whose `*.safetensors` and `*.npy` files are taken in name order.
+/// directory whose `*.safetensors` and `*.npy` files are taken in natural name order
+/// (`acts_2` before `acts_10`).
 ///
 /// One file gives that file; several give [`Shards`].
 pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Box<dyn ActivationSource>> {
@@ -455,7 +468,7 @@ pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Box<dyn ActivationSource>> {
                     message: "directory holds no .safetensors or .npy files".into(),
                 });
             }
-            found.sort();
+            found.sort_by(|a, b| natural_order(&a.to_string_lossy(), &b.to_string_lossy()));
             files.extend(found);
         } else {
             files.push(path.to_path_buf());
@@ -465,5 +478,63 @@ pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Box<dyn ActivationSource>> {
         0 => Err(Error::InvalidArgument("no activation files given".into())),
         1 => Ok(Box::new(ActivationFile::open(&files[0])?)),
         _ => Ok(Box::new(Shards::open(&files)?)),
+    }
+}
+
+/// Compares names with runs of digits taken as numbers, so shard 2 sorts before shard 10.
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a.chars().peekable(), b.chars().peekable());
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let mut number = |it: &mut std::iter::Peekable<std::str::Chars>| {
+                    let mut digits = String::new();
+                    while let Some(c) = it.next_if(|c| c.is_ascii_digit()) {
+                        digits.push(c);
+                    }
+                    let trimmed = digits.trim_start_matches('0').to_string();
+                    (trimmed.len(), trimmed, digits.len())
+                };
+                let order = number(&mut a).cmp(&number(&mut b));
+                if order != std::cmp::Ordering::Equal {
+                    return order;
+                }
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(&y);
+                }
+                a.next();
+                b.next();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shard_names_sort_naturally() {
+        let mut names = vec![
+            "acts_10.npy",
+            "acts_2.npy",
+            "acts_1.npy",
+            "b.npy",
+            "acts_02.npy",
+        ];
+        names.sort_by(|a, b| super::natural_order(a, b));
+        assert_eq!(
+            names,
+            [
+                "acts_1.npy",
+                "acts_2.npy",
+                "acts_02.npy",
+                "acts_10.npy",
+                "b.npy"
+            ]
+        );
     }
 }

@@ -34,7 +34,9 @@ pub struct Shuffle {
 /// The order in which a source is streamed: batch size, and sequential or shuffled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchOrder {
-    /// Rows per batch (the last batch of an epoch may be shorter).
+    /// Rows per batch. One batch per epoch is shorter when the rows are not a multiple of it: the
+    /// last one in sequential order; in shuffled order, the last batch of the window that drew the
+    /// partial block, anywhere in the epoch.
     pub batch_size: usize,
     /// `None` reads rows in file order.
     pub shuffle: Option<Shuffle>,

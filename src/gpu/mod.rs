@@ -15,6 +15,7 @@ pub(crate) mod omp;
 pub mod power;
 pub mod reduce;
 pub(crate) mod sparse;
+pub(crate) mod step;
 
 pub use buffer::{GpuBuffer, Matrix};
 pub use context::{list_adapters, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV};

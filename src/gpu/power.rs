@@ -106,9 +106,9 @@ impl PowerKernels {
 pub struct CodedBatch {
     d: usize,
     n_atoms: usize,
-    samples: Matrix,
+    pub(crate) samples: Matrix,
     residual: Matrix,
-    codes: CodeBuffers,
+    pub(crate) codes: CodeBuffers,
     /// [K, d] power iterates.
     iterate: Matrix,
     /// [n·k, 2] per-slot scratch.
@@ -182,6 +182,26 @@ impl Gpu {
 
     pub(crate) fn power_kernels(&self) -> Result<&PowerKernels> {
         self.cached(&self.inner.power, PowerKernels::new)
+    }
+
+    /// Device buffers for `n` samples of dimension `d` with `k` code slots, samples and codes to
+    /// be written on the device (the trainer's path: codes never visit the host).
+    pub(crate) fn empty_coded_batch(
+        &self,
+        n: usize,
+        d: usize,
+        k: usize,
+        n_atoms: usize,
+    ) -> Result<CodedBatch> {
+        Ok(CodedBatch {
+            d,
+            n_atoms,
+            samples: self.zeros(n, d)?,
+            residual: self.zeros(n, d)?,
+            codes: CodeBuffers::zeroed(self, n_atoms, n, k)?,
+            iterate: self.zeros(n_atoms, d)?,
+            slot_scratch: self.zeroed(2 * (n * k).max(1))?,
+        })
     }
 
     /// Uploads `samples` [n, d] and their `codes` for a dictionary of `n_atoms` atoms. Codes
@@ -258,7 +278,29 @@ impl Gpu {
         if options.atom_batch == 0 {
             return Err(Error::InvalidArgument("atom batch 0".into()));
         }
-        let atom_batch = options.atom_batch.min(n_atoms);
+        // First submission: residual and transpose; the user counts come back (they are the
+        // usage this call returns) and size the power-iteration dispatches.
+        let mut encoder = self.encoder("ksvd residual and transpose");
+        self.record_batch_residual(&mut encoder, atoms, batch)?;
+        let user_start = self.submit_and_read(encoder, &batch.codes.user_start, n_atoms + 1)?;
+        let usage: Vec<u32> = user_start.windows(2).map(|w| w[1] - w[0]).collect();
+        self.submit_atom_batches(atoms, batch, options, &usage)?;
+        self.wait()?;
+        Ok(usage)
+    }
+
+    /// Submits the power-iteration atom batches of an update whose residual and user lists are
+    /// already on the device (recorded by `record_residual_and_transpose`), `usage` being the
+    /// user counts read back from them. Does not wait.
+    pub(crate) fn submit_atom_batches(
+        &self,
+        atoms: &Matrix,
+        batch: &CodedBatch,
+        options: &UpdateOptions,
+        usage: &[u32],
+    ) -> Result<()> {
+        let (n_atoms, d) = (atoms.rows(), atoms.cols());
+        let atom_batch = options.atom_batch.clamp(1, n_atoms.max(1));
         let order = atom_order(n_atoms, options.seed);
         let mut rank = vec![0u32; n_atoms];
         for (position, &j) in order.iter().enumerate() {
@@ -268,19 +310,6 @@ impl Gpu {
         let rank_buf = self.upload(&rank)?;
         let kernels = self.power_kernels()?;
         let (n, k) = (batch.codes.n, batch.codes.k);
-
-        // First submission: residual and transpose; the user counts come back (they are the
-        // usage this call returns) and size the power-iteration dispatches.
-        let mut encoder = self.encoder("ksvd residual and transpose");
-        self.record_residual_and_transpose(
-            &mut encoder,
-            &batch.samples,
-            atoms,
-            &batch.codes,
-            &batch.residual,
-        )?;
-        let user_start = self.submit_and_read(encoder, &batch.codes.user_start, n_atoms + 1)?;
-        let usage: Vec<u32> = user_start.windows(2).map(|w| w[1] - w[0]).collect();
 
         // Per atom batch: its parameter record, then one record per power_steps dispatch.
         struct Dispatch {
@@ -448,9 +477,7 @@ impl Gpu {
             }
             Ok(())
         })?;
-        self.submit(encoder)?;
-        self.wait()?;
-        Ok(usage)
+        self.submit(encoder)
     }
 
     /// The batch's codes with their current (updated) coefficients, and each row's residual

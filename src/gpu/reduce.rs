@@ -29,6 +29,7 @@ struct Params {
 pub(crate) struct ReduceKernels {
     residual_norms: wgpu::ComputePipeline,
     mark_duplicates: wgpu::ComputePipeline,
+    coherence: wgpu::ComputePipeline,
     remove_users: wgpu::ComputePipeline,
     reseed: wgpu::ComputePipeline,
 }
@@ -46,6 +47,7 @@ impl ReduceKernels {
             Ok(Self {
                 residual_norms: compute_pipeline(gpu, &module, "residual_norms", &c),
                 mark_duplicates: compute_pipeline(gpu, &module, "mark_duplicates", &c),
+                coherence: compute_pipeline(gpu, &module, "coherence", &c),
                 remove_users: compute_pipeline(gpu, &module, "remove_users", &c),
                 reseed: compute_pipeline(gpu, &module, "reseed", &c),
             })
@@ -156,15 +158,58 @@ impl Gpu {
         self.replace_flagged(atoms, batch, &flags, flagged)
     }
 
+    /// Per atom, the largest |cos| with any other atom (atoms are unit norm): the coherence
+    /// profile of the dictionary. One GEMM and one pass over the Gram matrix.
+    pub fn coherence(&self, atoms: &Matrix) -> Result<Vec<f32>> {
+        let n_atoms = atoms.rows();
+        if n_atoms == 0 {
+            return Ok(Vec::new());
+        }
+        let mut gram = self.zeros(n_atoms, n_atoms)?;
+        let out = self.zeroed::<f32>(n_atoms)?;
+        self.check_loop_budget("coherence over the atoms", n_atoms as u64 + 8)?;
+        let kernels = self.reduce_kernels()?;
+        let mut encoder = self.encoder("coherence");
+        self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
+        self.scoped(|| {
+            let params = self.params_buffer(Params {
+                n: 0,
+                d: atoms.cols() as u32,
+                k: 0,
+                n_atoms: n_atoms as u32,
+                threshold: 0.0,
+                _pad: [0; 3],
+            });
+            let group = super::sparse::bind(
+                self,
+                &kernels.coherence,
+                &[(0, &params), (7, &out.buffer), (9, &gram.data.buffer)],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("coherence"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.coherence);
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = groups(self, n_atoms, WG as usize);
+            pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })?;
+        self.submit_and_read(encoder, &out, n_atoms)
+    }
+
     fn reduce_params(&self, batch: &CodedBatch, n_atoms: usize, threshold: f32) -> wgpu::Buffer {
-        let params = Params {
+        self.params_buffer(Params {
             n: batch.len() as u32,
             d: batch.dim() as u32,
             k: batch.slots() as u32,
             n_atoms: n_atoms as u32,
             threshold,
             _pad: [0; 3],
-        };
+        })
+    }
+
+    fn params_buffer(&self, params: Params) -> wgpu::Buffer {
         self.device()
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("reduce params"),

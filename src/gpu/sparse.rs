@@ -35,6 +35,7 @@ pub(crate) struct SparseKernels {
     chunk_offsets: wgpu::ComputePipeline,
     atom_offsets: wgpu::ComputePipeline,
     scatter: wgpu::ComputePipeline,
+    unpack: wgpu::ComputePipeline,
 }
 
 pub(crate) fn compute_pipeline(
@@ -101,6 +102,7 @@ impl SparseKernels {
                 chunk_offsets: compute_pipeline(gpu, &module, "chunk_offsets", &c),
                 atom_offsets: compute_pipeline(gpu, &module, "atom_offsets", &[]),
                 scatter: compute_pipeline(gpu, &module, "scatter", &c),
+                unpack: compute_pipeline(gpu, &module, "unpack_codes", &c),
             })
         })
     }
@@ -121,6 +123,20 @@ pub(crate) struct CodeBuffers {
 }
 
 impl CodeBuffers {
+    /// Buffers for `n` samples of `k` slots, codes to be written on the device.
+    pub(crate) fn zeroed(gpu: &Gpu, n_atoms: usize, n: usize, k: usize) -> Result<Self> {
+        let n_chunks = n.div_ceil(CHUNK as usize).max(1);
+        Ok(Self {
+            n,
+            k,
+            indices: gpu.zeroed((n * k).max(1))?,
+            values: gpu.zeroed((n * k).max(1))?,
+            counts: gpu.zeroed(n_chunks * n_atoms)?,
+            user_start: gpu.zeroed(n_atoms + 1)?,
+            users: gpu.zeroed(2 * (n * k).max(1))?,
+        })
+    }
+
     pub(crate) fn new(
         gpu: &Gpu,
         n_atoms: usize,
@@ -145,6 +161,68 @@ impl CodeBuffers {
 impl Gpu {
     pub(crate) fn sparse_kernels(&self) -> Result<&SparseKernels> {
         self.cached(&self.inner.sparse, SparseKernels::new)
+    }
+
+    /// Records the unpacking of the sparse coder's `words` ([n, 2k + 1], see
+    /// [`code_words`](super::omp::code_words)) into `codes` (indices, values) and `row_stats`
+    /// ([n, 2]: residual energy, L0 as f32).
+    pub(crate) fn record_unpack_codes(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        words: &GpuBuffer<u32>,
+        codes: &CodeBuffers,
+        row_stats: &GpuBuffer<f32>,
+    ) -> Result<()> {
+        let (n, k) = (codes.n, codes.k);
+        if words.len() < n * super::omp::code_words(k) || row_stats.len() < 2 * n {
+            return Err(Error::InvalidArgument(format!(
+                "unpacking {n} codes of {k} slots from {} words into {} row statistics",
+                words.len(),
+                row_stats.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let kernels = self.sparse_kernels()?;
+        let params = Params {
+            n: n as u32,
+            k: k as u32,
+            d: 0,
+            n_atoms: 0,
+            chunk: CHUNK,
+            n_chunks: 0,
+            _pad: [0; 2],
+        };
+        self.scoped(|| {
+            let uniforms = self
+                .device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("unpack params"),
+                    contents: bytemuck::bytes_of(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
+            let group = bind(
+                self,
+                &kernels.unpack,
+                &[
+                    (0, &uniforms),
+                    (9, &words.buffer),
+                    (10, &codes.indices.buffer),
+                    (11, &codes.values.buffer),
+                    (12, &row_stats.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("unpack codes"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.unpack);
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = groups(self, n, WG as usize);
+            pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })
     }
 
     /// Records E = Y − X·D into `residual` and the transpose of the codes into per-atom user lists
