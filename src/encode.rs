@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{omp, GemmParams, Gpu, Matrix};
 
 /// Which greedy coder selects atoms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Coder {
     /// Orthogonal matching pursuit (Batch-OMP): coefficients are the least-squares fit of the
     /// chosen atoms after every step. The default and the more accurate.

@@ -24,8 +24,10 @@ pub mod check;
 pub mod data;
 pub mod encode;
 pub mod error;
+pub mod export;
 pub mod gpu;
 pub mod reference;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -1,10 +1,19 @@
 //! `dbksvd`: the command-line tool, thin over the library.
 
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbksvd::check::gemm_self_check;
+use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
+use dbksvd::encode::{Coder, CodingOptions, SparseCodes};
+use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
+use dbksvd::train::{TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
+use dbksvd::Error;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +30,112 @@ struct Cli {
 enum Command {
     /// List GPU adapters, open one, print its limits and check the matrix kernels against the CPU.
     Devices(DeviceArgs),
+    /// Train a dictionary; writes OUT/dictionary.safetensors, OUT/sae (SAELens), traces.
+    Train(TrainArgs),
+    /// Sparse-code activations with a trained dictionary; writes indices and values.
+    Encode(EncodeArgs),
+}
+
+/// The bundled default: 4096 rows of MiniLM layer-4 activations.
+const DEFAULT_DATA: &str = "data/minilm_rustbook_L4_small.safetensors";
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CoderArg {
+    Omp,
+    Mp,
+}
+
+/// Where the activations come from.
+#[derive(Args)]
+struct DataArgs {
+    /// Activation files (safetensors or .npy, or folders of them), read as one dataset in order.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// The tensor to read in safetensors files (default: `activations`, else the only 2-D one).
+    #[arg(long)]
+    tensor: Option<String>,
+    /// Only rows A..B (A:B, either may be omitted) of the dataset.
+    #[arg(long, value_name = "A:B")]
+    rows: Option<String>,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Atoms K.
+    #[arg(long, default_value_t = 512)]
+    atoms: usize,
+    /// Most nonzeros per sample.
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Samples per batch (lowered to what the adapter can update, on lavapipe).
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Atoms updated in parallel.
+    #[arg(long, default_value_t = 32)]
+    atom_batch: usize,
+    /// Power iterations per atom update.
+    #[arg(long, default_value_t = 1)]
+    power_iters: usize,
+    /// Sparse coder.
+    #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
+    coder: CoderArg,
+    /// Do not subtract the data mean.
+    #[arg(long)]
+    no_center: bool,
+    /// Stop when an epoch lowers the FVU by less than this fraction.
+    #[arg(long)]
+    tolerance: Option<f64>,
+    /// Stop after this many seconds of training.
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
+    /// Checkpoint every N batches (and at every epoch end).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Continue from OUT/checkpoint.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Score this file after every epoch.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Score rows A..B (A:B) after every epoch: of --eval, or of the training files without it.
+    #[arg(long, value_name = "A:B")]
+    eval_rows: Option<String>,
+    /// Seed of the initial atoms and of every shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Write into OUT even if it holds files dbksvd did not write.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct EncodeArgs {
+    /// A dictionary.safetensors written by `dbksvd train`.
+    #[arg(long)]
+    dict: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output safetensors file: `indices` I32 [N, k] (-1 for empty slots), `values` F32 [N, k].
+    #[arg(long)]
+    out: PathBuf,
+    /// Most nonzeros per row (default: the k the dictionary was trained with).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Sparse coder.
+    #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
+    coder: CoderArg,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Adapter choice; each flag overrides its environment variable.
@@ -117,11 +232,242 @@ fn devices(args: &DeviceArgs) -> dbksvd::Result<bool> {
     Ok(all_passed)
 }
 
+/// Opens the dataset the flags describe (the bundled default when no `--data`).
+fn open_data(args: &DataArgs) -> dbksvd::Result<Box<dyn ActivationSource>> {
+    let source: Box<dyn ActivationSource> = if args.data.is_empty() {
+        let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_DATA);
+        let path = if Path::new(DEFAULT_DATA).exists() {
+            PathBuf::from(DEFAULT_DATA)
+        } else {
+            bundled
+        };
+        eprintln!("no --data: training on the bundled {}", path.display());
+        Box::new(ActivationFile::open(&path)?)
+    } else if let Some(tensor) = &args.tensor {
+        let parts = args
+            .data
+            .iter()
+            .map(|p| {
+                ActivationFile::open_tensor(p, tensor)
+                    .map(|f| Box::new(f) as Box<dyn ActivationSource>)
+            })
+            .collect::<dbksvd::Result<Vec<_>>>()?;
+        Box::new(Shards::new(parts)?)
+    } else {
+        data::open(&args.data)?
+    };
+    match &args.rows {
+        None => Ok(source),
+        Some(spec) => {
+            let rows = source.rows();
+            let bad = || {
+                Error::InvalidArgument(format!("--rows {spec}: expected A:B with A ≤ B ≤ {rows}"))
+            };
+            let (a, b) = spec.split_once(':').ok_or_else(bad)?;
+            let a = if a.is_empty() {
+                0
+            } else {
+                a.trim().parse().map_err(|_| bad())?
+            };
+            let b = if b.is_empty() {
+                rows
+            } else {
+                b.trim().parse().map_err(|_| bad())?
+            };
+            Ok(Box::new(RowRange::new(source, a..b)?))
+        }
+    }
+}
+
+fn coder(arg: CoderArg) -> Coder {
+    match arg {
+        CoderArg::Omp => Coder::Omp,
+        CoderArg::Mp => Coder::Mp { refit: true },
+    }
+}
+
+/// Files and folders `dbksvd train` writes into its output folder.
+fn ours(name: &str) -> bool {
+    matches!(
+        name,
+        DICTIONARY_FILE | CHECKPOINT_FILE | "sae" | "trace.csv" | "trace.svg" | "epochs.csv"
+    ) || (name.starts_with('.') && name.contains(".tmp-"))
+}
+
+fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
+    if args.out.exists() && !args.force {
+        let entries = std::fs::read_dir(&args.out).map_err(|source| Error::Io {
+            path: args.out.clone(),
+            source,
+        })?;
+        let foreign: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !ours(name))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} holds files dbksvd did not write ({}); choose another folder or pass --force",
+                args.out.display(),
+                foreign.join(", ")
+            )));
+        }
+    }
+    let source = open_data(&args.data)?;
+    let gpu = Gpu::with_options(&args.device.options()?)?;
+    let mut config = TrainConfig::new(args.atoms, args.k);
+    config.epochs = args.epochs;
+    config.batch_size = args.batch;
+    if let Some(most) = gpu.max_update_batch(source.dim()) {
+        if config.batch_size > most {
+            eprintln!(
+                "note: batch {} lowered to {most}, the most {} can update at d = {}",
+                config.batch_size,
+                gpu.adapter().name,
+                source.dim()
+            );
+            config.batch_size = most;
+        }
+    }
+    config.atom_batch = args.atom_batch;
+    config.power_iterations = args.power_iters;
+    config.coder = coder(args.coder);
+    config.center = !args.no_center;
+    config.tolerance = args.tolerance;
+    config.time_limit = args
+        .time_limit
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| Error::InvalidArgument(format!("--time-limit {s}: not a duration")))
+        })
+        .transpose()?;
+    config.checkpoint_every = args.checkpoint_every;
+    config.seed = args.seed;
+    config.validate()?;
+    let eval = match (&args.eval, &args.eval_rows) {
+        (None, None) => None,
+        (file, rows) => Some(open_data(&DataArgs {
+            data: file.clone().map_or_else(|| args.data.data.clone(), |f| vec![f]),
+            tensor: args.data.tensor.clone(),
+            rows: rows.clone(),
+        })?),
+    };
+    println!(
+        "training K = {}, k = {} on {} ({} rows, d = {}) with {}",
+        config.atoms,
+        config.k,
+        source.name(),
+        source.rows(),
+        source.dim(),
+        gpu.adapter().name
+    );
+    let total = config.epochs as u64 * config.order().batches_per_epoch(source.rows()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {msg}  ETA {eta}")
+            .expect("valid template"),
+    );
+    let mut trainer = Trainer::new(&gpu, config)
+        .checkpoint_to(&args.out)
+        .on_batch(|p| {
+            bar.set_position(p.done as u64);
+            bar.set_message(format!(
+                "epoch {} FVU {:.4} L0 {:.1}",
+                p.batch.epoch, p.batch.fvu, p.batch.l0
+            ));
+            ControlFlow::Continue(())
+        });
+    if args.resume {
+        trainer = trainer.resume_from(args.out.join(CHECKPOINT_FILE));
+    }
+    if let Some(eval) = &eval {
+        trainer = trainer.evaluate_on(eval.as_ref());
+    }
+    let result = trainer.fit(&source)?;
+    bar.finish_and_clear();
+    result.write_outputs(&args.out, &SaeLensNames::default())?;
+    if let Some(last) = result.epochs.last() {
+        println!(
+            "done ({:?}) after {} epochs, {:.1} s: FVU {:.4}, L0 {:.2}, {} dead atoms (re-seeded), coherence {:.3}{}",
+            result.stop,
+            result.epochs.len(),
+            result.seconds,
+            last.fvu,
+            last.l0,
+            last.dead_atoms,
+            last.coherence,
+            last.eval
+                .map_or(String::new(), |s| format!(", eval FVU {:.4} at L0 {:.2}", s.fvu, s.l0))
+        );
+    } else {
+        println!("stopped ({:?}) before the first epoch ended", result.stop);
+    }
+    println!("wrote {}", args.out.display());
+    Ok(true)
+}
+
+fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
+    let dictionary = Dictionary::load(&args.dict)?;
+    let k = match args.k {
+        Some(k) => k,
+        None => dictionary
+            .metadata
+            .get("config")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|c| c.get("k").and_then(|k| k.as_u64()))
+            .map(|k| k as usize)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{} does not record its k; pass --k",
+                    args.dict.display()
+                ))
+            })?,
+    };
+    if args.data.data.is_empty() {
+        return Err(Error::InvalidArgument("encode needs --data".into()));
+    }
+    let source = open_data(&args.data)?;
+    let gpu = Gpu::with_options(&args.device.options()?)?;
+    let coding = match coder(args.coder) {
+        Coder::Omp => CodingOptions::omp(k),
+        Coder::Mp { refit } => CodingOptions::mp(k, refit),
+    };
+    let encoder = dictionary.encoder(&gpu, coding)?;
+    let batch = 8192.min(source.rows().max(1));
+    let mut codes = SparseCodes {
+        n: 0,
+        k,
+        indices: Vec::new(),
+        values: Vec::new(),
+        residual_energy: Vec::new(),
+    };
+    for b in source.batches(&data::BatchOrder::sequential(batch), 0)? {
+        let part = encoder.encode(&b?.data)?;
+        codes.n += part.n;
+        codes.indices.extend(part.indices);
+        codes.values.extend(part.values);
+        codes.residual_energy.extend(part.residual_energy);
+    }
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("dictionary".into(), args.dict.display().to_string());
+    metadata.insert("data".into(), source.name());
+    export::write_codes(&args.out, &codes, metadata)?;
+    println!(
+        "coded {} rows, mean L0 {:.2}, into {}",
+        codes.n,
+        codes.mean_l0(),
+        args.out.display()
+    );
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Devices(args) => devices(args),
+        Command::Train(args) => train(args),
+        Command::Encode(args) => encode(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ mod npy;
 mod order;
 mod safetensors;
 mod stats;
+pub mod synthetic;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -490,7 +491,7 @@ fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
             (None, Some(_)) => return std::cmp::Ordering::Less,
             (Some(_), None) => return std::cmp::Ordering::Greater,
             (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
-                let mut number = |it: &mut std::iter::Peekable<std::str::Chars>| {
+                let number = |it: &mut std::iter::Peekable<std::str::Chars>| {
                     let mut digits = String::new();
                     while let Some(c) = it.next_if(|c| c.is_ascii_digit()) {
                         digits.push(c);

@@ -58,6 +58,16 @@ pub fn atom_order(n_atoms: usize, seed: u64) -> Vec<u32> {
     order
 }
 
+/// Loop iterations one invocation runs for an atom with `users` users at dimension `d`: per
+/// power iteration (users × d, then d × users, plus the reductions), and for the final pass.
+fn update_loop_iterations(users: u64, d: usize) -> (u64, u64) {
+    let (wg, dd, m) = (WG as u64, d as u64, users);
+    let per_iteration =
+        m.div_ceil(wg) * (dd + 2) + dd.div_ceil(wg) * (m + 4) + 2 * wg.ilog2() as u64 + 8;
+    let finish = m.div_ceil(wg) * (dd + 2) + 4 * dd.div_ceil(wg) + 3 * wg.ilog2() as u64 + 8;
+    (per_iteration, finish)
+}
+
 /// Mirrors `Params` in power.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -182,6 +192,28 @@ impl Gpu {
 
     pub(crate) fn power_kernels(&self) -> Result<&PowerKernels> {
         self.cached(&self.inner.power, PowerKernels::new)
+    }
+
+    /// The largest sample batch whose every atom the update can take on this device at dimension
+    /// `d` (an atom may be used by every sample): `None` without a loop cap (any real GPU);
+    /// on lavapipe about 3 700 samples at d = 384.
+    pub fn max_update_batch(&self, d: usize) -> Option<usize> {
+        let cap = self.limits().max_loop_iterations?;
+        let fits = |n: u64| {
+            let (a, b) = update_loop_iterations(n, d);
+            a.max(b) <= cap
+        };
+        // Iterations grow with n: binary search the largest n that fits.
+        let (mut lo, mut hi) = (0u64, cap);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Some(lo as usize)
     }
 
     /// Device buffers for `n` samples of dimension `d` with `k` code slots, samples and codes to
@@ -325,7 +357,6 @@ impl Gpu {
             Fold,
             Commit,
         }
-        let wg = WG as u64;
         let mut records: Vec<Params> = Vec::new();
         let mut dispatches: Vec<Dispatch> = Vec::new();
         for start in (0..n_atoms).step_by(atom_batch) {
@@ -335,13 +366,8 @@ impl Gpu {
                 .map(|&j| usage[j as usize] as u64)
                 .max()
                 .unwrap_or(0);
-            let (dd, m) = (d as u64, most_users);
-            // Loop iterations of one invocation: per power iteration (users × d, then d × users,
-            // plus the reductions), and for the final x_new pass.
-            let per_iteration =
-                m.div_ceil(wg) * (dd + 2) + dd.div_ceil(wg) * (m + 4) + 2 * wg.ilog2() as u64 + 8;
-            let finish =
-                m.div_ceil(wg) * (dd + 2) + 4 * dd.div_ceil(wg) + 3 * wg.ilog2() as u64 + 8;
+            let m = most_users;
+            let (per_iteration, finish) = update_loop_iterations(m, d);
             let what = format!("power iteration over an atom with {m} users at d = {d}");
             self.check_loop_budget(&what, per_iteration.max(finish))?;
             let per_dispatch = match self.limits().max_loop_iterations {

@@ -105,6 +105,30 @@ impl Gpu {
         usage: &[u32],
         threshold: f32,
     ) -> Result<Vec<Reseeded>> {
+        let (flags, flagged) = self.mark_duplicates(atoms, usage, threshold)?;
+        if flagged.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.replace_flagged(atoms, batch, &flags, flagged.len())
+    }
+
+    /// The atoms [`Gpu::purge_duplicates`] would re-seed, without changing anything.
+    pub fn duplicate_atoms(
+        &self,
+        atoms: &Matrix,
+        usage: &[u32],
+        threshold: f32,
+    ) -> Result<Vec<usize>> {
+        Ok(self.mark_duplicates(atoms, usage, threshold)?.1)
+    }
+
+    /// Flags (on the device) and indices of the atoms that duplicate a more used atom.
+    fn mark_duplicates(
+        &self,
+        atoms: &Matrix,
+        usage: &[u32],
+        threshold: f32,
+    ) -> Result<(super::GpuBuffer<u32>, Vec<usize>)> {
         let n_atoms = atoms.rows();
         if usage.len() != n_atoms {
             return Err(Error::InvalidArgument(format!(
@@ -122,10 +146,17 @@ impl Gpu {
         let mut gram = self.zeros(n_atoms, n_atoms)?;
         self.check_loop_budget("duplicate search over the atoms", n_atoms as u64 + 8)?;
         let kernels = self.reduce_kernels()?;
-        let mut encoder = self.encoder("purge duplicates");
+        let mut encoder = self.encoder("mark duplicates");
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
         self.scoped(|| {
-            let params = self.reduce_params(batch, n_atoms, threshold);
+            let params = self.params_buffer(Params {
+                n: 0,
+                d: atoms.cols() as u32,
+                k: 0,
+                n_atoms: n_atoms as u32,
+                threshold,
+                _pad: [0; 3],
+            });
             let group = super::sparse::bind(
                 self,
                 &kernels.mark_duplicates,
@@ -150,12 +181,11 @@ impl Gpu {
         let flagged = self
             .submit_and_read(encoder, &flags, n_atoms)?
             .iter()
-            .filter(|&&f| f != 0)
-            .count();
-        if flagged == 0 {
-            return Ok(Vec::new());
-        }
-        self.replace_flagged(atoms, batch, &flags, flagged)
+            .enumerate()
+            .filter(|(_, &f)| f != 0)
+            .map(|(j, _)| j)
+            .collect();
+        Ok((flags, flagged))
     }
 
     /// Per atom, the largest |cos| with any other atom (atoms are unit norm): the coherence

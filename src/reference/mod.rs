@@ -3,6 +3,7 @@
 //! Written to be read next to the paper's pseudocode, not to be fast. Inputs are the same f32
 //! data the GPU sees; results are f64 so a test measures only the GPU's rounding.
 
+pub mod dbksvd;
 pub mod gemm;
 pub mod ksvd_update;
 pub mod omp;

@@ -1,0 +1,175 @@
+//! The whole DB-KSVD algorithm in f64 on the reference kernels: the oracle for the trainer.
+//!
+//! ```text
+//! for each epoch e:
+//!     for each batch Y_b of the epoch's shuffled order (same order as the trainer):
+//!         X_b  = OMP(Y_b − μ, D, k)                       reference::omp
+//!         for each atom batch of the step's seeded atom order (A atoms, Jacobi inside):
+//!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::ksvd_update (converged)
+//!         usage += atoms used by X_b
+//!     flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
+//!     (|cos| > threshold with a more used atom); re-seed them by splitting the atoms whose
+//!     users carry the most residual (train::split_atoms), on the last full batch
+//! ```
+//!
+//! The power method runs to convergence here, so compare against a trainer run with enough
+//! power iterations.
+
+use super::ksvd_update::KsvdState;
+use super::omp;
+use crate::encode::SparseCodes;
+use crate::gpu::power::atom_order;
+use crate::train::TrainConfig;
+
+/// The state of a reference run: atoms [K, d] in f64 and where it stands.
+#[derive(Clone, Debug)]
+pub struct ReferenceRun {
+    /// The configuration (batch size as the trainer evens it out).
+    pub config: TrainConfig,
+    /// Dimension d.
+    pub d: usize,
+    /// Atoms [K, d].
+    pub atoms: Vec<f64>,
+    /// The mean subtracted before coding (zeros without centring).
+    pub mean: Vec<f32>,
+    /// Updates done.
+    pub step: usize,
+}
+
+/// What one reference epoch reports.
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceEpoch {
+    /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² over the epoch's batches (codes before each update).
+    pub fvu: f64,
+    /// Atoms unused, or rarely used, in the epoch (re-seeded).
+    pub dead: Vec<usize>,
+    /// Atoms re-seeded as near-duplicates.
+    pub purged: Vec<usize>,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl ReferenceRun {
+    /// A run from unit `atoms` [K, d] (f32, as the trainer starts) on data with mean `mean`.
+    pub fn new(config: TrainConfig, atoms: &[f32], d: usize, mean: Vec<f32>) -> Self {
+        Self {
+            config,
+            d,
+            atoms: atoms.iter().map(|&v| v as f64).collect(),
+            mean,
+            step: 0,
+        }
+    }
+
+    /// One epoch over `samples` [n, d] (f32, as read).
+    pub fn epoch(&mut self, samples: &[f32], epoch: usize) -> ReferenceEpoch {
+        let d = self.d;
+        let n = samples.len() / d;
+        let n_atoms = self.config.atoms;
+        let coding = self.config.coding();
+        let mut config = self.config.clone();
+        config.batch_size = n.div_ceil(n.div_ceil(config.batch_size));
+        let full = config.batch_size;
+        let order = config.order().epoch(n, epoch as u64).expect("valid order");
+        let mut usage = vec![0u64; n_atoms];
+        let (mut residual, mut variance) = (0.0, 0.0);
+        let mut last_full: Option<KsvdState> = None;
+        for rows in order {
+            // Centre in f32, as the trainer's host does.
+            let mut y = Vec::with_capacity(rows.len() * d);
+            for &r in &rows {
+                y.extend(
+                    samples[r * d..(r + 1) * d]
+                        .iter()
+                        .zip(&self.mean)
+                        .map(|(v, m)| v - m),
+                );
+            }
+            let atoms_f32: Vec<f32> = self.atoms.iter().map(|&v| v as f32).collect();
+            let codes = omp::encode(&atoms_f32, n_atoms, &y, d, &coding);
+            let k = coding.k;
+            let mut indices = vec![-1i32; rows.len() * k];
+            let mut values = vec![0.0f64; rows.len() * k];
+            for (s, code) in codes.iter().enumerate() {
+                residual += code.residual_energy;
+                for (t, (&j, &v)) in code.indices.iter().zip(&code.values).enumerate() {
+                    indices[s * k + t] = j as i32;
+                    values[s * k + t] = v;
+                }
+            }
+            variance += y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            let mut state = KsvdState {
+                d,
+                atoms: std::mem::take(&mut self.atoms),
+                samples: y.iter().map(|&v| v as f64).collect(),
+                k,
+                indices,
+                values,
+            };
+            let seed = crate::train::update_seed(self.config.seed, self.step);
+            let batches: Vec<Vec<usize>> = atom_order(n_atoms, seed)
+                .chunks(self.config.atom_batch.clamp(1, n_atoms))
+                .map(|c| c.iter().map(|&j| j as usize).collect())
+                .collect();
+            for (u, used) in usage.iter_mut().zip(state.update(&batches)) {
+                *u += used as u64;
+            }
+            self.atoms = state.atoms.clone();
+            self.step += 1;
+            if rows.len() == full {
+                last_full = Some(state);
+            }
+        }
+        let mut report = ReferenceEpoch {
+            fvu: if variance > 0.0 {
+                residual / variance
+            } else {
+                0.0
+            },
+            ..Default::default()
+        };
+        let Some(mut state) = last_full else {
+            return report;
+        };
+        state.atoms = self.atoms.clone();
+        let usage32: Vec<u32> = usage
+            .iter()
+            .map(|&u| u.min(u32::MAX as u64) as u32)
+            .collect();
+        report.dead = crate::train::rare_atoms(&usage32, self.config.rare_atom_fraction);
+        // Near-duplicates of a more used atom (ties: the lower index is kept).
+        let atoms = &state.atoms;
+        report.purged = (0..n_atoms)
+            .filter(|&j| {
+                !report.dead.contains(&j)
+                    && (0..n_atoms).any(|i| {
+                        let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
+                        i != j
+                            && more_used
+                            && dot(&atoms[i * d..(i + 1) * d], &atoms[j * d..(j + 1) * d]).abs()
+                                > self.config.duplicate_threshold as f64
+                    })
+            })
+            .collect();
+        let mut flagged: Vec<usize> = report.dead.iter().chain(&report.purged).copied().collect();
+        flagged.sort_unstable();
+        if !flagged.is_empty() {
+            // The trainer's host-side splitting, on this batch's codes and residual.
+            let codes = SparseCodes {
+                n: state.n_samples(),
+                k: state.k,
+                indices: state.indices.clone(),
+                values: state.values.iter().map(|&v| v as f32).collect(),
+                residual_energy: Vec::new(),
+            };
+            let residual: Vec<f32> = state.residual().iter().map(|&v| v as f32).collect();
+            let mut atoms: Vec<f32> = state.atoms.iter().map(|&v| v as f32).collect();
+            crate::train::split_atoms(&mut atoms, d, &codes, &residual, &flagged);
+            state.atoms = atoms.iter().map(|&v| v as f64).collect();
+        }
+        self.atoms = state.atoms;
+        report
+    }
+}

@@ -1,0 +1,1345 @@
+//! The streaming DB-KSVD trainer.
+//!
+//! Per sample batch of B rows (the paper's streaming form, the dictionary carried from batch to
+//! batch over several passes of the data):
+//!
+//! 1. code the batch with the current dictionary (Batch-OMP, at most k atoms per sample);
+//! 2. record the metrics of those codes (FVU, relative residual, L0, atoms unused);
+//! 3. update every atom by power iteration on the batch, A atoms at a time.
+//!
+//! A thread reads and centres batch i + 1 while the GPU works on batch i; per batch only the
+//! metrics and the atom usage come back from the device. At the end of every epoch atoms unused
+//! for the whole epoch are re-seeded from badly represented samples and near-duplicates purged.
+//!
+//! Everything random derives from one seed: the initial atoms, the batch order of each epoch (from
+//! the seed and the epoch), the atom order of each update (from the seed and the update's number).
+//! So a run resumed from a checkpoint continues exactly as the uninterrupted run would have.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{ActivationSource, BatchOrder, Shuffle, Stats};
+use crate::encode::{Coder, CodingOptions};
+use crate::error::{Error, Result};
+use crate::export::{self, Dictionary, SafetensorsFile, Tensor};
+use crate::gpu::step::StepBuffers;
+use crate::gpu::{Gpu, Matrix, UpdateOptions};
+
+/// How the dictionary starts.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Init {
+    /// K distinct random samples (after centring), normalised; zero and duplicate rows skipped.
+    #[default]
+    Samples,
+    /// A given dictionary [K, d], row-major (normalised on use).
+    Dictionary(Vec<f32>),
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Atoms K.
+    pub atoms: usize,
+    /// Most nonzeros per sample k.
+    pub k: usize,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Samples per batch B. Training evens it out: ceil(N / B) batches of equal size (±1), and
+    /// the result's configuration records the size used.
+    pub batch_size: usize,
+    /// Atoms updated in parallel A.
+    pub atom_batch: usize,
+    /// Power iterations per atom update p.
+    pub power_iterations: usize,
+    /// The sparse coder.
+    pub coder: Coder,
+    /// Starting dictionary (not stored in files: a given dictionary is the checkpoint's own).
+    #[serde(skip)]
+    pub init: Init,
+    /// Subtract the data mean (saved as b_dec) before coding.
+    pub center: bool,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Stop after this much training time (the current batch finishes).
+    pub time_limit: Option<Duration>,
+    /// Stop when an epoch lowers the FVU by less than this fraction of the previous epoch's.
+    pub tolerance: Option<f64>,
+    /// Write a checkpoint every this many batches (and at every epoch end) when the trainer
+    /// has a checkpoint folder.
+    pub checkpoint_every: Option<usize>,
+    /// Batches whose rows are shuffled together (see [`crate::data::BatchOrder`]).
+    pub shuffle_window: usize,
+    /// Atoms whose |cos| with a more used atom exceeds this are re-seeded at epoch end.
+    pub duplicate_threshold: f32,
+    /// Atoms used fewer times in an epoch than this fraction of the mean atom's use are
+    /// re-seeded at epoch end, as unused ones are. A stuck KSVD dictionary typically holds an atom
+    /// that blends two true atoms, used by both their samples, next to a junk atom that almost
+    /// nothing uses (measured on the planted problem: 7 and 12 uses against a median of 625);
+    /// re-seeding the junk atom frees it to find the missing one. 0 re-seeds only unused atoms.
+    pub rare_atom_fraction: f64,
+    /// Time the products and the coding separately (one more GPU wait per batch).
+    pub profile: bool,
+}
+
+impl TrainConfig {
+    /// K atoms, k nonzeros, and defaults for the rest: 10 epochs, B = 4096, A = 32, p = 1, OMP,
+    /// sample init, centring, seed 0, window 16, duplicates above |cos| 0.99 purged.
+    pub fn new(atoms: usize, k: usize) -> Self {
+        let update = UpdateOptions::default();
+        Self {
+            atoms,
+            k,
+            epochs: 10,
+            batch_size: 4096,
+            atom_batch: update.atom_batch,
+            power_iterations: update.power_iterations,
+            coder: Coder::Omp,
+            init: Init::Samples,
+            center: true,
+            seed: 0,
+            time_limit: None,
+            tolerance: None,
+            checkpoint_every: None,
+            shuffle_window: BatchOrder::DEFAULT_WINDOW,
+            duplicate_threshold: 0.99,
+            rare_atom_fraction: 0.05,
+            profile: false,
+        }
+    }
+
+    /// Checks every field on its own (the data's dimension is checked by [`Trainer::fit`]).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidArgument(what));
+        if self.atoms == 0 {
+            return bad("atoms K must be at least 1".into());
+        }
+        if self.k == 0 || self.k > self.atoms {
+            return bad(format!("k = {} must lie in 1..=K = {}", self.k, self.atoms));
+        }
+        for (name, value) in [
+            ("epochs", self.epochs),
+            ("batch size", self.batch_size),
+            ("atom batch", self.atom_batch),
+            ("power iterations", self.power_iterations),
+            ("shuffle window", self.shuffle_window),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.checkpoint_every == Some(0) {
+            return bad("checkpoint interval must be at least 1 batch".into());
+        }
+        if !(self.duplicate_threshold > 0.0 && self.duplicate_threshold < 1.0) {
+            return bad(format!(
+                "duplicate threshold {} must lie in (0, 1)",
+                self.duplicate_threshold
+            ));
+        }
+        if !(self.rare_atom_fraction.is_finite() && (0.0..1.0).contains(&self.rare_atom_fraction)) {
+            return bad(format!(
+                "rare-atom fraction {} must lie in [0, 1)",
+                self.rare_atom_fraction
+            ));
+        }
+        if let Some(t) = self.tolerance {
+            if !(t.is_finite() && t >= 0.0) {
+                return bad(format!("stop tolerance {t} must be finite and ≥ 0"));
+            }
+        }
+        if self.time_limit == Some(Duration::ZERO) {
+            return bad("time limit must be positive".into());
+        }
+        self.coding().validate()
+    }
+
+    /// The coding options training uses.
+    pub fn coding(&self) -> CodingOptions {
+        match self.coder {
+            Coder::Omp => CodingOptions::omp(self.k),
+            Coder::Mp { refit } => CodingOptions::mp(self.k, refit),
+        }
+    }
+
+    /// The batch order of training.
+    pub fn order(&self) -> BatchOrder {
+        BatchOrder {
+            batch_size: self.batch_size,
+            shuffle: Some(Shuffle {
+                seed: self.seed,
+                window: self.shuffle_window,
+            }),
+        }
+    }
+
+    /// The settings that must agree between a checkpoint and the run resuming it.
+    fn resumable_with(&self, other: &TrainConfig) -> Result<()> {
+        let pairs: [(&str, String, String); 9] = [
+            ("atoms", self.atoms.to_string(), other.atoms.to_string()),
+            ("k", self.k.to_string(), other.k.to_string()),
+            (
+                "batch size",
+                self.batch_size.to_string(),
+                other.batch_size.to_string(),
+            ),
+            (
+                "atom batch",
+                self.atom_batch.to_string(),
+                other.atom_batch.to_string(),
+            ),
+            (
+                "power iterations",
+                self.power_iterations.to_string(),
+                other.power_iterations.to_string(),
+            ),
+            (
+                "coder",
+                format!("{:?}", self.coder),
+                format!("{:?}", other.coder),
+            ),
+            (
+                "centring",
+                self.center.to_string(),
+                other.center.to_string(),
+            ),
+            ("seed", self.seed.to_string(), other.seed.to_string()),
+            (
+                "shuffle window",
+                self.shuffle_window.to_string(),
+                other.shuffle_window.to_string(),
+            ),
+        ];
+        for (name, mine, theirs) in pairs {
+            if mine != theirs {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot resume: the checkpoint was trained with {name} = {theirs}, this run asks for {mine}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metrics of one sample batch, from its codes before the update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchMetrics {
+    /// Epoch (from 0).
+    pub epoch: usize,
+    /// Batch within the epoch (from 0).
+    pub batch: usize,
+    /// Updates done before this one, over all epochs.
+    pub step: usize,
+    /// Samples in the batch.
+    pub samples: usize,
+    /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² over the batch (ȳ the data mean).
+    pub fvu: f64,
+    /// Mean of ‖y − ŷ‖ / ‖y‖ over the batch (y as coded, i.e. centred when centring).
+    pub relative_residual: f64,
+    /// Mean nonzeros per sample.
+    pub l0: f64,
+    /// Atoms no sample of the batch used.
+    pub unused_atoms: usize,
+    /// Seconds in the products (0 unless profiling; then not in `coding_s`).
+    pub gemm_s: f64,
+    /// Seconds coding (with the products unless profiling), residual and transpose.
+    pub coding_s: f64,
+    /// Seconds in the atom update.
+    pub update_s: f64,
+    /// Seconds waiting for the host to deliver the batch.
+    pub host_s: f64,
+}
+
+/// Reconstruction quality of a dictionary on a source.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Rows scored.
+    pub rows: usize,
+    /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ŷ = x·D + b_dec and ȳ the mean of the scored rows.
+    pub fvu: f64,
+    /// Mean ‖y − ŷ‖ / ‖y − b_dec‖.
+    pub relative_residual: f64,
+    /// Mean nonzeros per row.
+    pub l0: f64,
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch (from 0).
+    pub epoch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Samples coded.
+    pub samples: usize,
+    /// FVU over the epoch's batches (each coded with the dictionary of its time).
+    pub fvu: f64,
+    /// Mean relative residual.
+    pub relative_residual: f64,
+    /// Mean L0.
+    pub l0: f64,
+    /// Atoms no sample used during the epoch.
+    pub dead_atoms: usize,
+    /// Atoms used, but fewer times than `rare_atom_fraction` of the mean.
+    pub rare_atoms: usize,
+    /// Dead and rare atoms re-seeded at the epoch's end.
+    pub reseeded: usize,
+    /// Near-duplicate atoms re-seeded at the epoch's end.
+    pub purged: usize,
+    /// Mean over atoms of the largest |cos| with another atom, after the epoch.
+    pub coherence: f64,
+    /// Score on the evaluation source, when one is set.
+    pub eval: Option<Score>,
+    /// Seconds of training in the epoch.
+    pub seconds: f64,
+}
+
+/// Why training stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// All epochs ran.
+    Epochs,
+    /// The time limit was reached.
+    TimeLimit,
+    /// An epoch improved the FVU by less than the tolerance.
+    Converged,
+    /// The per-batch callback asked to stop.
+    Callback,
+}
+
+/// What [`Trainer::fit`] returns.
+#[derive(Clone, Debug)]
+pub struct TrainResult {
+    /// The dictionary, b_dec, and metadata (configuration, final metrics, crate version).
+    pub dictionary: Dictionary,
+    /// The configuration trained with.
+    pub config: TrainConfig,
+    /// Every batch's metrics, in order (including those before a resume).
+    pub batches: Vec<BatchMetrics>,
+    /// Every finished epoch's metrics.
+    pub epochs: Vec<EpochMetrics>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Seconds of training (including those before a resume).
+    pub seconds: f64,
+}
+
+/// What the per-batch callback sees.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// The batch just trained on.
+    pub batch: &'a BatchMetrics,
+    /// Batches done, over all epochs.
+    pub done: usize,
+    /// Batches in the whole run.
+    pub total: usize,
+}
+
+type Callback<'a> = Box<dyn FnMut(&Progress) -> ControlFlow<()> + 'a>;
+
+/// Trains a dictionary on an [`ActivationSource`].
+///
+/// ```no_run
+/// use dbksvd::{data, gpu::Gpu, train::{TrainConfig, Trainer}};
+/// # fn main() -> dbksvd::Result<()> {
+/// let gpu = Gpu::new()?;
+/// let source = data::open(&["acts.safetensors"])?;
+/// let result = Trainer::new(&gpu, TrainConfig::new(512, 16)).fit(&source)?;
+/// println!("FVU {:.4}", result.epochs.last().unwrap().fvu);
+/// result.dictionary.save("dictionary.safetensors")?;
+/// # Ok(()) }
+/// ```
+pub struct Trainer<'a> {
+    gpu: &'a Gpu,
+    config: TrainConfig,
+    checkpoint_dir: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    eval: Option<&'a dyn ActivationSource>,
+    on_batch: Option<Callback<'a>>,
+}
+
+/// The checkpoint file's name inside the checkpoint folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// Accumulated metrics of the epoch in progress (saved in checkpoints).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct EpochSums {
+    batches: usize,
+    samples: usize,
+    residual: f64,
+    variance: f64,
+    relative: f64,
+    l0: f64,
+    seconds: f64,
+}
+
+/// Where a run stands: what a checkpoint saves besides the dictionary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Position {
+    /// Epoch in progress.
+    epoch: usize,
+    /// Batches of it already done.
+    batch: usize,
+    /// Updates done in all.
+    step: usize,
+    /// Seconds trained.
+    seconds: f64,
+    sums: EpochSums,
+    batches: Vec<BatchMetrics>,
+    epochs: Vec<EpochMetrics>,
+}
+
+/// A batch read, centred and measured on the host.
+struct Prepared {
+    data: Vec<f32>,
+    /// ‖y‖² of each row as coded.
+    norms: Vec<f32>,
+    /// Σ‖y − ȳ‖² over the batch (ȳ the data mean).
+    variance: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer on `gpu` with `config`.
+    pub fn new(gpu: &'a Gpu, config: TrainConfig) -> Self {
+        Self {
+            gpu,
+            config,
+            checkpoint_dir: None,
+            resume: None,
+            eval: None,
+            on_batch: None,
+        }
+    }
+
+    /// Writes [`CHECKPOINT_FILE`] into `dir` every `checkpoint_every` batches and at epoch ends.
+    pub fn checkpoint_to(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// Continues from a checkpoint: its dictionary, mean and position replace initialisation.
+    /// The run's settings must match the checkpoint's (epochs and time limit may differ).
+    pub fn resume_from(mut self, checkpoint: impl Into<PathBuf>) -> Self {
+        self.resume = Some(checkpoint.into());
+        self
+    }
+
+    /// Scores the dictionary on `source` after every epoch (its FVU uses its own mean).
+    pub fn evaluate_on(mut self, source: &'a dyn ActivationSource) -> Self {
+        self.eval = Some(source);
+        self
+    }
+
+    /// Called after every batch; returning `ControlFlow::Break(())` stops training there.
+    pub fn on_batch(mut self, callback: impl FnMut(&Progress) -> ControlFlow<()> + 'a) -> Self {
+        self.on_batch = Some(Box::new(callback));
+        self
+    }
+
+    /// Trains on `source` and returns the dictionary and its metrics.
+    pub fn fit(mut self, source: &dyn ActivationSource) -> Result<TrainResult> {
+        let mut config = self.config.clone();
+        config.validate()?;
+        let (rows, d) = (source.rows(), source.dim());
+        if rows == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} has no rows to train on",
+                source.name()
+            )));
+        }
+        let gpu = self.gpu;
+        let n_atoms = config.atoms;
+        // On lavapipe an atom used by every sample of a large batch exceeds the update's loop cap.
+        if let Some(most) = gpu.max_update_batch(d) {
+            if config.batch_size.min(rows) > most {
+                log::warn!(
+                    "batch of {} samples lowered to {most}, the most {} can update at d = {d}",
+                    config.batch_size,
+                    gpu.adapter().name
+                );
+                config.batch_size = most;
+            }
+        }
+        // Equal batches: a short remainder batch would let atoms with one or two users there
+        // fit those samples exactly and undo what the full batches learnt.
+        config.batch_size = rows.div_ceil(rows.div_ceil(config.batch_size));
+
+        // Where to start: a checkpoint, or statistics and an initial dictionary.
+        let (atoms_host, data_mean, mut position, mut epoch_usage) = match &self.resume {
+            Some(path) => {
+                let checkpoint = Checkpoint::load(path)?;
+                config.resumable_with(&checkpoint.config)?;
+                if checkpoint.d != d {
+                    return Err(Error::ShapeMismatch {
+                        op: format!("resume from {} (checkpoint vs data)", path.display()),
+                        left: format!("d = {}", checkpoint.d),
+                        right: format!("d = {d}"),
+                    });
+                }
+                (
+                    checkpoint.atoms,
+                    checkpoint.mean,
+                    checkpoint.position,
+                    checkpoint.epoch_usage,
+                )
+            }
+            None => {
+                let stats = Stats::compute(source, config.batch_size)?;
+                let mean = stats.mean_f32();
+                let centre = config.center.then_some(mean.as_slice());
+                let atoms = match &config.init {
+                    Init::Samples => init_from_samples(source, n_atoms, centre, config.seed)?,
+                    Init::Dictionary(atoms) => normalised_dictionary(atoms, n_atoms, d)?,
+                };
+                let position = Position {
+                    epoch: 0,
+                    batch: 0,
+                    step: 0,
+                    seconds: 0.0,
+                    sums: EpochSums::default(),
+                    batches: Vec::new(),
+                    epochs: Vec::new(),
+                };
+                (atoms, mean, position, vec![0u32; n_atoms])
+            }
+        };
+
+        let batch_size = config.batch_size;
+
+        let mut atoms = gpu.matrix(n_atoms, d, &atoms_host)?;
+        let mut gram = gpu.zeros(n_atoms, n_atoms)?;
+        let mut full = gpu.step_buffers(batch_size, d, config.k, n_atoms)?;
+        let mut short: Option<StepBuffers> = None;
+        let order = config.order();
+        let batches_per_epoch = order.batches_per_epoch(rows);
+        let total = batches_per_epoch * config.epochs;
+        let centre = config.center.then_some(data_mean.as_slice());
+        let coding = config.coding();
+        let started = Instant::now();
+        let seconds_before = position.seconds;
+        let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
+        let mut stop = StopReason::Epochs;
+
+        'epochs: while position.epoch < config.epochs {
+            let epoch = position.epoch;
+            let mut rows_of = order.epoch(rows, epoch as u64)?;
+            // Resuming mid-epoch: skip the batches already trained on (indices only, no reads).
+            for _ in 0..position.batch {
+                rows_of.next();
+            }
+            let epoch_started = Instant::now();
+            let mean_ref = data_mean.as_slice();
+            let outcome = std::thread::scope(|scope| -> Result<Option<StopReason>> {
+                let (tx, rx) = sync_channel::<Result<Prepared>>(1);
+                scope.spawn(move || {
+                    for batch_rows in rows_of {
+                        let prepared = prepare(source, &batch_rows, centre, mean_ref);
+                        let failed = prepared.is_err();
+                        if tx.send(prepared).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                loop {
+                    let waiting = Instant::now();
+                    let Ok(prepared) = rx.recv() else {
+                        return Ok(None);
+                    };
+                    let prepared = prepared?;
+                    let host_s = waiting.elapsed().as_secs_f64();
+                    let n = prepared.norms.len();
+                    let buffers = if n == full.len() {
+                        &mut full
+                    } else {
+                        if short.as_ref().is_none_or(|b| b.len() != n) {
+                            short = Some(gpu.step_buffers(n, d, config.k, n_atoms)?);
+                        }
+                        short.as_mut().expect("just created")
+                    };
+                    let update = UpdateOptions {
+                        atom_batch: config.atom_batch,
+                        power_iterations: config.power_iterations,
+                        seed: update_seed(config.seed, position.step),
+                    };
+                    let out = gpu.train_step(
+                        &mut atoms,
+                        &mut gram,
+                        buffers,
+                        &prepared.data,
+                        &prepared.norms,
+                        &coding,
+                        &update,
+                        config.profile,
+                    )?;
+                    let residual: f64 = out.residual_energy.iter().map(|&e| e as f64).sum();
+                    let relative: f64 = out
+                        .residual_energy
+                        .iter()
+                        .zip(&prepared.norms)
+                        .map(|(&e, &y)| {
+                            if y > 0.0 {
+                                (e as f64 / y as f64).sqrt()
+                            } else {
+                                0.0
+                            }
+                        })
+                        .sum();
+                    let l0: f64 = out.l0.iter().map(|&l| l as f64).sum();
+                    for (total, used) in epoch_usage.iter_mut().zip(&out.usage) {
+                        *total = total.saturating_add(*used);
+                    }
+                    let metrics = BatchMetrics {
+                        epoch,
+                        batch: position.batch,
+                        step: position.step,
+                        samples: n,
+                        fvu: ratio(residual, prepared.variance),
+                        relative_residual: relative / n as f64,
+                        l0: l0 / n as f64,
+                        unused_atoms: out.usage.iter().filter(|&&u| u == 0).count(),
+                        gemm_s: out.gemm_s,
+                        coding_s: out.coding_s,
+                        update_s: out.update_s,
+                        host_s,
+                    };
+                    let sums = &mut position.sums;
+                    sums.batches += 1;
+                    sums.samples += n;
+                    sums.residual += residual;
+                    sums.variance += prepared.variance;
+                    sums.relative += relative;
+                    sums.l0 += l0;
+                    position.batch += 1;
+                    position.step += 1;
+                    position.batches.push(metrics);
+                    log::debug!(
+                        "epoch {epoch} batch {}: FVU {:.4}, L0 {:.2}, {} atoms unused",
+                        position.batch - 1,
+                        position.batches.last().unwrap().fvu,
+                        position.batches.last().unwrap().l0,
+                        position.batches.last().unwrap().unused_atoms
+                    );
+                    let mut wants_stop = None;
+                    if let Some(callback) = self.on_batch.as_mut() {
+                        let progress = Progress {
+                            batch: position.batches.last().unwrap(),
+                            done: position.step,
+                            total,
+                        };
+                        if callback(&progress).is_break() {
+                            wants_stop = Some(StopReason::Callback);
+                        }
+                    }
+                    if config
+                        .time_limit
+                        .is_some_and(|limit| elapsed(&started) >= limit.as_secs_f64())
+                    {
+                        wants_stop = Some(StopReason::TimeLimit);
+                    }
+                    let periodic = config
+                        .checkpoint_every
+                        .is_some_and(|every| position.step.is_multiple_of(every));
+                    let epoch_ends = position.batch == batches_per_epoch;
+                    if let Some(dir) = &self.checkpoint_dir {
+                        if (periodic || wants_stop.is_some()) && !epoch_ends {
+                            position.seconds = elapsed(&started);
+                            position.sums.seconds += epoch_started.elapsed().as_secs_f64();
+                            save_checkpoint(
+                                gpu,
+                                dir,
+                                &config,
+                                &atoms,
+                                &data_mean,
+                                &position,
+                                &epoch_usage,
+                            )?;
+                            position.sums.seconds -= epoch_started.elapsed().as_secs_f64();
+                        }
+                    }
+                    if wants_stop.is_some() {
+                        return Ok(wants_stop);
+                    }
+                }
+            })?;
+            position.sums.seconds += epoch_started.elapsed().as_secs_f64();
+            if let Some(reason) = outcome {
+                position.seconds = elapsed(&started);
+                stop = reason;
+                break 'epochs;
+            }
+
+            // Epoch end: atom hygiene, coherence, evaluation.
+            let hygiene_started = Instant::now();
+            let dead: Vec<usize> = (0..n_atoms).filter(|&j| epoch_usage[j] == 0).collect();
+            let rare = rare_atoms(&epoch_usage, config.rare_atom_fraction);
+            let purged: Vec<usize> = gpu
+                .duplicate_atoms(&atoms, &epoch_usage, config.duplicate_threshold)?
+                .into_iter()
+                .filter(|j| !rare.contains(j))
+                .collect();
+            let mut flagged: Vec<usize> = rare.iter().chain(&purged).copied().collect();
+            flagged.sort_unstable();
+            if !flagged.is_empty() {
+                // On the host: K·d atoms, B·d residual and B·k codes, once per epoch.
+                let codes = gpu.read_codes(full.coded())?;
+                let residual = gpu.read_residual(full.coded())?;
+                let mut host = gpu.read_matrix(&atoms)?;
+                split_atoms(&mut host, d, &codes, &residual, &flagged);
+                atoms = gpu.matrix(n_atoms, d, &host)?;
+            }
+            let reseeded = &rare;
+            let coherence = gpu.coherence(&atoms)?;
+            let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
+            let eval = match self.eval {
+                Some(eval) => {
+                    let dictionary = Dictionary {
+                        atoms: gpu.read_matrix(&atoms)?,
+                        n_atoms,
+                        d,
+                        mean: b_dec(&config, &data_mean),
+                        metadata: Default::default(),
+                    };
+                    Some(evaluate(gpu, &dictionary, eval, coding, config.batch_size)?)
+                }
+                None => None,
+            };
+            let sums = std::mem::take(&mut position.sums);
+            let metrics = EpochMetrics {
+                epoch,
+                batches: sums.batches,
+                samples: sums.samples,
+                fvu: ratio(sums.residual, sums.variance),
+                relative_residual: sums.relative / sums.samples.max(1) as f64,
+                l0: sums.l0 / sums.samples.max(1) as f64,
+                dead_atoms: dead.len(),
+                rare_atoms: rare.len() - dead.len(),
+                reseeded: reseeded.len(),
+                purged: purged.len(),
+                coherence,
+                eval,
+                seconds: sums.seconds + hygiene_started.elapsed().as_secs_f64(),
+            };
+            log::info!(
+                "epoch {epoch}: FVU {:.4}, L0 {:.2}, {} dead and {} rare atoms re-seeded, {} \
+                 duplicates purged, coherence {:.3}{}, {:.1} s",
+                metrics.fvu,
+                metrics.l0,
+                metrics.dead_atoms,
+                metrics.rare_atoms,
+                metrics.purged,
+                metrics.coherence,
+                metrics
+                    .eval
+                    .map_or(String::new(), |s| format!(", eval FVU {:.4}", s.fvu)),
+                metrics.seconds
+            );
+            let previous = position.epochs.last().map(|e| e.fvu);
+            position.epochs.push(metrics);
+            position.epoch += 1;
+            position.batch = 0;
+            epoch_usage.iter_mut().for_each(|u| *u = 0);
+            position.seconds = elapsed(&started);
+            if let Some(dir) = &self.checkpoint_dir {
+                save_checkpoint(
+                    gpu,
+                    dir,
+                    &config,
+                    &atoms,
+                    &data_mean,
+                    &position,
+                    &epoch_usage,
+                )?;
+            }
+            let fvu = position.epochs.last().unwrap().fvu;
+            if let (Some(tolerance), Some(previous)) = (config.tolerance, previous) {
+                if previous - fvu < tolerance * previous {
+                    stop = StopReason::Converged;
+                    break;
+                }
+            }
+            if config
+                .time_limit
+                .is_some_and(|limit| position.seconds >= limit.as_secs_f64())
+                && position.epoch < config.epochs
+            {
+                stop = StopReason::TimeLimit;
+                break;
+            }
+        }
+
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("config".into(), json(&config)?);
+        if let Some(last) = position.epochs.last() {
+            metadata.insert("metrics".into(), json(last)?);
+        }
+        metadata.insert("dbksvd_version".into(), env!("CARGO_PKG_VERSION").into());
+        let dictionary = Dictionary {
+            atoms: gpu.read_matrix(&atoms)?,
+            n_atoms,
+            d,
+            mean: b_dec(&config, &data_mean),
+            metadata,
+        };
+        Ok(TrainResult {
+            dictionary,
+            config,
+            batches: position.batches,
+            epochs: position.epochs,
+            stop,
+            seconds: position.seconds,
+        })
+    }
+}
+
+impl TrainResult {
+    /// Writes the run's outputs into `dir` (created if needed), each file atomically:
+    /// `dictionary.safetensors`, `sae/` (SAELens `matching_pursuit`, see
+    /// [`export::write_saelens`]), `trace.csv` (per batch), `epochs.csv` and `trace.svg`.
+    pub fn write_outputs(&self, dir: &Path, names: &export::SaeLensNames) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.dictionary.save(dir.join(DICTIONARY_FILE))?;
+        export::write_saelens(
+            &dir.join("sae"),
+            &self.dictionary,
+            self.config.k,
+            0.0,
+            names,
+        )?;
+        let mut csv = String::from(
+            "step,epoch,batch,samples,fvu,relative_residual,l0,unused_atoms,gemm_s,coding_s,update_s,host_s\n",
+        );
+        for b in &self.batches {
+            csv += &format!(
+                "{},{},{},{},{:.6},{:.6},{:.3},{},{:.4},{:.4},{:.4},{:.4}\n",
+                b.step,
+                b.epoch,
+                b.batch,
+                b.samples,
+                b.fvu,
+                b.relative_residual,
+                b.l0,
+                b.unused_atoms,
+                b.gemm_s,
+                b.coding_s,
+                b.update_s,
+                b.host_s
+            );
+        }
+        export::write_csv(&dir.join("trace.csv"), &csv)?;
+        let mut csv = String::from(
+            "epoch,batches,samples,fvu,relative_residual,l0,dead_atoms,rare_atoms,reseeded,purged,coherence,eval_fvu,eval_l0,seconds\n",
+        );
+        for e in &self.epochs {
+            csv += &format!(
+                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{:.4},{},{},{:.2}\n",
+                e.epoch,
+                e.batches,
+                e.samples,
+                e.fvu,
+                e.relative_residual,
+                e.l0,
+                e.dead_atoms,
+                e.rare_atoms,
+                e.reseeded,
+                e.purged,
+                e.coherence,
+                e.eval.map_or(String::new(), |s| format!("{:.6}", s.fvu)),
+                e.eval.map_or(String::new(), |s| format!("{:.3}", s.l0)),
+                e.seconds
+            );
+        }
+        export::write_csv(&dir.join("epochs.csv"), &csv)?;
+        let points: Vec<export::TracePoint> = self
+            .batches
+            .iter()
+            .map(|b| export::TracePoint {
+                step: b.step,
+                epoch: b.epoch,
+                fvu: b.fvu,
+                unused_atoms: b.unused_atoms,
+            })
+            .collect();
+        export::write_atomic(
+            &dir.join("trace.svg"),
+            export::trace_svg(&points).as_bytes(),
+        )
+    }
+}
+
+/// The dictionary's file name in an output folder.
+pub const DICTIONARY_FILE: &str = "dictionary.safetensors";
+
+/// Re-seeds the `flagged` atoms (unused, rare or duplicate) of `atoms` [K, d] by splitting the
+/// atoms whose users carry the most residual, as the LBG algorithm splits codewords: for such an
+/// atom a with users s (coefficient x_s, residual e_s), the top principal direction r of the e_s
+/// separates the users into those with (e_s·r)·x_s > 0 and the rest; the flagged atom becomes the
+/// sign-aligned mean of x_s·a + e_s (its E_Ω rows) over the first group, atom a the same over the
+/// second. An atom that blends two true atoms has exactly this structure (its residuals lie on one
+/// line, with opposite signs for the two groups), which no amount of KSVD updating separates
+/// when k is the true sparsity. When no atom is left to split, the flagged atom takes the
+/// normalised sample with the largest residual instead (KSVD-Box's rule), each sample once.
+/// `codes` and `residual` [n, d] are one batch's, consistent with each other. Returns the atoms
+/// changed.
+pub(crate) fn split_atoms(
+    atoms: &mut [f32],
+    d: usize,
+    codes: &crate::encode::SparseCodes,
+    residual: &[f32],
+    flagged: &[usize],
+) -> Vec<usize> {
+    let n_atoms = atoms.len() / d;
+    let n = codes.n;
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let e: Vec<f64> = residual.iter().map(|&v| v as f64).collect();
+    let energy: Vec<f64> = e.chunks(d).map(|r| dot(r, r)).collect();
+    let mut users: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_atoms];
+    for s in 0..n {
+        for (j, x) in codes.row(s) {
+            if j < n_atoms {
+                users[j].push((s, x as f64));
+            }
+        }
+    }
+    let distortion: Vec<f64> = users
+        .iter()
+        .map(|u| u.iter().map(|&(s, _)| energy[s]).sum())
+        .collect();
+    let mut candidates: Vec<usize> = (0..n_atoms)
+        .filter(|j| !flagged.contains(j) && users[*j].len() >= 2)
+        .collect();
+    candidates.sort_by(|&a, &b| distortion[b].total_cmp(&distortion[a]).then(a.cmp(&b)));
+    let mut candidates = candidates.into_iter();
+    let mut sample_taken = vec![false; n];
+    let mut changed = Vec::new();
+    let unit = |v: Vec<f64>| -> Option<Vec<f64>> {
+        let norm = dot(&v, &v).sqrt();
+        (norm > 0.0 && norm.is_finite()).then(|| v.into_iter().map(|x| x / norm).collect())
+    };
+    for &target in flagged {
+        let mut done = false;
+        for source in candidates.by_ref() {
+            if distortion[source] <= 0.0 {
+                break;
+            }
+            let a: Vec<f64> = atoms[source * d..(source + 1) * d]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let us = &users[source];
+            // Top principal direction of the users' residuals, by power iteration from the
+            // largest one.
+            let start = us
+                .iter()
+                .max_by(|p, q| energy[p.0].total_cmp(&energy[q.0]))
+                .map(|&(s, _)| e[s * d..(s + 1) * d].to_vec());
+            let Some(mut r) = start.and_then(unit) else {
+                continue;
+            };
+            for _ in 0..30 {
+                let mut w = vec![0.0; d];
+                for &(s, _) in us {
+                    let row = &e[s * d..(s + 1) * d];
+                    let t = dot(row, &r);
+                    w.iter_mut().zip(row).for_each(|(w, v)| *w += t * v);
+                }
+                match unit(w) {
+                    Some(w) => r = w,
+                    None => break,
+                }
+            }
+            let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
+            let (mut n_plus, mut n_minus) = (0, 0);
+            for &(s, x) in us {
+                let row = &e[s * d..(s + 1) * d];
+                let sign = x.signum();
+                let (sum, count) = if dot(row, &r) * x > 0.0 {
+                    (&mut plus, &mut n_plus)
+                } else {
+                    (&mut minus, &mut n_minus)
+                };
+                *count += 1;
+                for c in 0..d {
+                    sum[c] += sign * (x * a[c] + row[c]);
+                }
+            }
+            if n_plus == 0 || n_minus == 0 {
+                continue;
+            }
+            let (Some(plus), Some(minus)) = (unit(plus), unit(minus)) else {
+                continue;
+            };
+            for c in 0..d {
+                atoms[target * d + c] = plus[c] as f32;
+                atoms[source * d + c] = minus[c] as f32;
+            }
+            changed.extend([target, source]);
+            done = true;
+            break;
+        }
+        if done {
+            continue;
+        }
+        // Nothing to split: the worst-represented sample y = e + x·D, normalised.
+        let worst = (0..n)
+            .filter(|&s| !sample_taken[s] && energy[s] > 0.0)
+            .max_by(|&p, &q| energy[p].total_cmp(&energy[q]).then(q.cmp(&p)));
+        if let Some(s) = worst {
+            let mut y: Vec<f64> = e[s * d..(s + 1) * d].to_vec();
+            for (j, x) in codes.row(s) {
+                if j < n_atoms {
+                    for c in 0..d {
+                        y[c] += x as f64 * atoms[j * d + c] as f64;
+                    }
+                }
+            }
+            if let Some(y) = unit(y) {
+                for c in 0..d {
+                    atoms[target * d + c] = y[c] as f32;
+                }
+                changed.push(target);
+            }
+            sample_taken[s] = true;
+        }
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    changed
+}
+
+/// Atoms to re-seed at an epoch's end: unused, or used fewer times than `fraction` of the mean.
+pub(crate) fn rare_atoms(usage: &[u32], fraction: f64) -> Vec<usize> {
+    let mean = usage.iter().map(|&u| u as f64).sum::<f64>() / usage.len().max(1) as f64;
+    (0..usage.len())
+        .filter(|&j| usage[j] == 0 || (usage[j] as f64) < fraction * mean)
+        .collect()
+}
+
+/// The seed of update number `step`'s atom order.
+pub(crate) fn update_seed(seed: u64, step: usize) -> u64 {
+    // SplitMix64 of (seed, step): distinct, well-mixed streams per update.
+    let mut z = seed
+        ^ (step as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// b_dec as exported: the data mean when centring, else zeros.
+fn b_dec(config: &TrainConfig, data_mean: &[f32]) -> Vec<f32> {
+    if config.center {
+        data_mean.to_vec()
+    } else {
+        vec![0.0; data_mean.len()]
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::InvalidArgument(format!("JSON: {e}")))
+}
+
+/// Reads `rows` of `source`, centres them on `centre` if given, and measures them.
+fn prepare(
+    source: &dyn ActivationSource,
+    rows: &[usize],
+    centre: Option<&[f32]>,
+    data_mean: &[f32],
+) -> Result<Prepared> {
+    let d = source.dim();
+    let mut data = vec![0.0f32; rows.len() * d];
+    source.gather(rows, &mut data)?;
+    let mut variance = 0.0f64;
+    if let Some(mean) = centre {
+        for row in data.chunks_exact_mut(d) {
+            row.iter_mut().zip(mean).for_each(|(v, m)| *v -= m);
+        }
+    }
+    let norms = data
+        .chunks_exact(d)
+        .map(|row| {
+            let norm: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
+            variance += match centre {
+                Some(_) => norm,
+                None => row
+                    .iter()
+                    .zip(data_mean)
+                    .map(|(&v, &m)| (v as f64 - m as f64).powi(2))
+                    .sum(),
+            };
+            norm as f32
+        })
+        .collect();
+    Ok(Prepared {
+        data,
+        norms,
+        variance,
+    })
+}
+
+/// Normalises a given dictionary, checking its shape and that no atom is zero or non-finite.
+fn normalised_dictionary(atoms: &[f32], n_atoms: usize, d: usize) -> Result<Vec<f32>> {
+    if atoms.len() != n_atoms * d {
+        return Err(Error::DataLength {
+            what: "initial dictionary".into(),
+            rows: n_atoms,
+            cols: d,
+            expected: n_atoms * d,
+            actual: atoms.len(),
+        });
+    }
+    crate::encode::check_finite("initial dictionary", atoms, d)?;
+    let mut out = atoms.to_vec();
+    for (j, atom) in out.chunks_exact_mut(d).enumerate() {
+        let norm = atom
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "initial dictionary atom {j} is zero"
+            )));
+        }
+        atom.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+    }
+    Ok(out)
+}
+
+/// K distinct random rows of `source` (centred on `centre`), normalised. Zero rows and rows equal
+/// to one already taken (after normalisation) are skipped; too few usable rows is an error.
+pub fn init_from_samples(
+    source: &dyn ActivationSource,
+    n_atoms: usize,
+    centre: Option<&[f32]>,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let (rows, d) = (source.rows(), source.dim());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(u64::MAX); // apart from the epochs' shuffle streams
+                              // A random sample of rows first; if too many are unusable, every other row in order.
+    let first = rand::seq::index::sample(&mut rng, rows, rows.min(4 * n_atoms + 64)).into_vec();
+    let taken: HashSet<usize> = first.iter().copied().collect();
+    let rest = (0..rows).filter(|r| !taken.contains(r));
+    let mut candidates = first.clone().into_iter().chain(rest);
+
+    let mut atoms = Vec::with_capacity(n_atoms * d);
+    let mut seen: HashSet<Vec<u32>> = HashSet::new();
+    let mut buffer = Vec::new();
+    while atoms.len() < n_atoms * d {
+        let chunk: Vec<usize> = candidates.by_ref().take(4096).collect();
+        if chunk.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "K = {n_atoms} atoms asked for, but {} has only {} distinct nonzero rows{}",
+                source.name(),
+                atoms.len() / d,
+                if centre.is_some() {
+                    " after centring"
+                } else {
+                    ""
+                }
+            )));
+        }
+        buffer.resize(chunk.len() * d, 0.0);
+        source.gather(&chunk, &mut buffer)?;
+        for row in buffer.chunks_exact_mut(d) {
+            if let Some(mean) = centre {
+                row.iter_mut().zip(mean).for_each(|(v, m)| *v -= m);
+            }
+            let norm = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                continue;
+            }
+            let atom: Vec<f32> = row.iter().map(|&v| (v as f64 / norm) as f32).collect();
+            if !seen.insert(atom.iter().map(|v| v.to_bits()).collect()) {
+                continue;
+            }
+            atoms.extend_from_slice(&atom);
+            if atoms.len() == n_atoms * d {
+                break;
+            }
+        }
+    }
+    Ok(atoms)
+}
+
+/// Scores `dictionary` on `source`: each row coded (y − b_dec) with `coding`, ŷ = x·D + b_dec;
+/// FVU = Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ȳ the mean of the scored rows. One streaming pass.
+pub fn evaluate(
+    gpu: &Gpu,
+    dictionary: &Dictionary,
+    source: &dyn ActivationSource,
+    coding: CodingOptions,
+    batch_size: usize,
+) -> Result<Score> {
+    let d = source.dim();
+    if d != dictionary.d {
+        return Err(Error::ShapeMismatch {
+            op: format!("evaluating on {} (dictionary vs data)", source.name()),
+            left: format!("d = {}", dictionary.d),
+            right: format!("d = {d}"),
+        });
+    }
+    if source.rows() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{} has no rows to score",
+            source.name()
+        )));
+    }
+    let encoder = dictionary.encoder(gpu, coding)?;
+    let (mut residual, mut squares, mut relative, mut l0) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut sum = vec![0.0f64; d];
+    let order = BatchOrder::sequential(batch_size.max(1));
+    for batch in crate::data::Batches::new(source, &order, 0)? {
+        let batch = batch?;
+        let codes = encoder.encode(&batch.data)?;
+        let approx = encoder.reconstruct(&codes)?;
+        for (i, (y, y_hat)) in batch
+            .data
+            .chunks_exact(d)
+            .zip(approx.chunks_exact(d))
+            .enumerate()
+        {
+            let mut r2 = 0.0f64;
+            let mut centred2 = 0.0f64;
+            for c in 0..d {
+                let (v, h) = (y[c] as f64, y_hat[c] as f64);
+                r2 += (v - h) * (v - h);
+                centred2 += (v - dictionary.mean[c] as f64).powi(2);
+                squares += v * v;
+                sum[c] += v;
+            }
+            residual += r2;
+            if centred2 > 0.0 {
+                relative += (r2 / centred2).sqrt();
+            }
+            l0 += codes.row_nnz(i) as f64;
+        }
+    }
+    let n = source.rows() as f64;
+    let mean_norm2: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();
+    let variance = (squares - n * mean_norm2).max(0.0);
+    Ok(Score {
+        rows: source.rows(),
+        fvu: ratio(residual, variance),
+        relative_residual: relative / n,
+        l0: l0 / n,
+    })
+}
+
+/// A checkpoint as read back.
+struct Checkpoint {
+    config: TrainConfig,
+    atoms: Vec<f32>,
+    d: usize,
+    mean: Vec<f32>,
+    epoch_usage: Vec<u32>,
+    position: Position,
+}
+
+impl Checkpoint {
+    fn load(path: &Path) -> Result<Self> {
+        let file = SafetensorsFile::read(path)?;
+        let metadata = file.metadata()?;
+        let format: String = file.meta(&metadata, "format")?;
+        if format != "dbksvd-checkpoint" {
+            return Err(Error::Format {
+                file: path.display().to_string(),
+                message: format!("is a {format:?} file, not a dbksvd checkpoint"),
+            });
+        }
+        let parse = |key: &str| -> Result<serde_json::Value> {
+            let text: String = file.meta(&metadata, key)?;
+            serde_json::from_str(&text).map_err(|e| Error::Format {
+                file: path.display().to_string(),
+                message: format!("metadata `{key}` is not valid JSON: {e}"),
+            })
+        };
+        let invalid = |key: &str, e: serde_json::Error| Error::Format {
+            file: path.display().to_string(),
+            message: format!("metadata `{key}` does not describe a run: {e}"),
+        };
+        let config: TrainConfig =
+            serde_json::from_value(parse("config")?).map_err(|e| invalid("config", e))?;
+        let position: Position =
+            serde_json::from_value(parse("position")?).map_err(|e| invalid("position", e))?;
+        let (shape, atoms) = file.f32("dictionary", "[K, d]")?;
+        let (usage_shape, epoch_usage) = file.u32("epoch_usage", "[K]")?;
+        let (mean_shape, mean) = file.f32("mean", "[d]")?;
+        let d = mean_shape.first().copied().unwrap_or(0);
+        if shape != [config.atoms, d] || usage_shape != [config.atoms] || mean_shape.len() != 1 {
+            return Err(Error::Format {
+                file: path.display().to_string(),
+                message: format!(
+                    "tensor shapes dictionary {shape:?}, mean {mean_shape:?}, epoch_usage \
+                     {usage_shape:?} do not fit K = {}",
+                    config.atoms
+                ),
+            });
+        }
+        Ok(Self {
+            config,
+            atoms,
+            d,
+            mean,
+            epoch_usage,
+            position,
+        })
+    }
+}
+
+fn save_checkpoint(
+    gpu: &Gpu,
+    dir: &Path,
+    config: &TrainConfig,
+    atoms: &Matrix,
+    data_mean: &[f32],
+    position: &Position,
+    epoch_usage: &[u32],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let host_atoms = gpu.read_matrix(atoms)?;
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "dbksvd-checkpoint".to_string());
+    metadata.insert(
+        "dbksvd_version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    metadata.insert("config".to_string(), json(config)?);
+    metadata.insert("position".to_string(), json(position)?);
+    export::write_safetensors(
+        &dir.join(CHECKPOINT_FILE),
+        &[
+            Tensor::f32("dictionary", vec![atoms.rows(), atoms.cols()], &host_atoms),
+            Tensor::f32("mean", vec![data_mean.len()], data_mean),
+            Tensor::u32("epoch_usage", vec![epoch_usage.len()], epoch_usage),
+        ],
+        metadata,
+    )?;
+    log::debug!(
+        "checkpoint at epoch {} batch {}",
+        position.epoch,
+        position.batch
+    );
+    Ok(())
+}
