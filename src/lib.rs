@@ -8,7 +8,10 @@
 //! per row of X.
 //!
 //! Layout: [`gpu`] owns every wgpu type (context, buffers, one module per shader family);
-//! [`mod@reference`] is the f64 CPU oracle for every kernel; [`error`] holds the one error enum.
+//! [`data`] streams activation files; [`train`] is the DB-KSVD driver; [`encode`] the sparse-coding
+//! API; [`export`] the file formats (dictionary, checkpoints, codes, SAELens, traces);
+//! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm; [`error`]
+//! holds the one error enum.
 //!
 //! ```no_run
 //! use dbksvd::gpu::Gpu;

@@ -535,6 +535,7 @@ impl<'a> Trainer<'a> {
             }
             let epoch_started = Instant::now();
             let mean_ref = data_mean.as_slice();
+            let mut stop_after_epoch = None;
             let outcome = std::thread::scope(|scope| -> Result<Option<StopReason>> {
                 let (tx, rx) = sync_channel::<Result<Prepared>>(1);
                 scope.spawn(move || {
@@ -663,7 +664,12 @@ impl<'a> Trainer<'a> {
                         }
                     }
                     if wants_stop.is_some() {
-                        return Ok(wants_stop);
+                        if epoch_ends {
+                            // Finish the epoch (hygiene, metrics, checkpoint) first.
+                            stop_after_epoch = wants_stop;
+                        } else {
+                            return Ok(wants_stop);
+                        }
                     }
                 }
             })?;
@@ -755,6 +761,10 @@ impl<'a> Trainer<'a> {
                     &position,
                     &epoch_usage,
                 )?;
+            }
+            if let Some(reason) = stop_after_epoch {
+                stop = reason;
+                break;
             }
             let fvu = position.epochs.last().unwrap().fvu;
             if let (Some(tolerance), Some(previous)) = (config.tolerance, previous) {

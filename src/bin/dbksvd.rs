@@ -347,7 +347,9 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     let eval = match (&args.eval, &args.eval_rows) {
         (None, None) => None,
         (file, rows) => Some(open_data(&DataArgs {
-            data: file.clone().map_or_else(|| args.data.data.clone(), |f| vec![f]),
+            data: file
+                .clone()
+                .map_or_else(|| args.data.data.clone(), |f| vec![f]),
             tensor: args.data.tensor.clone(),
             rows: rows.clone(),
         })?),

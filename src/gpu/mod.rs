@@ -6,7 +6,9 @@
 //! - `omp`: batched sparse coding of `shaders/omp.wgsl`, used through [`crate::encode::Encoder`];
 //! - `sparse`: residual and code transpose of `shaders/sparse.wgsl`;
 //! - [`power`]: the double-batched KSVD dictionary update of `shaders/power.wgsl`;
-//! - [`reduce`]: atom replacement (re-seeding, duplicate purge) of `shaders/reduce.wgsl`.
+//! - [`reduce`]: atom replacement (re-seeding, duplicate purge) and coherence of
+//!   `shaders/reduce.wgsl`;
+//! - `step`: one training step composed from the above (two submissions per sample batch).
 
 pub mod buffer;
 pub mod context;

@@ -15,7 +15,7 @@ use crate::encode::SparseCodes;
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/power.wgsl");
-const WG: u32 = 64;
+const WG: u32 = 256;
 
 /// Parameters of one dictionary update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

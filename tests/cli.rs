@@ -1,0 +1,188 @@
+//! The command-line tool end to end: train, re-run, refuse a foreign folder, resume, encode, and
+//! report bad input as an error rather than a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dbksvd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dbksvd"))
+        .args(args)
+        .output()
+        .expect("the dbksvd binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const SLICE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/minilm_L4_1536.safetensors"
+);
+
+#[test]
+fn train_resume_and_encode_from_the_command_line() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out_s = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            SLICE,
+            "--rows",
+            "0:600",
+            "--atoms",
+            "24",
+            "--k",
+            "3",
+            "--batch",
+            "200",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            out_s,
+        ];
+        args.extend_from_slice(extra);
+        dbksvd(&args)
+    };
+    let first = train(&["--epochs", "2"]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("FVU"), "{}", text(&first));
+    for file in [
+        "dictionary.safetensors",
+        "checkpoint.safetensors",
+        "sae/cfg.json",
+        "sae/sae_weights.safetensors",
+        "trace.csv",
+        "trace.svg",
+        "epochs.csv",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+
+    // Resuming to a third epoch appends to the trace.
+    let resumed = train(&["--epochs", "3", "--resume"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    assert_eq!(epochs.lines().count(), 1 + 3, "{epochs}");
+
+    // Re-running into our own folder replaces the results.
+    let again = train(&["--epochs", "1"]);
+    assert!(again.status.success(), "{}", text(&again));
+
+    // A folder holding someone else's files is refused, unless forced.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let args = [
+        "train",
+        "--data",
+        SLICE,
+        "--rows",
+        "0:300",
+        "--atoms",
+        "16",
+        "--k",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        other.to_str().unwrap(),
+    ];
+    let refused = dbksvd(&args);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("notes.txt") && text(&refused).contains("--force"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!other.join("dictionary.safetensors").exists());
+    let forced = dbksvd(&[&args[..], &["--force"]].concat());
+    assert!(forced.status.success(), "{}", text(&forced));
+    assert!(other.join("notes.txt").exists());
+
+    // Encode held-out rows with the dictionary.
+    let codes_path = dir.path().join("codes.safetensors");
+    let encoded = dbksvd(&[
+        "encode",
+        "--dict",
+        out.join("dictionary.safetensors").to_str().unwrap(),
+        "--data",
+        SLICE,
+        "--rows",
+        "600:700",
+        "--out",
+        codes_path.to_str().unwrap(),
+    ]);
+    assert!(encoded.status.success(), "{}", text(&encoded));
+    let bytes = std::fs::read(&codes_path).unwrap();
+    let codes = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let indices = codes.tensor("indices").unwrap();
+    assert_eq!(
+        (indices.dtype(), indices.shape()),
+        (safetensors::Dtype::I32, &[100usize, 3][..])
+    );
+    let values = codes.tensor("values").unwrap();
+    assert_eq!(
+        (values.dtype(), values.shape()),
+        (safetensors::Dtype::F32, &[100usize, 3][..])
+    );
+    let indices: Vec<i32> = bytemuck::pod_collect_to_vec(indices.data());
+    assert!(indices.iter().all(|&j| (-1..24).contains(&j)));
+    assert!(
+        indices.iter().filter(|&&j| j >= 0).count() > 200,
+        "codes are mostly empty"
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.npy");
+    let out = dir.path().join("out");
+    let run = dbksvd(&[
+        "train",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert!(text(&run).contains("missing.npy"), "{}", text(&run));
+    let bad_rows = dbksvd(&[
+        "train",
+        "--data",
+        SLICE,
+        "--rows",
+        "9:x",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(bad_rows.status.code(), Some(1), "{}", text(&bad_rows));
+    assert!(
+        text(&bad_rows).contains("--rows 9:x"),
+        "{}",
+        text(&bad_rows)
+    );
+    let no_dict = dbksvd(&[
+        "encode",
+        "--dict",
+        missing.to_str().unwrap(),
+        "--data",
+        SLICE,
+        "--out",
+        dir.path().join("c.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(no_dict.status.code(), Some(1), "{}", text(&no_dict));
+    assert!(!Path::new(&dir.path().join("c.safetensors")).exists());
+}
