@@ -215,7 +215,7 @@ pub struct Dictionary {
     pub n_atoms: usize,
     /// d.
     pub d: usize,
-    /// b_dec [d] (zeros when trained without centring).
+    /// b_dec \[d\] (zeros when trained without centring).
     pub mean: Vec<f32>,
     /// Free-form string metadata (`config` and `metrics` are JSON).
     pub metadata: HashMap<String, String>,
@@ -240,7 +240,7 @@ impl Dictionary {
     }
 
     /// Reads a dictionary written by [`Dictionary::save`] (or any safetensors file with an F32
-    /// `dictionary` [K, d] and optionally an F32 `mean` [d]).
+    /// `dictionary` [K, d] and optionally an F32 `mean` \[d\]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let file = SafetensorsFile::read(path.as_ref())?;
         let (shape, atoms) = file.f32("dictionary", "[K, d]")?;
@@ -289,7 +289,7 @@ impl Dictionary {
 }
 
 /// Writes sparse codes as safetensors: `indices` I32 [N, k] (−1 for empty slots) and `values`
-/// F32 [N, k], plus `residual_energy` F32 [N] (‖y − ŷ‖² of each row).
+/// F32 [N, k], plus `residual_energy` F32 \[N\] (‖y − ŷ‖² of each row).
 pub fn write_codes(
     path: impl AsRef<Path>,
     codes: &SparseCodes,
