@@ -259,6 +259,27 @@ pub(crate) fn check_finite(what: &str, data: &[f32], cols: usize) -> Result<()> 
     Ok(())
 }
 
+/// `atoms` (rows of width `d`) scaled to unit norm; a non-finite value or a zero row is an error
+/// naming `what` and the row.
+pub(crate) fn unit_rows(what: &str, atoms: &[f32], d: usize) -> Result<Vec<f32>> {
+    check_finite(what, atoms, d)?;
+    let mut normalised = atoms.to_vec();
+    for (row, atom) in normalised.chunks_mut(d).enumerate() {
+        let norm = atom
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "{what} atom {row} has norm {norm}: atoms must be nonzero"
+            )));
+        }
+        atom.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+    }
+    Ok(normalised)
+}
+
 impl Encoder {
     /// Builds the coder for `atoms` [n_atoms, d] (row-major). Atoms are normalised to unit norm; a
     /// zero or non-finite atom is an error naming its row.
@@ -287,21 +308,7 @@ impl Encoder {
         if options.batch_size == Some(0) {
             return Err(Error::InvalidArgument("batch size 0".into()));
         }
-        check_finite("dictionary", atoms, d)?;
-        let mut normalised = atoms.to_vec();
-        for (row, atom) in normalised.chunks_mut(d).enumerate() {
-            let norm = atom
-                .iter()
-                .map(|&v| v as f64 * v as f64)
-                .sum::<f64>()
-                .sqrt();
-            if norm == 0.0 || !norm.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "dictionary atom {row} has norm {norm}: atoms must be nonzero"
-                )));
-            }
-            atom.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
-        }
+        let normalised = unit_rows("dictionary", atoms, d)?;
         let dictionary = gpu.matrix(n_atoms, d, &normalised)?;
         let gram = gpu.gram(&dictionary)?;
         Ok(Self {

@@ -1115,22 +1115,7 @@ fn normalised_dictionary(atoms: &[f32], n_atoms: usize, d: usize) -> Result<Vec<
             actual: atoms.len(),
         });
     }
-    crate::encode::check_finite("initial dictionary", atoms, d)?;
-    let mut out = atoms.to_vec();
-    for (j, atom) in out.chunks_exact_mut(d).enumerate() {
-        let norm = atom
-            .iter()
-            .map(|&v| v as f64 * v as f64)
-            .sum::<f64>()
-            .sqrt();
-        if norm == 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "initial dictionary atom {j} is zero"
-            )));
-        }
-        atom.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
-    }
-    Ok(out)
+    crate::encode::unit_rows("initial dictionary", atoms, d)
 }
 
 /// K distinct random rows of `source` (centred on `centre`), normalised. Zero rows and rows equal

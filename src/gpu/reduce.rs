@@ -143,40 +143,14 @@ impl Gpu {
         }
         let usage = self.upload(usage)?;
         let flags = self.zeroed::<u32>(n_atoms)?;
-        let mut gram = self.zeros(n_atoms, n_atoms)?;
-        self.check_loop_budget("duplicate search over the atoms", n_atoms as u64 + 8)?;
         let kernels = self.reduce_kernels()?;
-        let mut encoder = self.encoder("mark duplicates");
-        self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
-        self.scoped(|| {
-            let params = self.params_buffer(Params {
-                n: 0,
-                d: atoms.cols() as u32,
-                k: 0,
-                n_atoms: n_atoms as u32,
-                threshold,
-                _pad: [0; 3],
-            });
-            let group = super::sparse::bind(
-                self,
-                &kernels.mark_duplicates,
-                &[
-                    (0, &params),
-                    (6, &flags.buffer),
-                    (9, &gram.data.buffer),
-                    (10, &usage.buffer),
-                ],
-            );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("mark duplicates"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&kernels.mark_duplicates);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n_atoms, WG as usize);
-            pass.dispatch_workgroups(x, y, 1);
-            Ok(())
-        })?;
+        let encoder = self.record_gram_pass(
+            "duplicate search over the atoms",
+            atoms,
+            threshold,
+            &kernels.mark_duplicates,
+            &[(6, &flags.buffer), (10, &usage.buffer)],
+        )?;
         // The flags come back (K words) so the re-seeding can be sized, and skipped when none.
         let flagged = self
             .submit_and_read(encoder, &flags, n_atoms)?
@@ -195,11 +169,32 @@ impl Gpu {
         if n_atoms == 0 {
             return Ok(Vec::new());
         }
-        let mut gram = self.zeros(n_atoms, n_atoms)?;
         let out = self.zeroed::<f32>(n_atoms)?;
-        self.check_loop_budget("coherence over the atoms", n_atoms as u64 + 8)?;
         let kernels = self.reduce_kernels()?;
-        let mut encoder = self.encoder("coherence");
+        let encoder = self.record_gram_pass(
+            "coherence over the atoms",
+            atoms,
+            0.0,
+            &kernels.coherence,
+            &[(7, &out.buffer)],
+        )?;
+        self.submit_and_read(encoder, &out, n_atoms)
+    }
+
+    /// Records G = D·Dᵀ and one invocation per atom of `pipeline` over its row of G (bound at
+    /// 9), with `extra` bindings: the shape of both the duplicate search and the coherence.
+    fn record_gram_pass(
+        &self,
+        what: &str,
+        atoms: &Matrix,
+        threshold: f32,
+        pipeline: &wgpu::ComputePipeline,
+        extra: &[(u32, &wgpu::Buffer)],
+    ) -> Result<wgpu::CommandEncoder> {
+        let n_atoms = atoms.rows();
+        self.check_loop_budget(what, n_atoms as u64 + 8)?;
+        let mut gram = self.zeros(n_atoms, n_atoms)?;
+        let mut encoder = self.encoder(what);
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
         self.scoped(|| {
             let params = self.params_buffer(Params {
@@ -207,25 +202,23 @@ impl Gpu {
                 d: atoms.cols() as u32,
                 k: 0,
                 n_atoms: n_atoms as u32,
-                threshold: 0.0,
+                threshold,
                 _pad: [0; 3],
             });
-            let group = super::sparse::bind(
-                self,
-                &kernels.coherence,
-                &[(0, &params), (7, &out.buffer), (9, &gram.data.buffer)],
-            );
+            let mut entries = vec![(0, &params), (9, &gram.data.buffer)];
+            entries.extend_from_slice(extra);
+            let group = super::sparse::bind(self, pipeline, &entries);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("coherence"),
+                label: Some(what),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernels.coherence);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &group, &[]);
             let (x, y) = groups(self, n_atoms, WG as usize);
             pass.dispatch_workgroups(x, y, 1);
             Ok(())
         })?;
-        self.submit_and_read(encoder, &out, n_atoms)
+        Ok(encoder)
     }
 
     fn reduce_params(&self, batch: &CodedBatch, n_atoms: usize, threshold: f32) -> wgpu::Buffer {
