@@ -8,8 +8,10 @@
 //! 3. update every atom by power iteration on the batch, A atoms at a time.
 //!
 //! A thread reads and centres batch i + 1 while the GPU works on batch i; per batch only the
-//! metrics and the atom usage come back from the device. At the end of every epoch atoms unused
-//! for the whole epoch are re-seeded from badly represented samples and near-duplicates purged.
+//! metrics and the atom usage come back from the device. At the end of every epoch but the last,
+//! atoms unused or rarely used in the epoch, and near-duplicates of more used atoms, are re-seeded
+//! by splitting the atoms whose users carry the most residual (the worst-represented sample when
+//! there is nothing to split).
 //!
 //! Everything random derives from one seed: the initial atoms, the batch order of each epoch (from
 //! the seed and the epoch), the atom order of each update (from the seed and the update's number).
@@ -51,8 +53,9 @@ pub struct TrainConfig {
     pub k: usize,
     /// Passes over the data.
     pub epochs: usize,
-    /// Samples per batch B. Training evens it out: ceil(N / B) batches of equal size (±1), and
-    /// the result's configuration records the size used.
+    /// Samples per batch B. Training evens it out to B' = ceil(N / ceil(N / B)), so every batch
+    /// but one has B' rows and that one is short by less than the number of batches; the result's
+    /// configuration records B'.
     pub batch_size: usize,
     /// Atoms updated in parallel A.
     pub atom_batch: usize,
@@ -67,7 +70,8 @@ pub struct TrainConfig {
     pub center: bool,
     /// Seed of everything random.
     pub seed: u64,
-    /// Stop after this much training time (the current batch finishes).
+    /// Stop after this much training time (the current batch finishes). Counted over the whole
+    /// run: a resumed run continues the count of the checkpoint it starts from.
     pub time_limit: Option<Duration>,
     /// Stop when an epoch lowers the FVU by less than this fraction of the previous epoch's.
     pub tolerance: Option<f64>,
@@ -181,7 +185,7 @@ impl TrainConfig {
 
     /// The settings that must agree between a checkpoint and the run resuming it.
     fn resumable_with(&self, other: &TrainConfig) -> Result<()> {
-        let pairs: [(&str, String, String); 9] = [
+        let pairs: [(&str, String, String); 11] = [
             ("atoms", self.atoms.to_string(), other.atoms.to_string()),
             ("k", self.k.to_string(), other.k.to_string()),
             (
@@ -214,6 +218,16 @@ impl TrainConfig {
                 "shuffle window",
                 self.shuffle_window.to_string(),
                 other.shuffle_window.to_string(),
+            ),
+            (
+                "duplicate threshold",
+                self.duplicate_threshold.to_string(),
+                other.duplicate_threshold.to_string(),
+            ),
+            (
+                "rare-atom fraction",
+                self.rare_atom_fraction.to_string(),
+                other.rare_atom_fraction.to_string(),
             ),
         ];
         for (name, mine, theirs) in pairs {
@@ -288,9 +302,11 @@ pub struct EpochMetrics {
     pub dead_atoms: usize,
     /// Atoms used, but fewer times than `rare_atom_fraction` of the mean.
     pub rare_atoms: usize,
-    /// Dead and rare atoms re-seeded at the epoch's end.
+    /// Dead and rare atoms re-seeded at the epoch's end (none after the last epoch).
     pub reseeded: usize,
-    /// Near-duplicate atoms re-seeded at the epoch's end.
+    /// Atoms with |cos| above the duplicate threshold with a more used atom.
+    pub duplicates: usize,
+    /// Duplicates re-seeded at the epoch's end (none after the last epoch).
     pub purged: usize,
     /// Mean over atoms of the largest |cos| with another atom, after the epoch.
     pub coherence: f64,
@@ -382,6 +398,8 @@ struct EpochSums {
 /// Where a run stands: what a checkpoint saves besides the dictionary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Position {
+    /// Rows of the data trained on (a resume must see the same number).
+    rows: usize,
     /// Epoch in progress.
     epoch: usize,
     /// Batches of it already done.
@@ -457,6 +475,14 @@ impl<'a> Trainer<'a> {
         let n_atoms = config.atoms;
         // On lavapipe an atom used by every sample of a large batch exceeds the update's loop cap.
         if let Some(most) = gpu.max_update_batch(d) {
+            if most == 0 {
+                return Err(Error::ExceedsLimit {
+                    what: format!("dictionary update at d = {d} (loop iterations for one user)"),
+                    requested: d as u64,
+                    limit_name: "max_loop_iterations",
+                    limit: gpu.limits().max_loop_iterations.unwrap_or(0),
+                });
+            }
             if config.batch_size.min(rows) > most {
                 log::warn!(
                     "batch of {} samples lowered to {most}, the most {} can update at d = {d}",
@@ -475,11 +501,11 @@ impl<'a> Trainer<'a> {
             Some(path) => {
                 let checkpoint = Checkpoint::load(path)?;
                 config.resumable_with(&checkpoint.config)?;
-                if checkpoint.d != d {
+                if checkpoint.d != d || checkpoint.position.rows != rows {
                     return Err(Error::ShapeMismatch {
                         op: format!("resume from {} (checkpoint vs data)", path.display()),
-                        left: format!("d = {}", checkpoint.d),
-                        right: format!("d = {d}"),
+                        left: crate::error::shape(checkpoint.position.rows, checkpoint.d),
+                        right: crate::error::shape(rows, d),
                     });
                 }
                 (
@@ -498,6 +524,7 @@ impl<'a> Trainer<'a> {
                     Init::Dictionary(atoms) => normalised_dictionary(atoms, n_atoms, d)?,
                 };
                 let position = Position {
+                    rows,
                     epoch: 0,
                     batch: 0,
                     step: 0,
@@ -516,6 +543,8 @@ impl<'a> Trainer<'a> {
         let mut gram = gpu.zeros(n_atoms, n_atoms)?;
         let mut full = gpu.step_buffers(batch_size, d, config.k, n_atoms)?;
         let mut short: Option<StepBuffers> = None;
+        // Whether the epoch's latest batch ran in `short` (hygiene reads that batch's codes).
+        let mut last_was_short = false;
         let order = config.order();
         let batches_per_epoch = order.batches_per_epoch(rows);
         let total = batches_per_epoch * config.epochs;
@@ -529,6 +558,12 @@ impl<'a> Trainer<'a> {
         'epochs: while position.epoch < config.epochs {
             let epoch = position.epoch;
             let mut rows_of = order.epoch(rows, epoch as u64)?;
+            if position.batch >= batches_per_epoch {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot resume at batch {} of epoch {epoch}: an epoch has {batches_per_epoch} batches",
+                    position.batch
+                )));
+            }
             // Resuming mid-epoch: skip the batches already trained on (indices only, no reads).
             for _ in 0..position.batch {
                 rows_of.next();
@@ -555,7 +590,8 @@ impl<'a> Trainer<'a> {
                     let prepared = prepared?;
                     let host_s = waiting.elapsed().as_secs_f64();
                     let n = prepared.norms.len();
-                    let buffers = if n == full.len() {
+                    last_was_short = n != full.len();
+                    let buffers = if !last_was_short {
                         &mut full
                     } else {
                         if short.as_ref().is_none_or(|b| b.len() != n) {
@@ -680,7 +716,8 @@ impl<'a> Trainer<'a> {
                 break 'epochs;
             }
 
-            // Epoch end: atom hygiene, coherence, evaluation.
+            // Epoch end: atom hygiene (not after the last epoch: freshly split atoms would be
+            // returned untrained), coherence, evaluation.
             let hygiene_started = Instant::now();
             let dead: Vec<usize> = (0..n_atoms).filter(|&j| epoch_usage[j] == 0).collect();
             let rare = rare_atoms(&epoch_usage, config.rare_atom_fraction);
@@ -691,15 +728,21 @@ impl<'a> Trainer<'a> {
                 .collect();
             let mut flagged: Vec<usize> = rare.iter().chain(&purged).copied().collect();
             flagged.sort_unstable();
-            if !flagged.is_empty() {
-                // On the host: K·d atoms, B·d residual and B·k codes, once per epoch.
-                let codes = gpu.read_codes(full.coded())?;
-                let residual = gpu.read_residual(full.coded())?;
+            let mut changed = Vec::new();
+            if !flagged.is_empty() && epoch + 1 < config.epochs {
+                // On the host: K·d atoms, B·d residual and B·k codes of the epoch's last batch.
+                let last = match (&mut short, last_was_short) {
+                    (Some(short), true) => short.coded(),
+                    _ => full.coded(),
+                };
+                let codes = gpu.read_codes(last)?;
+                let residual = gpu.read_residual(last)?;
                 let mut host = gpu.read_matrix(&atoms)?;
-                split_atoms(&mut host, d, &codes, &residual, &flagged);
+                changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
                 atoms = gpu.matrix(n_atoms, d, &host)?;
             }
-            let reseeded = &rare;
+            let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
+            let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();
             let coherence = gpu.coherence(&atoms)?;
             let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
             let eval = match self.eval {
@@ -725,8 +768,9 @@ impl<'a> Trainer<'a> {
                 l0: sums.l0 / sums.samples.max(1) as f64,
                 dead_atoms: dead.len(),
                 rare_atoms: rare.len() - dead.len(),
-                reseeded: reseeded.len(),
-                purged: purged.len(),
+                reseeded,
+                duplicates: purged.len(),
+                purged: purged_changed,
                 coherence,
                 eval,
                 seconds: sums.seconds + hygiene_started.elapsed().as_secs_f64(),
@@ -846,11 +890,11 @@ impl TrainResult {
         }
         export::write_csv(&dir.join("trace.csv"), &csv)?;
         let mut csv = String::from(
-            "epoch,batches,samples,fvu,relative_residual,l0,dead_atoms,rare_atoms,reseeded,purged,coherence,eval_fvu,eval_l0,seconds\n",
+            "epoch,batches,samples,fvu,relative_residual,l0,dead_atoms,rare_atoms,reseeded,duplicates,purged,coherence,eval_fvu,eval_l0,seconds\n",
         );
         for e in &self.epochs {
             csv += &format!(
-                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{:.4},{},{},{:.2}\n",
+                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{:.4},{},{},{:.2}\n",
                 e.epoch,
                 e.batches,
                 e.samples,
@@ -860,6 +904,7 @@ impl TrainResult {
                 e.dead_atoms,
                 e.rare_atoms,
                 e.reseeded,
+                e.duplicates,
                 e.purged,
                 e.coherence,
                 e.eval.map_or(String::new(), |s| format!("{:.6}", s.fvu)),
@@ -930,6 +975,8 @@ pub(crate) fn split_atoms(
     let mut candidates = candidates.into_iter();
     let mut sample_taken = vec![false; n];
     let mut changed = Vec::new();
+    // Samples are rebuilt (y = e + x·D) from the atoms the codes were made with.
+    let original = atoms.to_vec();
     let unit = |v: Vec<f64>| -> Option<Vec<f64>> {
         let norm = dot(&v, &v).sqrt();
         (norm > 0.0 && norm.is_finite()).then(|| v.into_iter().map(|x| x / norm).collect())
@@ -1007,7 +1054,7 @@ pub(crate) fn split_atoms(
             for (j, x) in codes.row(s) {
                 if j < n_atoms {
                     for c in 0..d {
-                        y[c] += x as f64 * atoms[j * d + c] as f64;
+                        y[c] += x as f64 * original[j * d + c] as f64;
                     }
                 }
             }
@@ -1128,8 +1175,9 @@ pub fn init_from_samples(
 ) -> Result<Vec<f32>> {
     let (rows, d) = (source.rows(), source.dim());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(u64::MAX); // apart from the epochs' shuffle streams
-                              // A random sample of rows first; if too many are unusable, every other row in order.
+    // A stream apart from the epochs' shuffle streams.
+    rng.set_stream(u64::MAX);
+    // A random sample of rows first; if too many are unusable, every other row in order.
     let first = rand::seq::index::sample(&mut rng, rows, rows.min(4 * n_atoms + 64)).into_vec();
     let taken: HashSet<usize> = first.iter().copied().collect();
     let rest = (0..rows).filter(|r| !taken.contains(r));
@@ -1199,6 +1247,8 @@ pub fn evaluate(
         )));
     }
     let encoder = dictionary.encoder(gpu, coding)?;
+    // Σ‖y − b‖² and Σ(y − b) about b = b_dec: close to the data mean, so the variance
+    // Σ‖y − ȳ‖² = Σ‖y − b‖² − n‖ȳ − b‖² does not cancel away.
     let (mut residual, mut squares, mut relative, mut l0) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let mut sum = vec![0.0f64; d];
     let order = BatchOrder::sequential(batch_size.max(1));
@@ -1217,11 +1267,12 @@ pub fn evaluate(
             for c in 0..d {
                 let (v, h) = (y[c] as f64, y_hat[c] as f64);
                 r2 += (v - h) * (v - h);
-                centred2 += (v - dictionary.mean[c] as f64).powi(2);
-                squares += v * v;
-                sum[c] += v;
+                let centred = v - dictionary.mean[c] as f64;
+                centred2 += centred * centred;
+                sum[c] += centred;
             }
             residual += r2;
+            squares += centred2;
             if centred2 > 0.0 {
                 relative += (r2 / centred2).sqrt();
             }
@@ -1337,4 +1388,69 @@ fn save_checkpoint(
         position.batch
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::SparseCodes;
+
+    /// Atom 0 blends X = e₀ and Y = e₁ and serves both groups of samples; atom 1 is junk. Splitting
+    /// atom 0 into the flagged atom 1 gives back X and Y.
+    #[test]
+    fn splitting_separates_a_blended_atom() {
+        let d = 4;
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let mut atoms = vec![s, s, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let mut samples: Vec<[f32; 4]> = Vec::new();
+        for i in 0..10 {
+            let c = (1.0 + i as f32 / 10.0) * if i % 2 == 0 { 1.0 } else { -1.0 };
+            samples.push([c, 0.0, 0.0, 0.0]);
+            samples.push([0.0, 1.5 * c, 0.0, 0.0]);
+        }
+        let (mut values, mut residual) = (Vec::new(), Vec::new());
+        for y in &samples {
+            let x = y[0] * s + y[1] * s;
+            values.push(x);
+            residual.extend([y[0] - x * s, y[1] - x * s, y[2], y[3]]);
+        }
+        let n = samples.len();
+        let codes = SparseCodes {
+            n,
+            k: 1,
+            indices: vec![0; n],
+            values,
+            residual_energy: Vec::new(),
+        };
+        let changed = split_atoms(&mut atoms, d, &codes, &residual, &[1]);
+        assert_eq!(changed, [0, 1]);
+        let (a, b) = (&atoms[..4], &atoms[4..]);
+        let along = |v: &[f32], axis: usize| v[axis].abs();
+        assert!(
+            (along(a, 0) > 0.999 && along(b, 1) > 0.999)
+                || (along(a, 1) > 0.999 && along(b, 0) > 0.999),
+            "{atoms:?}"
+        );
+
+        // Nothing to split (every other atom flagged too): the worst-represented sample.
+        let mut atoms = vec![s, s, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let changed = split_atoms(&mut atoms, d, &codes, &residual, &[0, 1]);
+        assert_eq!(changed, [0, 1]);
+        // The two largest residuals are the ±1.9·Y-like and ±1.9·X-like samples: unit axes.
+        for atom in atoms.chunks(d) {
+            assert!(
+                atom.iter().any(|v| (v.abs() - 1.0).abs() < 1e-6),
+                "{atom:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rare_atoms_are_unused_or_below_the_fraction() {
+        // Mean use 50: 10 % of it is 5, 5 % is 2.5.
+        assert_eq!(rare_atoms(&[0, 100, 4, 96], 0.1), [0, 2]);
+        assert_eq!(rare_atoms(&[0, 100, 4, 96], 0.05), [0]);
+        assert_eq!(rare_atoms(&[0, 100, 4, 96], 0.0), [0]);
+        assert!(rare_atoms(&[], 0.05).is_empty());
+    }
 }

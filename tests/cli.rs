@@ -79,6 +79,8 @@ fn train_resume_and_encode_from_the_command_line() {
     // Re-running into our own folder replaces the results.
     let again = train(&["--epochs", "1"]);
     assert!(again.status.success(), "{}", text(&again));
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    assert_eq!(epochs.lines().count(), 1 + 1, "{epochs}");
 
     // A folder holding someone else's files is refused, unless forced.
     let other = dir.path().join("other");

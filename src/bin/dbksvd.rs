@@ -90,7 +90,7 @@ struct TrainArgs {
     /// Stop when an epoch lowers the FVU by less than this fraction.
     #[arg(long)]
     tolerance: Option<f64>,
-    /// Stop after this many seconds of training.
+    /// Stop after this many seconds of training (counted over the whole run, resumes included).
     #[arg(long, value_name = "SECONDS")]
     time_limit: Option<f64>,
     /// Checkpoint every N batches (and at every epoch end).
@@ -354,6 +354,15 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
             rows: rows.clone(),
         })?),
     };
+    if let Some(eval) = &eval {
+        if eval.dim() != source.dim() {
+            return Err(Error::ShapeMismatch {
+                op: "--eval vs --data".into(),
+                left: format!("d = {} ({})", eval.dim(), eval.name()),
+                right: format!("d = {}", source.dim()),
+            });
+        }
+    }
     println!(
         "training K = {}, k = {} on {} ({} rows, d = {}) with {}",
         config.atoms,

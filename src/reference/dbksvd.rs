@@ -9,10 +9,10 @@
 //!         usage += atoms used by X_b
 //!     flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
 //!     (|cos| > threshold with a more used atom); re-seed them by splitting the atoms whose
-//!     users carry the most residual (train::split_atoms), on the last full batch
+//!     users carry the most residual (train::split_atoms), on the epoch's last batch
 //! ```
 //!
-//! The power method runs to convergence here, so compare against a trainer run with enough
+//! No hygiene after the last epoch (as the trainer). The power method runs to convergence here, so compare against a trainer run with enough
 //! power iterations.
 
 use super::ksvd_update::KsvdState;
@@ -32,6 +32,8 @@ pub struct ReferenceRun {
     pub atoms: Vec<f64>,
     /// The mean subtracted before coding (zeros without centring).
     pub mean: Vec<f32>,
+    /// The data mean ȳ of the FVU's denominator Σ‖y − ȳ‖² (equal to `mean` when centring).
+    pub data_mean: Vec<f32>,
     /// Updates done.
     pub step: usize,
 }
@@ -52,13 +54,20 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 impl ReferenceRun {
-    /// A run from unit `atoms` [K, d] (f32, as the trainer starts) on data with mean `mean`.
-    pub fn new(config: TrainConfig, atoms: &[f32], d: usize, mean: Vec<f32>) -> Self {
+    /// A run from unit `atoms` [K, d] (f32, as the trainer starts) on data with mean
+    /// `data_mean`, subtracted before coding when the configuration centres.
+    pub fn new(config: TrainConfig, atoms: &[f32], d: usize, data_mean: Vec<f32>) -> Self {
+        let mean = if config.center {
+            data_mean.clone()
+        } else {
+            vec![0.0; data_mean.len()]
+        };
         Self {
             config,
             d,
             atoms: atoms.iter().map(|&v| v as f64).collect(),
             mean,
+            data_mean,
             step: 0,
         }
     }
@@ -71,11 +80,10 @@ impl ReferenceRun {
         let coding = self.config.coding();
         let mut config = self.config.clone();
         config.batch_size = n.div_ceil(n.div_ceil(config.batch_size));
-        let full = config.batch_size;
         let order = config.order().epoch(n, epoch as u64).expect("valid order");
         let mut usage = vec![0u64; n_atoms];
         let (mut residual, mut variance) = (0.0, 0.0);
-        let mut last_full: Option<KsvdState> = None;
+        let mut last: Option<KsvdState> = None;
         for rows in order {
             // Centre in f32, as the trainer's host does.
             let mut y = Vec::with_capacity(rows.len() * d);
@@ -99,7 +107,13 @@ impl ReferenceRun {
                     values[s * k + t] = v;
                 }
             }
-            variance += y.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+            for &r in &rows {
+                variance += samples[r * d..(r + 1) * d]
+                    .iter()
+                    .zip(&self.data_mean)
+                    .map(|(&v, &m)| (v as f64 - m as f64).powi(2))
+                    .sum::<f64>();
+            }
             let mut state = KsvdState {
                 d,
                 atoms: std::mem::take(&mut self.atoms),
@@ -118,9 +132,7 @@ impl ReferenceRun {
             }
             self.atoms = state.atoms.clone();
             self.step += 1;
-            if rows.len() == full {
-                last_full = Some(state);
-            }
+            last = Some(state);
         }
         let mut report = ReferenceEpoch {
             fvu: if variance > 0.0 {
@@ -130,10 +142,10 @@ impl ReferenceRun {
             },
             ..Default::default()
         };
-        let Some(mut state) = last_full else {
+        // Hygiene on the epoch's last batch, except after the last epoch.
+        let Some(mut state) = last.filter(|_| epoch + 1 < self.config.epochs) else {
             return report;
         };
-        state.atoms = self.atoms.clone();
         let usage32: Vec<u32> = usage
             .iter()
             .map(|&u| u.min(u32::MAX as u64) as u32)
