@@ -73,6 +73,33 @@ fn minilm(rows: usize) -> InMemory<Vec<f32>> {
     InMemory::new(data[..rows * d].to_vec(), d).unwrap()
 }
 
+/// Planted data (d = 32, 40 atoms, k = 3, 600 samples from `data_seed`) and a configuration
+/// whose power iterations converge, starting from a given dictionary so that the trainer and the
+/// reference start alike: (source, config, start, data mean).
+fn reference_setup(
+    data_seed: u64,
+    epochs: usize,
+    rare_atom_fraction: f64,
+    seed: u64,
+) -> (InMemory<Vec<f32>>, TrainConfig, Vec<f32>, Vec<f32>) {
+    let d = 32;
+    let (_, samples) = planted(d, 40, 3, 600, 0.01, data_seed);
+    let source = InMemory::new(samples, d).unwrap();
+    let mut config = TrainConfig::new(40, 3);
+    config.epochs = epochs;
+    config.batch_size = 200;
+    config.atom_batch = 8;
+    config.power_iterations = 300;
+    config.rare_atom_fraction = rare_atom_fraction;
+    config.seed = seed;
+    let mean = dbksvd::data::Stats::compute(&source, 200)
+        .unwrap()
+        .mean_f32();
+    let start = init_from_samples(&source, config.atoms, Some(&mean), config.seed).unwrap();
+    config.init = Init::Dictionary(start.clone());
+    (source, config, start, mean)
+}
+
 /// One epoch of the trainer against the f64 reference from the same start: with enough power
 /// iterations to converge (the reference solves each rank-1 problem exactly) every atom agrees
 /// to |cos| ≥ 0.999. Planted data give every E_Ω a clear top singular value, so "converged" is
@@ -81,20 +108,8 @@ fn minilm(rows: usize) -> InMemory<Vec<f32>> {
 #[test]
 fn one_epoch_matches_the_reference() {
     let Some(gpu) = common::gpu() else { return };
-    let d = 32;
-    let (_, samples) = planted(d, 40, 3, 600, 0.01, 2);
-    let source = InMemory::new(samples, d).unwrap();
-    let mut config = TrainConfig::new(40, 3);
-    config.epochs = 1;
-    config.batch_size = 200;
-    config.atom_batch = 8;
-    config.power_iterations = 300;
-    config.seed = 5;
-    let mean = dbksvd::data::Stats::compute(&source, 200)
-        .unwrap()
-        .mean_f32();
-    let start = init_from_samples(&source, config.atoms, Some(&mean), config.seed).unwrap();
-    config.init = Init::Dictionary(start.clone());
+    let (source, config, start, mean) = reference_setup(2, 1, 0.05, 5);
+    let d = source.dim();
     let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
     let epoch = &result.epochs[0];
     assert_eq!(
@@ -449,21 +464,8 @@ fn outputs_load_back_and_follow_saelens() {
 #[test]
 fn hygiene_matches_the_reference() {
     let Some(gpu) = common::gpu() else { return };
-    let d = 32;
-    let (_, samples) = planted(d, 40, 3, 600, 0.01, 4);
-    let source = InMemory::new(samples, d).unwrap();
-    let mut config = TrainConfig::new(40, 3);
-    config.epochs = 2;
-    config.batch_size = 200;
-    config.atom_batch = 8;
-    config.power_iterations = 300;
-    config.rare_atom_fraction = 0.8;
-    config.seed = 6;
-    let mean = dbksvd::data::Stats::compute(&source, 200)
-        .unwrap()
-        .mean_f32();
-    let start = init_from_samples(&source, config.atoms, Some(&mean), config.seed).unwrap();
-    config.init = Init::Dictionary(start.clone());
+    let (source, config, start, mean) = reference_setup(4, 2, 0.8, 6);
+    let d = source.dim();
     let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
     let first = &result.epochs[0];
     assert!(first.reseeded > 0, "no atom was re-seeded: {first:?}");
