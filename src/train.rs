@@ -183,57 +183,28 @@ impl TrainConfig {
         }
     }
 
-    /// The settings that must agree between a checkpoint and the run resuming it.
+    /// The settings that must agree between a checkpoint and the run resuming it: all but the
+    /// run's length and limits, which a resume may change.
     fn resumable_with(&self, other: &TrainConfig) -> Result<()> {
-        let pairs: [(&str, String, String); 11] = [
-            ("atoms", self.atoms.to_string(), other.atoms.to_string()),
-            ("k", self.k.to_string(), other.k.to_string()),
-            (
-                "batch size",
-                self.batch_size.to_string(),
-                other.batch_size.to_string(),
-            ),
-            (
-                "atom batch",
-                self.atom_batch.to_string(),
-                other.atom_batch.to_string(),
-            ),
-            (
-                "power iterations",
-                self.power_iterations.to_string(),
-                other.power_iterations.to_string(),
-            ),
-            (
-                "coder",
-                format!("{:?}", self.coder),
-                format!("{:?}", other.coder),
-            ),
-            (
-                "centring",
-                self.center.to_string(),
-                other.center.to_string(),
-            ),
-            ("seed", self.seed.to_string(), other.seed.to_string()),
-            (
-                "shuffle window",
-                self.shuffle_window.to_string(),
-                other.shuffle_window.to_string(),
-            ),
-            (
-                "duplicate threshold",
-                self.duplicate_threshold.to_string(),
-                other.duplicate_threshold.to_string(),
-            ),
-            (
-                "rare-atom fraction",
-                self.rare_atom_fraction.to_string(),
-                other.rare_atom_fraction.to_string(),
-            ),
+        const FREE: [&str; 5] = [
+            "epochs",
+            "time_limit",
+            "tolerance",
+            "checkpoint_every",
+            "profile",
         ];
-        for (name, mine, theirs) in pairs {
-            if mine != theirs {
+        let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(Error::InvalidArgument(
+                "configuration is not serialisable".into(),
+            )),
+        };
+        let (mine, theirs) = (as_map(self)?, as_map(other)?);
+        for (name, value) in &mine {
+            let theirs = theirs.get(name).unwrap_or(&serde_json::Value::Null);
+            if !FREE.contains(&name.as_str()) && value != theirs {
                 return Err(Error::InvalidArgument(format!(
-                    "cannot resume: the checkpoint was trained with {name} = {theirs}, this run asks for {mine}"
+                    "cannot resume: the checkpoint was trained with {name} = {theirs}, this run asks for {value}"
                 )));
             }
         }
@@ -735,11 +706,10 @@ impl<'a> Trainer<'a> {
                     (Some(short), true) => short.coded(),
                     _ => full.coded(),
                 };
-                let codes = gpu.read_codes(last)?;
-                let residual = gpu.read_residual(last)?;
+                let (codes, residual) = gpu.read_codes_and_residual(last)?;
                 let mut host = gpu.read_matrix(&atoms)?;
                 changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
-                atoms = gpu.matrix(n_atoms, d, &host)?;
+                gpu.write(&atoms.data, &host)?;
             }
             let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
             let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();

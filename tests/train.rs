@@ -485,3 +485,65 @@ fn hygiene_matches_the_reference() {
         assert!(cos >= 0.999, "atom {j}: cos {cos}");
     }
 }
+
+/// `Gpu::coherence` against the f64 reference on awkward shapes (K = 1, 7, 67; d = 3, 13).
+/// The dot products of unit f32 rows of length ≤ 13 carry an error of a few 1e-7, so 1e-5 is a
+/// wide but meaningful bound (coherences here spread over [0, 1]).
+#[test]
+fn coherence_matches_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    for (n_atoms, d, seed) in [(1, 3, 1), (7, 3, 2), (67, 13, 3)] {
+        let raw = common::uniform(n_atoms * d, seed);
+        let atoms: Vec<f32> = raw
+            .chunks(d)
+            .flat_map(|a| {
+                let norm = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+                a.iter().map(move |v| v / norm).collect::<Vec<_>>()
+            })
+            .collect();
+        let device = gpu.matrix(n_atoms, d, &atoms).unwrap();
+        let got = gpu.coherence(&device).unwrap();
+        let want = dbksvd::reference::dbksvd::coherence(&atoms, d);
+        assert_eq!(got.len(), n_atoms);
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5,
+                "K = {n_atoms}, atom {j}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+/// Files that are not what they are loaded as give format errors naming them.
+#[test]
+fn loading_the_wrong_file_is_an_error() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let not_dictionary = dir.path().join("acts.safetensors");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/minilm_L4_1536.safetensors"
+        ),
+        &not_dictionary,
+    )
+    .unwrap();
+    let err = Dictionary::load(&not_dictionary).unwrap_err().to_string();
+    assert!(
+        err.contains("acts.safetensors") && err.contains("no tensor `dictionary`"),
+        "{err}"
+    );
+    // A dictionary is not a checkpoint.
+    let source = minilm(100);
+    let mut config = TrainConfig::new(8, 2);
+    config.epochs = 1;
+    let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
+    let path = dir.path().join("dictionary.safetensors");
+    result.dictionary.save(&path).unwrap();
+    let err = Trainer::new(gpu, config)
+        .resume_from(&path)
+        .fit(&source)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a dbksvd checkpoint"), "{err}");
+}

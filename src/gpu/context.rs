@@ -476,20 +476,21 @@ fn convert(e: wgpu::Error) -> Error {
     }
 }
 
+/// A private device for a unit test (None without an adapter, unless `DBKSVD_REQUIRE_GPU=1`).
+#[cfg(test)]
+pub(crate) fn fresh_gpu() -> Option<Gpu> {
+    match Gpu::new() {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var("DBKSVD_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("DBKSVD_REQUIRE_GPU=1 but no GPU could be opened: {e}")
+        }
+        Err(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A private device per test: these tests break or destroy it on purpose.
-    fn fresh_gpu() -> Option<Gpu> {
-        match Gpu::new() {
-            Ok(gpu) => Some(gpu),
-            Err(e) if std::env::var("DBKSVD_REQUIRE_GPU").as_deref() == Ok("1") => {
-                panic!("DBKSVD_REQUIRE_GPU=1 but no GPU could be opened: {e}")
-            }
-            Err(_) => None,
-        }
-    }
 
     /// MAP_READ may only be combined with COPY_DST: wgpu rejects this buffer.
     fn invalid_buffer(gpu: &Gpu) -> wgpu::Buffer {

@@ -509,19 +509,26 @@ impl Gpu {
     /// The batch's codes with their current (updated) coefficients, and each row's residual
     /// energy ‖y − x·D‖² from the device's residual as of the last update.
     pub fn read_codes(&self, batch: &CodedBatch) -> Result<SparseCodes> {
+        Ok(self.read_codes_and_residual(batch)?.0)
+    }
+
+    /// [`Gpu::read_codes`] and [`Gpu::read_residual`] with one readback of the residual.
+    pub fn read_codes_and_residual(&self, batch: &CodedBatch) -> Result<(SparseCodes, Vec<f32>)> {
         let indices = self.read(&batch.codes.indices)?;
         let values = self.read(&batch.codes.values)?;
         let residual = self.read_matrix(&batch.residual)?;
-        Ok(SparseCodes {
+        let residual_energy = residual
+            .chunks(batch.d.max(1))
+            .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
+            .collect();
+        let codes = SparseCodes {
             n: batch.codes.n,
             k: batch.codes.k,
             indices,
             values,
-            residual_energy: residual
-                .chunks(batch.d.max(1))
-                .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
-                .collect(),
-        })
+            residual_energy,
+        };
+        Ok((codes, residual))
     }
 
     /// The residual E = Y − X·D [n, d] as of the last update.

@@ -361,3 +361,58 @@ impl Gpu {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `unpack_codes` against the reference decoder on awkward shapes (n = 1 and a prime, k = 1
+    /// and 3), with empty slots, negative values and an energy of exactly 0. Bits are copied, so
+    /// the comparison is exact.
+    #[test]
+    fn unpack_matches_the_reference_decoder() {
+        let Some(gpu) = crate::gpu::context::fresh_gpu() else {
+            return;
+        };
+        for (n, k) in [(1, 1), (37, 3), (1, 3), (37, 1)] {
+            let mut words = Vec::new();
+            for s in 0..n {
+                for t in 0..k {
+                    let empty = (s + t) % 3 == 2;
+                    words.push(if empty {
+                        u32::MAX
+                    } else {
+                        (s * 7 + t) as u32 % 11
+                    });
+                }
+                for t in 0..k {
+                    words.push((s as f32 * 0.5 - t as f32).to_bits());
+                }
+                words.push(if s % 5 == 0 { 0.0f32 } else { s as f32 * 0.25 }.to_bits());
+            }
+            let words_buf = gpu.upload(&words).unwrap();
+            let codes = CodeBuffers::zeroed(&gpu, 11, n, k).unwrap();
+            let stats = gpu.zeroed::<f32>(2 * n).unwrap();
+            let mut encoder = gpu.encoder("unpack test");
+            gpu.record_unpack_codes(&mut encoder, &words_buf, &codes, &stats)
+                .unwrap();
+            gpu.submit(encoder).unwrap();
+            let (indices, values, expected) = crate::reference::omp::unpack_words(&words, k);
+            assert_eq!(gpu.read(&codes.indices).unwrap()[..n * k], indices[..]);
+            let got: Vec<u32> = gpu.read(&codes.values).unwrap()[..n * k]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let want: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "n = {n}, k = {k}");
+            let got = gpu.read(&stats).unwrap();
+            for (s, &(energy, l0)) in expected.iter().enumerate() {
+                assert_eq!(
+                    (got[2 * s], got[2 * s + 1]),
+                    (energy, l0 as f32),
+                    "sample {s}"
+                );
+            }
+        }
+    }
+}

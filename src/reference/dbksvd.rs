@@ -185,3 +185,20 @@ impl ReferenceRun {
         report
     }
 }
+
+/// Per atom of `atoms` [K, d] (unit rows), the largest |cos| with any other atom: the twin of
+/// `coherence` in shaders/reduce.wgsl.
+pub fn coherence(atoms: &[f32], d: usize) -> Vec<f64> {
+    let rows: Vec<Vec<f64>> = atoms
+        .chunks(d)
+        .map(|a| a.iter().map(|&v| v as f64).collect())
+        .collect();
+    (0..rows.len())
+        .map(|j| {
+            (0..rows.len())
+                .filter(|&i| i != j)
+                .map(|i| dot(&rows[i], &rows[j]).abs())
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}

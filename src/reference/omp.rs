@@ -217,3 +217,17 @@ pub fn encode(
         .map(|y| encode_f64(&atoms, n_atoms, y, options))
         .collect()
 }
+
+/// Decodes the GPU coders' output words, [n, 2k + 1] per sample (k atom indices as i32 bits, k
+/// coefficient bits, the residual energy bits): (indices, values, per sample (residual energy,
+/// L0)). The twin of `unpack_codes` in shaders/sparse.wgsl.
+pub fn unpack_words(words: &[u32], k: usize) -> (Vec<i32>, Vec<f32>, Vec<(f32, u32)>) {
+    let (mut indices, mut values, mut stats) = (Vec::new(), Vec::new(), Vec::new());
+    for row in words.chunks_exact(2 * k + 1) {
+        indices.extend(row[..k].iter().map(|&w| w as i32));
+        values.extend(row[k..2 * k].iter().map(|&w| f32::from_bits(w)));
+        let l0 = row[..k].iter().filter(|&&w| (w as i32) >= 0).count() as u32;
+        stats.push((f32::from_bits(row[2 * k]), l0));
+    }
+    (indices, values, stats)
+}
