@@ -59,6 +59,7 @@ fn main() -> dbksvd::Result<()> {
                 atom_batch,
                 power_iterations: p,
                 seed: 1,
+                memory: 0.0,
             };
             let t = Instant::now();
             gpu.ksvd_update(&mut atoms, &mut batch, &options)?;

@@ -7,6 +7,9 @@
 //           d_new = u/‖u‖ with d_new·d_j ≥ 0 (d_j kept when ‖u‖ = 0), and for each user
 //           x_new[s] = e_s·d_new + x_s·(d_j·d_new), all from the residual before this batch.
 //           The iterations may span several power_steps dispatches (state in `iterate`).
+//           With the atom memory m_j (params.decay = γ > 0) each step is u ← E_ΩᵀE_Ω·u + γ·m_j,
+//           and the last one stores its unnormalised u as the new m_j: the atom then follows
+//           the users of about 1/(1 − γ) batches instead of this batch's few.
 //   fold    one workgroup per sample: E_s += x_s·d_j − x_new[s]·d_new for each of its slots whose
 //           atom is in the batch. A sample is folded by its own workgroup only: no float atomics.
 //   commit  one workgroup per atom of the batch: D[j] = d_new, x[ω] = x_new.
@@ -22,7 +25,13 @@ struct Params {
     n: u32,
     n_atoms: u32,
     iterations: u32,
-    _pad: u32,
+    // 1 on the dispatch holding an atom batch's last power iteration: it stores the memory.
+    last: u32,
+    // γ: weight of the memory (the earlier batches' E_ΩᵀE_Ω·u products) in each step.
+    decay: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -39,6 +48,8 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> iterate: array<f32>;
 // Per flat slot: (v_s of the current iteration, x_new).
 @group(0) @binding(10) var<storage, read_write> slot_scratch: array<vec2<f32>>;
+// [K, d]: per atom, the decayed sum of its earlier batches' products E_ΩᵀE_Ω·d_j (unnormalised).
+@group(0) @binding(11) var<storage, read_write> memory: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -140,6 +151,10 @@ fn power_steps(
             for (var q = first; q < last; q++) {
                 let user = users[q];
                 acc += slot_scratch[user.y].x * (residual[user.x * d + c] + values[user.y] * dc);
+            }
+            acc += params.decay * memory[row + c];
+            if params.last == 1u && it + 1u == params.iterations {
+                memory[row + c] = acc;
             }
             iterate[row + c] = acc;
             sq += acc * acc;

@@ -82,6 +82,41 @@ fn train_resume_and_encode_from_the_command_line() {
     let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
     assert_eq!(epochs.lines().count(), 1 + 1, "{epochs}");
 
+    // Going on from the dictionary with other settings (--init); a K that differs is an error.
+    let next = dir.path().join("next");
+    let init = out.join("dictionary.safetensors");
+    let from = |atoms: &str| {
+        dbksvd(&[
+            "train",
+            "--data",
+            SLICE,
+            "--rows",
+            "0:600",
+            "--atoms",
+            atoms,
+            "--k",
+            "3",
+            "--batch",
+            "600",
+            "--epochs",
+            "1",
+            "--init",
+            init.to_str().unwrap(),
+            "--out",
+            next.to_str().unwrap(),
+        ])
+    };
+    let continued = from("24");
+    assert!(continued.status.success(), "{}", text(&continued));
+    assert!(next.join("dictionary.safetensors").is_file());
+    let wrong = from("25");
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains("K = 24") && text(&wrong).contains("K = 25"),
+        "{}",
+        text(&wrong)
+    );
+
     // A folder holding someone else's files is refused, unless forced.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();

@@ -226,6 +226,21 @@ fn resume_is_bit_identical() {
     assert!(err.contains("atoms = 40"), "{err}");
 }
 
+/// The memory is lowered to span at most one epoch, 1 − 1/(batches per epoch), and the result
+/// records the value used: 0 with a single batch, 0.75 with four, untouched with eight (0.875).
+#[test]
+fn atom_memory_spans_at_most_an_epoch() {
+    let Some(gpu) = common::gpu() else { return };
+    let source = minilm(512);
+    for (batch, want) in [(512, 0.0), (128, 0.75), (64, 0.8)] {
+        let mut config = TrainConfig::new(16, 2);
+        config.epochs = 1;
+        config.batch_size = batch;
+        let result = Trainer::new(gpu, config).fit(&source).unwrap();
+        assert_eq!(result.config.atom_memory, want, "batch {batch}");
+    }
+}
+
 #[test]
 fn initialisation_skips_zero_and_duplicate_rows() {
     let d = 3;
@@ -310,6 +325,20 @@ fn bad_configurations_are_errors() {
                 ..good.clone()
             },
             "shuffle window",
+        ),
+        (
+            TrainConfig {
+                atom_memory: 1.0,
+                ..good.clone()
+            },
+            "atom memory",
+        ),
+        (
+            TrainConfig {
+                atom_memory: f32::NAN,
+                ..good.clone()
+            },
+            "atom memory",
         ),
         (
             TrainConfig {

@@ -137,6 +137,7 @@ fn sequential_update_matches_the_exact_reference() {
             atom_batch: 1,
             power_iterations: 400,
             seed: 11,
+            memory: 0.0,
         },
     );
 }
@@ -152,7 +153,99 @@ fn batched_update_matches_the_batched_reference() {
             atom_batch: 16,
             power_iterations: 400,
             seed: 4,
+            memory: 0.0,
         },
+    );
+}
+
+/// Two batches in a row with the atom memory (γ = 0.5): the second update's atoms depend on the
+/// memory the first left, so a memory not stored, not read, or read at the wrong weight shows
+/// as atoms far from the reference's fixed points. p = 400 for converged results, as above; the
+/// memory term also separates nearly equal singular values, so |cos| ≥ 0.9999 holds for all.
+/// The same run without memory must differ (the test can fail).
+#[test]
+fn updates_with_memory_match_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let s = setup(gpu);
+    let d = s.d;
+    let half = s.codes.n / 2;
+    let part = |range: std::ops::Range<usize>| SparseCodes {
+        n: range.len(),
+        k: SLOTS,
+        indices: s.codes.indices[range.start * SLOTS..range.end * SLOTS].to_vec(),
+        values: s.codes.values[range.start * SLOTS..range.end * SLOTS].to_vec(),
+        residual_energy: Vec::new(),
+    };
+    let run = |gamma: f32| -> Vec<f32> {
+        let mut atoms = gpu.matrix(K, d, &s.atoms).unwrap();
+        let memory = gpu.zeros(K, d).unwrap();
+        for (step, range) in [0..half, half..s.codes.n].into_iter().enumerate() {
+            let mut batch = gpu
+                .coded_batch(
+                    &s.samples[range.start * d..range.end * d],
+                    d,
+                    &part(range),
+                    K,
+                )
+                .unwrap();
+            let options = UpdateOptions {
+                atom_batch: 16,
+                power_iterations: 400,
+                seed: step as u64,
+                memory: gamma,
+            };
+            gpu.ksvd_update_with_memory(&mut atoms, &memory, &mut batch, &options)
+                .unwrap();
+        }
+        gpu.read_matrix(&atoms).unwrap()
+    };
+    let with_memory = run(0.5);
+    let without = run(0.0);
+
+    let mut atoms: Vec<f64> = s.atoms.iter().map(|&v| v as f64).collect();
+    let mut memory = vec![0.0f64; K * d];
+    for (step, range) in [0..half, half..s.codes.n].into_iter().enumerate() {
+        let codes = part(range.clone());
+        let mut state = KsvdState {
+            d,
+            atoms,
+            samples: s.samples[range.start * d..range.end * d]
+                .iter()
+                .map(|&v| v as f64)
+                .collect(),
+            k: SLOTS,
+            indices: codes.indices,
+            values: codes.values.iter().map(|&v| v as f64).collect(),
+        };
+        let batches: Vec<Vec<usize>> = atom_order(K, step as u64)
+            .chunks(16)
+            .map(|c| c.iter().map(|&j| j as usize).collect())
+            .collect();
+        state.update_with_memory(&batches, &mut memory, 0.5);
+        atoms = state.atoms;
+    }
+    let worst = |gpu_atoms: &[f32]| -> f64 {
+        (0..K)
+            .map(|j| {
+                let g = &gpu_atoms[j * d..(j + 1) * d];
+                let r = &atoms[j * d..(j + 1) * d];
+                g.iter()
+                    .zip(r)
+                    .map(|(a, b)| *a as f64 * b)
+                    .sum::<f64>()
+                    .abs()
+            })
+            .fold(1.0, f64::min)
+    };
+    let (worst_with, worst_without) = (worst(&with_memory), worst(&without));
+    eprintln!("γ = 0.5: worst |cos| {worst_with:.6}; without memory {worst_without:.6}");
+    assert!(
+        worst_with >= 0.9999,
+        "an atom differs from the reference with memory: |cos| = {worst_with}"
+    );
+    assert!(
+        worst_without < 0.999,
+        "the memory changed nothing: |cos| {worst_without} without it"
     );
 }
 
@@ -170,6 +263,7 @@ fn sequential_update_never_increases_the_residual() {
             atom_batch: 1,
             power_iterations: p,
             seed: 3,
+            memory: 0.0,
         };
         let (atoms, codes, _) = gpu_update(gpu, &s, &options);
         let after = residual_energy(&s, &atoms, &codes);
@@ -192,6 +286,7 @@ fn batched_updates_keep_unit_atoms_and_finite_codes() {
             atom_batch: a,
             power_iterations: 2,
             seed: 5,
+            memory: 0.0,
         };
         let (atoms, codes, _) = gpu_update(gpu, &s, &options);
         for (j, atom) in atoms.chunks(s.d).enumerate() {
@@ -219,6 +314,7 @@ fn transpose_equals_host_lists_and_runs_are_bit_identical() {
         atom_batch: 32,
         power_iterations: 2,
         seed: 9,
+        memory: 0.0,
     };
     let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
     let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
@@ -320,6 +416,7 @@ fn a_planted_duplicate_is_purged() {
                 atom_batch: K,
                 power_iterations: 0,
                 seed: 1,
+                memory: 0.0,
             },
         )
         .unwrap();

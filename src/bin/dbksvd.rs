@@ -11,7 +11,7 @@ use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
 use dbksvd::encode::{Coder, CodingOptions, SparseCodes};
 use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
-use dbksvd::train::{TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
+use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
 use dbksvd::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -81,6 +81,9 @@ struct TrainArgs {
     /// Power iterations per atom update.
     #[arg(long, default_value_t = 1)]
     power_iters: usize,
+    /// Weight γ in [0, 1) of each atom's memory of earlier batches (0: fit each batch alone).
+    #[arg(long, default_value_t = 0.8)]
+    memory: f32,
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
@@ -99,6 +102,10 @@ struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     resume: bool,
+    /// Start from the atoms of this dictionary.safetensors (K must equal --atoms) instead of
+    /// random samples: to go on training with other settings, such as a larger batch.
+    #[arg(long, value_name = "DICT", conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Score this file after every epoch.
     #[arg(long)]
     eval: Option<PathBuf>,
@@ -331,6 +338,7 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     }
     config.atom_batch = args.atom_batch;
     config.power_iterations = args.power_iters;
+    config.atom_memory = args.memory;
     config.coder = coder(args.coder);
     config.center = !args.no_center;
     config.tolerance = args.tolerance;
@@ -343,6 +351,20 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
         .transpose()?;
     config.checkpoint_every = args.checkpoint_every;
     config.seed = args.seed;
+    if let Some(path) = &args.init {
+        let start = Dictionary::load(path)?;
+        if start.n_atoms != config.atoms || start.d != source.dim() {
+            return Err(Error::ShapeMismatch {
+                op: format!(
+                    "--init {} (its atoms vs --atoms and the data)",
+                    path.display()
+                ),
+                left: format!("K = {}, d = {}", start.n_atoms, start.d),
+                right: format!("K = {}, d = {}", config.atoms, source.dim()),
+            });
+        }
+        config.init = Init::Dictionary(start.atoms);
+    }
     config.validate()?;
     let eval = match (&args.eval, &args.eval_rows) {
         (None, None) => None,

@@ -75,13 +75,15 @@ impl Gpu {
         })
     }
 
-    /// Codes `samples` [n, d] (squared norms `norms`) with `atoms` and updates the atoms on them.
+    /// Codes `samples` [n, d] (squared norms `norms`) with `atoms` and updates the atoms on them,
+    /// carrying the atom `memory` [K, d] (see [`Gpu::ksvd_update_with_memory`]).
     /// `gram` is scratch [K, K] (recomputed: the atoms changed since the last step). With
     /// `profile`, the products are submitted and waited for separately so their time is known.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn train_step(
         &self,
         atoms: &mut Matrix,
+        memory: &Matrix,
         gram: &mut Matrix,
         buffers: &mut StepBuffers,
         samples: &[f32],
@@ -172,7 +174,7 @@ impl Gpu {
         }
 
         let update_started = Instant::now();
-        self.submit_atom_batches(atoms, &buffers.coded, update, &out.usage)?;
+        self.submit_atom_batches(atoms, memory, &buffers.coded, update, &out.usage)?;
         self.wait()?;
         out.update_s = update_started.elapsed().as_secs_f64();
         Ok(out)

@@ -5,7 +5,8 @@
 //!     for each batch Y_b of the epoch's shuffled order (same order as the trainer):
 //!         X_b  = OMP(Y_b − μ, D, k)                       reference::omp
 //!         for each atom batch of the step's seeded atom order (A atoms, Jacobi inside):
-//!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::ksvd_update (converged)
+//!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::ksvd_update (converged;
+//!                             with the atom memory when γ > 0)
 //!         usage += atoms used by X_b
 //!     flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
 //!     (|cos| > threshold with a more used atom); re-seed them by splitting the atoms whose
@@ -34,6 +35,8 @@ pub struct ReferenceRun {
     pub mean: Vec<f32>,
     /// The data mean ȳ of the FVU's denominator Σ‖y − ȳ‖² (equal to `mean` when centring).
     pub data_mean: Vec<f32>,
+    /// The atom memory [K, d] (see [`crate::gpu::Gpu::ksvd_update_with_memory`]).
+    pub memory: Vec<f64>,
     /// Updates done.
     pub step: usize,
 }
@@ -66,6 +69,7 @@ impl ReferenceRun {
             config,
             d,
             atoms: atoms.iter().map(|&v| v as f64).collect(),
+            memory: vec![0.0; atoms.len()],
             mean,
             data_mean,
             step: 0,
@@ -127,7 +131,11 @@ impl ReferenceRun {
                 .chunks(self.config.atom_batch.clamp(1, n_atoms))
                 .map(|c| c.iter().map(|&j| j as usize).collect())
                 .collect();
-            for (u, used) in usage.iter_mut().zip(state.update(&batches)) {
+            // As the trainer: the memory spans at most an epoch.
+            let longest = 1.0 - 1.0 / n.div_ceil(config.batch_size) as f32;
+            let gamma = self.config.atom_memory.min(longest) as f64;
+            let used = state.update_with_memory(&batches, &mut self.memory, gamma);
+            for (u, used) in usage.iter_mut().zip(used) {
                 *u += used as u64;
             }
             self.atoms = state.atoms.clone();
@@ -178,8 +186,11 @@ impl ReferenceRun {
             };
             let residual: Vec<f32> = state.residual().iter().map(|&v| v as f32).collect();
             let mut atoms: Vec<f32> = state.atoms.iter().map(|&v| v as f32).collect();
-            crate::train::split_atoms(&mut atoms, d, &codes, &residual, &flagged);
+            let changed = crate::train::split_atoms(&mut atoms, d, &codes, &residual, &flagged);
             state.atoms = atoms.iter().map(|&v| v as f64).collect();
+            for j in changed {
+                self.memory[j * d..(j + 1) * d].fill(0.0);
+            }
         }
         self.atoms = state.atoms;
         report

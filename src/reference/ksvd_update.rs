@@ -9,6 +9,10 @@
 //!
 //! Batches: the atoms of one batch all see the same residual (Jacobi); batches follow each other
 //! (Gauss–Seidel). One atom per batch is classic sequential KSVD.
+//!
+//! With an atom memory m_j (weight γ) the direction is instead the fixed point of
+//! u = (E_ΩᵀE_Ω·u + γ·m_j)/‖…‖, iterated to convergence from d_j, and m_j becomes
+//! E_ΩᵀE_Ω·u + γ·m_j: the converged twin of the GPU's power steps with memory.
 
 /// Dense state of the reference update: samples, dictionary and fixed-width codes, all f64.
 #[derive(Clone, Debug)]
@@ -78,6 +82,18 @@ impl KsvdState {
 
     /// Updates the atoms batch by batch, in the order given; returns usage counts.
     pub fn update(&mut self, batches: &[Vec<usize>]) -> Vec<u32> {
+        let mut memory = vec![0.0; self.atoms.len()];
+        self.update_with_memory(batches, &mut memory, 0.0)
+    }
+
+    /// [`KsvdState::update`] with the atom memory `memory` [K, d] of weight `gamma`, updated in
+    /// place.
+    pub fn update_with_memory(
+        &mut self,
+        batches: &[Vec<usize>],
+        memory: &mut [f64],
+        gamma: f64,
+    ) -> Vec<u32> {
         let d = self.d;
         let users = self.users();
         let mut e = self.residual();
@@ -86,7 +102,13 @@ impl KsvdState {
             let updates: Vec<(usize, Vec<f64>, Vec<f64>)> = batch
                 .iter()
                 .map(|&j| {
-                    let (atom, coefficients) = self.rank_one(j, &users[j], &e);
+                    let m = &mut memory[j * d..(j + 1) * d];
+                    // Without memory, the plain top singular pair (the memory is left alone).
+                    let (atom, coefficients) = if gamma == 0.0 {
+                        self.rank_one(j, &users[j], &e)
+                    } else {
+                        self.rank_one_with_memory(j, &users[j], &e, m, gamma)
+                    };
                     (j, atom, coefficients)
                 })
                 .collect();
@@ -105,18 +127,75 @@ impl KsvdState {
         users.iter().map(|u| u.len() as u32).collect()
     }
 
-    /// The best rank-1 approximation of E_Ω for atom j: new atom and new coefficients.
-    fn rank_one(&self, j: usize, users: &[(usize, usize)], e: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    /// Rows of E_Ω for atom j: e_s + x_s·d_j for each user.
+    fn rows_of(&self, j: usize, users: &[(usize, usize)], e: &[f64]) -> Vec<Vec<f64>> {
         let d = self.d;
         let dj = &self.atoms[j * d..(j + 1) * d];
-        // Rows of E_Ω.
-        let rows: Vec<Vec<f64>> = users
+        users
             .iter()
             .map(|&(s, t)| {
                 let x = self.values[s * self.k + t];
                 (0..d).map(|c| e[s * d + c] + x * dj[c]).collect()
             })
-            .collect();
+            .collect()
+    }
+
+    /// The atom with memory: the fixed point u of u = (E_ΩᵀE_Ω·u + γ·m)/‖…‖ from d_j, the new
+    /// memory E_ΩᵀE_Ω·u + γ·m (written to `m`), and the coefficients E_Ω·u. A zero direction
+    /// keeps d_j.
+    fn rank_one_with_memory(
+        &self,
+        j: usize,
+        users: &[(usize, usize)],
+        e: &[f64],
+        m: &mut [f64],
+        gamma: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let d = self.d;
+        let dj = self.atoms[j * d..(j + 1) * d].to_vec();
+        let rows = self.rows_of(j, users, e);
+        let step = |u: &[f64]| -> Vec<f64> {
+            let mut w: Vec<f64> = m.iter().map(|&x| gamma * x).collect();
+            for r in &rows {
+                let v = dot(r, u);
+                w.iter_mut().zip(r).for_each(|(o, x)| *o += v * x);
+            }
+            w
+        };
+        let mut u = dj.clone();
+        let mut w = step(&u);
+        for _ in 0..200_000 {
+            let norm = dot(&w, &w).sqrt();
+            if norm == 0.0 || !norm.is_finite() {
+                m.copy_from_slice(&w);
+                return (dj.clone(), rows.iter().map(|r| dot(r, &dj)).collect());
+            }
+            let next: Vec<f64> = w.iter().map(|x| x / norm).collect();
+            let moved = next
+                .iter()
+                .zip(&u)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            u = next;
+            w = step(&u);
+            if moved < 1e-14 {
+                break;
+            }
+        }
+        m.copy_from_slice(&w);
+        if dot(&u, &dj) < 0.0 {
+            u.iter_mut().for_each(|x| *x = -*x);
+        }
+        let coefficients = rows.iter().map(|r| dot(r, &u)).collect();
+        (u, coefficients)
+    }
+
+    /// The best rank-1 approximation of E_Ω for atom j: new atom and new coefficients.
+    fn rank_one(&self, j: usize, users: &[(usize, usize)], e: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let d = self.d;
+        let dj = &self.atoms[j * d..(j + 1) * d];
+        let rows = self.rows_of(j, users, e);
         let m = rows.len();
         let coefficients_for = |u: &[f64]| rows.iter().map(|r| dot(r, u)).collect::<Vec<f64>>();
         if m == 0 {
