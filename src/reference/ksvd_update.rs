@@ -35,6 +35,15 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// ‖a − b‖: how far an iterate moved.
+fn distance(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
 impl KsvdState {
     /// Number of atoms.
     pub fn n_atoms(&self) -> usize {
@@ -171,12 +180,7 @@ impl KsvdState {
                 return (dj.clone(), rows.iter().map(|r| dot(r, &dj)).collect());
             }
             let next: Vec<f64> = w.iter().map(|x| x / norm).collect();
-            let moved = next
-                .iter()
-                .zip(&u)
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let moved = distance(&next, &u);
             u = next;
             w = step(&u);
             if moved < 1e-14 {
@@ -250,12 +254,7 @@ fn top_eigenvector(m: &[f64], n: usize, start: Vec<f64>) -> Vec<f64> {
         let Some(w) = normalised(w) else {
             return vec![0.0; n];
         };
-        let moved = w
-            .iter()
-            .zip(&v)
-            .map(|(a, b)| (a - b).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let moved = distance(&w, &v);
         v = w;
         if moved < 1e-14 {
             break;
