@@ -25,9 +25,6 @@ fn main() -> dbksvd::Result<()> {
     let mut config = TrainConfig::new(atoms, k);
     config.epochs = 1;
     config.profile = true;
-    if let Some(most) = gpu.max_update_batch(source.dim()) {
-        config.batch_size = config.batch_size.min(most);
-    }
     println!(
         "adapter: {} ({}); data: {} [{} x {}]; K = {atoms}, k = {k}",
         gpu.adapter().name,
@@ -50,7 +47,7 @@ fn main() -> dbksvd::Result<()> {
     let epoch = &result.epochs[0];
     println!(
         "batch size {} ({} batches)",
-        result.config.batch_size,
+        result.config.batch_size.unwrap_or_default(),
         result.batches.len()
     );
     println!("phase                 seconds   share");

@@ -25,7 +25,7 @@ fn main() -> dbksvd::Result<()> {
     let (train, test) = ((&all).slice(0..split)?, (&all).slice(split..all.rows())?);
     let mut config = TrainConfig::new(512, 16);
     config.epochs = 3;
-    config.batch_size = 2048;
+    config.batch_size = Some(2048);
     let result = Trainer::new(&gpu, config).fit(&train)?;
     println!(
         "train FVU per epoch: {:?}",

@@ -28,7 +28,7 @@ fn main() -> dbksvd::Result<()> {
     let gpu = Gpu::new()?;
     let mut config = TrainConfig::new(spec.atoms, spec.k);
     config.epochs = arg(1, 10) as usize;
-    config.batch_size = arg(2, 2048) as usize;
+    config.batch_size = Some(arg(2, 2048) as usize);
     config.seed = arg(3, 3);
     let source = InMemory::new(problem.samples, spec.d)?;
     let result = Trainer::new(&gpu, config).fit(&source)?;

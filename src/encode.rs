@@ -364,17 +364,50 @@ impl Encoder {
         match self.options.batch_size {
             Some(b) if b > device_max => Err(Error::ExceedsLimit {
                 what: format!(
-                    "batch of {b} samples for K = {}, k = {k} (samples; the largest that fits is \
-                     the limit)",
-                    self.n_atoms
+                    "coding batch for K = {}, k = {k} (samples; correlations and codes each in \
+                     one binding of {} bytes)",
+                    self.n_atoms,
+                    self.gpu.limits().planned_binding_size
                 ),
                 requested: b as u64,
                 limit_name: "max_storage_buffer_binding_size",
-                limit: device_max as u64,
+                limit: self.gpu.limits().planned_binding_size,
+                largest_batch: Some(device_max),
             }),
             Some(b) => Ok(b.min(n.max(1))),
             None => Ok(device_max.min(budget_max).min(n.max(1))),
         }
+    }
+
+    /// Codes every row of `source` in order, streaming it in batches (a source larger than
+    /// memory is read a batch at a time; the codes, k slots per row, are kept). A source whose
+    /// dimension is not the dictionary's is an error naming both.
+    pub fn encode_source(&self, source: &dyn crate::data::ActivationSource) -> Result<SparseCodes> {
+        if source.dim() != self.d {
+            return Err(Error::ShapeMismatch {
+                op: format!("encoding {} (data vs dictionary)", source.name()),
+                left: format!("d = {}", source.dim()),
+                right: format!("d = {}", self.d),
+            });
+        }
+        let k = self.options.coding.k;
+        let mut codes = SparseCodes {
+            n: 0,
+            k,
+            indices: Vec::new(),
+            values: Vec::new(),
+            residual_energy: Vec::new(),
+        };
+        let batch = self.batch_size(source.rows())?;
+        let order = crate::data::BatchOrder::sequential(batch);
+        for part in crate::data::Batches::new(source, &order, 0)? {
+            let part = self.encode(&part?.data)?;
+            codes.n += part.n;
+            codes.indices.extend(part.indices);
+            codes.values.extend(part.values);
+            codes.residual_energy.extend(part.residual_energy);
+        }
+        Ok(codes)
     }
 
     /// Codes `samples` [n, d] (row-major; n = samples.len() / d), streaming batches through the

@@ -47,7 +47,10 @@ pub enum Error {
     },
 
     /// A request is larger than what the device allows.
-    #[error("{what} needs {requested} but the device limit `{limit_name}` is {limit}")]
+    #[error(
+        "{what} needs {requested} but the device limit `{limit_name}` is {limit}{}",
+        largest_batch_hint(*largest_batch)
+    )]
     ExceedsLimit {
         /// What was requested, e.g. `buffer for a [100000, 384] matrix (bytes)`.
         what: String,
@@ -57,6 +60,8 @@ pub enum Error {
         limit_name: &'static str,
         /// The value of that limit on this device (after any user cap).
         limit: u64,
+        /// For a batch that does not fit: the largest batch (in samples) that does.
+        largest_batch: Option<usize>,
     },
 
     /// Mapping a buffer for reading failed (device lost, or buffer in use).
@@ -102,6 +107,19 @@ pub enum Error {
         message: String,
     },
 
+    /// Training stopped on an error after it had started. `checkpoint` says what is kept: the
+    /// last checkpoint written (path and position, and how to continue from it), or that there
+    /// is none.
+    #[error("{cause}; {checkpoint}")]
+    Training {
+        /// What went wrong (a lost device, a failed submission, bad data further in the file).
+        cause: Box<Error>,
+        /// The last checkpoint and how to resume from it, or that none was written.
+        checkpoint: String,
+        /// The last checkpoint file, when one was written.
+        checkpoint_path: Option<std::path::PathBuf>,
+    },
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -115,6 +133,23 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn largest_batch_hint(largest: Option<usize>) -> String {
+    match largest {
+        Some(b) => format!("; the largest batch that fits is {b}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// The root cause: for [`Error::Training`] the error that stopped training, else `self`.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::Training { cause, .. } => cause.cause(),
+            other => other,
+        }
+    }
+}
 
 /// Formats a matrix shape as `[rows, cols]` for error messages.
 pub(crate) fn shape(rows: usize, cols: usize) -> String {

@@ -28,11 +28,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", path.display())))?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let temp = dir.join(temporary_name(&name.to_string_lossy()));
     let result = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(bytes)?;
@@ -48,6 +44,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result.map_err(io)
+}
+
+/// The temporary name [`write_atomic`] writes `path` under before renaming it.
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp-{}", std::process::id())
+}
+
+/// True for a name [`write_atomic`] gives its temporaries (of any process).
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp-")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporaries that writers killed mid-write left in `dir` and its immediate
+/// subfolders (files that were never renamed into place, so never part of the output). Returns
+/// what it removed; a missing `dir` is nothing to do. Only for a folder one process writes.
+pub fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let mut removed = Vec::new();
+    if !dir.is_dir() {
+        return Ok(removed);
+    }
+    let mut folders = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if entry.file_type().map_err(io(dir))?.is_dir() {
+            folders.push(entry.path());
+        }
+    }
+    for folder in folders {
+        for entry in std::fs::read_dir(&folder).map_err(io(&folder))? {
+            let entry = entry.map_err(io(&folder))?;
+            let name = entry.file_name();
+            if entry.file_type().map_err(io(&folder))?.is_file()
+                && is_temporary(&name.to_string_lossy())
+            {
+                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                removed.push(entry.path());
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// A tensor to write: name, dtype, shape and little-endian bytes.
@@ -251,6 +294,15 @@ impl Dictionary {
         };
         if n_atoms == 0 || d == 0 {
             return Err(file.format_error(format!("dictionary [{n_atoms}, {d}] is empty")));
+        }
+        // Non-finite values were refused by `f32`; a zero atom has no direction to code with.
+        if let Some(row) = atoms
+            .chunks_exact(d)
+            .position(|a| a.iter().all(|&v| v == 0.0))
+        {
+            return Err(file.format_error(format!(
+                "atom {row} of tensor `dictionary` is zero: atoms must be nonzero"
+            )));
         }
         let mean = match file.f32("mean", "[d]") {
             Ok((shape, mean)) if shape == [d] => mean,

@@ -53,11 +53,13 @@ pub struct TrainConfig {
     pub k: usize,
     /// Passes over the data.
     pub epochs: usize,
-    /// Samples per batch B. Training evens it out to B' = ceil(N / ceil(N / B)), so every batch
-    /// but one has B' rows and that one is short by less than the number of batches; the result's
-    /// configuration records B'.
-    pub batch_size: usize,
-    /// Atoms updated in parallel A.
+    /// Samples per batch B; `None` (the default) picks the largest batch up to
+    /// [`DEFAULT_BATCH`] that the device fits (see [`Gpu::max_train_batch`]). A batch the device
+    /// cannot hold is an [`Error::ExceedsLimit`] naming the largest that fits. Training evens B
+    /// out to B' = ceil(N / ceil(N / B)), so every batch but one has B' rows and that one is short
+    /// by less than the number of batches; the result's configuration records B'.
+    pub batch_size: Option<usize>,
+    /// Atoms updated in parallel A, at most K.
     pub atom_batch: usize,
     /// Power iterations per atom update p.
     pub power_iterations: usize,
@@ -101,17 +103,17 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// K atoms, k nonzeros, and defaults for the rest: 10 epochs, B = 4096, A = 32, p = 1, atom
-    /// memory γ = 0.8, OMP, sample init, centring, seed 0, window 16, duplicates above |cos| 0.99
-    /// purged.
+    /// K atoms, k nonzeros, and defaults for the rest: 10 epochs, the largest batch up to 4096
+    /// that the device fits, A = min(32, K), p = 1, atom memory γ = 0.8, OMP, sample init,
+    /// centring, seed 0, window 16, duplicates above |cos| 0.99 purged.
     pub fn new(atoms: usize, k: usize) -> Self {
         let update = UpdateOptions::default();
         Self {
             atoms,
             k,
             epochs: 10,
-            batch_size: 4096,
-            atom_batch: update.atom_batch,
+            batch_size: None,
+            atom_batch: update.atom_batch.min(atoms.max(1)),
             power_iterations: update.power_iterations,
             atom_memory: 0.8,
             coder: Coder::Omp,
@@ -137,9 +139,15 @@ impl TrainConfig {
         if self.k == 0 || self.k > self.atoms {
             return bad(format!("k = {} must lie in 1..=K = {}", self.k, self.atoms));
         }
+        if self.atom_batch > self.atoms {
+            return bad(format!(
+                "atom batch A = {} must not exceed K = {} (atoms updated in parallel)",
+                self.atom_batch, self.atoms
+            ));
+        }
         for (name, value) in [
             ("epochs", self.epochs),
-            ("batch size", self.batch_size),
+            ("batch size", self.batch_size.unwrap_or(DEFAULT_BATCH)),
             ("atom batch", self.atom_batch),
             ("power iterations", self.power_iterations),
             ("shuffle window", self.shuffle_window),
@@ -188,10 +196,35 @@ impl TrainConfig {
         }
     }
 
-    /// The batch order of training.
+    /// Checks the configuration against the data it trains on: k ≤ d (OMP cannot select more
+    /// than d independent atoms) and K ≤ rows.
+    pub fn validate_for(&self, rows: usize, d: usize, name: &str) -> Result<()> {
+        self.validate()?;
+        if rows == 0 || d == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{name} is empty ([{rows}, {d}]): nothing to train on"
+            )));
+        }
+        if self.k > d {
+            return Err(Error::InvalidArgument(format!(
+                "k = {} exceeds the dimension d = {d} of {name}: at most d atoms are independent",
+                self.k
+            )));
+        }
+        if self.atoms > rows {
+            return Err(Error::InvalidArgument(format!(
+                "K = {} atoms asked for, but {name} has only {rows} rows",
+                self.atoms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The batch order of training (with the default batch size when none is set; training
+    /// records the batch it used).
     pub fn order(&self) -> BatchOrder {
         BatchOrder {
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(DEFAULT_BATCH),
             shuffle: Some(Shuffle {
                 seed: self.seed,
                 window: self.shuffle_window,
@@ -227,6 +260,9 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// The batch size training aims for when none is set (lowered to what the device fits).
+pub const DEFAULT_BATCH: usize = 4096;
 
 /// Metrics of one sample batch, from its codes before the update.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -450,41 +486,37 @@ impl<'a> Trainer<'a> {
     /// Trains on `source` and returns the dictionary and its metrics.
     pub fn fit(mut self, source: &dyn ActivationSource) -> Result<TrainResult> {
         let mut config = self.config.clone();
-        config.validate()?;
         let (rows, d) = (source.rows(), source.dim());
-        if rows == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "{} has no rows to train on",
-                source.name()
-            )));
-        }
+        config.validate_for(rows, d, &source.name())?;
         let gpu = self.gpu;
         let n_atoms = config.atoms;
-        // On lavapipe an atom used by every sample of a large batch exceeds the update's loop cap.
-        if let Some(most) = gpu.max_update_batch(d) {
-            if most == 0 {
-                return Err(Error::ExceedsLimit {
-                    what: format!("dictionary update at d = {d} (loop iterations for one user)"),
-                    requested: d as u64,
-                    limit_name: "max_loop_iterations",
-                    limit: gpu.limits().max_loop_iterations.unwrap_or(0),
-                });
-            }
-            if config.batch_size.min(rows) > most {
-                log::warn!(
-                    "batch of {} samples lowered to {most}, the most {} can update at d = {d}",
-                    config.batch_size,
-                    gpu.adapter().name
-                );
-                config.batch_size = most;
-            }
-        }
+        // What the device holds: the dictionary must fit whatever the batch, and the batch must
+        // fit the step's buffers (and, on lavapipe, the update's loop cap).
+        let fit = gpu.train_batch_fit(n_atoms, d, &config.coding())?;
         // Equal batches: a short remainder batch would let atoms with one or two users there
         // fit those samples exactly and undo what the full batches learnt.
-        config.batch_size = rows.div_ceil(rows.div_ceil(config.batch_size));
+        let evened = |batch: usize| rows.div_ceil(rows.div_ceil(batch));
+        let batch_size = match config.batch_size {
+            Some(asked) if evened(asked) > fit.largest => {
+                return Err(fit.exceeded(evened(asked), n_atoms, d, config.k));
+            }
+            Some(asked) => evened(asked),
+            None => {
+                if fit.largest < DEFAULT_BATCH.min(rows) {
+                    log::info!(
+                        "batch of {} samples: the most {} holds at K = {n_atoms}, d = {d} ({})",
+                        fit.largest,
+                        gpu.adapter().name,
+                        fit.bound_by
+                    );
+                }
+                evened(DEFAULT_BATCH.min(fit.largest))
+            }
+        };
+        config.batch_size = Some(batch_size);
         // The memory spans at most an epoch: beyond it, earlier products repeat the same users
         // with staler directions (with one batch per epoch, plain KSVD is already full-batch).
-        let batches = rows.div_ceil(config.batch_size);
+        let batches = rows.div_ceil(batch_size);
         let longest = 1.0 - 1.0 / batches as f32;
         if config.atom_memory > longest {
             log::info!(
@@ -516,7 +548,7 @@ impl<'a> Trainer<'a> {
                 )
             }
             None => {
-                let stats = Stats::compute(source, config.batch_size)?;
+                let stats = Stats::compute(source, batch_size)?;
                 let mean = stats.mean_f32();
                 let centre = config.center.then_some(mean.as_slice());
                 let atoms = match &config.init {
@@ -543,8 +575,6 @@ impl<'a> Trainer<'a> {
             }
         };
 
-        let batch_size = config.batch_size;
-
         let mut atoms = gpu.matrix(n_atoms, d, &atoms_host)?;
         let memory = gpu.matrix(n_atoms, d, &memory_host)?;
         let mut gram = gpu.zeros(n_atoms, n_atoms)?;
@@ -562,287 +592,309 @@ impl<'a> Trainer<'a> {
         let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
         let mut stop = StopReason::Epochs;
 
-        'epochs: while position.epoch < config.epochs {
-            let epoch = position.epoch;
-            let mut rows_of = order.epoch(rows, epoch as u64)?;
-            if position.batch >= batches_per_epoch {
-                return Err(Error::InvalidArgument(format!(
-                    "cannot resume at batch {} of epoch {epoch}: an epoch has {batches_per_epoch} batches",
-                    position.batch
-                )));
-            }
-            // Resuming mid-epoch: skip the batches already trained on (indices only, no reads).
-            for _ in 0..position.batch {
-                rows_of.next();
-            }
-            let epoch_started = Instant::now();
-            let mean_ref = data_mean.as_slice();
-            let mut stop_after_epoch = None;
-            let outcome = std::thread::scope(|scope| -> Result<Option<StopReason>> {
-                let (tx, rx) = sync_channel::<Result<Prepared>>(1);
-                scope.spawn(move || {
-                    for batch_rows in rows_of {
-                        let prepared = prepare(source, &batch_rows, centre, mean_ref);
-                        let failed = prepared.is_err();
-                        if tx.send(prepared).is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                loop {
-                    let waiting = Instant::now();
-                    let Ok(prepared) = rx.recv() else {
-                        return Ok(None);
-                    };
-                    let prepared = prepared?;
-                    let host_s = waiting.elapsed().as_secs_f64();
-                    let n = prepared.norms.len();
-                    last_was_short = n != full.len();
-                    let buffers = if !last_was_short {
-                        &mut full
-                    } else {
-                        if short.as_ref().is_none_or(|b| b.len() != n) {
-                            short = Some(gpu.step_buffers(n, d, config.k, n_atoms)?);
-                        }
-                        short.as_mut().expect("just created")
-                    };
-                    let update = UpdateOptions {
-                        atom_batch: config.atom_batch,
-                        power_iterations: config.power_iterations,
-                        seed: update_seed(config.seed, position.step),
-                        memory: config.atom_memory,
-                    };
-                    let out = gpu.train_step(
-                        &mut atoms,
-                        &memory,
-                        &mut gram,
-                        buffers,
-                        &prepared.data,
-                        &prepared.norms,
-                        &coding,
-                        &update,
-                        config.profile,
-                    )?;
-                    let residual: f64 = out.residual_energy.iter().map(|&e| e as f64).sum();
-                    let relative: f64 = out
-                        .residual_energy
-                        .iter()
-                        .zip(&prepared.norms)
-                        .map(|(&e, &y)| {
-                            if y > 0.0 {
-                                (e as f64 / y as f64).sqrt()
-                            } else {
-                                0.0
+        // Where the run could continue from if it stops on an error: the last checkpoint.
+        let mut last_checkpoint: Option<(PathBuf, usize, usize)> = self
+            .resume
+            .clone()
+            .map(|path| (path, position.epoch, position.batch));
+        let mut run = || -> Result<()> {
+            'epochs: while position.epoch < config.epochs {
+                let epoch = position.epoch;
+                let mut rows_of = order.epoch(rows, epoch as u64)?;
+                if position.batch >= batches_per_epoch {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot resume at batch {} of epoch {epoch}: an epoch has {batches_per_epoch} batches",
+                        position.batch
+                    )));
+                }
+                // Resuming mid-epoch: skip the batches already trained on (indices only, no reads).
+                for _ in 0..position.batch {
+                    rows_of.next();
+                }
+                let epoch_started = Instant::now();
+                let mean_ref = data_mean.as_slice();
+                let mut stop_after_epoch = None;
+                let outcome = std::thread::scope(|scope| -> Result<Option<StopReason>> {
+                    let (tx, rx) = sync_channel::<Result<Prepared>>(1);
+                    scope.spawn(move || {
+                        for batch_rows in rows_of {
+                            let prepared = prepare(source, &batch_rows, centre, mean_ref);
+                            let failed = prepared.is_err();
+                            if tx.send(prepared).is_err() || failed {
+                                break;
                             }
-                        })
-                        .sum();
-                    let l0: f64 = out.l0.iter().map(|&l| l as f64).sum();
-                    for (total, used) in epoch_usage.iter_mut().zip(&out.usage) {
-                        *total = total.saturating_add(*used);
-                    }
-                    let metrics = BatchMetrics {
-                        epoch,
-                        batch: position.batch,
-                        step: position.step,
-                        samples: n,
-                        fvu: ratio(residual, prepared.variance),
-                        relative_residual: relative / n as f64,
-                        l0: l0 / n as f64,
-                        unused_atoms: out.usage.iter().filter(|&&u| u == 0).count(),
-                        gemm_s: out.gemm_s,
-                        coding_s: out.coding_s,
-                        update_s: out.update_s,
-                        host_s,
-                    };
-                    let sums = &mut position.sums;
-                    sums.batches += 1;
-                    sums.samples += n;
-                    sums.residual += residual;
-                    sums.variance += prepared.variance;
-                    sums.relative += relative;
-                    sums.l0 += l0;
-                    position.batch += 1;
-                    position.step += 1;
-                    position.batches.push(metrics);
-                    log::debug!(
-                        "epoch {epoch} batch {}: FVU {:.4}, L0 {:.2}, {} atoms unused",
-                        position.batch - 1,
-                        position.batches.last().unwrap().fvu,
-                        position.batches.last().unwrap().l0,
-                        position.batches.last().unwrap().unused_atoms
-                    );
-                    let mut wants_stop = None;
-                    if let Some(callback) = self.on_batch.as_mut() {
-                        let progress = Progress {
-                            batch: position.batches.last().unwrap(),
-                            done: position.step,
-                            total,
+                        }
+                    });
+                    loop {
+                        let waiting = Instant::now();
+                        let Ok(prepared) = rx.recv() else {
+                            return Ok(None);
                         };
-                        if callback(&progress).is_break() {
-                            wants_stop = Some(StopReason::Callback);
-                        }
-                    }
-                    if config
-                        .time_limit
-                        .is_some_and(|limit| elapsed(&started) >= limit.as_secs_f64())
-                    {
-                        wants_stop = Some(StopReason::TimeLimit);
-                    }
-                    let periodic = config
-                        .checkpoint_every
-                        .is_some_and(|every| position.step.is_multiple_of(every));
-                    let epoch_ends = position.batch == batches_per_epoch;
-                    if let Some(dir) = &self.checkpoint_dir {
-                        if (periodic || wants_stop.is_some()) && !epoch_ends {
-                            position.seconds = elapsed(&started);
-                            position.sums.seconds += epoch_started.elapsed().as_secs_f64();
-                            save_checkpoint(
-                                gpu,
-                                dir,
-                                &config,
-                                &atoms,
-                                &memory,
-                                &data_mean,
-                                &position,
-                                &epoch_usage,
-                            )?;
-                            position.sums.seconds -= epoch_started.elapsed().as_secs_f64();
-                        }
-                    }
-                    if wants_stop.is_some() {
-                        if epoch_ends {
-                            // Finish the epoch (hygiene, metrics, checkpoint) first.
-                            stop_after_epoch = wants_stop;
+                        let prepared = prepared?;
+                        let host_s = waiting.elapsed().as_secs_f64();
+                        let n = prepared.norms.len();
+                        last_was_short = n != full.len();
+                        let buffers = if !last_was_short {
+                            &mut full
                         } else {
-                            return Ok(wants_stop);
+                            if short.as_ref().is_none_or(|b| b.len() != n) {
+                                short = Some(gpu.step_buffers(n, d, config.k, n_atoms)?);
+                            }
+                            short.as_mut().expect("just created")
+                        };
+                        let update = UpdateOptions {
+                            atom_batch: config.atom_batch,
+                            power_iterations: config.power_iterations,
+                            seed: update_seed(config.seed, position.step),
+                            memory: config.atom_memory,
+                        };
+                        let out = gpu.train_step(
+                            &mut atoms,
+                            &memory,
+                            &mut gram,
+                            buffers,
+                            &prepared.data,
+                            &prepared.norms,
+                            &coding,
+                            &update,
+                            config.profile,
+                        )?;
+                        let residual: f64 = out.residual_energy.iter().map(|&e| e as f64).sum();
+                        let relative: f64 = out
+                            .residual_energy
+                            .iter()
+                            .zip(&prepared.norms)
+                            .map(|(&e, &y)| {
+                                if y > 0.0 {
+                                    (e as f64 / y as f64).sqrt()
+                                } else {
+                                    0.0
+                                }
+                            })
+                            .sum();
+                        let l0: f64 = out.l0.iter().map(|&l| l as f64).sum();
+                        for (total, used) in epoch_usage.iter_mut().zip(&out.usage) {
+                            *total = total.saturating_add(*used);
+                        }
+                        let metrics = BatchMetrics {
+                            epoch,
+                            batch: position.batch,
+                            step: position.step,
+                            samples: n,
+                            fvu: ratio(residual, prepared.variance),
+                            relative_residual: relative / n as f64,
+                            l0: l0 / n as f64,
+                            unused_atoms: out.usage.iter().filter(|&&u| u == 0).count(),
+                            gemm_s: out.gemm_s,
+                            coding_s: out.coding_s,
+                            update_s: out.update_s,
+                            host_s,
+                        };
+                        let sums = &mut position.sums;
+                        sums.batches += 1;
+                        sums.samples += n;
+                        sums.residual += residual;
+                        sums.variance += prepared.variance;
+                        sums.relative += relative;
+                        sums.l0 += l0;
+                        position.batch += 1;
+                        position.step += 1;
+                        position.batches.push(metrics);
+                        log::debug!(
+                            "epoch {epoch} batch {}: FVU {:.4}, L0 {:.2}, {} atoms unused",
+                            position.batch - 1,
+                            position.batches.last().unwrap().fvu,
+                            position.batches.last().unwrap().l0,
+                            position.batches.last().unwrap().unused_atoms
+                        );
+                        let mut wants_stop = None;
+                        if let Some(callback) = self.on_batch.as_mut() {
+                            let progress = Progress {
+                                batch: position.batches.last().unwrap(),
+                                done: position.step,
+                                total,
+                            };
+                            if callback(&progress).is_break() {
+                                wants_stop = Some(StopReason::Callback);
+                            }
+                        }
+                        if config
+                            .time_limit
+                            .is_some_and(|limit| elapsed(&started) >= limit.as_secs_f64())
+                        {
+                            wants_stop = Some(StopReason::TimeLimit);
+                        }
+                        let periodic = config
+                            .checkpoint_every
+                            .is_some_and(|every| position.step.is_multiple_of(every));
+                        let epoch_ends = position.batch == batches_per_epoch;
+                        if let Some(dir) = &self.checkpoint_dir {
+                            if (periodic || wants_stop.is_some()) && !epoch_ends {
+                                position.seconds = elapsed(&started);
+                                position.sums.seconds += epoch_started.elapsed().as_secs_f64();
+                                save_checkpoint(
+                                    gpu,
+                                    dir,
+                                    &config,
+                                    &atoms,
+                                    &memory,
+                                    &data_mean,
+                                    &position,
+                                    &epoch_usage,
+                                )?;
+                                last_checkpoint = Some((
+                                    dir.join(CHECKPOINT_FILE),
+                                    position.epoch,
+                                    position.batch,
+                                ));
+                                position.sums.seconds -= epoch_started.elapsed().as_secs_f64();
+                            }
+                        }
+                        if wants_stop.is_some() {
+                            if epoch_ends {
+                                // Finish the epoch (hygiene, metrics, checkpoint) first.
+                                stop_after_epoch = wants_stop;
+                            } else {
+                                return Ok(wants_stop);
+                            }
                         }
                     }
+                })?;
+                position.sums.seconds += epoch_started.elapsed().as_secs_f64();
+                if let Some(reason) = outcome {
+                    position.seconds = elapsed(&started);
+                    stop = reason;
+                    break 'epochs;
                 }
-            })?;
-            position.sums.seconds += epoch_started.elapsed().as_secs_f64();
-            if let Some(reason) = outcome {
-                position.seconds = elapsed(&started);
-                stop = reason;
-                break 'epochs;
-            }
 
-            // Epoch end: atom hygiene (not after the last epoch: freshly split atoms would be
-            // returned untrained), coherence, evaluation.
-            let hygiene_started = Instant::now();
-            let dead: Vec<usize> = (0..n_atoms).filter(|&j| epoch_usage[j] == 0).collect();
-            let rare = rare_atoms(&epoch_usage, config.rare_atom_fraction);
-            let purged: Vec<usize> = gpu
-                .duplicate_atoms(&atoms, &epoch_usage, config.duplicate_threshold)?
-                .into_iter()
-                .filter(|j| !rare.contains(j))
-                .collect();
-            let mut flagged: Vec<usize> = rare.iter().chain(&purged).copied().collect();
-            flagged.sort_unstable();
-            let mut changed = Vec::new();
-            if !flagged.is_empty() && epoch + 1 < config.epochs {
-                // On the host: K·d atoms, B·d residual and B·k codes of the epoch's last batch.
-                let last = match (&mut short, last_was_short) {
-                    (Some(short), true) => short.coded(),
-                    _ => full.coded(),
-                };
-                let (codes, residual) = gpu.read_codes_and_residual(last)?;
-                let mut host = gpu.read_matrix(&atoms)?;
-                changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
-                gpu.write(&atoms.data, &host)?;
-                // A re-seeded atom starts without memory: its old users are not its new ones.
-                if !changed.is_empty() {
-                    let mut rows = gpu.read_matrix(&memory)?;
-                    for &j in &changed {
-                        rows[j * d..(j + 1) * d].fill(0.0);
-                    }
-                    gpu.write(&memory.data, &rows)?;
-                }
-            }
-            let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
-            let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();
-            let coherence = gpu.coherence(&atoms)?;
-            let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
-            let eval = match self.eval {
-                Some(eval) => {
-                    let dictionary = Dictionary {
-                        atoms: gpu.read_matrix(&atoms)?,
-                        n_atoms,
-                        d,
-                        mean: b_dec(&config, &data_mean),
-                        metadata: Default::default(),
+                // Epoch end: atom hygiene (not after the last epoch: freshly split atoms would be
+                // returned untrained), coherence, evaluation.
+                let hygiene_started = Instant::now();
+                let dead: Vec<usize> = (0..n_atoms).filter(|&j| epoch_usage[j] == 0).collect();
+                let rare = rare_atoms(&epoch_usage, config.rare_atom_fraction);
+                let purged: Vec<usize> = gpu
+                    .duplicate_atoms(&atoms, &epoch_usage, config.duplicate_threshold)?
+                    .into_iter()
+                    .filter(|j| !rare.contains(j))
+                    .collect();
+                let mut flagged: Vec<usize> = rare.iter().chain(&purged).copied().collect();
+                flagged.sort_unstable();
+                let mut changed = Vec::new();
+                if !flagged.is_empty() && epoch + 1 < config.epochs {
+                    // On the host: K·d atoms, B·d residual and B·k codes of the epoch's last batch.
+                    let last = match (&mut short, last_was_short) {
+                        (Some(short), true) => short.coded(),
+                        _ => full.coded(),
                     };
-                    Some(evaluate(gpu, &dictionary, eval, coding, config.batch_size)?)
+                    let (codes, residual) = gpu.read_codes_and_residual(last)?;
+                    let mut host = gpu.read_matrix(&atoms)?;
+                    changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
+                    gpu.write(&atoms.data, &host)?;
+                    // A re-seeded atom starts without memory: its old users are not its new ones.
+                    if !changed.is_empty() {
+                        let mut rows = gpu.read_matrix(&memory)?;
+                        for &j in &changed {
+                            rows[j * d..(j + 1) * d].fill(0.0);
+                        }
+                        gpu.write(&memory.data, &rows)?;
+                    }
                 }
-                None => None,
-            };
-            let sums = std::mem::take(&mut position.sums);
-            let metrics = EpochMetrics {
-                epoch,
-                batches: sums.batches,
-                samples: sums.samples,
-                fvu: ratio(sums.residual, sums.variance),
-                relative_residual: sums.relative / sums.samples.max(1) as f64,
-                l0: sums.l0 / sums.samples.max(1) as f64,
-                dead_atoms: dead.len(),
-                rare_atoms: rare.len() - dead.len(),
-                reseeded,
-                duplicates: purged.len(),
-                purged: purged_changed,
-                coherence,
-                eval,
-                seconds: sums.seconds + hygiene_started.elapsed().as_secs_f64(),
-            };
-            log::info!(
-                "epoch {epoch}: FVU {:.4}, L0 {:.2}, {} dead and {} rare atoms re-seeded, {} \
-                 duplicates purged, coherence {:.3}{}, {:.1} s",
-                metrics.fvu,
-                metrics.l0,
-                metrics.dead_atoms,
-                metrics.rare_atoms,
-                metrics.purged,
-                metrics.coherence,
-                metrics
-                    .eval
-                    .map_or(String::new(), |s| format!(", eval FVU {:.4}", s.fvu)),
-                metrics.seconds
-            );
-            let previous = position.epochs.last().map(|e| e.fvu);
-            position.epochs.push(metrics);
-            position.epoch += 1;
-            position.batch = 0;
-            epoch_usage.iter_mut().for_each(|u| *u = 0);
-            position.seconds = elapsed(&started);
-            if let Some(dir) = &self.checkpoint_dir {
-                save_checkpoint(
-                    gpu,
-                    dir,
-                    &config,
-                    &atoms,
-                    &memory,
-                    &data_mean,
-                    &position,
-                    &epoch_usage,
-                )?;
-            }
-            if let Some(reason) = stop_after_epoch {
-                stop = reason;
-                break;
-            }
-            let fvu = position.epochs.last().unwrap().fvu;
-            if let (Some(tolerance), Some(previous)) = (config.tolerance, previous) {
-                if previous - fvu < tolerance * previous {
-                    stop = StopReason::Converged;
+                let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
+                let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();
+                let coherence = gpu.coherence(&atoms)?;
+                let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
+                let eval = match self.eval {
+                    Some(eval) => {
+                        let dictionary = Dictionary {
+                            atoms: gpu.read_matrix(&atoms)?,
+                            n_atoms,
+                            d,
+                            mean: b_dec(&config, &data_mean),
+                            metadata: Default::default(),
+                        };
+                        Some(evaluate(gpu, &dictionary, eval, coding, batch_size)?)
+                    }
+                    None => None,
+                };
+                let sums = std::mem::take(&mut position.sums);
+                let metrics = EpochMetrics {
+                    epoch,
+                    batches: sums.batches,
+                    samples: sums.samples,
+                    fvu: ratio(sums.residual, sums.variance),
+                    relative_residual: sums.relative / sums.samples.max(1) as f64,
+                    l0: sums.l0 / sums.samples.max(1) as f64,
+                    dead_atoms: dead.len(),
+                    rare_atoms: rare.len() - dead.len(),
+                    reseeded,
+                    duplicates: purged.len(),
+                    purged: purged_changed,
+                    coherence,
+                    eval,
+                    seconds: sums.seconds + hygiene_started.elapsed().as_secs_f64(),
+                };
+                log::info!(
+                    "epoch {epoch}: FVU {:.4}, L0 {:.2}, {} dead and {} rare atoms re-seeded, {} \
+                     duplicates purged, coherence {:.3}{}, {:.1} s",
+                    metrics.fvu,
+                    metrics.l0,
+                    metrics.dead_atoms,
+                    metrics.rare_atoms,
+                    metrics.purged,
+                    metrics.coherence,
+                    metrics
+                        .eval
+                        .map_or(String::new(), |s| format!(", eval FVU {:.4}", s.fvu)),
+                    metrics.seconds
+                );
+                let previous = position.epochs.last().map(|e| e.fvu);
+                position.epochs.push(metrics);
+                position.epoch += 1;
+                position.batch = 0;
+                epoch_usage.iter_mut().for_each(|u| *u = 0);
+                position.seconds = elapsed(&started);
+                if let Some(dir) = &self.checkpoint_dir {
+                    save_checkpoint(
+                        gpu,
+                        dir,
+                        &config,
+                        &atoms,
+                        &memory,
+                        &data_mean,
+                        &position,
+                        &epoch_usage,
+                    )?;
+                    last_checkpoint =
+                        Some((dir.join(CHECKPOINT_FILE), position.epoch, position.batch));
+                }
+                if let Some(reason) = stop_after_epoch {
+                    stop = reason;
+                    break;
+                }
+                let fvu = position.epochs.last().unwrap().fvu;
+                if let (Some(tolerance), Some(previous)) = (config.tolerance, previous) {
+                    if previous - fvu < tolerance * previous {
+                        stop = StopReason::Converged;
+                        break;
+                    }
+                }
+                if config
+                    .time_limit
+                    .is_some_and(|limit| position.seconds >= limit.as_secs_f64())
+                    && position.epoch < config.epochs
+                {
+                    stop = StopReason::TimeLimit;
                     break;
                 }
             }
-            if config
-                .time_limit
-                .is_some_and(|limit| position.seconds >= limit.as_secs_f64())
-                && position.epoch < config.epochs
-            {
-                stop = StopReason::TimeLimit;
-                break;
-            }
+            Ok(())
+        };
+        if let Err(cause) = run() {
+            return Err(training_error(
+                cause,
+                self.checkpoint_dir.as_deref(),
+                last_checkpoint,
+            ));
         }
 
         let mut metadata = std::collections::HashMap::new();
@@ -1098,6 +1150,31 @@ pub(crate) fn rare_atoms(usage: &[u32], fraction: f64) -> Vec<usize> {
         .collect()
 }
 
+/// `cause`, which stopped training, with what is kept: the last checkpoint and how to continue.
+fn training_error(
+    cause: Error,
+    checkpoint_dir: Option<&Path>,
+    last: Option<(PathBuf, usize, usize)>,
+) -> Error {
+    let checkpoint = match (&last, checkpoint_dir) {
+        (Some((path, epoch, batch)), _) => format!(
+            "the last checkpoint is {} (epoch {epoch}, batch {batch}): continue from it with \
+             `dbksvd train --resume` (Trainer::resume_from)",
+            path.display()
+        ),
+        (None, Some(dir)) => format!(
+            "no checkpoint was written to {} yet: the run must start again",
+            dir.display()
+        ),
+        (None, None) => "no checkpoint folder was set: the run must start again".into(),
+    };
+    Error::Training {
+        cause: Box::new(cause),
+        checkpoint,
+        checkpoint_path: last.map(|(path, ..)| path),
+    }
+}
+
 /// The seed of update number `step`'s atom order.
 pub(crate) fn update_seed(seed: u64, step: usize) -> u64 {
     // SplitMix64 of (seed, step): distinct, well-mixed streams per update.
@@ -1308,8 +1385,11 @@ pub fn evaluate(
     })
 }
 
-/// A checkpoint as read back.
-struct Checkpoint {
+/// A training checkpoint ([`CHECKPOINT_FILE`]) as read back: what [`Trainer::resume_from`]
+/// continues from. Loading checks the format tag, the JSON metadata and every tensor's dtype,
+/// shape and finiteness, so a damaged file is an error naming it, never a panic.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
     config: TrainConfig,
     atoms: Vec<f32>,
     /// The atom memory [K, d].
@@ -1321,7 +1401,34 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn load(path: &Path) -> Result<Self> {
+    /// The run's configuration (batch size and atom memory as resolved by training).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The atoms [K, d] at the checkpoint, row-major.
+    pub fn atoms(&self) -> &[f32] {
+        &self.atoms
+    }
+
+    /// The data mean \[d\] the run centres with.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// Sample dimension d.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Where the run stands: (epoch in progress, batches of it done, updates done in all).
+    pub fn position(&self) -> (usize, usize, usize) {
+        (self.position.epoch, self.position.batch, self.position.step)
+    }
+
+    /// Reads and validates a checkpoint file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let file = SafetensorsFile::read(path)?;
         let metadata = file.metadata()?;
         let format: String = file.meta(&metadata, "format")?;

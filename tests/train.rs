@@ -41,7 +41,7 @@ fn planted_dictionary_is_recovered() {
     let source = InMemory::new(samples, d).unwrap();
     let mut config = TrainConfig::new(n_atoms, k);
     config.epochs = 10;
-    config.batch_size = 2048;
+    config.batch_size = Some(2048);
     config.seed = 3;
     let result = Trainer::new(gpu, config).fit(&source).unwrap();
     let fraction = synthetic::recovered(&truth, &result.dictionary.atoms, d, 0.99);
@@ -87,7 +87,7 @@ fn reference_setup(
     let source = InMemory::new(samples, d).unwrap();
     let mut config = TrainConfig::new(40, 3);
     config.epochs = epochs;
-    config.batch_size = 200;
+    config.batch_size = Some(200);
     config.atom_batch = 8;
     config.power_iterations = 300;
     config.rare_atom_fraction = rare_atom_fraction;
@@ -160,7 +160,7 @@ fn resume_is_bit_identical() {
     let source = minilm(700);
     let mut config = TrainConfig::new(40, 4);
     config.epochs = 2;
-    config.batch_size = 128;
+    config.batch_size = Some(128);
     config.seed = 9;
     config.checkpoint_every = Some(2);
     let whole = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
@@ -235,7 +235,7 @@ fn atom_memory_spans_at_most_an_epoch() {
     for (batch, want) in [(512, 0.0), (128, 0.75), (64, 0.8)] {
         let mut config = TrainConfig::new(16, 2);
         config.epochs = 1;
-        config.batch_size = batch;
+        config.batch_size = Some(batch);
         let result = Trainer::new(gpu, config).fit(&source).unwrap();
         assert_eq!(result.config.atom_memory, want, "batch {batch}");
     }
@@ -300,7 +300,7 @@ fn bad_configurations_are_errors() {
         ),
         (
             TrainConfig {
-                batch_size: 0,
+                batch_size: Some(0),
                 ..good.clone()
             },
             "batch size",
@@ -394,7 +394,7 @@ fn outputs_load_back_and_follow_saelens() {
     let source = minilm(300);
     let mut config = TrainConfig::new(16, 3);
     config.epochs = 2;
-    config.batch_size = 100;
+    config.batch_size = Some(100);
     let result = Trainer::new(gpu, config).fit(&source).unwrap();
     let dir = tempfile::tempdir().unwrap();
     result

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
-use dbksvd::encode::{Coder, CodingOptions, SparseCodes};
+use dbksvd::encode::{Coder, CodingOptions};
 use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
 use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
@@ -72,12 +72,12 @@ struct TrainArgs {
     /// Passes over the data.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
-    /// Samples per batch (lowered to what the adapter can update, on lavapipe).
-    #[arg(long, default_value_t = 4096)]
-    batch: usize,
-    /// Atoms updated in parallel.
-    #[arg(long, default_value_t = 32)]
-    atom_batch: usize,
+    /// Samples per batch [default: the largest up to 4096 that the adapter holds].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Atoms updated in parallel, at most --atoms [default: 32, or K if smaller].
+    #[arg(long)]
+    atom_batch: Option<usize>,
     /// Power iterations per atom update.
     #[arg(long, default_value_t = 1)]
     power_iters: usize,
@@ -160,6 +160,10 @@ struct DeviceArgs {
     /// Cap storage bindings at this many bytes (DBKSVD_MAX_BINDING_SIZE).
     #[arg(long)]
     max_binding_size: Option<u64>,
+    /// Cap buffers at this many bytes, e.g. below what a driver over-reports
+    /// (DBKSVD_MAX_BUFFER_SIZE).
+    #[arg(long)]
+    max_buffer_size: Option<u64>,
 }
 
 impl DeviceArgs {
@@ -174,6 +178,9 @@ impl DeviceArgs {
         options.low_power |= self.low_power;
         if self.max_binding_size.is_some() {
             options.max_binding_size = self.max_binding_size;
+        }
+        if self.max_buffer_size.is_some() {
+            options.max_buffer_size = self.max_buffer_size;
         }
         Ok(options)
     }
@@ -298,7 +305,7 @@ fn ours(name: &str) -> bool {
     matches!(
         name,
         DICTIONARY_FILE | CHECKPOINT_FILE | "sae" | "trace.csv" | "trace.svg" | "epochs.csv"
-    ) || (name.starts_with('.') && name.contains(".tmp-"))
+    ) || export::is_temporary(name)
 }
 
 fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
@@ -320,23 +327,15 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
             )));
         }
     }
+    // Temporaries of an interrupted earlier run (killed while writing) are ours and useless.
+    export::remove_temporaries(&args.out)?;
     let source = open_data(&args.data)?;
-    let gpu = Gpu::with_options(&args.device.options()?)?;
     let mut config = TrainConfig::new(args.atoms, args.k);
     config.epochs = args.epochs;
     config.batch_size = args.batch;
-    if let Some(most) = gpu.max_update_batch(source.dim()) {
-        if config.batch_size > most {
-            eprintln!(
-                "note: batch {} lowered to {most}, the most {} can update at d = {}",
-                config.batch_size,
-                gpu.adapter().name,
-                source.dim()
-            );
-            config.batch_size = most;
-        }
+    if let Some(atom_batch) = args.atom_batch {
+        config.atom_batch = atom_batch;
     }
-    config.atom_batch = args.atom_batch;
     config.power_iterations = args.power_iters;
     config.atom_memory = args.memory;
     config.coder = coder(args.coder);
@@ -365,7 +364,9 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
         }
         config.init = Init::Dictionary(start.atoms);
     }
-    config.validate()?;
+    // Configuration and data errors come before the device is opened.
+    config.validate_for(source.rows(), source.dim(), &source.name())?;
+    let gpu = Gpu::with_options(&args.device.options()?)?;
     let eval = match (&args.eval, &args.eval_rows) {
         (None, None) => None,
         (file, rows) => Some(open_data(&DataArgs {
@@ -394,8 +395,7 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
         source.dim(),
         gpu.adapter().name
     );
-    let total = config.epochs as u64 * config.order().batches_per_epoch(source.rows()) as u64;
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {msg}  ETA {eta}")
             .expect("valid template"),
@@ -403,6 +403,7 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     let mut trainer = Trainer::new(&gpu, config)
         .checkpoint_to(&args.out)
         .on_batch(|p| {
+            bar.set_length(p.total as u64);
             bar.set_position(p.done as u64);
             bar.set_message(format!(
                 "epoch {} FVU {:.4} L0 {:.1}",
@@ -416,8 +417,10 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     if let Some(eval) = &eval {
         trainer = trainer.evaluate_on(eval.as_ref());
     }
-    let result = trainer.fit(&source)?;
+    let result = trainer.fit(&source);
+    // The error line must not share the terminal line with the bar.
     bar.finish_and_clear();
+    let result = result?;
     result.write_outputs(&args.out, &SaeLensNames::default())?;
     if let Some(last) = result.epochs.last() {
         println!(
@@ -460,27 +463,25 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
         return Err(Error::InvalidArgument("encode needs --data".into()));
     }
     let source = open_data(&args.data)?;
-    let gpu = Gpu::with_options(&args.device.options()?)?;
     let coding = match coder(args.coder) {
         Coder::Omp => CodingOptions::omp(k),
         Coder::Mp { refit } => CodingOptions::mp(k, refit),
     };
-    let encoder = dictionary.encoder(&gpu, coding)?;
-    let batch = 8192.min(source.rows().max(1));
-    let mut codes = SparseCodes {
-        n: 0,
-        k,
-        indices: Vec::new(),
-        values: Vec::new(),
-        residual_energy: Vec::new(),
-    };
-    for b in source.batches(&data::BatchOrder::sequential(batch), 0)? {
-        let part = encoder.encode(&b?.data)?;
-        codes.n += part.n;
-        codes.indices.extend(part.indices);
-        codes.values.extend(part.values);
-        codes.residual_energy.extend(part.residual_energy);
+    coding.validate()?;
+    if source.dim() != dictionary.d {
+        return Err(Error::ShapeMismatch {
+            op: format!(
+                "encoding {} with {} (data vs dictionary)",
+                source.name(),
+                args.dict.display()
+            ),
+            left: format!("d = {}", source.dim()),
+            right: format!("d = {}", dictionary.d),
+        });
     }
+    let gpu = Gpu::with_options(&args.device.options()?)?;
+    let encoder = dictionary.encoder(&gpu, coding)?;
+    let codes = encoder.encode_source(source.as_ref())?;
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("dictionary".into(), args.dict.display().to_string());
     metadata.insert("data".into(), source.name());
@@ -496,6 +497,28 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // A panic is a bug in dbksvd, never the user's input: one line that says so, no backtrace
+    // unless asked for with RUST_BACKTRACE.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!(
+            "error: internal error in dbksvd (a bug, please report it): {}{place}",
+            one_line(&message)
+        );
+    }));
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Devices(args) => devices(args),
@@ -509,8 +532,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `text` on one line: an error is one line on the terminal and in logs.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -4,7 +4,6 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use super::Gpu;
 use crate::error::{shape, Error, Result};
@@ -64,6 +63,11 @@ impl<T: Pod> GpuBuffer<T> {
     }
 }
 
+/// `len` bytes rounded up to the 4-byte copy alignment, at least 4.
+fn padded_len(len: usize) -> u64 {
+    (len.max(4).div_ceil(4) * 4) as u64
+}
+
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
@@ -71,7 +75,7 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 impl Gpu {
     /// Bytes for `len` elements of `T`, padded to the 4-byte copy alignment, checked against
     /// the device's buffer limit.
-    fn buffer_bytes<T: Pod>(&self, len: usize, what: &str) -> Result<u64> {
+    pub(crate) fn buffer_bytes<T: Pod>(&self, len: usize, what: &str) -> Result<u64> {
         let bytes = (len as u128) * (std::mem::size_of::<T>() as u128);
         let padded = bytes.max(4).div_ceil(4) * 4;
         let limit = self.limits().max_buffer_size;
@@ -81,35 +85,47 @@ impl Gpu {
                 requested: u64::try_from(padded).unwrap_or(u64::MAX),
                 limit_name: "max_buffer_size",
                 limit,
+                largest_batch: None,
             });
         }
         Ok(padded as u64)
     }
 
+    /// A new buffer holding `contents` (zero-padded to the 4-byte copy alignment), for `usage`.
+    ///
+    /// Written through the queue rather than mapped at creation: wgpu's `create_buffer_init`
+    /// panics when the device is lost, where a queue write becomes an error the scope reports.
+    pub(crate) fn buffer_init(
+        &self,
+        label: &str,
+        contents: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let size = padded_len(contents.len());
+        let buffer = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !contents.is_empty() {
+            if contents.len() as u64 == size {
+                self.queue().write_buffer(&buffer, 0, contents);
+            } else {
+                let mut padded = contents.to_vec();
+                padded.resize(size as usize, 0);
+                self.queue().write_buffer(&buffer, 0, &padded);
+            }
+        }
+        buffer
+    }
+
     /// Copies `data` into a new device buffer.
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
         let bytes = self.buffer_bytes::<T>(data.len(), "upload")?;
-        let buffer = self.scoped(|| {
-            let raw: &[u8] = bytemuck::cast_slice(data);
-            Ok(if raw.len() as u64 == bytes {
-                self.device()
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("dbksvd upload"),
-                        contents: raw,
-                        usage: USAGE,
-                    })
-            } else {
-                // Pad to the copy alignment (e.g. an empty or odd-sized u8/u16 slice).
-                let mut padded = raw.to_vec();
-                padded.resize(bytes as usize, 0);
-                self.device()
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("dbksvd upload"),
-                        contents: &padded,
-                        usage: USAGE,
-                    })
-            })
-        })?;
+        debug_assert_eq!(bytes, padded_len(std::mem::size_of_val(data)));
+        let buffer = self
+            .scoped(|| Ok(self.buffer_init("dbksvd upload", bytemuck::cast_slice(data), USAGE)))?;
         Ok(GpuBuffer {
             buffer,
             len: data.len(),
@@ -284,15 +300,8 @@ impl Gpu {
             let at = i * stride as usize;
             bytes[at..at + size as usize].copy_from_slice(bytemuck::bytes_of(record));
         }
-        let buffer = self.scoped(|| {
-            Ok(self
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: &bytes,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                }))
-        })?;
+        let buffer =
+            self.scoped(|| Ok(self.buffer_init(label, &bytes, wgpu::BufferUsages::UNIFORM)))?;
         Ok(UniformRecords {
             buffer,
             stride,
@@ -373,7 +382,7 @@ impl Gpu {
     }
 
     /// Kernels bind whole rows, so one row must fit a binding even after alignment slack.
-    fn check_row_fits(&self, rows: usize, cols: usize) -> Result<()> {
+    pub(crate) fn check_row_fits(&self, rows: usize, cols: usize) -> Result<()> {
         let limits = self.limits();
         let row_bytes = cols as u64 * 4;
         let usable = limits
@@ -385,6 +394,7 @@ impl Gpu {
                 requested: row_bytes,
                 limit_name: "max_storage_buffer_binding_size",
                 limit: usable,
+                largest_batch: None,
             });
         }
         Ok(())

@@ -16,6 +16,13 @@ use super::sparse::SparseKernels;
 /// driver's limit that the adapter over-reports.
 pub const MAX_BINDING_ENV: &str = "DBKSVD_MAX_BINDING_SIZE";
 
+/// Environment variable that caps the buffer size dbksvd plans with (bytes).
+///
+/// For drivers that report more memory per buffer than they can allocate, and for testing what
+/// happens on small devices: dictionaries, Gram matrices and batches beyond it are refused with
+/// [`Error::ExceedsLimit`], and the trainer picks a batch below it.
+pub const MAX_BUFFER_ENV: &str = "DBKSVD_MAX_BUFFER_SIZE";
+
 /// How to choose and configure the GPU.
 ///
 /// [`GpuOptions::from_env`] reads the usual wgpu variables, so `WGPU_BACKEND=vulkan` and
@@ -30,27 +37,31 @@ pub struct GpuOptions {
     pub low_power: bool,
     /// Upper bound for one storage binding in bytes, below the device limit (see [`MAX_BINDING_ENV`]).
     pub max_binding_size: Option<u64>,
+    /// Upper bound for one buffer in bytes, below the device limit (see [`MAX_BUFFER_ENV`]).
+    pub max_buffer_size: Option<u64>,
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and [`MAX_BINDING_ENV`].
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, [`MAX_BINDING_ENV`]
+    /// and [`MAX_BUFFER_ENV`].
     ///
-    /// An unparsable [`MAX_BINDING_ENV`] is an error rather than silently ignored.
+    /// An unparsable byte count is an error rather than silently ignored.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let max_binding_size = match var(MAX_BINDING_ENV) {
-            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+        let bytes = |name: &str| match var(name) {
+            Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
                 Error::InvalidArgument(format!(
-                    "{MAX_BINDING_ENV}={v:?} is not a byte count (a positive integer)"
+                    "{name}={v:?} is not a byte count (a positive integer)"
                 ))
-            })?),
-            None => None,
+            }),
+            None => Ok(None),
         };
         Ok(Self {
             backends: var("WGPU_BACKEND"),
             adapter_name: var("WGPU_ADAPTER_NAME"),
             low_power: var("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
-            max_binding_size,
+            max_binding_size: bytes(MAX_BINDING_ENV)?,
+            max_buffer_size: bytes(MAX_BUFFER_ENV)?,
         })
     }
 
@@ -110,7 +121,7 @@ pub struct DeviceLimits {
     /// Largest binding dbksvd uses: the granted size, lowered by any user cap and to what a
     /// 32-bit element index can address.
     pub planned_binding_size: u64,
-    /// Largest buffer (bytes).
+    /// Largest buffer dbksvd allocates (bytes): the granted size, lowered by any user cap.
     pub max_buffer_size: u64,
     /// Workgroup memory per workgroup (bytes).
     pub max_compute_workgroup_storage_size: u32,
@@ -142,11 +153,22 @@ impl DeviceLimits {
     fn check_cap(&self, cap: u64) -> Result<()> {
         if cap < self.binding_alignment() + 4 {
             return Err(Error::InvalidArgument(format!(
-                "max binding size {cap} bytes is too small: bindings start at multiples of                  min_storage_buffer_offset_alignment = {} bytes, so at least {} are needed",
+                "max binding size {cap} bytes is too small: bindings start at multiples of \
+                 min_storage_buffer_offset_alignment = {} bytes, so at least {} are needed",
                 self.min_storage_buffer_offset_alignment,
                 self.binding_alignment() + 4
             )));
         }
+        Ok(())
+    }
+}
+
+impl DeviceLimits {
+    /// Lowers the buffer size to `cap` (and bindings with it).
+    fn cap_buffer(&mut self, cap: u64) -> Result<()> {
+        self.check_cap(cap)?;
+        self.max_buffer_size = self.max_buffer_size.min(cap & !3);
+        self.planned_binding_size = self.planned_binding_size.min(self.max_buffer_size);
         Ok(())
     }
 }
@@ -160,6 +182,7 @@ impl Gpu {
                 requested: iterations,
                 limit_name: "max_loop_iterations (llvmpipe's per-invocation loop cap)",
                 limit: cap,
+                largest_batch: None,
             }),
             _ => Ok(()),
         }
@@ -334,6 +357,9 @@ impl Gpu {
             limits.check_cap(cap)?;
             limits.planned_binding_size = limits.planned_binding_size.min(cap & !3);
         }
+        if let Some(cap) = options.max_buffer_size {
+            limits.cap_buffer(cap)?;
+        }
         log::info!(
             "dbksvd GPU: {} ({}, {}), binding {} B (planned {} B), buffer {} B",
             summary.name,
@@ -371,6 +397,25 @@ impl Gpu {
             inner: Arc::clone(&self.inner),
             limits,
         })
+    }
+
+    /// The same device, allocating buffers of at most `bytes` (rounded down to 4; bindings are
+    /// capped to it too). Shares pipelines and buffers with `self`, like
+    /// [`Gpu::with_max_binding_size`]; tests use it to play a device with little memory.
+    pub fn with_max_buffer_size(&self, bytes: u64) -> Result<Self> {
+        let mut limits = self.limits.clone();
+        limits.cap_buffer(bytes)?;
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        })
+    }
+
+    /// Destroys the device, as a driver reset or a lost GPU would: every later call on this
+    /// context (and its clones) returns [`Error::DeviceLost`] instead of hanging. Device memory
+    /// is freed at once. For testing fault handling, and for giving the GPU back early.
+    pub fn destroy(&self) {
+        self.device().destroy();
     }
 
     /// The adapter this context runs on.
@@ -416,18 +461,41 @@ impl Gpu {
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let out = f();
+        // wgpu panics on a few calls once the device is lost; that is an error, not a crash.
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         // Pop in reverse order of pushing; on native the futures are already resolved.
         let errors = [
             pollster::block_on(validation.pop()),
             pollster::block_on(internal.pop()),
             pollster::block_on(oom.pop()),
         ];
-        if let Some(e) = errors.into_iter().flatten().next() {
+        let failed = errors.into_iter().flatten().next();
+        if failed.is_some() || out.is_err() {
+            // After a loss every call fails with some validation error; the loss is the news.
+            self.check_lost()?;
+        }
+        if let Some(e) = failed {
             return Err(convert(e));
         }
         self.check()?;
-        out
+        match out {
+            Ok(out) => out,
+            Err(payload) => Err(Error::GpuValidation(format!(
+                "wgpu failed: {}",
+                panic_message(payload.as_ref())
+            ))),
+        }
+    }
+
+    /// Device loss, if the device reports it: callbacks run by a non-blocking poll first.
+    fn check_lost(&self) -> Result<()> {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.device().poll(wgpu::PollType::Poll)
+        }));
+        match self.inner.sink.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(lost) => Err(Error::DeviceLost(lost)),
+            None => Ok(()),
+        }
     }
 
     /// Returns the first error wgpu reported outside a scope, or device loss, if any.
@@ -466,6 +534,15 @@ impl Gpu {
             )),
         }
     }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn convert(e: wgpu::Error) -> Error {

@@ -139,6 +139,7 @@ impl GemmKernels {
                 requested: invocations as u64,
                 limit_name: "max_compute_invocations_per_workgroup",
                 limit: limits.max_compute_invocations_per_workgroup as u64,
+                largest_batch: None,
             });
         }
         let shared = (TILE_K * (WG_Y * TM + WG_X * TN) * 4) as u64;
@@ -148,6 +149,7 @@ impl GemmKernels {
                 requested: shared,
                 limit_name: "max_compute_workgroup_storage_size",
                 limit: limits.max_compute_workgroup_storage_size as u64,
+                largest_batch: None,
             });
         }
 
@@ -308,6 +310,7 @@ fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Resul
         requested: cols as u64 * 4,
         limit_name: "max_storage_buffer_binding_size",
         limit: space.binding.saturating_sub(space.align - 4),
+        largest_batch: None,
     })
 }
 

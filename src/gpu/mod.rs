@@ -20,7 +20,9 @@ pub(crate) mod sparse;
 pub(crate) mod step;
 
 pub use buffer::{GpuBuffer, Matrix};
-pub use context::{list_adapters, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV};
+pub use context::{
+    list_adapters, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV, MAX_BUFFER_ENV,
+};
 pub use gemm::{GemmKernel, GemmParams, Product};
 pub use power::{CodedBatch, UpdateOptions};
 pub use reduce::Reseeded;

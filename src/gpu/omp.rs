@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::buffer::{binding, rows_per_window, window, Window};
 use super::{Gpu, GpuBuffer, Matrix};
@@ -72,6 +71,7 @@ impl OmpKernels {
                 requested: WG as u64,
                 limit_name: "max_compute_invocations_per_workgroup",
                 limit: limits.max_compute_invocations_per_workgroup as u64,
+                largest_batch: None,
             });
         }
         gpu.scoped(|| {
@@ -136,6 +136,7 @@ impl OmpKernels {
                     .map_or(u64::MAX, workgroup_bytes),
                 limit_name: "max_compute_workgroup_storage_size",
                 limit,
+                largest_batch: None,
             })?;
         let mut cache = self
             .by_capacity
@@ -199,6 +200,7 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
             requested: (n_atoms as u64 * n_atoms as u64 * 4).div_ceil(MAX_G_BLOCKS as u64),
             limit_name: "max_storage_buffer_binding_size",
             limit: limits.planned_binding_size,
+            largest_batch: None,
         });
     }
     let windows = (0..blocks)
@@ -211,6 +213,39 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
         rows_per_block,
         windows,
     })
+}
+
+/// Checks that coding with `options` against K = `n_atoms` atoms of dimension `d` fits the
+/// device whatever the batch: the Gram matrix's bindings, the kernel's workgroup memory for k
+/// slots and, on llvmpipe, the per-invocation loop cap. Builds no pipeline.
+pub(crate) fn check_coding_fits(
+    gpu: &Gpu,
+    n_atoms: usize,
+    d: usize,
+    options: &CodingOptions,
+) -> Result<()> {
+    let max_atoms = options.max_atoms(n_atoms, d).max(1);
+    gpu.check_loop_budget(
+        &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
+        loop_iterations(options.coder, n_atoms, max_atoms),
+    )?;
+    plan_gram(gpu, n_atoms)?;
+    let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
+    let needed = CAPACITIES
+        .iter()
+        .copied()
+        .find(|&c| c as usize >= max_atoms)
+        .map_or(u64::MAX, workgroup_bytes);
+    if needed > limit {
+        return Err(Error::ExceedsLimit {
+            what: format!("sparse coding with k = {max_atoms} (workgroup bytes)"),
+            requested: needed,
+            limit_name: "max_compute_workgroup_storage_size",
+            limit,
+            largest_batch: None,
+        });
+    }
+    Ok(())
 }
 
 /// Loop iterations one invocation (invocation 0, which also runs the small solves) executes for
@@ -299,6 +334,7 @@ impl Gpu {
                 requested: batch as u64,
                 limit_name: "max_storage_buffer_binding_size",
                 limit: fits as u64,
+                largest_batch: None,
             });
         }
         let max_atoms = options.max_atoms(n_atoms, d);
@@ -333,11 +369,11 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
-            let uniforms = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("omp params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+            let uniforms = self.buffer_init(
+                "omp params",
+                bytemuck::bytes_of(&params),
+                wgpu::BufferUsages::UNIFORM,
+            );
             // Unused G slots repeat the first block: every binding must be valid.
             let g_window = |slot: usize| g.windows.get(slot).copied().unwrap_or(g.windows[0]);
             let alpha_window = window(n_atoms, 0, batch, align);

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::power::CodedBatch;
 use super::sparse::{compute_pipeline, groups};
@@ -233,12 +232,11 @@ impl Gpu {
     }
 
     fn params_buffer(&self, params: Params) -> wgpu::Buffer {
-        self.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("reduce params"),
-                contents: bytemuck::bytes_of(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.buffer_init(
+            "reduce params",
+            bytemuck::bytes_of(&params),
+            wgpu::BufferUsages::UNIFORM,
+        )
     }
 
     /// Removes the `flagged` atoms marked in `flags` from the codes and re-seeds them.

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
@@ -13,7 +12,7 @@ const SHADER: &str = include_str!("../../shaders/sparse.wgsl");
 const WG: u32 = 64;
 /// Samples per chunk of the transpose: each chunk is walked in order by one invocation, so a
 /// smaller chunk means more parallel chunks but a larger [chunks, K] count table.
-const CHUNK: u32 = 64;
+pub(crate) const CHUNK: u32 = 64;
 
 /// Mirrors `Params` in sparse.wgsl.
 #[repr(C)]
@@ -195,13 +194,11 @@ impl Gpu {
             _pad: [0; 2],
         };
         self.scoped(|| {
-            let uniforms = self
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("unpack params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let uniforms = self.buffer_init(
+                "unpack params",
+                bytemuck::bytes_of(&params),
+                wgpu::BufferUsages::UNIFORM,
+            );
             let group = bind(
                 self,
                 &kernels.unpack,
@@ -270,13 +267,11 @@ impl Gpu {
             _pad: [0; 2],
         };
         self.scoped(|| {
-            let uniforms = self
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("sparse params"),
-                    contents: bytemuck::bytes_of(&params),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+            let uniforms = self.buffer_init(
+                "sparse params",
+                bytemuck::bytes_of(&params),
+                wgpu::BufferUsages::UNIFORM,
+            );
             let u = &uniforms;
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
             let residual_group = bind(

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::power::CodedBatch;
 use super::{GemmParams, Gpu, GpuBuffer, Matrix, UpdateOptions};
 use crate::encode::CodingOptions;
-use crate::error::{Error, Result};
+use crate::error::{shape, Error, Result};
 
 /// Device buffers for sample batches of one size.
 pub(crate) struct StepBuffers {
@@ -54,7 +54,141 @@ pub(crate) struct StepOutput {
     pub update_s: f64,
 }
 
+/// The largest training batch a device takes, and the limit that bounds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BatchFit {
+    /// Samples.
+    pub largest: usize,
+    /// The wgpu limit that bounds it.
+    pub limit_name: &'static str,
+    /// That limit's value.
+    pub limit: u64,
+    /// What reaches the limit first, e.g. `correlations [B, K]`.
+    pub bound_by: String,
+}
+
+impl BatchFit {
+    /// The error for a batch of `requested` samples, which does not fit.
+    pub(crate) fn exceeded(&self, requested: usize, n_atoms: usize, d: usize, k: usize) -> Error {
+        Error::ExceedsLimit {
+            what: format!(
+                "a training batch at K = {n_atoms}, d = {d}, k = {k} (samples; {} bounds it)",
+                self.bound_by
+            ),
+            requested: requested as u64,
+            limit_name: self.limit_name,
+            limit: self.limit,
+            largest_batch: Some(self.largest),
+        }
+    }
+}
+
 impl Gpu {
+    /// The largest sample batch a training step takes on this device for K = `n_atoms` atoms of
+    /// dimension `d` coded with `coding`. Every step buffer must fit `max_buffer_size` (samples
+    /// and residual [B, d], correlations [B, K], codes [B, 2k + 1], user lists [2Bk]); the
+    /// correlations and codes must each fit one binding for the coding kernel; on llvmpipe the
+    /// update's loop cap bounds the users of one atom. When the dictionary itself does not fit
+    /// (its atoms, its Gram matrix, the coding kernel for k), no batch does: `ExceedsLimit`
+    /// naming what does not fit.
+    pub fn max_train_batch(
+        &self,
+        n_atoms: usize,
+        d: usize,
+        coding: &CodingOptions,
+    ) -> Result<usize> {
+        self.train_batch_fit(n_atoms, d, coding)
+            .map(|fit| fit.largest)
+    }
+
+    pub(crate) fn train_batch_fit(
+        &self,
+        n_atoms: usize,
+        d: usize,
+        coding: &CodingOptions,
+    ) -> Result<BatchFit> {
+        let k = coding.k;
+        let square = |rows: usize, cols: usize, what: &str| -> Result<()> {
+            let len = rows.checked_mul(cols).ok_or_else(|| {
+                Error::InvalidArgument(format!("{what} {} overflows", shape(rows, cols)))
+            })?;
+            self.buffer_bytes::<f32>(len, &format!("{what} {}", shape(rows, cols)))?;
+            self.check_row_fits(rows, cols)
+        };
+        // What does not depend on the batch: atoms, atom memory and power iterates [K, d], the
+        // Gram matrix [K, K], and the coding kernel.
+        square(n_atoms, d, "dictionary")?;
+        square(n_atoms, n_atoms, "Gram matrix")?;
+        super::omp::check_coding_fits(self, n_atoms, d, coding)?;
+
+        let limits = self.limits();
+        let words = (self.limits().max_buffer_size / 4) as usize;
+        let widest = [
+            (d, "samples and residual [B, d]"),
+            (n_atoms, "correlations [B, K]"),
+            (super::omp::code_words(k), "packed codes [B, 2k + 1]"),
+            (2 * k, "code slots [2Bk]"),
+        ];
+        let mut bounds: Vec<(usize, &'static str, u64, String)> = widest
+            .iter()
+            .map(|&(width, what)| {
+                (
+                    words / width.max(1),
+                    "max_buffer_size",
+                    limits.max_buffer_size,
+                    what.to_string(),
+                )
+            })
+            .collect();
+        bounds.push((
+            (words / n_atoms.max(1)).saturating_mul(super::sparse::CHUNK as usize),
+            "max_buffer_size",
+            limits.max_buffer_size,
+            format!("atom counts [B/{}, K]", super::sparse::CHUNK),
+        ));
+        bounds.push((
+            words.saturating_sub(n_atoms + 1) / 2,
+            "max_buffer_size",
+            limits.max_buffer_size,
+            "the metrics readback [K + 1 + 2B]".into(),
+        ));
+        bounds.push((
+            super::omp::max_batch(self, n_atoms, k),
+            "max_storage_buffer_binding_size",
+            limits.planned_binding_size,
+            "one coding dispatch (correlations and codes in one binding each)".into(),
+        ));
+        if let Some(most) = self.max_update_batch(d) {
+            bounds.push((
+                most,
+                "max_loop_iterations (llvmpipe's per-invocation loop cap)",
+                limits.max_loop_iterations.unwrap_or(0),
+                "the update of an atom every sample uses".into(),
+            ));
+        }
+        let (largest, limit_name, limit, bound_by) = bounds
+            .into_iter()
+            .min_by_key(|b| b.0)
+            .expect("bounds are never empty");
+        if largest == 0 {
+            return Err(Error::ExceedsLimit {
+                what: format!(
+                    "one training sample at K = {n_atoms}, d = {d}, k = {k} ({bound_by})"
+                ),
+                requested: 1,
+                limit_name,
+                limit,
+                largest_batch: None,
+            });
+        }
+        Ok(BatchFit {
+            largest,
+            limit_name,
+            limit,
+            bound_by,
+        })
+    }
+
     /// Buffers for batches of `n` samples of dimension `d`, `k` slots, `n_atoms` atoms.
     pub(crate) fn step_buffers(
         &self,

@@ -83,7 +83,11 @@ impl ReferenceRun {
         let n_atoms = self.config.atoms;
         let coding = self.config.coding();
         let mut config = self.config.clone();
-        config.batch_size = n.div_ceil(n.div_ceil(config.batch_size));
+        // The batch the trainer uses (the default when none is set: the reference has no device
+        // limits to lower it), evened out as the trainer does.
+        let batch = config.batch_size.unwrap_or(crate::train::DEFAULT_BATCH);
+        let batch = n.div_ceil(n.div_ceil(batch));
+        config.batch_size = Some(batch);
         let order = config.order().epoch(n, epoch as u64).expect("valid order");
         let mut usage = vec![0u64; n_atoms];
         let (mut residual, mut variance) = (0.0, 0.0);
@@ -132,7 +136,7 @@ impl ReferenceRun {
                 .map(|c| c.iter().map(|&j| j as usize).collect())
                 .collect();
             // As the trainer: the memory spans at most an epoch.
-            let longest = 1.0 - 1.0 / n.div_ceil(config.batch_size) as f32;
+            let longest = 1.0 - 1.0 / n.div_ceil(batch) as f32;
             let gamma = self.config.atom_memory.min(longest) as f64;
             let used = state.update_with_memory(&batches, &mut self.memory, gamma);
             for (u, used) in usage.iter_mut().zip(used) {
