@@ -493,6 +493,14 @@ impl<'a> Trainer<'a> {
         // What the device holds: the dictionary must fit whatever the batch, and the batch must
         // fit the step's buffers (and, on lavapipe, the update's loop cap).
         let fit = gpu.train_batch_fit(n_atoms, d, &config.coding())?;
+        // A resumed run without a batch size of its own goes on with the checkpoint's.
+        let checkpoint = match &self.resume {
+            Some(path) => Some((path, Checkpoint::load(path)?)),
+            None => None,
+        };
+        if let (None, Some((_, checkpoint))) = (config.batch_size, &checkpoint) {
+            config.batch_size = checkpoint.config.batch_size;
+        }
         // Equal batches: a short remainder batch would let atoms with one or two users there
         // fit those samples exactly and undo what the full batches learnt.
         let evened = |batch: usize| rows.div_ceil(rows.div_ceil(batch));
@@ -527,10 +535,8 @@ impl<'a> Trainer<'a> {
         }
 
         // Where to start: a checkpoint, or statistics and an initial dictionary.
-        let (atoms_host, memory_host, data_mean, mut position, mut epoch_usage) = match &self.resume
-        {
-            Some(path) => {
-                let checkpoint = Checkpoint::load(path)?;
+        let (atoms_host, memory_host, data_mean, mut position, mut epoch_usage) = match checkpoint {
+            Some((path, checkpoint)) => {
                 config.resumable_with(&checkpoint.config)?;
                 if checkpoint.d != d || checkpoint.position.rows != rows {
                     return Err(Error::ShapeMismatch {
@@ -732,7 +738,7 @@ impl<'a> Trainer<'a> {
                             if (periodic || wants_stop.is_some()) && !epoch_ends {
                                 position.seconds = elapsed(&started);
                                 position.sums.seconds += epoch_started.elapsed().as_secs_f64();
-                                save_checkpoint(
+                                last_checkpoint = Some(save_checkpoint(
                                     gpu,
                                     dir,
                                     &config,
@@ -741,12 +747,7 @@ impl<'a> Trainer<'a> {
                                     &data_mean,
                                     &position,
                                     &epoch_usage,
-                                )?;
-                                last_checkpoint = Some((
-                                    dir.join(CHECKPOINT_FILE),
-                                    position.epoch,
-                                    position.batch,
-                                ));
+                                )?);
                                 position.sums.seconds -= epoch_started.elapsed().as_secs_f64();
                             }
                         }
@@ -854,7 +855,7 @@ impl<'a> Trainer<'a> {
                 epoch_usage.iter_mut().for_each(|u| *u = 0);
                 position.seconds = elapsed(&started);
                 if let Some(dir) = &self.checkpoint_dir {
-                    save_checkpoint(
+                    last_checkpoint = Some(save_checkpoint(
                         gpu,
                         dir,
                         &config,
@@ -863,9 +864,7 @@ impl<'a> Trainer<'a> {
                         &data_mean,
                         &position,
                         &epoch_usage,
-                    )?;
-                    last_checkpoint =
-                        Some((dir.join(CHECKPOINT_FILE), position.epoch, position.batch));
+                    )?);
                 }
                 if let Some(reason) = stop_after_epoch {
                     stop = reason;
@@ -1484,6 +1483,7 @@ impl Checkpoint {
     }
 }
 
+/// Writes the checkpoint into `dir`; returns its path and position (epoch, batch).
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     gpu: &Gpu,
@@ -1494,7 +1494,7 @@ fn save_checkpoint(
     data_mean: &[f32],
     position: &Position,
     epoch_usage: &[u32],
-) -> Result<()> {
+) -> Result<(PathBuf, usize, usize)> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -1509,8 +1509,9 @@ fn save_checkpoint(
     );
     metadata.insert("config".to_string(), json(config)?);
     metadata.insert("position".to_string(), json(position)?);
+    let path = dir.join(CHECKPOINT_FILE);
     export::write_safetensors(
-        &dir.join(CHECKPOINT_FILE),
+        &path,
         &[
             Tensor::f32("dictionary", vec![atoms.rows(), atoms.cols()], &host_atoms),
             Tensor::f32("memory", vec![memory.rows(), memory.cols()], &host_memory),
@@ -1524,7 +1525,7 @@ fn save_checkpoint(
         position.epoch,
         position.batch
     );
-    Ok(())
+    Ok((path, position.epoch, position.batch))
 }
 
 #[cfg(test)]
@@ -1580,6 +1581,44 @@ mod tests {
                 "{atom:?}"
             );
         }
+    }
+
+    /// A submission that fails (here: a validation error wgpu reports outside any scope, as a
+    /// driver fault would) stops training with an error naming the last checkpoint, which
+    /// loads. The fault comes after batch 2; the next GPU call, reading the atoms for batch 2's
+    /// checkpoint, reports it, so batch 1's checkpoint is the last good one and stays in place.
+    #[test]
+    fn a_failed_submission_names_the_last_checkpoint() {
+        let Some(gpu) = crate::gpu::context::fresh_gpu() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = 8;
+        let data: Vec<f32> = (0..400 * d)
+            .map(|i| ((i * 37) % 101) as f32 - 50.0)
+            .collect();
+        let source = crate::data::InMemory::new(data, d).unwrap();
+        let mut config = TrainConfig::new(16, 2);
+        config.batch_size = Some(100);
+        config.checkpoint_every = Some(1);
+        let err = Trainer::new(&gpu, config)
+            .checkpoint_to(dir.path())
+            .on_batch(|p| {
+                if p.done == 2 {
+                    gpu.report_validation_error();
+                }
+                ControlFlow::Continue(())
+            })
+            .fit(&source)
+            .unwrap_err();
+        assert!(matches!(err.cause(), Error::GpuValidation(_)), "{err:?}");
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains("epoch 0, batch 1"),
+            "{message}"
+        );
+        assert_eq!(Checkpoint::load(&path).unwrap().position(), (0, 1, 1));
     }
 
     #[test]

@@ -576,95 +576,83 @@ fn base() -> TrainConfig {
     TrainConfig::new(8, 2)
 }
 
-#[test]
-fn config_k_zero() {
-    let config = TrainConfig { k: 0, ..base() };
-    config_error(config, &["--atoms", "8", "--k", "0"], &["k = 0"]);
+/// One test per configuration row: the test's name, the configuration, the binary's flags
+/// (on [40, 6] rows) and what both messages must contain.
+macro_rules! config_case {
+    ($name:ident, $config:expr, $flags:expr, $expect:expr) => {
+        #[test]
+        fn $name() {
+            config_error($config, $flags, $expect);
+        }
+    };
 }
 
-#[test]
-fn config_k_above_atoms() {
-    let config = TrainConfig { k: 9, ..base() };
-    config_error(config, &["--atoms", "8", "--k", "9"], &["k = 9", "K = 8"]);
-}
-
-#[test]
-fn config_k_above_dimension() {
-    let config = TrainConfig::new(8, 7);
-    config_error(config, &["--atoms", "8", "--k", "7"], &["k = 7", "d = 6"]);
-}
-
-#[test]
-fn config_no_atoms() {
-    let config = TrainConfig::new(0, 1);
-    config_error(
-        config,
-        &["--atoms", "0", "--k", "1"],
-        &["K must be at least 1"],
-    );
-}
-
-#[test]
-fn config_more_atoms_than_rows() {
-    let config = TrainConfig::new(41, 2);
-    config_error(
-        config,
-        &["--atoms", "41", "--k", "2"],
-        &["K = 41", "only 40 rows"],
-    );
-}
-
-#[test]
-fn config_batch_zero() {
-    let config = TrainConfig {
+config_case!(
+    config_k_zero,
+    TrainConfig { k: 0, ..base() },
+    &["--atoms", "8", "--k", "0"],
+    &["k = 0"]
+);
+config_case!(
+    config_k_above_atoms,
+    TrainConfig { k: 9, ..base() },
+    &["--atoms", "8", "--k", "9"],
+    &["k = 9", "K = 8"]
+);
+config_case!(
+    config_k_above_dimension,
+    TrainConfig::new(8, 7),
+    &["--atoms", "8", "--k", "7"],
+    &["k = 7", "d = 6"]
+);
+config_case!(
+    config_no_atoms,
+    TrainConfig::new(0, 1),
+    &["--atoms", "0", "--k", "1"],
+    &["K must be at least 1"]
+);
+config_case!(
+    config_more_atoms_than_rows,
+    TrainConfig::new(41, 2),
+    &["--atoms", "41", "--k", "2"],
+    &["K = 41", "only 40 rows"]
+);
+config_case!(
+    config_batch_zero,
+    TrainConfig {
         batch_size: Some(0),
         ..base()
-    };
-    config_error(
-        config,
-        &["--atoms", "8", "--k", "2", "--batch", "0"],
-        &["batch size"],
-    );
-}
-
-#[test]
-fn config_atom_batch_zero() {
-    let config = TrainConfig {
+    },
+    &["--atoms", "8", "--k", "2", "--batch", "0"],
+    &["batch size"]
+);
+config_case!(
+    config_atom_batch_zero,
+    TrainConfig {
         atom_batch: 0,
         ..base()
-    };
-    config_error(
-        config,
-        &["--atoms", "8", "--k", "2", "--atom-batch", "0"],
-        &["atom batch"],
-    );
-}
-
-#[test]
-fn config_atom_batch_above_atoms() {
-    let config = TrainConfig {
+    },
+    &["--atoms", "8", "--k", "2", "--atom-batch", "0"],
+    &["atom batch"]
+);
+config_case!(
+    config_atom_batch_above_atoms,
+    TrainConfig {
         atom_batch: 9,
         ..base()
-    };
-    config_error(
-        config,
-        &["--atoms", "8", "--k", "2", "--atom-batch", "9"],
-        &["atom batch A = 9", "K = 8"],
-    );
-}
-
-#[test]
-fn config_epochs_zero() {
-    let config = TrainConfig {
+    },
+    &["--atoms", "8", "--k", "2", "--atom-batch", "9"],
+    &["atom batch A = 9", "K = 8"]
+);
+config_case!(
+    config_epochs_zero,
+    TrainConfig {
         epochs: 0,
         ..base()
-    };
-    config_error(
-        config,
-        &["--atoms", "8", "--k", "2", "--epochs", "0"],
-        &["epochs"],
-    );
-}
+    },
+    &["--atoms", "8", "--k", "2", "--epochs", "0"],
+    &["epochs"]
+);
 
 #[test]
 fn config_flag_that_does_not_parse_is_a_usage_error() {
@@ -865,8 +853,8 @@ fn device_lost_during_training_names_the_last_checkpoint() {
     let checkpoint = dbksvd::train::Checkpoint::load(dir.path().join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(checkpoint.position(), (0, 2, 2));
     let Some(working) = common::gpu() else { return };
+    // No batch size given: the resumed run goes on with the checkpoint's 100.
     let mut config = TrainConfig::new(32, 3);
-    config.batch_size = Some(100);
     config.epochs = 1;
     let resumed = Trainer::new(working, config)
         .resume_from(dir.path().join(CHECKPOINT_FILE))

@@ -553,6 +553,20 @@ fn convert(e: wgpu::Error) -> Error {
     }
 }
 
+#[cfg(test)]
+impl Gpu {
+    /// Makes wgpu report a validation error outside any scope, as a driver fault would: a
+    /// buffer with MAP_READ beside STORAGE, which wgpu rejects.
+    pub(crate) fn report_validation_error(&self) {
+        let _ = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+    }
+}
+
 /// A private device for a unit test (None without an adapter, unless `DBKSVD_REQUIRE_GPU=1`).
 #[cfg(test)]
 pub(crate) fn fresh_gpu() -> Option<Gpu> {
@@ -569,22 +583,12 @@ pub(crate) fn fresh_gpu() -> Option<Gpu> {
 mod tests {
     use super::*;
 
-    /// MAP_READ may only be combined with COPY_DST: wgpu rejects this buffer.
-    fn invalid_buffer(gpu: &Gpu) -> wgpu::Buffer {
-        gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("invalid on purpose"),
-            size: 16,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        })
-    }
-
     #[test]
     fn validation_errors_in_a_scope_become_errors() {
         let Some(gpu) = fresh_gpu() else { return };
         let err = gpu
             .scoped(|| {
-                invalid_buffer(&gpu);
+                gpu.report_validation_error();
                 Ok(())
             })
             .unwrap_err();
@@ -598,7 +602,7 @@ mod tests {
     fn uncaptured_errors_are_kept_not_panicked() {
         let Some(gpu) = fresh_gpu() else { return };
         // Outside any scope wgpu's default handler would panic; ours records the error.
-        invalid_buffer(&gpu);
+        gpu.report_validation_error();
         let err = gpu.check().unwrap_err();
         assert!(matches!(err, Error::GpuValidation(_)), "{err}");
         gpu.check().unwrap();
