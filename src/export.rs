@@ -59,10 +59,10 @@ pub fn is_temporary(name: &str) -> bool {
             .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Removes the temporaries that writers killed mid-write left in `dir` and its immediate
-/// subfolders (files that were never renamed into place, so never part of the output). Returns
-/// what it removed; a missing `dir` is nothing to do. Only for a folder one process writes.
-pub fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Removes from `dir` the temporaries of the files `names` that a writer killed between writing
+/// and renaming left behind (`.NAME.tmp-PID`, never part of the output). Returns what it removed;
+/// a missing `dir` is nothing to do. Only for a folder that one process writes at a time.
+pub fn remove_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
@@ -71,23 +71,15 @@ pub fn remove_temporaries(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(removed);
     }
-    let mut folders = vec![dir.to_path_buf()];
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
-        if entry.file_type().map_err(io(dir))?.is_dir() {
-            folders.push(entry.path());
-        }
-    }
-    for folder in folders {
-        for entry in std::fs::read_dir(&folder).map_err(io(&folder))? {
-            let entry = entry.map_err(io(&folder))?;
-            let name = entry.file_name();
-            if entry.file_type().map_err(io(&folder))?.is_file()
-                && is_temporary(&name.to_string_lossy())
-            {
-                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-                removed.push(entry.path());
-            }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = names
+            .iter()
+            .any(|n| name.starts_with(&format!(".{n}.tmp-")) && is_temporary(&name));
+        if ours && entry.file_type().map_err(io(dir))?.is_file() {
+            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            removed.push(entry.path());
         }
     }
     Ok(removed)
@@ -177,6 +169,8 @@ impl SafetensorsFile {
     }
 
     fn parsed(&self) -> Result<SafeTensors<'_>> {
+        crate::data::check_safetensors_offsets(&self.bytes)
+            .map_err(|message| self.format_error(message))?;
         SafeTensors::deserialize(&self.bytes)
             .map_err(|e| self.format_error(format!("not a valid safetensors file: {e}")))
     }

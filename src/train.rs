@@ -506,7 +506,7 @@ impl<'a> Trainer<'a> {
         let evened = |batch: usize| rows.div_ceil(rows.div_ceil(batch));
         let batch_size = match config.batch_size {
             Some(asked) if evened(asked) > fit.largest => {
-                return Err(fit.exceeded(evened(asked), n_atoms, d, config.k));
+                return Err(fit.exceeded(evened(asked), asked, rows, (n_atoms, d, config.k)));
             }
             Some(asked) => evened(asked),
             None => {
@@ -581,16 +581,33 @@ impl<'a> Trainer<'a> {
             }
         };
 
-        let mut atoms = gpu.matrix(n_atoms, d, &atoms_host)?;
-        let memory = gpu.matrix(n_atoms, d, &memory_host)?;
-        let mut gram = gpu.zeros(n_atoms, n_atoms)?;
-        let mut full = gpu.step_buffers(batch_size, d, config.k, n_atoms)?;
+        // Where the run could continue from if it stops on an error: the last checkpoint.
+        let mut last_checkpoint: Option<(PathBuf, usize, usize)> = self
+            .resume
+            .clone()
+            .map(|path| (path, position.epoch, position.batch));
+        // Once there is a checkpoint to go back to, every error names it.
+        let checkpoint_dir = self.checkpoint_dir.clone();
+        let kept = |cause: Error, last: &Option<(PathBuf, usize, usize)>| match last {
+            Some(_) => training_error(cause, checkpoint_dir.as_deref(), last.clone()),
+            None => cause,
+        };
+        let allocated = (|| -> Result<_> {
+            Ok((
+                gpu.matrix(n_atoms, d, &atoms_host)?,
+                gpu.matrix(n_atoms, d, &memory_host)?,
+                gpu.zeros(n_atoms, n_atoms)?,
+                gpu.step_buffers(batch_size, d, config.k, n_atoms)?,
+            ))
+        })();
+        let (mut atoms, memory, mut gram, mut full) =
+            allocated.map_err(|cause| kept(cause, &last_checkpoint))?;
         let mut short: Option<StepBuffers> = None;
         // Whether the epoch's latest batch ran in `short` (hygiene reads that batch's codes).
         let mut last_was_short = false;
         let order = config.order();
         let batches_per_epoch = order.batches_per_epoch(rows);
-        let total = batches_per_epoch * config.epochs;
+        let total = batches_per_epoch.saturating_mul(config.epochs);
         let centre = config.center.then_some(data_mean.as_slice());
         let coding = config.coding();
         let started = Instant::now();
@@ -598,11 +615,6 @@ impl<'a> Trainer<'a> {
         let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
         let mut stop = StopReason::Epochs;
 
-        // Where the run could continue from if it stops on an error: the last checkpoint.
-        let mut last_checkpoint: Option<(PathBuf, usize, usize)> = self
-            .resume
-            .clone()
-            .map(|path| (path, position.epoch, position.batch));
         let mut run = || -> Result<()> {
             'epochs: while position.epoch < config.epochs {
                 let epoch = position.epoch;
@@ -903,7 +915,9 @@ impl<'a> Trainer<'a> {
         }
         metadata.insert("dbksvd_version".into(), env!("CARGO_PKG_VERSION").into());
         let dictionary = Dictionary {
-            atoms: gpu.read_matrix(&atoms)?,
+            atoms: gpu
+                .read_matrix(&atoms)
+                .map_err(|cause| kept(cause, &last_checkpoint))?,
             n_atoms,
             d,
             mean: b_dec(&config, &data_mean),
@@ -1448,10 +1462,35 @@ impl Checkpoint {
             file: path.display().to_string(),
             message: format!("metadata `{key}` does not describe a run: {e}"),
         };
-        let config: TrainConfig =
+        let mut config: TrainConfig =
             serde_json::from_value(parse("config")?).map_err(|e| invalid("config", e))?;
+        // Runs before A ≤ K was enforced stored the default 32 for smaller K; the update always
+        // clamped it to K, so K is what they ran with.
+        config.atom_batch = config.atom_batch.min(config.atoms);
         let position: Position =
             serde_json::from_value(parse("position")?).map_err(|e| invalid("position", e))?;
+        // A run that could not have been written: refuse it here rather than divide by a zero
+        // batch size or count steps past usize::MAX later.
+        let unusable = |message: String| Error::Format {
+            file: path.display().to_string(),
+            message,
+        };
+        config
+            .validate()
+            .map_err(|e| unusable(format!("metadata `config` describes no valid run: {e}")))?;
+        if position.batch > position.rows
+            || position.epoch > config.epochs
+            || position.step
+                > position
+                    .rows
+                    .saturating_mul(config.epochs.saturating_add(1))
+        {
+            return Err(unusable(format!(
+                "metadata `position` (epoch {}, batch {}, step {} over {} rows) does not fit a \
+                 run of {} epochs",
+                position.epoch, position.batch, position.step, position.rows, config.epochs
+            )));
+        }
         let (shape, atoms) = file.f32("dictionary", "[K, d]")?;
         let (memory_shape, memory) = file.f32("memory", "[K, d]")?;
         let (usage_shape, epoch_usage) = file.u32("epoch_usage", "[K]")?;

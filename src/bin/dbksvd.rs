@@ -300,12 +300,25 @@ fn coder(arg: CoderArg) -> Coder {
     }
 }
 
-/// Files and folders `dbksvd train` writes into its output folder.
+/// Files `dbksvd train` writes into its output folder, beside the `sae` folder.
+const OUTPUTS: [&str; 5] = [
+    DICTIONARY_FILE,
+    CHECKPOINT_FILE,
+    "trace.csv",
+    "trace.svg",
+    "epochs.csv",
+];
+
+/// Files it writes into `sae`.
+const SAE_OUTPUTS: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
+
+/// Files and folders `dbksvd train` writes into its output folder (temporaries included).
 fn ours(name: &str) -> bool {
-    matches!(
-        name,
-        DICTIONARY_FILE | CHECKPOINT_FILE | "sae" | "trace.csv" | "trace.svg" | "epochs.csv"
-    ) || export::is_temporary(name)
+    name == "sae"
+        || OUTPUTS.contains(&name)
+        || OUTPUTS
+            .iter()
+            .any(|n| name.starts_with(&format!(".{n}.tmp-")) && export::is_temporary(name))
 }
 
 fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
@@ -327,8 +340,6 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
             )));
         }
     }
-    // Temporaries of an interrupted earlier run (killed while writing) are ours and useless.
-    export::remove_temporaries(&args.out)?;
     let source = open_data(&args.data)?;
     let mut config = TrainConfig::new(args.atoms, args.k);
     config.epochs = args.epochs;
@@ -417,6 +428,9 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     if let Some(eval) = &eval {
         trainer = trainer.evaluate_on(eval.as_ref());
     }
+    // Temporaries of an earlier run killed while writing are ours and useless.
+    export::remove_temporaries(&args.out, &OUTPUTS)?;
+    export::remove_temporaries(&args.out.join("sae"), &SAE_OUTPUTS)?;
     let result = trainer.fit(&source);
     // The error line must not share the terminal line with the bar.
     bar.finish_and_clear();
@@ -501,6 +515,10 @@ fn main() -> ExitCode {
     // unless asked for with RUST_BACKTRACE.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        // A wgpu panic dbksvd catches becomes an error, printed like any other.
+        if dbksvd::gpu::panic_is_caught() {
+            return;
+        }
         if std::env::var_os("RUST_BACKTRACE").is_some() {
             default_hook(info);
             return;

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+pub(crate) use self::safetensors::check_offsets as check_safetensors_offsets;
 pub use file::{ActivationFile, Dtype, FileFormat};
 pub use order::{Batch, BatchOrder, Batches, EpochOrder, Shuffle};
 pub use stats::Stats;

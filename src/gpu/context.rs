@@ -462,7 +462,7 @@ impl Gpu {
         let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         // wgpu panics on a few calls once the device is lost; that is an error, not a crash.
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let out = catching(f);
         // Pop in reverse order of pushing; on native the futures are already resolved.
         let errors = [
             pollster::block_on(validation.pop()),
@@ -481,7 +481,7 @@ impl Gpu {
         match out {
             Ok(out) => out,
             Err(payload) => Err(Error::GpuValidation(format!(
-                "wgpu failed: {}",
+                "wgpu panicked (a bug in wgpu or dbksvd, please report it): {}",
                 panic_message(payload.as_ref())
             ))),
         }
@@ -489,9 +489,7 @@ impl Gpu {
 
     /// Device loss, if the device reports it: callbacks run by a non-blocking poll first.
     fn check_lost(&self) -> Result<()> {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.device().poll(wgpu::PollType::Poll)
-        }));
+        let _ = catching(|| self.device().poll(wgpu::PollType::Poll));
         match self.inner.sink.lost.lock().ok().and_then(|l| l.clone()) {
             Some(lost) => Err(Error::DeviceLost(lost)),
             None => Ok(()),
@@ -519,9 +517,7 @@ impl Gpu {
     /// Blocks until all submitted work has finished.
     pub fn wait(&self) -> Result<()> {
         // wgpu treats a device lost during the poll as fatal and panics; turn that into an error.
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.device().poll(wgpu::PollType::wait_indefinitely())
-        }));
+        let polled = catching(|| self.device().poll(wgpu::PollType::wait_indefinitely()));
         // Device loss (reported through the callback the poll runs) explains everything else.
         self.check()?;
         match polled {
@@ -534,6 +530,25 @@ impl Gpu {
             )),
         }
     }
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs a wgpu call whose panic dbksvd turns into an [`Error`] (wgpu
+/// panics on some calls once the device is lost). A program's panic hook can stay quiet then:
+/// such a panic is reported as an error, not a crash.
+pub fn panic_is_caught() -> bool {
+    CATCHING.with(|c| c.get())
+}
+
+/// Runs `f`, catching a panic (see [`panic_is_caught`]).
+fn catching<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let was = CATCHING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    out
 }
 
 /// The text of a panic payload.

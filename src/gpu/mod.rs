@@ -21,7 +21,8 @@ pub(crate) mod step;
 
 pub use buffer::{GpuBuffer, Matrix};
 pub use context::{
-    list_adapters, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV, MAX_BUFFER_ENV,
+    list_adapters, panic_is_caught, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV,
+    MAX_BUFFER_ENV,
 };
 pub use gemm::{GemmKernel, GemmParams, Product};
 pub use power::{CodedBatch, UpdateOptions};

@@ -64,7 +64,7 @@ pub fn atom_order(n_atoms: usize, seed: u64) -> Vec<u32> {
 
 /// Loop iterations one invocation runs for an atom with `users` users at dimension `d`: per
 /// power iteration (users × d, then d × users, plus the reductions), and for the final pass.
-fn update_loop_iterations(users: u64, d: usize) -> (u64, u64) {
+pub(crate) fn update_loop_iterations(users: u64, d: usize) -> (u64, u64) {
     let (wg, dd, m) = (WG as u64, d as u64, users);
     let per_iteration =
         m.div_ceil(wg) * (dd + 2) + dd.div_ceil(wg) * (m + 4) + 2 * wg.ilog2() as u64 + 8;

@@ -54,6 +54,17 @@ pub(crate) struct StepOutput {
     pub update_s: f64,
 }
 
+/// What a batch of B samples needs of the limit that bounds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// `fixed + per_sample·B` bytes.
+    Bytes { per_sample: u64, fixed: u64 },
+    /// Loop iterations of the update of an atom all B samples use.
+    UpdateLoop { d: usize },
+    /// B itself (a count of workgroups).
+    Samples,
+}
+
 /// The largest training batch a device takes, and the limit that bounds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BatchFit {
@@ -63,19 +74,43 @@ pub(crate) struct BatchFit {
     pub limit_name: &'static str,
     /// That limit's value.
     pub limit: u64,
-    /// What reaches the limit first, e.g. `correlations [B, K]`.
+    /// What reaches the limit first, e.g. `correlations [B, K] in one binding`.
     pub bound_by: String,
+    /// How that grows with the batch.
+    pub need: Need,
 }
 
 impl BatchFit {
-    /// The error for a batch of `requested` samples, which does not fit.
-    pub(crate) fn exceeded(&self, requested: usize, n_atoms: usize, d: usize, k: usize) -> Error {
+    /// The error for a batch of `batch` samples (`asked` before evening out over `rows`), which
+    /// does not fit: what it needs in the limit's own unit, and the largest batch that fits.
+    pub(crate) fn exceeded(
+        &self,
+        batch: usize,
+        asked: usize,
+        rows: usize,
+        (n_atoms, d, k): (usize, usize, usize),
+    ) -> Error {
+        let requested = match self.need {
+            Need::Bytes { per_sample, fixed } => {
+                fixed.saturating_add(per_sample.saturating_mul(batch as u64))
+            }
+            Need::UpdateLoop { d } => {
+                let (a, b) = super::power::update_loop_iterations(batch as u64, d);
+                a.max(b)
+            }
+            Need::Samples => batch as u64,
+        };
+        let evened = if asked == batch {
+            String::new()
+        } else {
+            format!(", {asked} asked for and evened out over {rows} rows")
+        };
         Error::ExceedsLimit {
             what: format!(
-                "a training batch at K = {n_atoms}, d = {d}, k = {k} (samples; {} bounds it)",
+                "a training batch of {batch} samples{evened} at K = {n_atoms}, d = {d}, k = {k}: {}",
                 self.bound_by
             ),
-            requested: requested as u64,
+            requested,
             limit_name: self.limit_name,
             limit: self.limit,
             largest_batch: Some(self.largest),
@@ -85,12 +120,13 @@ impl BatchFit {
 
 impl Gpu {
     /// The largest sample batch a training step takes on this device for K = `n_atoms` atoms of
-    /// dimension `d` coded with `coding`. Every step buffer must fit `max_buffer_size` (samples
-    /// and residual [B, d], correlations [B, K], codes [B, 2k + 1], user lists [2Bk]); the
-    /// correlations and codes must each fit one binding for the coding kernel; on llvmpipe the
-    /// update's loop cap bounds the users of one atom. When the dictionary itself does not fit
-    /// (its atoms, its Gram matrix, the coding kernel for k), no batch does: `ExceedsLimit`
-    /// naming what does not fit.
+    /// dimension `d` coded with `coding`. The kernels bind most step buffers whole, so each must
+    /// fit one storage binding as well as `max_buffer_size`: samples and residual [B, d], code
+    /// slots and user lists [2Bk], packed codes [B, 2k + 1], atom counts; the correlations
+    /// [B, K] are bound in row windows by the coding kernel. On llvmpipe the update's loop cap
+    /// bounds the users of one atom. When the dictionary itself does not fit (its atoms and the
+    /// Gram matrix must each fit one binding, and the coding kernel must fit k), no batch does:
+    /// `ExceedsLimit` naming what does not fit.
     pub fn max_train_batch(
         &self,
         n_atoms: usize,
@@ -108,84 +144,131 @@ impl Gpu {
         coding: &CodingOptions,
     ) -> Result<BatchFit> {
         let k = coding.k;
-        let square = |rows: usize, cols: usize, what: &str| -> Result<()> {
-            let len = rows.checked_mul(cols).ok_or_else(|| {
-                Error::InvalidArgument(format!("{what} {} overflows", shape(rows, cols)))
-            })?;
-            self.buffer_bytes::<f32>(len, &format!("{what} {}", shape(rows, cols)))?;
+        let limits = self.limits();
+        let binding = limits.planned_binding_size.min(limits.max_buffer_size);
+        // A matrix bound whole: one buffer, and one binding.
+        let whole = |rows: usize, cols: usize, what: &str| -> Result<()> {
+            let what = format!("{what} {}", shape(rows, cols));
+            let len = rows
+                .checked_mul(cols)
+                .ok_or_else(|| Error::InvalidArgument(format!("{what} overflows")))?;
+            let bytes = self.buffer_bytes::<f32>(len, &what)?;
+            if bytes > binding {
+                return Err(Error::ExceedsLimit {
+                    what: format!("{what} (bytes, bound whole by the kernels)"),
+                    requested: bytes,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: binding,
+                    largest_batch: None,
+                });
+            }
             self.check_row_fits(rows, cols)
         };
         // What does not depend on the batch: atoms, atom memory and power iterates [K, d], the
-        // Gram matrix [K, K], and the coding kernel.
-        square(n_atoms, d, "dictionary")?;
-        square(n_atoms, n_atoms, "Gram matrix")?;
+        // Gram matrix [K, K] (bound whole by the epoch-end duplicate search), the coding kernel.
+        whole(n_atoms, d, "dictionary")?;
+        whole(n_atoms, n_atoms, "Gram matrix")?;
+        self.check_row_fits(1, n_atoms)?;
         super::omp::check_coding_fits(self, n_atoms, d, coding)?;
 
-        let limits = self.limits();
-        let words = (self.limits().max_buffer_size / 4) as usize;
-        let widest = [
-            (d, "samples and residual [B, d]"),
-            (n_atoms, "correlations [B, K]"),
-            (super::omp::code_words(k), "packed codes [B, 2k + 1]"),
-            (2 * k, "code slots [2Bk]"),
+        let align = limits.binding_alignment();
+        let chunk = super::sparse::CHUNK as u64;
+        let bytes = |largest: u64, what: &str, per_sample: u64, fixed: u64| {
+            (
+                largest,
+                "max_storage_buffer_binding_size",
+                binding,
+                format!("{what} in one binding"),
+                Need::Bytes { per_sample, fixed },
+            )
+        };
+        let words = binding / 4;
+        let code_words = super::omp::code_words(k) as u64;
+        let (n_atoms_64, d_64, k_64) = (n_atoms as u64, d as u64, k as u64);
+        let groups = limits.max_compute_workgroups_per_dimension as u64;
+        let mut bounds = vec![
+            bytes(words / d_64, "samples and residual [B, d]", 4 * d_64, 0),
+            bytes(
+                words / (2 * k_64),
+                "code slots and user lists [2Bk]",
+                8 * k_64,
+                0,
+            ),
+            bytes(
+                super::buffer::rows_per_window(code_words as usize, binding, align) as u64,
+                "packed codes [B, 2k + 1]",
+                4 * code_words,
+                align - 4,
+            ),
+            // ceil(B / CHUNK) rows of K counts.
+            bytes(
+                words / n_atoms_64 * chunk,
+                "atom counts [B / 64, K]",
+                4 * n_atoms_64 / chunk,
+                4 * n_atoms_64,
+            ),
+            bytes(
+                words.saturating_sub(n_atoms_64 + 1) / 2,
+                "the metrics readback [K + 1 + 2B]",
+                8,
+                4 * (n_atoms_64 + 1),
+            ),
+            // The coding kernel binds row windows of the correlations and the packed codes.
+            bytes(
+                super::buffer::rows_per_window(n_atoms, binding, align) as u64,
+                "correlations [B, K] in the coding kernel's window",
+                4 * n_atoms_64,
+                align - 4,
+            ),
+            (
+                (limits.max_buffer_size / 4) / n_atoms_64,
+                "max_buffer_size",
+                limits.max_buffer_size,
+                "correlations [B, K]".into(),
+                Need::Bytes {
+                    per_sample: 4 * n_atoms_64,
+                    fixed: 0,
+                },
+            ),
+            (
+                groups.saturating_mul(groups),
+                "max_compute_workgroups_per_dimension (squared: one workgroup per sample)",
+                groups,
+                "one coding dispatch".into(),
+                Need::Samples,
+            ),
         ];
-        let mut bounds: Vec<(usize, &'static str, u64, String)> = widest
-            .iter()
-            .map(|&(width, what)| {
-                (
-                    words / width.max(1),
-                    "max_buffer_size",
-                    limits.max_buffer_size,
-                    what.to_string(),
-                )
-            })
-            .collect();
-        bounds.push((
-            (words / n_atoms.max(1)).saturating_mul(super::sparse::CHUNK as usize),
-            "max_buffer_size",
-            limits.max_buffer_size,
-            format!("atom counts [B/{}, K]", super::sparse::CHUNK),
-        ));
-        bounds.push((
-            words.saturating_sub(n_atoms + 1) / 2,
-            "max_buffer_size",
-            limits.max_buffer_size,
-            "the metrics readback [K + 1 + 2B]".into(),
-        ));
-        bounds.push((
-            super::omp::max_batch(self, n_atoms, k),
-            "max_storage_buffer_binding_size",
-            limits.planned_binding_size,
-            "one coding dispatch (correlations and codes in one binding each)".into(),
-        ));
         if let Some(most) = self.max_update_batch(d) {
             bounds.push((
-                most,
+                most as u64,
                 "max_loop_iterations (llvmpipe's per-invocation loop cap)",
                 limits.max_loop_iterations.unwrap_or(0),
                 "the update of an atom every sample uses".into(),
+                Need::UpdateLoop { d },
             ));
         }
-        let (largest, limit_name, limit, bound_by) = bounds
+        let (largest, limit_name, limit, bound_by, need) = bounds
             .into_iter()
             .min_by_key(|b| b.0)
             .expect("bounds are never empty");
+        let largest = usize::try_from(largest).unwrap_or(usize::MAX);
         if largest == 0 {
-            return Err(Error::ExceedsLimit {
-                what: format!(
-                    "one training sample at K = {n_atoms}, d = {d}, k = {k} ({bound_by})"
-                ),
-                requested: 1,
+            return Err(BatchFit {
+                largest,
                 limit_name,
                 limit,
-                largest_batch: None,
-            });
+                bound_by,
+                need,
+            }
+            .exceeded(1, 1, 1, (n_atoms, d, k))
+            .without_batch());
         }
         Ok(BatchFit {
             largest,
             limit_name,
             limit,
             bound_by,
+            need,
         })
     }
 
