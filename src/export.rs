@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
+use crate::encode::{CodingOptions, Encoder, EncoderOptions, Groups, SparseCodes};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
@@ -241,6 +241,9 @@ impl SafetensorsFile {
     }
 }
 
+/// The metadata key under which a Matryoshka dictionary records its group ends (JSON list).
+pub const GROUPS_METADATA: &str = "matryoshka_groups";
+
 /// A trained dictionary: unit-norm atoms D [K, d] and the mean b_dec subtracted before coding,
 /// as stored in `dictionary.safetensors` (tensors `dictionary` and `mean`, F32) with its
 /// metadata (training configuration, final metrics, crate version).
@@ -317,15 +320,41 @@ impl Dictionary {
         })
     }
 
-    /// An [`Encoder`] for this dictionary that subtracts the mean first.
+    /// The Matryoshka groups recorded in the metadata ([`GROUPS_METADATA`]), if any.
+    pub fn groups(&self) -> Result<Option<Groups>> {
+        let Some(text) = self.metadata.get(GROUPS_METADATA) else {
+            return Ok(None);
+        };
+        let groups: Groups = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "metadata `{GROUPS_METADATA}` = {text:?} is not a list of group ends: {e}"
+            ))
+        })?;
+        // Deserialising skips `Groups::new`'s checks.
+        let groups = Groups::new(groups.ends().to_vec())?;
+        if groups.n_atoms() != self.n_atoms {
+            return Err(Error::InvalidArgument(format!(
+                "metadata `{GROUPS_METADATA}` ends at {} but the dictionary has K = {}",
+                groups.n_atoms(),
+                self.n_atoms
+            )));
+        }
+        Ok(Some(groups))
+    }
+
+    /// An [`Encoder`] for this dictionary that subtracts the mean first, and codes group by
+    /// group when the dictionary has Matryoshka groups.
     pub fn encoder(&self, gpu: &Gpu, coding: CodingOptions) -> Result<Encoder> {
-        let encoder = Encoder::new(
+        let mut encoder = Encoder::new(
             gpu,
             &self.atoms,
             self.n_atoms,
             self.d,
             EncoderOptions::new(coding),
         )?;
+        if let Some(groups) = self.groups()? {
+            encoder = encoder.with_groups(groups)?;
+        }
         if self.mean.iter().any(|&m| m != 0.0) {
             encoder.with_mean(self.mean.clone())
         } else {
@@ -425,6 +454,8 @@ pub fn write_saelens(
             "hook_name": names.hook_name,
             "dbksvd_version": env!("CARGO_PKG_VERSION"),
             "dbksvd_note": "W_dec = [D; -D]: signed dbksvd codes as non-negative SAELens codes",
+            // Group g holds atoms ends[g-1]..ends[g], SAELens features j and d_sae/2 + j.
+            "dbksvd_matryoshka_groups": dictionary.groups()?.map(|g| g.ends().to_vec()),
         },
     });
     let text = serde_json::to_string_pretty(&cfg)

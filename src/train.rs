@@ -28,10 +28,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ActivationSource, BatchOrder, Shuffle, Stats};
-use crate::encode::{Coder, CodingOptions};
+use crate::encode::{Coder, CodingOptions, Groups};
 use crate::error::{Error, Result};
 use crate::export::{self, Dictionary, SafetensorsFile, Tensor};
-use crate::gpu::step::StepBuffers;
+use crate::gpu::step::{StepBuffers, StepOutput};
 use crate::gpu::{Gpu, Matrix, UpdateOptions};
 
 /// How the dictionary starts.
@@ -73,6 +73,12 @@ pub struct TrainConfig {
     pub atom_memory: f32,
     /// The sparse coder.
     pub coder: Coder,
+    /// Matryoshka groups: `None` trains a plain dictionary. With groups, each batch is coded
+    /// and the atoms updated group by group, each group on the residual the groups before it
+    /// leave, with its share of k ([`Groups::split_k`]); re-seeding stays within a group. Every
+    /// prefix of groups is then a dictionary of its own.
+    #[serde(default)]
+    pub groups: Option<Groups>,
     /// Starting dictionary (not stored in files: a given dictionary is the checkpoint's own).
     #[serde(skip)]
     pub init: Init,
@@ -117,6 +123,7 @@ impl TrainConfig {
             power_iterations: update.power_iterations,
             atom_memory: 0.8,
             coder: Coder::Omp,
+            groups: None,
             init: Init::Samples,
             center: true,
             seed: 0,
@@ -138,6 +145,9 @@ impl TrainConfig {
         }
         if self.k == 0 || self.k > self.atoms {
             return bad(format!("k = {} must lie in 1..=K = {}", self.k, self.atoms));
+        }
+        if let Some(groups) = &self.groups {
+            groups.validate_for(self.atoms, self.k)?;
         }
         if self.atom_batch > self.atoms {
             return bad(format!(
@@ -490,9 +500,30 @@ impl<'a> Trainer<'a> {
         config.validate_for(rows, d, &source.name())?;
         let gpu = self.gpu;
         let n_atoms = config.atoms;
-        // What the device holds: the dictionary must fit whatever the batch, and the batch must
-        // fit the step's buffers (and, on lavapipe, the update's loop cap).
-        let fit = gpu.train_batch_fit(n_atoms, d, &config.coding())?;
+        // Matryoshka groups (one group of all atoms in a plain run) and their shares of k.
+        let groups = match &config.groups {
+            Some(groups) => groups.clone(),
+            None => Groups::new(vec![n_atoms])?,
+        };
+        let codings: Vec<CodingOptions> = groups
+            .split_k(config.k)?
+            .into_iter()
+            .map(|k| CodingOptions {
+                k,
+                ..config.coding()
+            })
+            .collect();
+        // What the device holds: each group's dictionary must fit whatever the batch, and the
+        // batch must fit every group's step buffers (and, on lavapipe, the update's loop cap).
+        let mut fits = Vec::new();
+        for (g, coding) in codings.iter().enumerate() {
+            let size = groups.range(g).len();
+            fits.push((gpu.train_batch_fit(size, d, coding)?, size, coding.k));
+        }
+        let (fit, fit_atoms, fit_k) = fits
+            .into_iter()
+            .min_by_key(|(fit, ..)| fit.largest)
+            .expect("at least one group");
         // A resumed run without a batch size of its own goes on with the checkpoint's.
         let checkpoint = match &self.resume {
             Some(path) => Some((path, Checkpoint::load(path)?)),
@@ -506,7 +537,7 @@ impl<'a> Trainer<'a> {
         let evened = |batch: usize| rows.div_ceil(rows.div_ceil(batch));
         let batch_size = match config.batch_size {
             Some(asked) if evened(asked) > fit.largest => {
-                return Err(fit.exceeded(evened(asked), asked, rows, (n_atoms, d, config.k)));
+                return Err(fit.exceeded(evened(asked), asked, rows, (fit_atoms, d, fit_k)));
             }
             Some(asked) => evened(asked),
             None => {
@@ -592,28 +623,44 @@ impl<'a> Trainer<'a> {
             Some(_) => training_error(cause, checkpoint_dir.as_deref(), last.clone()),
             None => cause,
         };
-        let allocated = (|| -> Result<_> {
-            Ok((
-                gpu.matrix(n_atoms, d, &atoms_host)?,
-                gpu.matrix(n_atoms, d, &memory_host)?,
-                gpu.zeros(n_atoms, n_atoms)?,
-                gpu.step_buffers(batch_size, d, config.k, n_atoms)?,
-            ))
-        })();
-        let (mut atoms, memory, mut gram, mut full) =
-            allocated.map_err(|cause| kept(cause, &last_checkpoint))?;
-        let mut short: Option<StepBuffers> = None;
+        // One part per Matryoshka group (a plain run is one group): its atoms, memory, Gram
+        // scratch and step buffers, and its share of k.
+        let allocated: Result<Vec<Part>> = (0..groups.len())
+            .map(|g| {
+                let range = groups.range(g);
+                let (rows_of_part, words) = (range.len(), range.start * d..range.end * d);
+                Ok(Part {
+                    atoms: gpu.matrix(rows_of_part, d, &atoms_host[words.clone()])?,
+                    memory: gpu.matrix(rows_of_part, d, &memory_host[words])?,
+                    gram: gpu.zeros(rows_of_part, rows_of_part)?,
+                    full: gpu.step_buffers(batch_size, d, codings[g].k, rows_of_part)?,
+                    short: None,
+                    coding: codings[g],
+                    range,
+                })
+            })
+            .collect();
+        let mut parts = allocated.map_err(|cause| kept(cause, &last_checkpoint))?;
         // Whether the epoch's latest batch ran in `short` (hygiene reads that batch's codes).
         let mut last_was_short = false;
         let order = config.order();
         let batches_per_epoch = order.batches_per_epoch(rows);
         let total = batches_per_epoch.saturating_mul(config.epochs);
         let centre = config.center.then_some(data_mean.as_slice());
-        let coding = config.coding();
         let started = Instant::now();
         let seconds_before = position.seconds;
         let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
         let mut stop = StopReason::Epochs;
+        let grouped = config.groups.is_some();
+        let dictionary_of = |parts: &[Part], metadata| -> Result<Dictionary> {
+            Ok(Dictionary {
+                atoms: read_parts(gpu, parts, |p| &p.atoms)?,
+                n_atoms,
+                d,
+                mean: b_dec(&config, &data_mean),
+                metadata,
+            })
+        };
 
         let mut run = || -> Result<()> {
             'epochs: while position.epoch < config.epochs {
@@ -651,32 +698,68 @@ impl<'a> Trainer<'a> {
                         let prepared = prepared?;
                         let host_s = waiting.elapsed().as_secs_f64();
                         let n = prepared.norms.len();
-                        last_was_short = n != full.len();
-                        let buffers = if !last_was_short {
-                            &mut full
-                        } else {
-                            if short.as_ref().is_none_or(|b| b.len() != n) {
-                                short = Some(gpu.step_buffers(n, d, config.k, n_atoms)?);
+                        last_was_short = n != parts[0].full.len();
+                        // Each group codes and updates on what the groups before it left: the
+                        // device's residual after their updates.
+                        let mut input: Option<(Vec<f32>, Vec<f32>)> = None;
+                        let mut out = StepOutput::default();
+                        let mut usage = Vec::with_capacity(n_atoms);
+                        let mut l0 = vec![0u32; n];
+                        let count = parts.len();
+                        for (g, part) in parts.iter_mut().enumerate() {
+                            let buffers = if !last_was_short {
+                                &mut part.full
+                            } else {
+                                if part.short.as_ref().is_none_or(|b| b.len() != n) {
+                                    part.short = Some(gpu.step_buffers(
+                                        n,
+                                        d,
+                                        part.coding.k,
+                                        part.range.len(),
+                                    )?);
+                                }
+                                part.short.as_mut().expect("just created")
+                            };
+                            let update = UpdateOptions {
+                                atom_batch: config.atom_batch.min(part.range.len()),
+                                power_iterations: config.power_iterations,
+                                seed: update_seed(group_seed(config.seed, g), position.step),
+                                memory: config.atom_memory,
+                            };
+                            let (data, norms) = match &input {
+                                Some((data, norms)) => (data.as_slice(), norms.as_slice()),
+                                None => (prepared.data.as_slice(), prepared.norms.as_slice()),
+                            };
+                            let step = gpu.train_step(
+                                &mut part.atoms,
+                                &part.memory,
+                                &mut part.gram,
+                                buffers,
+                                data,
+                                norms,
+                                &part.coding,
+                                &update,
+                                config.profile,
+                            )?;
+                            if g + 1 < count {
+                                let residual = gpu.read_residual(buffers.coded())?;
+                                let norms = residual
+                                    .chunks_exact(d)
+                                    .map(|r| {
+                                        r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32
+                                    })
+                                    .collect();
+                                input = Some((residual, norms));
                             }
-                            short.as_mut().expect("just created")
-                        };
-                        let update = UpdateOptions {
-                            atom_batch: config.atom_batch,
-                            power_iterations: config.power_iterations,
-                            seed: update_seed(config.seed, position.step),
-                            memory: config.atom_memory,
-                        };
-                        let out = gpu.train_step(
-                            &mut atoms,
-                            &memory,
-                            &mut gram,
-                            buffers,
-                            &prepared.data,
-                            &prepared.norms,
-                            &coding,
-                            &update,
-                            config.profile,
-                        )?;
+                            usage.extend_from_slice(&step.usage);
+                            l0.iter_mut().zip(&step.l0).for_each(|(a, b)| *a += b);
+                            out.gemm_s += step.gemm_s;
+                            out.coding_s += step.coding_s;
+                            out.update_s += step.update_s;
+                            out.residual_energy = step.residual_energy;
+                        }
+                        out.usage = usage;
+                        out.l0 = l0;
                         let residual: f64 = out.residual_energy.iter().map(|&e| e as f64).sum();
                         let relative: f64 = out
                             .residual_energy
@@ -754,8 +837,7 @@ impl<'a> Trainer<'a> {
                                     gpu,
                                     dir,
                                     &config,
-                                    &atoms,
-                                    &memory,
+                                    &parts,
                                     &data_mean,
                                     &position,
                                     &epoch_usage,
@@ -780,52 +862,72 @@ impl<'a> Trainer<'a> {
                     break 'epochs;
                 }
 
-                // Epoch end: atom hygiene (not after the last epoch: freshly split atoms would be
-                // returned untrained), coherence, evaluation.
+                // Epoch end: atom hygiene within each group (not after the last epoch: freshly
+                // split atoms would be returned untrained), coherence, evaluation.
                 let hygiene_started = Instant::now();
-                let dead: Vec<usize> = (0..n_atoms).filter(|&j| epoch_usage[j] == 0).collect();
-                let rare = rare_atoms(&epoch_usage, config.rare_atom_fraction);
-                let purged: Vec<usize> = gpu
-                    .duplicate_atoms(&atoms, &epoch_usage, config.duplicate_threshold)?
-                    .into_iter()
-                    .filter(|j| !rare.contains(j))
-                    .collect();
-                let mut flagged: Vec<usize> = rare.iter().chain(&purged).copied().collect();
-                flagged.sort_unstable();
-                let mut changed = Vec::new();
-                if !flagged.is_empty() && epoch + 1 < config.epochs {
-                    // On the host: K·d atoms, B·d residual and B·k codes of the epoch's last batch.
-                    let last = match (&mut short, last_was_short) {
-                        (Some(short), true) => short.coded(),
-                        _ => full.coded(),
-                    };
-                    let (codes, residual) = gpu.read_codes_and_residual(last)?;
-                    let mut host = gpu.read_matrix(&atoms)?;
-                    changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
-                    gpu.write(&atoms.data, &host)?;
-                    // A re-seeded atom starts without memory: its old users are not its new ones.
-                    if !changed.is_empty() {
-                        let mut rows = gpu.read_matrix(&memory)?;
-                        for &j in &changed {
-                            rows[j * d..(j + 1) * d].fill(0.0);
+                let (mut dead, mut rare, mut purged, mut changed) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for part in parts.iter_mut() {
+                    let start = part.range.start;
+                    let usage = &epoch_usage[part.range.clone()];
+                    let part_rare = rare_atoms(usage, config.rare_atom_fraction);
+                    let part_purged: Vec<usize> = gpu
+                        .duplicate_atoms(&part.atoms, usage, config.duplicate_threshold)?
+                        .into_iter()
+                        .filter(|j| !part_rare.contains(j))
+                        .collect();
+                    let mut flagged: Vec<usize> =
+                        part_rare.iter().chain(&part_purged).copied().collect();
+                    flagged.sort_unstable();
+                    if !flagged.is_empty() && epoch + 1 < config.epochs {
+                        // On the host: the group's atoms, and the residual and codes of its
+                        // epoch's last batch.
+                        let last = match (&mut part.short, last_was_short) {
+                            (Some(short), true) => short.coded(),
+                            _ => part.full.coded(),
+                        };
+                        let (codes, residual) = gpu.read_codes_and_residual(last)?;
+                        let mut host = gpu.read_matrix(&part.atoms)?;
+                        let part_changed = split_atoms(&mut host, d, &codes, &residual, &flagged);
+                        gpu.write(&part.atoms.data, &host)?;
+                        // A re-seeded atom starts without memory: its old users are not its new
+                        // ones.
+                        if !part_changed.is_empty() {
+                            let mut rows = gpu.read_matrix(&part.memory)?;
+                            for &j in &part_changed {
+                                rows[j * d..(j + 1) * d].fill(0.0);
+                            }
+                            gpu.write(&part.memory.data, &rows)?;
                         }
-                        gpu.write(&memory.data, &rows)?;
+                        changed.extend(part_changed.iter().map(|j| start + j));
                     }
+                    dead.extend(
+                        (0..usage.len())
+                            .filter(|&j| usage[j] == 0)
+                            .map(|j| start + j),
+                    );
+                    rare.extend(part_rare.iter().map(|j| start + j));
+                    purged.extend(part_purged.iter().map(|j| start + j));
                 }
                 let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
                 let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();
-                let coherence = gpu.coherence(&atoms)?;
+                let coherence = if grouped {
+                    let all = gpu.matrix(n_atoms, d, &read_parts(gpu, &parts, |p| &p.atoms)?)?;
+                    gpu.coherence(&all)?
+                } else {
+                    gpu.coherence(&parts[0].atoms)?
+                };
                 let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
                 let eval = match self.eval {
                     Some(eval) => {
-                        let dictionary = Dictionary {
-                            atoms: gpu.read_matrix(&atoms)?,
-                            n_atoms,
-                            d,
-                            mean: b_dec(&config, &data_mean),
-                            metadata: Default::default(),
-                        };
-                        Some(evaluate(gpu, &dictionary, eval, coding, batch_size)?)
+                        let dictionary = dictionary_of(&parts, group_metadata(&config)?)?;
+                        Some(evaluate(
+                            gpu,
+                            &dictionary,
+                            eval,
+                            config.coding(),
+                            batch_size,
+                        )?)
                     }
                     None => None,
                 };
@@ -871,8 +973,7 @@ impl<'a> Trainer<'a> {
                         gpu,
                         dir,
                         &config,
-                        &atoms,
-                        &memory,
+                        &parts,
                         &data_mean,
                         &position,
                         &epoch_usage,
@@ -908,21 +1009,14 @@ impl<'a> Trainer<'a> {
             ));
         }
 
-        let mut metadata = std::collections::HashMap::new();
+        let mut metadata = group_metadata(&config)?;
         metadata.insert("config".into(), json(&config)?);
         if let Some(last) = position.epochs.last() {
             metadata.insert("metrics".into(), json(last)?);
         }
         metadata.insert("dbksvd_version".into(), env!("CARGO_PKG_VERSION").into());
-        let dictionary = Dictionary {
-            atoms: gpu
-                .read_matrix(&atoms)
-                .map_err(|cause| kept(cause, &last_checkpoint))?,
-            n_atoms,
-            d,
-            mean: b_dec(&config, &data_mean),
-            metadata,
-        };
+        let dictionary =
+            dictionary_of(&parts, metadata).map_err(|cause| kept(cause, &last_checkpoint))?;
         Ok(TrainResult {
             dictionary,
             config,
@@ -932,6 +1026,44 @@ impl<'a> Trainer<'a> {
             seconds: position.seconds,
         })
     }
+}
+
+/// One Matryoshka group's share of the device state (the whole dictionary in a plain run).
+struct Part {
+    /// Its atoms in the dictionary.
+    range: std::ops::Range<usize>,
+    /// Its coding options (its share of k).
+    coding: CodingOptions,
+    atoms: Matrix,
+    memory: Matrix,
+    /// [K_g, K_g] scratch.
+    gram: Matrix,
+    full: StepBuffers,
+    /// Buffers for a batch shorter than the others.
+    short: Option<StepBuffers>,
+}
+
+/// The rows of every part's `matrix`, in atom order: [K, d].
+fn read_parts(gpu: &Gpu, parts: &[Part], matrix: impl Fn(&Part) -> &Matrix) -> Result<Vec<f32>> {
+    let mut all = Vec::new();
+    for part in parts {
+        all.extend(gpu.read_matrix(matrix(part))?);
+    }
+    Ok(all)
+}
+
+/// The seed of group `g`'s atom orders (group 0's is the run's, as a plain run's).
+pub(crate) fn group_seed(seed: u64, g: usize) -> u64 {
+    seed ^ (g as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// The dictionary metadata that records the Matryoshka groups, if any.
+fn group_metadata(config: &TrainConfig) -> Result<std::collections::HashMap<String, String>> {
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(groups) = &config.groups {
+        metadata.insert(export::GROUPS_METADATA.into(), json(groups)?);
+    }
+    Ok(metadata)
 }
 
 impl TrainResult {
@@ -1528,8 +1660,7 @@ fn save_checkpoint(
     gpu: &Gpu,
     dir: &Path,
     config: &TrainConfig,
-    atoms: &Matrix,
-    memory: &Matrix,
+    parts: &[Part],
     data_mean: &[f32],
     position: &Position,
     epoch_usage: &[u32],
@@ -1538,8 +1669,9 @@ fn save_checkpoint(
         path: dir.to_path_buf(),
         source,
     })?;
-    let host_atoms = gpu.read_matrix(atoms)?;
-    let host_memory = gpu.read_matrix(memory)?;
+    let host_atoms = read_parts(gpu, parts, |p| &p.atoms)?;
+    let host_memory = read_parts(gpu, parts, |p| &p.memory)?;
+    let shape = vec![config.atoms, data_mean.len()];
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "dbksvd-checkpoint".to_string());
     metadata.insert(
@@ -1552,8 +1684,8 @@ fn save_checkpoint(
     export::write_safetensors(
         &path,
         &[
-            Tensor::f32("dictionary", vec![atoms.rows(), atoms.cols()], &host_atoms),
-            Tensor::f32("memory", vec![memory.rows(), memory.cols()], &host_memory),
+            Tensor::f32("dictionary", shape.clone(), &host_atoms),
+            Tensor::f32("memory", shape, &host_memory),
             Tensor::f32("mean", vec![data_mean.len()], data_mean),
             Tensor::u32("epoch_usage", vec![epoch_usage.len()], epoch_usage),
         ],

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
-use dbksvd::encode::{Coder, CodingOptions};
+use dbksvd::encode::{Coder, CodingOptions, Groups};
 use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
 use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
@@ -87,6 +87,10 @@ struct TrainArgs {
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
+    /// Train a Matryoshka dictionary: the smallest group (groups of M, M, 2M, 4M, … atoms up to
+    /// K, e.g. 64), or the groups' ends (e.g. 64,128,256,512,1000; the last is K).
+    #[arg(long, value_name = "M|END,END,...")]
+    matryoshka: Option<String>,
     /// Do not subtract the data mean.
     #[arg(long)]
     no_center: bool,
@@ -138,6 +142,9 @@ struct EncodeArgs {
     /// Most nonzeros per row (default: the k the dictionary was trained with).
     #[arg(long)]
     k: Option<usize>,
+    /// Code with the first N Matryoshka groups only (their share of k; later slots empty).
+    #[arg(long, value_name = "N")]
+    groups: Option<usize>,
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
@@ -293,6 +300,24 @@ fn open_data(args: &DataArgs) -> dbksvd::Result<Box<dyn ActivationSource>> {
     }
 }
 
+/// `--matryoshka`: the smallest group, or the groups' ends.
+fn matryoshka_groups(spec: &str, n_atoms: usize) -> dbksvd::Result<Groups> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "--matryoshka {spec}: expected the smallest group (e.g. 64) or the groups' ends \
+             (e.g. 64,128,{n_atoms})"
+        ))
+    };
+    let numbers = spec
+        .split(',')
+        .map(|n| n.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<dbksvd::Result<Vec<_>>>()?;
+    match numbers[..] {
+        [smallest] => Groups::doubling(smallest, n_atoms),
+        _ => Groups::new(numbers),
+    }
+}
+
 fn coder(arg: CoderArg) -> Coder {
     match arg {
         CoderArg::Omp => Coder::Omp,
@@ -350,6 +375,9 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     config.power_iterations = args.power_iters;
     config.atom_memory = args.memory;
     config.coder = coder(args.coder);
+    if let Some(spec) = &args.matryoshka {
+        config.groups = Some(matryoshka_groups(spec, args.atoms)?);
+    }
     config.center = !args.no_center;
     config.tolerance = args.tolerance;
     config.time_limit = args
@@ -495,7 +523,10 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
     }
     let gpu = Gpu::with_options(&args.device.options()?)?;
     let encoder = dictionary.encoder(&gpu, coding)?;
-    let codes = encoder.encode_source(source.as_ref())?;
+    let codes = match args.groups {
+        Some(prefix) => encoder.encode_source_prefix(source.as_ref(), prefix)?,
+        None => encoder.encode_source(source.as_ref())?,
+    };
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("dictionary".into(), args.dict.display().to_string());
     metadata.insert("data".into(), source.name());

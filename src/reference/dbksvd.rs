@@ -18,9 +18,9 @@
 
 use super::ksvd_update::KsvdState;
 use super::omp;
-use crate::encode::SparseCodes;
+use crate::encode::{CodingOptions, Groups, SparseCodes};
 use crate::gpu::power::atom_order;
-use crate::train::TrainConfig;
+use crate::train::{group_seed, update_seed, TrainConfig};
 
 /// The state of a reference run: atoms [K, d] in f64 and where it stands.
 #[derive(Clone, Debug)]
@@ -81,17 +81,23 @@ impl ReferenceRun {
         let d = self.d;
         let n = samples.len() / d;
         let n_atoms = self.config.atoms;
-        let coding = self.config.coding();
         let mut config = self.config.clone();
         // The batch the trainer uses (the default when none is set: the reference has no device
         // limits to lower it), evened out as the trainer does.
         let batch = config.batch_size.unwrap_or(crate::train::DEFAULT_BATCH);
         let batch = n.div_ceil(n.div_ceil(batch));
         config.batch_size = Some(batch);
+        // Matryoshka groups, each with its share of k; a plain run is one group.
+        let groups = match &config.groups {
+            Some(groups) => groups.clone(),
+            None => Groups::new(vec![n_atoms]).expect("K ≥ 1"),
+        };
+        let shares = groups.split_k(config.k).expect("validated configuration");
         let order = config.order().epoch(n, epoch as u64).expect("valid order");
         let mut usage = vec![0u64; n_atoms];
         let (mut residual, mut variance) = (0.0, 0.0);
-        let mut last: Option<KsvdState> = None;
+        // Each group's state on the epoch's last batch, for hygiene.
+        let mut last: Vec<KsvdState> = Vec::new();
         for rows in order {
             // Centre in f32, as the trainer's host does.
             let mut y = Vec::with_capacity(rows.len() * d);
@@ -103,18 +109,6 @@ impl ReferenceRun {
                         .map(|(v, m)| v - m),
                 );
             }
-            let atoms_f32: Vec<f32> = self.atoms.iter().map(|&v| v as f32).collect();
-            let codes = omp::encode(&atoms_f32, n_atoms, &y, d, &coding);
-            let k = coding.k;
-            let mut indices = vec![-1i32; rows.len() * k];
-            let mut values = vec![0.0f64; rows.len() * k];
-            for (s, code) in codes.iter().enumerate() {
-                residual += code.residual_energy;
-                for (t, (&j, &v)) in code.indices.iter().zip(&code.values).enumerate() {
-                    indices[s * k + t] = j as i32;
-                    values[s * k + t] = v;
-                }
-            }
             for &r in &rows {
                 variance += samples[r * d..(r + 1) * d]
                     .iter()
@@ -122,29 +116,60 @@ impl ReferenceRun {
                     .map(|(&v, &m)| (v as f64 - m as f64).powi(2))
                     .sum::<f64>();
             }
-            let mut state = KsvdState {
-                d,
-                atoms: std::mem::take(&mut self.atoms),
-                samples: y.iter().map(|&v| v as f64).collect(),
-                k,
-                indices,
-                values,
-            };
-            let seed = crate::train::update_seed(self.config.seed, self.step);
-            let batches: Vec<Vec<usize>> = atom_order(n_atoms, seed)
-                .chunks(self.config.atom_batch.clamp(1, n_atoms))
-                .map(|c| c.iter().map(|&j| j as usize).collect())
-                .collect();
             // As the trainer: the memory spans at most an epoch.
             let longest = 1.0 - 1.0 / n.div_ceil(batch) as f32;
             let gamma = self.config.atom_memory.min(longest) as f64;
-            let used = state.update_with_memory(&batches, &mut self.memory, gamma);
-            for (u, used) in usage.iter_mut().zip(used) {
-                *u += used as u64;
+            last.clear();
+            // Group by group: code what the groups before left, update, pass on the residual
+            // after the update (in f32, as the trainer reads it back).
+            for g in 0..groups.len() {
+                let range = groups.range(g);
+                let size = range.len();
+                let words = range.start * d..range.end * d;
+                let coding = CodingOptions {
+                    k: shares[g],
+                    ..self.config.coding()
+                };
+                let atoms_f32: Vec<f32> = self.atoms[words.clone()]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let codes = omp::encode(&atoms_f32, size, &y, d, &coding);
+                let k = coding.k;
+                let mut indices = vec![-1i32; rows.len() * k];
+                let mut values = vec![0.0f64; rows.len() * k];
+                for (s, code) in codes.iter().enumerate() {
+                    if g + 1 == groups.len() {
+                        residual += code.residual_energy;
+                    }
+                    for (t, (&j, &v)) in code.indices.iter().zip(&code.values).enumerate() {
+                        indices[s * k + t] = j as i32;
+                        values[s * k + t] = v;
+                    }
+                }
+                let mut state = KsvdState {
+                    d,
+                    atoms: self.atoms[words.clone()].to_vec(),
+                    samples: y.iter().map(|&v| v as f64).collect(),
+                    k,
+                    indices,
+                    values,
+                };
+                let seed = update_seed(group_seed(self.config.seed, g), self.step);
+                let batches: Vec<Vec<usize>> = atom_order(size, seed)
+                    .chunks(self.config.atom_batch.clamp(1, size))
+                    .map(|c| c.iter().map(|&j| j as usize).collect())
+                    .collect();
+                let used =
+                    state.update_with_memory(&batches, &mut self.memory[words.clone()], gamma);
+                for (u, used) in usage[range].iter_mut().zip(used) {
+                    *u += used as u64;
+                }
+                self.atoms[words].copy_from_slice(&state.atoms);
+                y = state.residual().iter().map(|&v| v as f32).collect();
+                last.push(state);
             }
-            self.atoms = state.atoms.clone();
             self.step += 1;
-            last = Some(state);
         }
         let mut report = ReferenceEpoch {
             fvu: if variance > 0.0 {
@@ -154,49 +179,56 @@ impl ReferenceRun {
             },
             ..Default::default()
         };
-        // Hygiene on the epoch's last batch, except after the last epoch.
-        let Some(mut state) = last.filter(|_| epoch + 1 < self.config.epochs) else {
+        // Hygiene within each group on the epoch's last batch, except after the last epoch.
+        if epoch + 1 >= self.config.epochs || last.is_empty() {
             return report;
-        };
-        let usage32: Vec<u32> = usage
-            .iter()
-            .map(|&u| u.min(u32::MAX as u64) as u32)
-            .collect();
-        report.dead = crate::train::rare_atoms(&usage32, self.config.rare_atom_fraction);
-        // Near-duplicates of a more used atom (ties: the lower index is kept).
-        let atoms = &state.atoms;
-        report.purged = (0..n_atoms)
-            .filter(|&j| {
-                !report.dead.contains(&j)
-                    && (0..n_atoms).any(|i| {
-                        let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
-                        i != j
-                            && more_used
-                            && dot(&atoms[i * d..(i + 1) * d], &atoms[j * d..(j + 1) * d]).abs()
-                                > self.config.duplicate_threshold as f64
-                    })
-            })
-            .collect();
-        let mut flagged: Vec<usize> = report.dead.iter().chain(&report.purged).copied().collect();
-        flagged.sort_unstable();
-        if !flagged.is_empty() {
-            // The trainer's host-side splitting, on this batch's codes and residual.
-            let codes = SparseCodes {
-                n: state.n_samples(),
-                k: state.k,
-                indices: state.indices.clone(),
-                values: state.values.iter().map(|&v| v as f32).collect(),
-                residual_energy: Vec::new(),
-            };
-            let residual: Vec<f32> = state.residual().iter().map(|&v| v as f32).collect();
-            let mut atoms: Vec<f32> = state.atoms.iter().map(|&v| v as f32).collect();
-            let changed = crate::train::split_atoms(&mut atoms, d, &codes, &residual, &flagged);
-            state.atoms = atoms.iter().map(|&v| v as f64).collect();
-            for j in changed {
-                self.memory[j * d..(j + 1) * d].fill(0.0);
-            }
         }
-        self.atoms = state.atoms;
+        for (g, mut state) in last.into_iter().enumerate() {
+            let range = groups.range(g);
+            let (start, size) = (range.start, range.len());
+            let usage = &usage[range.clone()];
+            let usage32: Vec<u32> = usage
+                .iter()
+                .map(|&u| u.min(u32::MAX as u64) as u32)
+                .collect();
+            let dead = crate::train::rare_atoms(&usage32, self.config.rare_atom_fraction);
+            // Near-duplicates of a more used atom (ties: the lower index is kept).
+            let atoms = &state.atoms;
+            let purged: Vec<usize> = (0..size)
+                .filter(|&j| {
+                    !dead.contains(&j)
+                        && (0..size).any(|i| {
+                            let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
+                            i != j
+                                && more_used
+                                && dot(&atoms[i * d..(i + 1) * d], &atoms[j * d..(j + 1) * d]).abs()
+                                    > self.config.duplicate_threshold as f64
+                        })
+                })
+                .collect();
+            let mut flagged: Vec<usize> = dead.iter().chain(&purged).copied().collect();
+            flagged.sort_unstable();
+            if !flagged.is_empty() {
+                // The trainer's host-side splitting, on this batch's codes and residual.
+                let codes = SparseCodes {
+                    n: state.n_samples(),
+                    k: state.k,
+                    indices: state.indices.clone(),
+                    values: state.values.iter().map(|&v| v as f32).collect(),
+                    residual_energy: Vec::new(),
+                };
+                let residual: Vec<f32> = state.residual().iter().map(|&v| v as f32).collect();
+                let mut atoms: Vec<f32> = state.atoms.iter().map(|&v| v as f32).collect();
+                let changed = crate::train::split_atoms(&mut atoms, d, &codes, &residual, &flagged);
+                state.atoms = atoms.iter().map(|&v| v as f64).collect();
+                for j in changed {
+                    self.memory[(start + j) * d..(start + j + 1) * d].fill(0.0);
+                }
+            }
+            self.atoms[start * d..(start + size) * d].copy_from_slice(&state.atoms);
+            report.dead.extend(dead.iter().map(|j| start + j));
+            report.purged.extend(purged.iter().map(|j| start + j));
+        }
         report
     }
 }
