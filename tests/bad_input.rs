@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::files::{self, Tensor};
 use dbksvd::data::{self, ActivationFile, ActivationSource, InMemory};
+use dbksvd::encode::Groups;
 use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
-use dbksvd::export::Dictionary;
+use dbksvd::export::{Dictionary, GROUPS_METADATA};
 use dbksvd::train::{TrainConfig, Trainer, CHECKPOINT_FILE};
 use dbksvd::Error;
 
@@ -736,6 +737,70 @@ config_case!(
     &["--atoms", "8", "--k", "2", "--epochs", "0"],
     &["epochs"]
 );
+
+config_case!(
+    config_fewer_nonzeros_than_matryoshka_groups,
+    TrainConfig {
+        groups: Some(Groups::doubling(2, 8).unwrap()),
+        ..base()
+    },
+    &["--atoms", "8", "--k", "2", "--matryoshka", "2"],
+    &["k = 2", "3 Matryoshka groups"]
+);
+config_case!(
+    config_matryoshka_groups_not_ending_at_atoms,
+    TrainConfig {
+        groups: Some(Groups::new(vec![3, 6]).unwrap()),
+        ..base()
+    },
+    &["--atoms", "8", "--k", "2", "--matryoshka", "3,6"],
+    &["end at 6", "K = 8"]
+);
+
+#[test]
+fn config_matryoshka_groups_that_do_not_parse_or_nest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = good_file(dir.path(), "acts.safetensors", 40, 6);
+    let flags = |spec: &'static str| ["--atoms", "8", "--k", "4", "--matryoshka", spec];
+    names(
+        &train_error(dir.path(), &[&data], &flags("four")),
+        &["--matryoshka four", "smallest group"],
+    );
+    names(
+        &train_error(dir.path(), &[&data], &flags("4,2,8")),
+        &["[4, 2, 8]", "strictly increasing"],
+    );
+    names(
+        &train_error(dir.path(), &[&data], &flags("9")),
+        &["smallest Matryoshka group 9", "K = 8"],
+    );
+    assert!(Groups::new(vec![4, 2, 8]).is_err() && Groups::doubling(0, 8).is_err());
+    // Encoding with more groups than the dictionary has, or a prefix of a plain one.
+    let dict = tiny_dictionary(dir.path(), 6);
+    let mut grouped = Dictionary::load(&dict).unwrap();
+    grouped
+        .metadata
+        .insert(GROUPS_METADATA.into(), "[2,4,8]".into());
+    let grouped_path = dir.path().join("grouped.safetensors");
+    grouped.save(&grouped_path).unwrap();
+    names(
+        &encode_error(&grouped_path, &data, &["--k", "4", "--groups", "4"]),
+        &["a prefix of 4 groups", "has 3"],
+    );
+    names(
+        &encode_error(&dict, &data, &["--k", "2", "--groups", "2"]),
+        &["a prefix of 2 groups", "has 1"],
+    );
+    // Groups in the metadata that do not fit the dictionary.
+    grouped
+        .metadata
+        .insert(GROUPS_METADATA.into(), "[2,4,9]".into());
+    grouped.save(&grouped_path).unwrap();
+    names(
+        &encode_error(&grouped_path, &data, &["--k", "4"]),
+        &["matryoshka_groups", "K = 8"],
+    );
+}
 
 #[test]
 fn config_flag_that_does_not_parse_is_a_usage_error() {

@@ -434,6 +434,13 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
         source.dim(),
         gpu.adapter().name
     );
+    if let Some(groups) = &config.groups {
+        println!(
+            "Matryoshka groups ending at {:?}, with k {:?}",
+            groups.ends(),
+            groups.split_k(config.k)?
+        );
+    }
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {msg}  ETA {eta}")

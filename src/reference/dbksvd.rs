@@ -3,12 +3,15 @@
 //! ```text
 //! for each epoch e:
 //!     for each batch Y_b of the epoch's shuffled order (same order as the trainer):
-//!         X_b  = OMP(Y_b − μ, D, k)                       reference::omp
+//!       R = Y_b − μ
+//!       for each Matryoshka group g in order (one group of all atoms in a plain run):
+//!         X_g  = OMP(R, D_g, k_g)                         reference::omp
 //!         for each atom batch of the step's seeded atom order (A atoms, Jacobi inside):
 //!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::ksvd_update (converged;
 //!                             with the atom memory when γ > 0)
-//!         usage += atoms used by X_b
-//!     flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
+//!         R = R − X_g·D_g (after the update, rounded to f32 as the trainer reads it back)
+//!         usage += atoms used by X_g
+//!     within each group: flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
 //!     (|cos| > threshold with a more used atom); re-seed them by splitting the atoms whose
 //!     users carry the most residual (train::split_atoms), on the epoch's last batch
 //! ```
@@ -122,12 +125,12 @@ impl ReferenceRun {
             last.clear();
             // Group by group: code what the groups before left, update, pass on the residual
             // after the update (in f32, as the trainer reads it back).
-            for g in 0..groups.len() {
+            for (g, &share) in shares.iter().enumerate() {
                 let range = groups.range(g);
                 let size = range.len();
                 let words = range.start * d..range.end * d;
                 let coding = CodingOptions {
-                    k: shares[g],
+                    k: share,
                     ..self.config.coding()
                 };
                 let atoms_f32: Vec<f32> = self.atoms[words.clone()]
