@@ -658,12 +658,9 @@ impl Encoder {
         }
     }
 
-    fn encode_groups(
-        &self,
-        samples: &[f32],
-        groups: &GroupCoders,
-        prefix: usize,
-    ) -> Result<SparseCodes> {
+    /// Rows of `samples` [n, d]: a length that is not a multiple of d, or a non-finite value,
+    /// is an error.
+    fn rows_of(&self, samples: &[f32]) -> Result<usize> {
         let d = self.d;
         if !samples.len().is_multiple_of(d) {
             return Err(Error::ShapeMismatch {
@@ -673,7 +670,17 @@ impl Encoder {
             });
         }
         check_finite("samples", samples, d)?;
-        let n = samples.len() / d;
+        Ok(samples.len() / d)
+    }
+
+    fn encode_groups(
+        &self,
+        samples: &[f32],
+        groups: &GroupCoders,
+        prefix: usize,
+    ) -> Result<SparseCodes> {
+        let d = self.d;
+        let n = self.rows_of(samples)?;
         let k = self.options.coding.k;
         let mut residual = samples.to_vec();
         if let Some(mean) = &self.mean {
@@ -751,15 +758,7 @@ impl Encoder {
         mut profile: Option<&mut EncodeProfile>,
     ) -> Result<SparseCodes> {
         let d = self.d;
-        if !samples.len().is_multiple_of(d) {
-            return Err(Error::ShapeMismatch {
-                op: "encode (samples vs dictionary)".into(),
-                left: format!("[{} values]", samples.len()),
-                right: format!("[?, {d}] (d from the dictionary)"),
-            });
-        }
-        check_finite("samples", samples, d)?;
-        let n = samples.len() / d;
+        let n = self.rows_of(samples)?;
         let k = self.options.coding.k;
         let words = omp::code_words(k);
         let mut codes = SparseCodes {
