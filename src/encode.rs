@@ -120,9 +120,25 @@ impl CodingOptions {
 /// atom order and a dictionary of its own. Training fits each group, in order, to the residual
 /// the groups before it leave; encoding follows the same order, and can stop after any prefix.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "Vec<usize>", into = "Vec<usize>")]
 pub struct Groups {
     ends: Vec<usize>,
+}
+
+/// Groups read from a file (a checkpoint's configuration, a dictionary's metadata) are checked
+/// like [`Groups::new`]'s.
+impl TryFrom<Vec<usize>> for Groups {
+    type Error = String;
+
+    fn try_from(ends: Vec<usize>) -> std::result::Result<Self, String> {
+        Groups::new(ends).map_err(|e| e.to_string())
+    }
+}
+
+impl From<Groups> for Vec<usize> {
+    fn from(groups: Groups) -> Self {
+        groups.ends
+    }
 }
 
 impl Groups {
@@ -201,9 +217,16 @@ impl Groups {
     /// The nonzeros of each group, summing to exactly `k`: every group gets one, and the other
     /// k − G are shared in proportion to the groups' sizes, rounded by largest remainder (ties
     /// to the earlier group). K = 1536, k = 32 in groups of 64, 64, 128, 256, 512, 512 gives
-    /// 2, 2, 3, 5, 10, 10.
+    /// 2, 2, 3, 5, 10, 10. No group gets more nonzeros than it has atoms (a one-atom last group
+    /// gets one); what that leaves goes to the largest groups with room, earlier first.
     pub fn split_k(&self, k: usize) -> Result<Vec<usize>> {
         self.validate_for(self.n_atoms(), k)?;
+        if k > self.n_atoms() {
+            return Err(Error::InvalidArgument(format!(
+                "k = {k} exceeds the K = {} atoms of the Matryoshka groups",
+                self.n_atoms()
+            )));
+        }
         let (n_atoms, rest) = (self.n_atoms() as u128, (k - self.len()) as u128);
         let sizes: Vec<u128> = (0..self.len())
             .map(|g| self.range(g).len() as u128)
@@ -221,6 +244,22 @@ impl Groups {
             }
             shares[g] += 1;
             left -= 1;
+        }
+        // Slots beyond a group's atoms would stay empty: move them to groups with room.
+        let mut excess = 0;
+        for (share, &size) in shares.iter_mut().zip(&sizes) {
+            excess += share.saturating_sub(size as usize);
+            *share = (*share).min(size as usize);
+        }
+        let mut by_size: Vec<usize> = (0..self.len()).collect();
+        by_size.sort_by_key(|&g| std::cmp::Reverse(sizes[g]));
+        while excess > 0 {
+            for &g in &by_size {
+                if excess > 0 && shares[g] < sizes[g] as usize {
+                    shares[g] += 1;
+                    excess -= 1;
+                }
+            }
         }
         Ok(shares)
     }
@@ -642,9 +681,14 @@ impl Encoder {
         }
     }
 
-    /// Codes `samples` with the first `prefix` Matryoshka groups only, as a dictionary of their
-    /// atoms would: the codes keep all k slots, those of later groups empty (index −1), and the
-    /// residual energy is what is left after the prefix. Without groups, `prefix` must be 1.
+    /// Codes `samples` with the first `prefix` Matryoshka groups only: the codes keep all k
+    /// slots, those of later groups empty (index −1), and the residual energy is what is left
+    /// after the prefix. Without groups, `prefix` must be 1.
+    ///
+    /// Each group codes (with its own k, and the options' tolerance and floors applied to its
+    /// input) the residual of the support chosen so far, refitted by least squares over that
+    /// whole support; training passes each group the residual without that refit, which
+    /// measured the same (0.3045 against 0.3068 FVU at K = 512) at a host cost per batch.
     pub fn encode_prefix(&self, samples: &[f32], prefix: usize) -> Result<SparseCodes> {
         let count = self.groups.as_ref().map_or(1, |g| g.coders.len());
         if prefix == 0 || prefix > count {
@@ -747,6 +791,13 @@ impl Encoder {
     /// (correlations, then coding) with a wait between, so it runs a little slower than `encode`;
     /// use it for benchmarks and diagnostics.
     pub fn encode_profiled(&self, samples: &[f32]) -> Result<(SparseCodes, EncodeProfile)> {
+        if self.groups.is_some() {
+            return Err(Error::InvalidArgument(
+                "profiling times one coding pass; a Matryoshka encoder codes group by group \
+                 (profile each group's dictionary instead)"
+                    .into(),
+            ));
+        }
         let mut profile = EncodeProfile::default();
         let codes = self.encode_inner(samples, Some(&mut profile))?;
         Ok((codes, profile))

@@ -330,8 +330,6 @@ impl Dictionary {
                 "metadata `{GROUPS_METADATA}` = {text:?} is not a list of group ends: {e}"
             ))
         })?;
-        // Deserialising skips `Groups::new`'s checks.
-        let groups = Groups::new(groups.ends().to_vec())?;
         if groups.n_atoms() != self.n_atoms {
             return Err(Error::InvalidArgument(format!(
                 "metadata `{GROUPS_METADATA}` ends at {} but the dictionary has K = {}",

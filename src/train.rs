@@ -524,6 +524,11 @@ impl<'a> Trainer<'a> {
             .into_iter()
             .min_by_key(|(fit, ..)| fit.largest)
             .expect("at least one group");
+        if groups.len() > 1 {
+            // The coherence of the whole dictionary and its evaluation use its whole Gram.
+            gpu.check_whole(n_atoms, d, "dictionary")?;
+            gpu.check_whole(n_atoms, n_atoms, "Gram matrix")?;
+        }
         // A resumed run without a batch size of its own goes on with the checkpoint's.
         let checkpoint = match &self.resume {
             Some(path) => Some((path, Checkpoint::load(path)?)),

@@ -23,10 +23,13 @@ fn groups_double_for_any_k_and_share_k_exactly() {
     // never getting fewer slots than smaller ones.
     for n_atoms in 1..=300 {
         let groups = Groups::doubling(4.min(n_atoms), n_atoms).unwrap();
-        for k in groups.len()..groups.len() + 40 {
+        assert!(groups.split_k(n_atoms + 1).is_err());
+        for k in groups.len()..=n_atoms.min(groups.len() + 40) {
             let shares = groups.split_k(k).unwrap();
             assert_eq!(shares.iter().sum::<usize>(), k, "K = {n_atoms}, k = {k}");
             assert!(shares.iter().all(|&s| s >= 1));
+            // Never more slots than atoms.
+            assert!((0..groups.len()).all(|g| shares[g] <= groups.range(g).len()));
             for a in 0..groups.len() {
                 for b in 0..groups.len() {
                     if groups.range(a).len() < groups.range(b).len() {
@@ -37,9 +40,22 @@ fn groups_double_for_any_k_and_share_k_exactly() {
         }
         assert!(groups.split_k(groups.len() - 1).is_err());
     }
-    // The documented example.
+    // The documented examples: proportional shares, and a one-atom last group (K = 513)
+    // that would have won a second slot.
     let groups = Groups::doubling(64, 1536).unwrap();
     assert_eq!(groups.split_k(32).unwrap(), [2, 2, 3, 5, 10, 10]);
+    let groups = Groups::doubling(64, 513).unwrap();
+    assert_eq!(groups.ends(), [64, 128, 256, 512, 513]);
+    assert_eq!(groups.split_k(16).unwrap().iter().sum::<usize>(), 16);
+    assert_eq!(groups.split_k(16).unwrap()[4], 1);
+    // Groups read from a file are checked as `Groups::new` checks them.
+    for bad in ["[]", "[5,3,10]", "[0,4]"] {
+        assert!(serde_json::from_str::<Groups>(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        serde_json::from_str::<Groups>("[4,8]").unwrap(),
+        Groups::new(vec![4, 8]).unwrap()
+    );
     // Bad groups.
     assert!(Groups::new(vec![]).is_err());
     assert!(Groups::new(vec![0, 4]).is_err());
@@ -190,7 +206,7 @@ fn every_prefix_reconstructs_and_the_whole_stays_close_to_plain() {
     let first_m = prefix_fvu(gpu, &matryoshka.dictionary, &held_out, 1, first, first_k);
     let first_p = prefix_fvu(gpu, &plain.dictionary, &held_out, 1, first, first_k);
     assert!(first_m < first_p, "{report:?}");
-    // All groups against the plain dictionary, both coded with k = 8 (each its own way).
+    // All groups against the plain dictionary, both coded with k = 16 (each its own way).
     let whole_m = evaluate(
         gpu,
         &matryoshka.dictionary,
@@ -210,7 +226,9 @@ fn every_prefix_reconstructs_and_the_whole_stays_close_to_plain() {
     .unwrap()
     .fvu;
     eprintln!("all groups: Matryoshka {whole_m:.4}, plain {whole_p:.4}");
-    assert!((whole_m - previous).abs() < 1e-3, "{whole_m} vs {previous}");
+    // Measured on lavapipe: 0.2903 against 0.2672 (+8.6 %); with groups from 64 (four
+    // groups) the whole costs +13 %, and on the larger MiniLM split with groups from 64, +24 %
+    // (README): the bound holds for few, large groups.
     assert!(
         whole_m <= 1.10 * whole_p,
         "Matryoshka {whole_m} vs plain {whole_p}"
@@ -399,4 +417,110 @@ fn one_epoch_by_groups_matches_the_reference() {
     plain.init = Init::Dictionary(start);
     let plain = Trainer::new(gpu, plain).fit(&source).unwrap();
     assert!(plain.dictionary.atoms != result.dictionary.atoms);
+}
+
+/// Planted data (d = 32, 40 atoms, k = 3) in `rows` samples, and a grouped configuration
+/// (10, 10, 20 atoms, one nonzero each) whose power iterations converge, from a given start.
+fn grouped_setup(
+    rows: usize,
+    epochs: usize,
+    rare_atom_fraction: f64,
+) -> (InMemory<Vec<f32>>, TrainConfig, Vec<f32>, Vec<f32>) {
+    use dbksvd::data::synthetic::{self, PlantedSpec};
+    use dbksvd::train::{init_from_samples, Init};
+    let d = 32;
+    let planted = synthetic::planted(&PlantedSpec {
+        d,
+        atoms: 40,
+        k: 3,
+        samples: rows,
+        noise: 0.01,
+        seed: 4,
+    });
+    let source = InMemory::new(planted.samples, d).unwrap();
+    let mut config = TrainConfig::new(40, 3);
+    config.epochs = epochs;
+    config.batch_size = Some(200);
+    config.atom_batch = 8;
+    config.power_iterations = 300;
+    config.rare_atom_fraction = rare_atom_fraction;
+    config.seed = 6;
+    config.groups = Some(Groups::new(vec![10, 20, 40]).unwrap());
+    let mean = dbksvd::data::Stats::compute(&source, 200)
+        .unwrap()
+        .mean_f32();
+    let start = init_from_samples(&source, 40, Some(&mean), config.seed).unwrap();
+    config.init = Init::Dictionary(start.clone());
+    (source, config, start, mean)
+}
+
+/// Two epochs by groups with re-seeding inside each group (a high rare-atom fraction flags
+/// many atoms) on 601 rows, whose last batch is short (151, 151, 151, 148): the trainer's
+/// per-group hygiene, its offsets into the usage and memory, and the short batch's buffers
+/// against the reference's.
+#[test]
+fn grouped_hygiene_and_short_batches_match_the_reference() {
+    use dbksvd::reference::dbksvd::ReferenceRun;
+    let Some(gpu) = common::gpu() else { return };
+    let (source, config, start, mean) = grouped_setup(601, 2, 0.8);
+    let d = source.dim();
+    let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
+    let first = &result.epochs[0];
+    assert!(first.reseeded > 0, "no atom was re-seeded: {first:?}");
+    assert_eq!(
+        result.batches.iter().map(|b| b.samples).collect::<Vec<_>>()[..4],
+        [151, 151, 151, 148]
+    );
+    let mut reference = ReferenceRun::new(config, &start, d, mean);
+    let report = reference.epoch(source.data(), 0);
+    assert_eq!(report.dead.len(), first.dead_atoms + first.rare_atoms);
+    reference.epoch(source.data(), 1);
+    for (j, (g, r)) in result
+        .dictionary
+        .atoms
+        .chunks(d)
+        .zip(reference.atoms.chunks(d))
+        .enumerate()
+    {
+        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
+        assert!(cos >= 0.999, "atom {j}: cos {cos}");
+    }
+}
+
+/// A grouped run stopped mid-epoch and resumed from its checkpoint ends with exactly the atoms
+/// of an uninterrupted one; a checkpoint with other groups is refused.
+#[test]
+fn a_grouped_run_resumes_bit_identically() {
+    use dbksvd::train::CHECKPOINT_FILE;
+    use std::ops::ControlFlow;
+    let Some(gpu) = common::gpu() else { return };
+    let (source, mut config, _, _) = grouped_setup(600, 2, 0.05);
+    config.power_iterations = 2;
+    let whole = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = Trainer::new(gpu, config.clone())
+        .checkpoint_to(dir.path())
+        .on_batch(|p| {
+            if p.done == 4 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .fit(&source)
+        .unwrap();
+    assert_eq!(first.batches.len(), 4);
+    let resumed = Trainer::new(gpu, config.clone())
+        .resume_from(dir.path().join(CHECKPOINT_FILE))
+        .fit(&source)
+        .unwrap();
+    assert!(resumed.dictionary.atoms == whole.dictionary.atoms);
+    assert_eq!(resumed.dictionary.metadata[GROUPS_METADATA], "[10,20,40]");
+    config.groups = Some(Groups::new(vec![20, 40]).unwrap());
+    let err = Trainer::new(gpu, config)
+        .resume_from(dir.path().join(CHECKPOINT_FILE))
+        .fit(&source)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("groups"), "{err}");
 }

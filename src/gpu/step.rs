@@ -137,6 +137,28 @@ impl Gpu {
             .map(|fit| fit.largest)
     }
 
+    /// Checks that a [rows, cols] matrix the kernels bind whole fits one buffer and one
+    /// binding; `what` names it in the error.
+    pub(crate) fn check_whole(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
+        let limits = self.limits();
+        let binding = limits.planned_binding_size.min(limits.max_buffer_size);
+        let what = format!("{what} {}", shape(rows, cols));
+        let len = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::InvalidArgument(format!("{what} overflows")))?;
+        let bytes = self.buffer_bytes::<f32>(len, &what)?;
+        if bytes > binding {
+            return Err(Error::ExceedsLimit {
+                what: format!("{what} (bytes, bound whole by the kernels)"),
+                requested: bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+                largest_batch: None,
+            });
+        }
+        self.check_row_fits(rows, cols)
+    }
+
     pub(crate) fn train_batch_fit(
         &self,
         n_atoms: usize,
@@ -146,28 +168,10 @@ impl Gpu {
         let k = coding.k;
         let limits = self.limits();
         let binding = limits.planned_binding_size.min(limits.max_buffer_size);
-        // A matrix bound whole: one buffer, and one binding.
-        let whole = |rows: usize, cols: usize, what: &str| -> Result<()> {
-            let what = format!("{what} {}", shape(rows, cols));
-            let len = rows
-                .checked_mul(cols)
-                .ok_or_else(|| Error::InvalidArgument(format!("{what} overflows")))?;
-            let bytes = self.buffer_bytes::<f32>(len, &what)?;
-            if bytes > binding {
-                return Err(Error::ExceedsLimit {
-                    what: format!("{what} (bytes, bound whole by the kernels)"),
-                    requested: bytes,
-                    limit_name: "max_storage_buffer_binding_size",
-                    limit: binding,
-                    largest_batch: None,
-                });
-            }
-            self.check_row_fits(rows, cols)
-        };
         // What does not depend on the batch: atoms, atom memory and power iterates [K, d], the
         // Gram matrix [K, K] (bound whole by the epoch-end duplicate search), the coding kernel.
-        whole(n_atoms, d, "dictionary")?;
-        whole(n_atoms, n_atoms, "Gram matrix")?;
+        self.check_whole(n_atoms, d, "dictionary")?;
+        self.check_whole(n_atoms, n_atoms, "Gram matrix")?;
         self.check_row_fits(1, n_atoms)?;
         super::omp::check_coding_fits(self, n_atoms, d, coding)?;
 
