@@ -13,7 +13,7 @@ use dbksvd::data::{self, ActivationSource};
 use dbksvd::encode::{CodingOptions, Groups};
 use dbksvd::export::Dictionary;
 use dbksvd::gpu::Gpu;
-use dbksvd::train::{evaluate, TrainConfig, Trainer};
+use dbksvd::train::{evaluate, evaluate_prefix, TrainConfig, Trainer};
 
 fn range(spec: &str) -> std::ops::Range<usize> {
     let (a, b) = spec.split_once(':').expect("rows as A:B");
@@ -66,16 +66,13 @@ fn main() -> dbksvd::Result<()> {
         dictionaries.push(result.dictionary);
     }
     let d = held_out.dim();
-    let mut rows = vec![0.0; held_out.rows() * d];
-    held_out.read_rows(0, &mut rows)?;
-    let matryoshka = dictionaries[0].encoder(&gpu, CodingOptions::omp(k))?;
     println!("| atoms | k | Matryoshka | plain |\n|---|---|---|---|");
     for prefix in 1..=groups.len() {
         let atoms = groups.ends()[prefix - 1];
         let k_prefix: usize = shares[..prefix].iter().sum();
         // Matryoshka: its first `prefix` groups, coded in order.
-        let codes = matryoshka.encode_prefix(&rows, prefix)?;
-        let m = fvu(&rows, &matryoshka.reconstruct(&codes)?, d);
+        let coding = CodingOptions::omp(k);
+        let m = evaluate_prefix(&gpu, &dictionaries[0], &held_out, coding, 4096, prefix)?;
         // Plain: its first atoms, with as many nonzeros.
         let plain = &dictionaries[1];
         let first = Dictionary {
@@ -86,26 +83,7 @@ fn main() -> dbksvd::Result<()> {
             metadata: Default::default(),
         };
         let p = evaluate(&gpu, &first, &held_out, CodingOptions::omp(k_prefix), 4096)?;
-        println!("| {atoms} | {k_prefix} | {m:.4} | {:.4} |", p.fvu);
+        println!("| {atoms} | {k_prefix} | {:.4} | {:.4} |", m.fvu, p.fvu);
     }
     Ok(())
-}
-
-/// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ȳ the mean of `y` (as `evaluate` scores).
-fn fvu(y: &[f32], y_hat: &[f32], d: usize) -> f64 {
-    let n = (y.len() / d) as f64;
-    let mut mean = vec![0.0f64; d];
-    for row in y.chunks(d) {
-        mean.iter_mut()
-            .zip(row)
-            .for_each(|(m, &v)| *m += v as f64 / n);
-    }
-    let (mut residual, mut variance) = (0.0, 0.0);
-    for (row, approx) in y.chunks(d).zip(y_hat.chunks(d)) {
-        for c in 0..d {
-            residual += (row[c] as f64 - approx[c] as f64).powi(2);
-            variance += (row[c] as f64 - mean[c]).powi(2);
-        }
-    }
-    residual / variance
 }

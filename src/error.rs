@@ -142,26 +142,6 @@ fn largest_batch_hint(largest: Option<usize>) -> String {
 }
 
 impl Error {
-    /// An `ExceedsLimit` that no batch satisfies: without a largest batch.
-    pub(crate) fn without_batch(self) -> Self {
-        match self {
-            Error::ExceedsLimit {
-                what,
-                requested,
-                limit_name,
-                limit,
-                ..
-            } => Error::ExceedsLimit {
-                what,
-                requested,
-                limit_name,
-                limit,
-                largest_batch: None,
-            },
-            other => other,
-        }
-    }
-
     /// The root cause: for [`Error::Training`] the error that stopped training, else `self`.
     pub fn cause(&self) -> &Error {
         match self {

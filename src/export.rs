@@ -59,6 +59,15 @@ pub fn is_temporary(name: &str) -> bool {
             .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// True for a temporary [`write_atomic`] writes one of the files `names` under (of any
+/// process).
+pub fn is_temporary_of(name: &str, names: &[&str]) -> bool {
+    is_temporary(name)
+        && names
+            .iter()
+            .any(|n| name.starts_with(&format!(".{n}.tmp-")))
+}
+
 /// Removes from `dir` the temporaries of the files `names` that a writer killed between writing
 /// and renaming left behind (`.NAME.tmp-PID`, never part of the output). Returns what it removed;
 /// a missing `dir` is nothing to do. Only for a folder that one process writes at a time.
@@ -74,10 +83,7 @@ pub fn remove_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = names
-            .iter()
-            .any(|n| name.starts_with(&format!(".{n}.tmp-")) && is_temporary(&name));
-        if ours && entry.file_type().map_err(io(dir))?.is_file() {
+        if is_temporary_of(&name, names) && entry.file_type().map_err(io(dir))?.is_file() {
             std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             removed.push(entry.path());
         }

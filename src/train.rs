@@ -1477,6 +1477,20 @@ pub fn evaluate(
     coding: CodingOptions,
     batch_size: usize,
 ) -> Result<Score> {
+    let groups = dictionary.groups()?.map_or(1, |g| g.len());
+    evaluate_prefix(gpu, dictionary, source, coding, batch_size, groups)
+}
+
+/// [`evaluate`] with the first `prefix` Matryoshka groups of `dictionary` only (see
+/// [`crate::encode::Encoder::encode_prefix`]); 1 for a plain dictionary.
+pub fn evaluate_prefix(
+    gpu: &Gpu,
+    dictionary: &Dictionary,
+    source: &dyn ActivationSource,
+    coding: CodingOptions,
+    batch_size: usize,
+    prefix: usize,
+) -> Result<Score> {
     let d = source.dim();
     if d != dictionary.d {
         return Err(Error::ShapeMismatch {
@@ -1499,7 +1513,7 @@ pub fn evaluate(
     let order = BatchOrder::sequential(batch_size.max(1));
     for batch in crate::data::Batches::new(source, &order, 0)? {
         let batch = batch?;
-        let codes = encoder.encode(&batch.data)?;
+        let codes = encoder.encode_prefix(&batch.data, prefix)?;
         let approx = encoder.reconstruct(&codes)?;
         for (i, (y, y_hat)) in batch
             .data

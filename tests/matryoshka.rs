@@ -6,7 +6,7 @@ mod common;
 use dbksvd::data::{ActivationSource, InMemory};
 use dbksvd::encode::{CodingOptions, Groups};
 use dbksvd::export::{Dictionary, GROUPS_METADATA};
-use dbksvd::train::{evaluate, TrainConfig, TrainResult, Trainer};
+use dbksvd::train::{evaluate, evaluate_prefix, TrainConfig, TrainResult, Trainer};
 
 #[test]
 fn groups_double_for_any_k_and_share_k_exactly() {
@@ -106,12 +106,10 @@ fn prefix_fvu(
 ) -> f64 {
     let score = match dictionary.groups().unwrap() {
         Some(_) => {
-            let encoder = dictionary
-                .encoder(gpu, CodingOptions::omp(dictionary_k(dictionary)))
-                .unwrap();
-            let codes = encoder.encode_prefix(source.data(), prefix).unwrap();
-            let approx = encoder.reconstruct(&codes).unwrap();
-            fvu(source.data(), &approx, source.dim())
+            let coding = CodingOptions::omp(dictionary_k(dictionary));
+            evaluate_prefix(gpu, dictionary, source, coding, 4096, prefix)
+                .unwrap()
+                .fvu
         }
         None => {
             let first = Dictionary {
@@ -133,25 +131,6 @@ fn prefix_fvu(
 fn dictionary_k(dictionary: &Dictionary) -> usize {
     let config: serde_json::Value = serde_json::from_str(&dictionary.metadata["config"]).unwrap();
     config["k"].as_u64().unwrap() as usize
-}
-
-/// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ȳ the mean of `y`.
-fn fvu(y: &[f32], y_hat: &[f32], d: usize) -> f64 {
-    let n = y.len() / d;
-    let mut mean = vec![0.0f64; d];
-    for row in y.chunks(d) {
-        mean.iter_mut()
-            .zip(row)
-            .for_each(|(m, &v)| *m += v as f64 / n as f64);
-    }
-    let (mut residual, mut variance) = (0.0, 0.0);
-    for (row, approx) in y.chunks(d).zip(y_hat.chunks(d)) {
-        for c in 0..d {
-            residual += (row[c] as f64 - approx[c] as f64).powi(2);
-            variance += (row[c] as f64 - mean[c]).powi(2);
-        }
-    }
-    residual / variance
 }
 
 /// The comparison's dictionaries: K atoms, k nonzeros, Matryoshka groups from `SMALLEST`
@@ -386,18 +365,7 @@ fn one_epoch_by_groups_matches_the_reference() {
     let mut reference = ReferenceRun::new(config, &start, d, mean);
     let report = reference.epoch(source.data(), 0);
     let fvu = result.epochs[0].fvu;
-    let mut worst = 1.0f64;
-    for (j, (g, r)) in result
-        .dictionary
-        .atoms
-        .chunks(d)
-        .zip(reference.atoms.chunks(d))
-        .enumerate()
-    {
-        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
-        assert!(cos >= 0.999, "atom {j}: cos {cos}");
-        worst = worst.min(cos);
-    }
+    let worst = common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
     eprintln!(
         "worst atom cos {worst:.6}; FVU {fvu} vs reference {}",
         report.fvu
@@ -475,16 +443,7 @@ fn grouped_hygiene_and_short_batches_match_the_reference() {
     let report = reference.epoch(source.data(), 0);
     assert_eq!(report.dead.len(), first.dead_atoms + first.rare_atoms);
     reference.epoch(source.data(), 1);
-    for (j, (g, r)) in result
-        .dictionary
-        .atoms
-        .chunks(d)
-        .zip(reference.atoms.chunks(d))
-        .enumerate()
-    {
-        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
-        assert!(cos >= 0.999, "atom {j}: cos {cos}");
-    }
+    common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
 }
 
 /// A grouped run stopped mid-epoch and resumed from its checkpoint ends with exactly the atoms

@@ -127,18 +127,7 @@ fn one_epoch_matches_the_reference() {
         result.batches.iter().map(|b| b.fvu).collect::<Vec<_>>()
     );
     assert!(report.dead.is_empty() && report.purged.is_empty());
-    let mut worst = 1.0f64;
-    for (j, (g, r)) in result
-        .dictionary
-        .atoms
-        .chunks(d)
-        .zip(reference.atoms.chunks(d))
-        .enumerate()
-    {
-        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
-        assert!(cos >= 0.999, "atom {j}: cos {cos}");
-        worst = worst.min(cos);
-    }
+    let worst = common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
     // The FVUs of the codes agree as well (f32 coding against f64).
     assert!(
         (epoch.fvu - report.fvu).abs() <= 1e-3 * report.fvu.max(1e-3),
@@ -535,16 +524,7 @@ fn hygiene_matches_the_reference() {
     let report = reference.epoch(source.data(), 0);
     assert_eq!(report.dead.len(), first.dead_atoms + first.rare_atoms);
     reference.epoch(source.data(), 1);
-    for (j, (g, r)) in result
-        .dictionary
-        .atoms
-        .chunks(d)
-        .zip(reference.atoms.chunks(d))
-        .enumerate()
-    {
-        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
-        assert!(cos >= 0.999, "atom {j}: cos {cos}");
-    }
+    common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
 }
 
 /// `Gpu::coherence` against the f64 reference on awkward shapes (K = 1, 7, 67; d = 3, 13).

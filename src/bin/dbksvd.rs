@@ -339,11 +339,7 @@ const SAE_OUTPUTS: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
 
 /// Files and folders `dbksvd train` writes into its output folder (temporaries included).
 fn ours(name: &str) -> bool {
-    name == "sae"
-        || OUTPUTS.contains(&name)
-        || OUTPUTS
-            .iter()
-            .any(|n| name.starts_with(&format!(".{n}.tmp-")) && export::is_temporary(name))
+    name == "sae" || OUTPUTS.contains(&name) || export::is_temporary_of(name, &OUTPUTS)
 }
 
 fn train(args: &TrainArgs) -> dbksvd::Result<bool> {

@@ -121,23 +121,7 @@ impl OmpKernels {
 
     /// Pipelines for samples of up to `max_atoms` atoms, with G in one binding or several.
     fn pipelines(&self, gpu: &Gpu, max_atoms: usize, single_block: bool) -> Result<Arc<Pipelines>> {
-        let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
-        let capacity = CAPACITIES
-            .iter()
-            .copied()
-            .find(|&c| c as usize >= max_atoms)
-            .filter(|&c| workgroup_bytes(c) <= limit)
-            .ok_or_else(|| Error::ExceedsLimit {
-                what: format!("sparse coding with k = {max_atoms} (workgroup bytes)"),
-                requested: CAPACITIES
-                    .iter()
-                    .copied()
-                    .find(|&c| c as usize >= max_atoms)
-                    .map_or(u64::MAX, workgroup_bytes),
-                limit_name: "max_compute_workgroup_storage_size",
-                limit,
-                largest_batch: None,
-            })?;
+        let capacity = capacity(gpu, max_atoms)?;
         let mut cache = self
             .by_capacity
             .lock()
@@ -230,22 +214,26 @@ pub(crate) fn check_coding_fits(
         loop_iterations(options.coder, n_atoms, max_atoms),
     )?;
     plan_gram(gpu, n_atoms)?;
+    capacity(gpu, max_atoms).map(|_| ())
+}
+
+/// The smallest compiled capacity (slots per sample) that holds `max_atoms` atoms, if its
+/// workgroup memory fits the device.
+fn capacity(gpu: &Gpu, max_atoms: usize) -> Result<u32> {
     let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
-    let needed = CAPACITIES
+    let smallest = CAPACITIES
         .iter()
         .copied()
-        .find(|&c| c as usize >= max_atoms)
-        .map_or(u64::MAX, workgroup_bytes);
-    if needed > limit {
-        return Err(Error::ExceedsLimit {
+        .find(|&c| c as usize >= max_atoms);
+    smallest
+        .filter(|&c| workgroup_bytes(c) <= limit)
+        .ok_or_else(|| Error::ExceedsLimit {
             what: format!("sparse coding with k = {max_atoms} (workgroup bytes)"),
-            requested: needed,
+            requested: smallest.map_or(u64::MAX, workgroup_bytes),
             limit_name: "max_compute_workgroup_storage_size",
             limit,
             largest_batch: None,
-        });
-    }
-    Ok(())
+        })
 }
 
 /// Loop iterations one invocation (invocation 0, which also runs the small solves) executes for

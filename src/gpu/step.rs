@@ -113,7 +113,8 @@ impl BatchFit {
             requested,
             limit_name: self.limit_name,
             limit: self.limit,
-            largest_batch: Some(self.largest),
+            // Zero: not even one sample fits.
+            largest_batch: (self.largest > 0).then_some(self.largest),
         }
     }
 }
@@ -172,7 +173,6 @@ impl Gpu {
         // Gram matrix [K, K] (bound whole by the epoch-end duplicate search), the coding kernel.
         self.check_whole(n_atoms, d, "dictionary")?;
         self.check_whole(n_atoms, n_atoms, "Gram matrix")?;
-        self.check_row_fits(1, n_atoms)?;
         super::omp::check_coding_fits(self, n_atoms, d, coding)?;
 
         let align = limits.binding_alignment();
@@ -264,8 +264,7 @@ impl Gpu {
                 bound_by,
                 need,
             }
-            .exceeded(1, 1, 1, (n_atoms, d, k))
-            .without_batch());
+            .exceeded(1, 1, 1, (n_atoms, d, k)));
         }
         Ok(BatchFit {
             largest,

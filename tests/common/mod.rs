@@ -36,6 +36,23 @@ pub fn gpu() -> Option<&'static Gpu> {
     .as_ref()
 }
 
+/// Asserts that every atom of `got` [K, d] agrees with the reference's (unit rows, so the dot
+/// product is the cosine) to at least `min_cos`; returns the worst cosine.
+pub fn assert_atoms_agree(got: &[f32], reference: &[f64], d: usize, min_cos: f64) -> f64 {
+    assert_eq!(
+        got.len(),
+        reference.len(),
+        "dictionaries of different sizes"
+    );
+    let mut worst = 1.0f64;
+    for (j, (g, r)) in got.chunks(d).zip(reference.chunks(d)).enumerate() {
+        let cos: f64 = g.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
+        assert!(cos >= min_cos, "atom {j}: cos {cos}");
+        worst = worst.min(cos);
+    }
+    worst
+}
+
 /// `len` values uniform in [-1, 1) from a fixed seed.
 pub fn uniform(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
