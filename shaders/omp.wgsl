@@ -1,4 +1,4 @@
-// Batched sparse coding: one workgroup codes one sample, every step inside one dispatch.
+// Batched sparse coding, one greedy step of the whole batch per pair of dispatches.
 //
 //   omp  Batch-OMP (Rubinstein, Zibulevsky & Elad 2008): greedy selection on the correlations
 //        α = D·r, kept up to date from the Gram matrix G = D·Dᵀ and a progressive Cholesky factor
@@ -7,16 +7,28 @@
 //
 // The stopping rules and tie-breaking match src/reference/omp.rs; see its module comment.
 //
-// α starts as the sample's correlation row α⁰ = D·y and is updated in place. Each invocation owns
-// the entries j ≡ lid (mod WG) and is the only one to read or write them, so no storage barrier
-// is needed; values that cross invocations go through workgroup memory.
+// A coding job is `start`, then per greedy step `sweep` and `select_omp` (or `select_mp`), then
+// `finish`, all recorded into one command buffer. Each sample's state (chosen atoms, coefficients,
+// Cholesky factor, residual energy) lives in device memory between dispatches, so no dispatch's
+// work grows with k·K: one invocation loops over at most PER atoms times the chosen atoms
+// (sweep) or over k² entries of the small factor (select). That keeps every invocation under
+// llvmpipe's loop cap at any K, and lets a GPU spread a step over B·K/CHUNK workgroups.
+//
+//   sweep   one workgroup per (sample, chunk of CHUNK = WG·PER atoms): α −= G[:,U]·Δ for the
+//           atoms U the last select changed, then the largest |α| of the chunk (ties to the lowest
+//           index) into the sample's argmax partials.
+//   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
+//           Cholesky factor, solves for the coefficients and writes the next Δ.
+//
+// Chosen atoms' α entries hold the bit pattern CHOSEN so the sweep neither updates them nor lets
+// rounding make them win again (α is bound as u32 words so no NaN canonicalisation can touch it).
 //
 // Residual energy ‖r‖² = ‖y‖² − γ·α⁰[I] is a difference of nearly equal numbers once the fit is
 // good, so in f32 it carries an absolute error of a few ulp of ‖y‖²: a relative tolerance below
 // about 1e-6 is not meaningful. It is clamped at 0.
 
 struct Params {
-    // Samples in this dispatch; workgroup (x, y) codes sample y·num_workgroups.x + x.
+    // Samples in this job.
     batch: u32,
     // Atoms K (the length of an α row and of a G row).
     n_atoms: u32,
@@ -28,15 +40,18 @@ struct Params {
     g_rows_per_block: u32,
     // MP: least-squares refit of the final support (1) or not (0).
     refit: u32,
+    // Chunks of CHUNK atoms per α row: sweep workgroups per sample, argmax partials per sample.
+    n_chunks: u32,
+    // Words per sample record in `work`.
+    stride: u32,
+    // First word of the argmax partials (2 words per sample and chunk) in `work`.
+    parts: u32,
     // Stop when ‖r‖² ≤ tolerance·‖y‖²; negative disables.
     tolerance: f32,
     // Stop when max|α| ≤ min_correlation·‖y‖.
     min_correlation: f32,
     // Stop when the Cholesky pivot ≤ min_pivot·G[j,j].
     min_pivot: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
     // First element of each G block inside its binding.
     g_first: vec4<u32>,
 }
@@ -46,44 +61,59 @@ struct Params {
 @group(0) @binding(2) var<storage, read> g1: array<f32>;
 @group(0) @binding(3) var<storage, read> g2: array<f32>;
 @group(0) @binding(4) var<storage, read> g3: array<f32>;
-// [batch, K]: α⁰ on entry, scratch afterwards.
-@group(0) @binding(5) var<storage, read_write> alpha: array<f32>;
+// [batch, K]: α⁰ (f32 bits) on entry, scratch afterwards.
+@group(0) @binding(5) var<storage, read_write> alpha: array<u32>;
 // [batch]: ‖y‖².
 @group(0) @binding(6) var<storage, read> y_norm2: array<f32>;
 // [batch, 2k + 1]: k atom indices (i32 bits), k coefficients (f32 bits), residual energy.
 @group(0) @binding(7) var<storage, read_write> codes: array<u32>;
+// [batch, stride] sample records, then [batch, n_chunks, 2] argmax partials (f32 α bits, index).
+@group(0) @binding(8) var<storage, read_write> work: array<u32>;
 
-// Invocations per workgroup; a power of two (the argmax is a tree reduction).
+// Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
 override WG: u32 = 64u;
-// Capacity for chosen atoms; the host builds one pipeline per capacity it needs.
-override MAX_K: u32 = 32u;
+// Atoms per sweep invocation, held in two vec4 registers: each Δ read from workgroup memory
+// serves PER atoms. Mirrored by `PER` in src/gpu/omp.rs.
+const PER: u32 = 8u;
 // G in a single binding (the common case): no block selection per element.
 override G_SINGLE_BLOCK: bool = true;
-override CHOL_LEN: u32 = MAX_K * (MAX_K + 1u) / 2u;
 
-// Chosen atoms, in order, with where each one's row of G starts: binding (block) and element.
-var<workgroup> sel: array<u32, MAX_K>;
-var<workgroup> sel_blk: array<u32, MAX_K>;
-var<workgroup> sel_row: array<u32, MAX_K>;
+// Record layout (words): header, then k-long arrays, then the packed Cholesky factor.
+const H_NSEL: u32 = 0u; // atoms chosen
+const H_DONE: u32 = 1u; // 1 once the sample has stopped
+const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
+const H_NUPD: u32 = 3u; // entries of the pending α update (0 after a stop)
+const H_MPATOM: u32 = 4u; // MP: the atom of the pending update
+const H_CHOL_OK: u32 = 5u; // MP refit: the factor of the support so far is valid
+const HEADER: u32 = 8u;
+const CHOSEN: u32 = 0xffffffffu;
+
+fn sel_at(rec: u32) -> u32 {
+    return rec + HEADER;
+}
+fn coef_at(rec: u32) -> u32 {
+    return rec + HEADER + params.max_atoms;
+}
+fn rhs_at(rec: u32) -> u32 {
+    return rec + HEADER + 2u * params.max_atoms;
+}
+fn delta_at(rec: u32) -> u32 {
+    return rec + HEADER + 3u * params.max_atoms;
+}
+fn tmp_at(rec: u32) -> u32 {
+    return rec + HEADER + 4u * params.max_atoms;
+}
 // Cholesky factor L of G[I,I], lower triangle packed by rows: row i starts at i(i+1)/2.
-var<workgroup> chol: array<f32, CHOL_LEN>;
-// α⁰ at the chosen atoms (the right-hand side of the normal equations).
-var<workgroup> rhs: array<f32, MAX_K>;
-// Coefficients of the chosen atoms, and their change in the last step.
-var<workgroup> coef: array<f32, MAX_K>;
-var<workgroup> delta: array<f32, MAX_K>;
-// Scratch for the triangular solves.
-var<workgroup> tmp: array<f32, MAX_K>;
-// Argmax reduction: |α|, the signed α, and the atom index.
-var<workgroup> red_abs: array<f32, WG>;
-var<workgroup> red_val: array<f32, WG>;
-var<workgroup> red_idx: array<u32, WG>;
-// Decisions made by invocation 0 and broadcast to the others.
-var<workgroup> stop: u32;
-var<workgroup> n_sel: u32;
-var<workgroup> energy: f32;
-var<workgroup> step_atom: u32;
-var<workgroup> step_value: f32;
+fn chol_at(rec: u32) -> u32 {
+    return rec + HEADER + 5u * params.max_atoms;
+}
+
+fn wf(i: u32) -> f32 {
+    return bitcast<f32>(work[i]);
+}
+fn set_wf(i: u32, v: f32) {
+    work[i] = bitcast<u32>(v);
+}
 
 // Block of G holding `row`, and the element where that row starts inside the block's binding.
 fn g_row(row: u32) -> vec2<u32> {
@@ -125,40 +155,211 @@ fn tri(i: u32) -> u32 {
     return i * (i + 1u) / 2u;
 }
 
-// Solves L·x = b for the first n rows, b in tmp, x written over it.
-fn forward_in_tmp(n: u32) {
-    for (var i = 0u; i < n; i++) {
-        var s = tmp[i];
-        for (var t = 0u; t < i; t++) {
-            s -= chol[tri(i) + t] * tmp[t];
+// ---------------------------------------------------------------------------------------------
+// start: one invocation per sample.
+
+@compute @workgroup_size(64)
+fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = gid.y * groups.x * 64u + gid.x;
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    work[rec + H_NSEL] = 0u;
+    work[rec + H_DONE] = 0u;
+    set_wf(rec + H_ENERGY, max(y_norm2[sample], 0.0));
+    work[rec + H_NUPD] = 0u;
+    work[rec + H_MPATOM] = 0u;
+    work[rec + H_CHOL_OK] = 1u;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sweep: one workgroup per (sample, chunk).
+
+// Entries of the pending update (MP: its one atom is in the header), or 0xffffffff when the
+// sample has stopped.
+fn pending(rec: u32) -> u32 {
+    if work[rec + H_DONE] != 0u {
+        return 0xffffffffu;
+    }
+    return work[rec + H_NUPD];
+}
+
+// No barriers and no workgroup memory: on llvmpipe a barrier switches coroutines for every
+// 8 invocations, which cost more than the arithmetic here; each invocation writes its own
+// argmax partial instead and select reduces them.
+fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
+    let lin = wid.y * groups.x + wid.x;
+    let sample = lin / params.n_chunks;
+    if sample >= params.batch {
+        return;
+    }
+    let chunk = lin - sample * params.n_chunks;
+    let rec = sample * params.stride;
+    let n = pending(rec);
+    if n == 0xffffffffu {
+        return;
+    }
+    var upd_atoms = sel_at(rec);
+    if mp {
+        upd_atoms = rec + H_MPATOM;
+    }
+    let deltas = delta_at(rec);
+
+    let base = sample * params.n_atoms;
+    let last = params.n_atoms - 1u;
+    let first = chunk * WG * PER + lid;
+    // This invocation's atoms j_m = first + m·WG, m < 8, in two vec4 registers (no private array:
+    // llvmpipe turns a dynamically indexed one into memory); loads past K are clamped, discarded.
+    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u) * WG, vec4<u32>(last));
+    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u) * WG, vec4<u32>(last));
+    let ra = vec4<u32>(alpha[base + ja.x], alpha[base + ja.y], alpha[base + ja.z], alpha[base + ja.w]);
+    let rb = vec4<u32>(alpha[base + jb.x], alpha[base + jb.y], alpha[base + jb.z], alpha[base + jb.w]);
+    var va = bitcast<vec4<f32>>(ra);
+    var vb = bitcast<vec4<f32>>(rb);
+    for (var t = 0u; t < n; t++) {
+        let r = g_row(work[upd_atoms + t]);
+        let dt = wf(deltas + t);
+        if G_SINGLE_BLOCK {
+            let row = r.y;
+            va -= vec4<f32>(g0[row + ja.x], g0[row + ja.y], g0[row + ja.z], g0[row + ja.w]) * dt;
+            vb -= vec4<f32>(g0[row + jb.x], g0[row + jb.y], g0[row + jb.z], g0[row + jb.w]) * dt;
+        } else {
+            let blk = r.x;
+            let row = r.y;
+            va -= vec4<f32>(g_elem(blk, row + ja.x), g_elem(blk, row + ja.y),
+                g_elem(blk, row + ja.z), g_elem(blk, row + ja.w)) * dt;
+            vb -= vec4<f32>(g_elem(blk, row + jb.x), g_elem(blk, row + jb.y),
+                g_elem(blk, row + jb.z), g_elem(blk, row + jb.w)) * dt;
         }
-        tmp[i] = s / chol[tri(i) + i];
+    }
+    // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
+    var best_abs = -1.0;
+    var best_val = 0.0;
+    var best_idx = 0xffffffffu;
+    for (var m = 0u; m < PER; m++) {
+        let j = first + m * WG;
+        var raw: u32;
+        var v: f32;
+        if m < 4u {
+            raw = ra[m];
+            v = va[m];
+        } else {
+            raw = rb[m - 4u];
+            v = vb[m - 4u];
+        }
+        if j <= last && raw != CHOSEN {
+            if n > 0u {
+                alpha[base + j] = bitcast<u32>(v);
+            }
+            if abs(v) > best_abs {
+                best_abs = abs(v);
+                best_val = v;
+                best_idx = j;
+            }
+        }
+    }
+    let at = params.parts + 2u * ((sample * params.n_chunks + chunk) * WG + lid);
+    work[at] = bitcast<u32>(best_val);
+    work[at + 1u] = best_idx;
+}
+
+@compute @workgroup_size(WG)
+fn sweep_omp(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    sweep(lid, wid, groups, false);
+}
+
+@compute @workgroup_size(WG)
+fn sweep_mp(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    sweep(lid, wid, groups, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// select and finish: one invocation per sample, state in its record.
+
+fn sample_of(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.y * groups.x * 64u + gid.x;
+}
+
+// The argmax over the sample's partials: (signed α, index) of the largest |α|, ties to the
+// lowest index; index 0xffffffff when every atom is chosen.
+fn reduce_parts(sample: u32) -> vec2<u32> {
+    var best_abs = -1.0;
+    var best_val = 0.0;
+    var best_idx = 0xffffffffu;
+    let n_parts = params.n_chunks * WG;
+    let first = params.parts + 2u * sample * n_parts;
+    // Partials interleave index ranges, so ties are broken by index explicitly.
+    for (var c = 0u; c < n_parts; c++) {
+        let v = bitcast<f32>(work[first + 2u * c]);
+        let i = work[first + 2u * c + 1u];
+        if i != 0xffffffffu && (abs(v) > best_abs || (abs(v) == best_abs && i < best_idx)) {
+            best_abs = abs(v);
+            best_val = v;
+            best_idx = i;
+        }
+    }
+    return vec2<u32>(bitcast<u32>(best_val), best_idx);
+}
+
+// Rules 2 and 4: the residual is still above the tolerance and the best correlation above its
+// floor (the latter also stops a zero sample, and when every α is 0).
+fn worth_another_atom(energy: f32, y2: f32, best_abs: f32) -> bool {
+    if params.tolerance >= 0.0 && energy <= params.tolerance * y2 {
+        return false;
+    }
+    // `!(… > …)` also stops on NaN.
+    return best_abs > params.min_correlation * sqrt(y2);
+}
+
+// Solves L·x = b for the first n rows, b in the record's tmp, x written over it.
+fn forward_in_tmp(rec: u32, n: u32) {
+    let tmp = tmp_at(rec);
+    let chol = chol_at(rec);
+    for (var i = 0u; i < n; i++) {
+        var s = wf(tmp + i);
+        for (var t = 0u; t < i; t++) {
+            s -= wf(chol + tri(i) + t) * wf(tmp + t);
+        }
+        set_wf(tmp + i, s / wf(chol + tri(i) + i));
     }
 }
 
-// Solves Lᵀ·x = b for the first n rows, b in tmp, x written over it.
-fn backward_in_tmp(n: u32) {
+// Solves Lᵀ·x = b for the first n rows, b in the record's tmp, x written over it.
+fn backward_in_tmp(rec: u32, n: u32) {
+    let tmp = tmp_at(rec);
+    let chol = chol_at(rec);
     for (var ii = 0u; ii < n; ii++) {
         let i = n - 1u - ii;
-        var s = tmp[i];
+        var s = wf(tmp + i);
         for (var t = i + 1u; t < n; t++) {
-            s -= chol[tri(t) + i] * tmp[t];
+            s -= wf(chol + tri(t) + i) * wf(tmp + t);
         }
-        tmp[i] = s / chol[tri(i) + i];
+        set_wf(tmp + i, s / wf(chol + tri(i) + i));
     }
 }
 
-// Grows the Cholesky factor by atom j (the next row, n_sel existing rows). Returns false when the
-// pivot is too small: j is nearly in the span of the chosen atoms.
-fn cholesky_grow(j: u32, s: u32) -> bool {
+// Grows the Cholesky factor by atom j as row s (s rows exist). Returns false when the pivot is
+// too small: j is nearly in the span of the chosen atoms.
+fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     let rj = g_row(j);
+    let sel = sel_at(rec);
+    let tmp = tmp_at(rec);
     for (var t = 0u; t < s; t++) {
-        tmp[t] = g_elem(rj.x, rj.y + sel[t]);
+        set_wf(tmp + t, g_elem(rj.x, rj.y + work[sel + t]));
     }
-    forward_in_tmp(s);
+    forward_in_tmp(rec, s);
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
-        ww += tmp[t] * tmp[t];
+        ww += wf(tmp + t) * wf(tmp + t);
     }
     let gjj = g_elem(rj.x, rj.y + j);
     let pivot = gjj - ww;
@@ -166,248 +367,156 @@ fn cholesky_grow(j: u32, s: u32) -> bool {
     if !(pivot > params.min_pivot * gjj) {
         return false;
     }
+    let chol = chol_at(rec);
     for (var t = 0u; t < s; t++) {
-        chol[tri(s) + t] = tmp[t];
+        work[chol + tri(s) + t] = work[tmp + t];
     }
-    chol[tri(s) + s] = sqrt(pivot);
+    set_wf(chol + tri(s) + s, sqrt(pivot));
     return true;
 }
 
-// Argmax of |α| over this sample's row, ties to the lowest index, into red_*[0].
-fn argmax(lid: u32, base: u32) {
-    var best_abs = -1.0;
-    var best_val = 0.0;
-    var best_idx = 0xffffffffu;
-    // Strided: each invocation visits ascending j, so a strict `>` keeps its lowest index.
-    for (var j = lid; j < params.n_atoms; j += WG) {
-        let v = alpha[base + j];
-        if abs(v) > best_abs {
-            best_abs = abs(v);
-            best_val = v;
-            best_idx = j;
-        }
+// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I].
+fn solve_coefficients(rec: u32, n: u32, keep_delta: bool) -> f32 {
+    let tmp = tmp_at(rec);
+    for (var t = 0u; t < n; t++) {
+        work[tmp + t] = work[rhs_at(rec) + t];
     }
-    red_abs[lid] = best_abs;
-    red_val[lid] = best_val;
-    red_idx[lid] = best_idx;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            let oa = red_abs[lid + half];
-            let oi = red_idx[lid + half];
-            if oa > red_abs[lid] || (oa == red_abs[lid] && oi < red_idx[lid]) {
-                red_abs[lid] = oa;
-                red_val[lid] = red_val[lid + half];
-                red_idx[lid] = oi;
-            }
+    forward_in_tmp(rec, n);
+    backward_in_tmp(rec, n);
+    var fit = 0.0;
+    for (var t = 0u; t < n; t++) {
+        let g = wf(tmp + t);
+        if keep_delta {
+            set_wf(delta_at(rec) + t, g - wf(coef_at(rec) + t));
         }
-        workgroupBarrier();
+        set_wf(coef_at(rec) + t, g);
+        fit += g * wf(rhs_at(rec) + t);
     }
+    return fit;
 }
 
-// Resets the shared state for a new sample and returns its ‖y‖².
-fn begin(lid: u32, sample: u32) -> f32 {
+fn stop_sample(rec: u32) {
+    work[rec + H_DONE] = 1u;
+    work[rec + H_NUPD] = 0u;
+}
+
+@compute @workgroup_size(64)
+fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    if work[rec + H_DONE] != 0u {
+        return;
+    }
+    let s = work[rec + H_NSEL];
     let y2 = y_norm2[sample];
-    if lid == 0u {
-        energy = y2;
-        n_sel = 0u;
-        stop = 0u;
+    let best = reduce_parts(sample);
+    let a = bitcast<f32>(best.x);
+    let j = best.y;
+    if s >= params.max_atoms || j == 0xffffffffu
+        || !worth_another_atom(wf(rec + H_ENERGY), y2, abs(a)) {
+        stop_sample(rec);
+        return;
     }
-    workgroupBarrier();
-    return y2;
-}
-
-// Rules 2 and 4 on the argmax just computed: the residual is still above the tolerance and the
-// best correlation above its floor (the latter also stops a zero sample, and when every α is 0).
-fn worth_another_atom(y2: f32) -> bool {
-    if params.tolerance >= 0.0 && energy <= params.tolerance * y2 {
-        return false;
+    // α⁰[j] = α[j] + G[j,I]·γ: α = α⁰ − G[:,I]·γ holds for the current γ.
+    var a0 = a;
+    let rj = g_row(j);
+    for (var t = 0u; t < s; t++) {
+        a0 += g_elem(rj.x, rj.y + work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
     }
-    // `!(… > …)` also stops on NaN.
-    return red_abs[0] > params.min_correlation * sqrt(y2);
+    if !cholesky_grow(rec, j, s) {
+        stop_sample(rec);
+        return;
+    }
+    work[sel_at(rec) + s] = j;
+    set_wf(rhs_at(rec) + s, a0);
+    set_wf(coef_at(rec) + s, 0.0);
+    // γ solves L·Lᵀ·γ = α⁰[I]; Δ = γ − γ_old drives the next sweep.
+    let fit = solve_coefficients(rec, s + 1u, true);
+    set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
+    work[rec + H_NSEL] = s + 1u;
+    work[rec + H_NUPD] = s + 1u;
+    alpha[sample * params.n_atoms + j] = CHOSEN;
 }
 
-fn sample_index(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wid.y * groups.x + wid.x;
+@compute @workgroup_size(64)
+fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    if work[rec + H_DONE] != 0u {
+        return;
+    }
+    let n_sel = work[rec + H_NSEL];
+    let y2 = y_norm2[sample];
+    let best = reduce_parts(sample);
+    let a = bitcast<f32>(best.x);
+    let j = best.y;
+    var energy = wf(rec + H_ENERGY);
+    if j == 0xffffffffu || !worth_another_atom(energy, y2, abs(a)) {
+        stop_sample(rec);
+        return;
+    }
+    var slot = n_sel;
+    for (var t = 0u; t < n_sel; t++) {
+        if work[sel_at(rec) + t] == j {
+            slot = t;
+        }
+    }
+    if slot == n_sel {
+        if n_sel == params.max_atoms {
+            stop_sample(rec);
+            return;
+        }
+        // α⁰[j] = α[j] + G[j,I]·x, kept for the refit.
+        var a0 = a;
+        for (var t = 0u; t < n_sel; t++) {
+            a0 += g_at(j, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
+        }
+        // The refit's factor grows with the support; a small pivot keeps MP's coefficients.
+        if params.refit != 0u && work[rec + H_CHOL_OK] != 0u && !cholesky_grow(rec, j, n_sel) {
+            work[rec + H_CHOL_OK] = 0u;
+        }
+        work[sel_at(rec) + slot] = j;
+        set_wf(rhs_at(rec) + slot, a0);
+        set_wf(coef_at(rec) + slot, 0.0);
+        work[rec + H_NSEL] = n_sel + 1u;
+    }
+    set_wf(coef_at(rec) + slot, wf(coef_at(rec) + slot) + a);
+    // ‖r − a·dⱼ‖² = ‖r‖² − 2a·(dⱼ·r) + a²·G[j,j] with dⱼ·r = a.
+    energy = max(energy - 2.0 * a * a + a * a * g_at(j, j), 0.0);
+    set_wf(rec + H_ENERGY, energy);
+    work[rec + H_MPATOM] = j;
+    set_wf(delta_at(rec), a);
+    work[rec + H_NUPD] = 1u;
 }
 
-fn write_codes(lid: u32, sample: u32, n: u32) {
+@compute @workgroup_size(64)
+fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    let n = work[rec + H_NSEL];
+    var energy = wf(rec + H_ENERGY);
+    if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] != 0u {
+        energy = max(y_norm2[sample] - solve_coefficients(rec, n, false), 0.0);
+    }
     let out = sample * (2u * params.k + 1u);
-    for (var t = lid; t < params.k; t += WG) {
+    for (var t = 0u; t < params.k; t++) {
         if t < n {
-            codes[out + t] = sel[t];
-            codes[out + params.k + t] = bitcast<u32>(coef[t]);
+            codes[out + t] = work[sel_at(rec) + t];
+            codes[out + params.k + t] = work[coef_at(rec) + t];
         } else {
             codes[out + t] = 0xffffffffu;
             codes[out + params.k + t] = 0u;
         }
     }
-    if lid == 0u {
-        codes[out + 2u * params.k] = bitcast<u32>(max(energy, 0.0));
-    }
+    codes[out + 2u * params.k] = bitcast<u32>(max(energy, 0.0));
 }
 
-@compute @workgroup_size(WG)
-fn omp(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let sample = sample_index(wid, groups);
-    if sample >= params.batch {
-        return;
-    }
-    let base = sample * params.n_atoms;
-    let y2 = begin(lid, sample);
-
-    for (var s = 0u; s < params.max_atoms; s++) {
-        argmax(lid, base);
-        if lid == 0u {
-            let j = red_idx[0];
-            let a = red_val[0];
-            var go = worth_another_atom(y2);
-            if go && !cholesky_grow(j, s) {
-                go = false;
-            }
-            if go {
-                // α⁰[j] = α[j] + G[j,I]·γ: α = α⁰ − G[:,I]·γ holds for the current γ.
-                var a0 = a;
-                let rj0 = g_row(j);
-                for (var t = 0u; t < s; t++) {
-                    a0 += g_elem(rj0.x, rj0.y + sel[t]) * coef[t];
-                }
-                sel[s] = j;
-                let rj = g_row(j);
-                sel_blk[s] = rj.x;
-                sel_row[s] = rj.y;
-                rhs[s] = a0;
-                coef[s] = 0.0;
-                // γ solves L·Lᵀ·γ = α⁰[I].
-                for (var t = 0u; t <= s; t++) {
-                    tmp[t] = rhs[t];
-                }
-                forward_in_tmp(s + 1u);
-                backward_in_tmp(s + 1u);
-                var fit = 0.0;
-                for (var t = 0u; t <= s; t++) {
-                    delta[t] = tmp[t] - coef[t];
-                    coef[t] = tmp[t];
-                    fit += tmp[t] * rhs[t];
-                }
-                energy = max(y2 - fit, 0.0);
-                n_sel = s + 1u;
-            } else {
-                stop = 1u;
-            }
-        }
-        if workgroupUniformLoad(&stop) != 0u {
-            break;
-        }
-        // α −= G[:,I]·Δγ over this invocation's entries; chosen atoms are set to exactly 0 so
-        // rounding cannot make them win the argmax again.
-        let n = s + 1u;
-        for (var j = lid; j < params.n_atoms; j += WG) {
-            var v = alpha[base + j];
-            for (var t = 0u; t < n; t++) {
-                v -= g_elem(sel_blk[t], sel_row[t] + j) * delta[t];
-            }
-            alpha[base + j] = v;
-        }
-        for (var t = 0u; t < n; t++) {
-            if sel[t] % WG == lid {
-                alpha[base + sel[t]] = 0.0;
-            }
-        }
-        workgroupBarrier();
-    }
-    write_codes(lid, sample, workgroupUniformLoad(&n_sel));
-}
-
-@compute @workgroup_size(WG)
-fn mp(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let sample = sample_index(wid, groups);
-    if sample >= params.batch {
-        return;
-    }
-    let base = sample * params.n_atoms;
-    let y2 = begin(lid, sample);
-
-    for (var it = 0u; it < 2u * params.max_atoms; it++) {
-        argmax(lid, base);
-        if lid == 0u {
-            let j = red_idx[0];
-            let a = red_val[0];
-            var go = worth_another_atom(y2);
-            var slot = n_sel;
-            for (var t = 0u; t < n_sel; t++) {
-                if sel[t] == j {
-                    slot = t;
-                }
-            }
-            if go && slot == n_sel {
-                if n_sel == params.max_atoms {
-                    go = false;
-                } else {
-                    // α⁰[j] = α[j] + G[j,I]·x, kept for the refit.
-                    var a0 = a;
-                    for (var t = 0u; t < n_sel; t++) {
-                        a0 += g_at(j, sel[t]) * coef[t];
-                    }
-                    sel[slot] = j;
-                    rhs[slot] = a0;
-                    coef[slot] = 0.0;
-                    n_sel += 1u;
-                }
-            }
-            if go {
-                coef[slot] += a;
-                // ‖r − a·dⱼ‖² = ‖r‖² − 2a·(dⱼ·r) + a²·G[j,j] with dⱼ·r = a.
-                energy = max(energy - 2.0 * a * a + a * a * g_at(j, j), 0.0);
-                step_atom = j;
-                step_value = a;
-            } else {
-                stop = 1u;
-            }
-        }
-        if workgroupUniformLoad(&stop) != 0u {
-            break;
-        }
-        let rj = g_row(step_atom);
-        let a = step_value;
-        for (var i = lid; i < params.n_atoms; i += WG) {
-            alpha[base + i] -= a * g_elem(rj.x, rj.y + i);
-        }
-        workgroupBarrier();
-    }
-
-    let n = workgroupUniformLoad(&n_sel);
-    if params.refit != 0u && n > 0u && lid == 0u {
-        // Cholesky of G[I,I] from scratch; on a small pivot keep the MP coefficients.
-        var ok = true;
-        for (var s = 0u; s < n; s++) {
-            let j = sel[s];
-            if ok && !cholesky_grow(j, s) {
-                ok = false;
-            }
-        }
-        if ok {
-            for (var t = 0u; t < n; t++) {
-                tmp[t] = rhs[t];
-            }
-            forward_in_tmp(n);
-            backward_in_tmp(n);
-            var fit = 0.0;
-            for (var t = 0u; t < n; t++) {
-                coef[t] = tmp[t];
-                fit += tmp[t] * rhs[t];
-            }
-            energy = max(y2 - fit, 0.0);
-        }
-    }
-    workgroupBarrier();
-    write_codes(lid, sample, n);
-}

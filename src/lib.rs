@@ -10,8 +10,9 @@
 //! Layout: [`gpu`] owns every wgpu type (context, buffers, one module per shader family);
 //! [`data`] streams activation files; [`train`] is the DB-KSVD driver; [`encode`] the sparse-coding
 //! API; [`export`] the file formats (dictionary, checkpoints, codes, SAELens, traces);
-//! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm; [`error`]
-//! holds the one error enum.
+//! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
+//! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`); [`error`] holds the one
+//! error enum.
 //!
 //! ```no_run
 //! use dbksvd::gpu::Gpu;
@@ -23,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod check;
 pub mod data;
 pub mod encode;

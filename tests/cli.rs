@@ -223,3 +223,92 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(no_dict.status.code(), Some(1), "{}", text(&no_dict));
     assert!(!Path::new(&dir.path().join("c.safetensors")).exists());
 }
+
+#[test]
+fn bench_prints_one_json_object_per_figure() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let run = dbksvd(&[
+        "bench", "--dim", "16", "--atoms", "40", "--k", "3", "--batch", "64", "--json",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let (adapter, figures) = lines.split_first().expect("an adapter line");
+    assert_eq!(adapter["phase"], "adapter", "{adapter}");
+    let name = adapter["adapter"].as_str().unwrap_or_default();
+    assert!(!name.is_empty(), "{adapter}");
+    let phases: Vec<&str> = figures
+        .iter()
+        .map(|f| f["phase"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "products",
+            "products",
+            "coding",
+            "coding",
+            "update",
+            "step",
+            "memory",
+            "projection"
+        ],
+        "{stdout}"
+    );
+    for figure in figures {
+        assert_eq!(figure["adapter"], name, "{figure}");
+        assert_eq!(
+            (
+                &figure["dim"],
+                &figure["atoms"],
+                &figure["k"],
+                &figure["batch"]
+            ),
+            (&16.into(), &40.into(), &3.into(), &64.into()),
+            "{figure}"
+        );
+        // Every figure is a measurement or a count: positive and finite.
+        for (key, value) in figure.as_object().unwrap() {
+            if let Some(v) = value.as_f64() {
+                assert!(v > 0.0 && v.is_finite(), "{key} = {v} in {figure}");
+            }
+        }
+    }
+    let coders: Vec<&str> = figures.iter().filter_map(|f| f["coder"].as_str()).collect();
+    assert_eq!(coders, ["omp", "mp"]);
+}
+
+#[test]
+fn bench_refuses_sizes_it_cannot_run() {
+    // Checked before the device is opened.
+    let k0 = dbksvd(&["bench", "--dim", "16", "--atoms", "40", "--k", "0"]);
+    assert_eq!(k0.status.code(), Some(1), "{}", text(&k0));
+    assert!(text(&k0).contains("k = 0"), "{}", text(&k0));
+    if common::gpu().is_none() {
+        return;
+    }
+    let huge = dbksvd(&[
+        "bench",
+        "--dim",
+        "16",
+        "--atoms",
+        "40",
+        "--k",
+        "3",
+        "--batch",
+        "100000000",
+        "--phases",
+        "step",
+    ]);
+    assert_eq!(huge.status.code(), Some(1), "{}", text(&huge));
+    assert!(
+        text(&huge).contains("the largest batch that fits is"),
+        "{}",
+        text(&huge)
+    );
+}

@@ -413,30 +413,60 @@ fn mean_is_subtracted_and_added_back() {
     assert!(matches!(codes.to_dense(10), Err(Error::InvalidArgument(_))));
 }
 
+/// Codes `n` uniform samples with K atoms of dimension d at k and checks every residual against
+/// the reference (1e-3 relative: f32 Cholesky over up to 64 atoms, against f64).
+fn check_against_reference(
+    gpu: &dbksvd::gpu::Gpu,
+    n_atoms: usize,
+    d: usize,
+    n: usize,
+    coding: CodingOptions,
+) {
+    let atoms = common::uniform(n_atoms * d, 1);
+    let samples = common::uniform(n * d, 2);
+    let encoder = Encoder::new(gpu, &atoms, n_atoms, d, EncoderOptions::new(coding)).unwrap();
+    let codes = encoder.encode(&samples).unwrap();
+    let refs = reference::encode(encoder.atoms(), n_atoms, &samples, d, &coding);
+    for (i, r) in refs.iter().enumerate() {
+        let got = codes.residual_energy[i] as f64;
+        assert!(
+            (got - r.residual_energy).abs() <= 1e-3 * r.residual_energy + 1e-4,
+            "K = {n_atoms}, k = {}, sample {i}: {got} vs {}",
+            coding.k,
+            r.residual_energy
+        );
+        assert_eq!(codes.row(i).count(), r.indices.len(), "sample {i}");
+    }
+}
+
+/// The one-dispatch kernel refused these on lavapipe (K = 512, k = 48 gave residuals 20× the
+/// reference's before the loop-cap check existed; K = 2053, k = 64 needed 4·10⁵ iterations per
+/// invocation). One greedy step per dispatch keeps every dispatch far below the cap.
+#[test]
+fn jobs_past_the_old_loop_wall_match_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    check_against_reference(gpu, 512, 128, 4, CodingOptions::omp(48));
+    check_against_reference(gpu, 2053, 96, 3, CodingOptions::omp(64));
+    check_against_reference(gpu, 2053, 96, 3, CodingOptions::mp(64, true));
+}
+
 /// Where the driver caps loop iterations per invocation (lavapipe), a coding job beyond the cap
-/// is refused rather than silently truncated (measured: K = 512, k = 48 gave residuals 20× the
-/// reference's before the check); elsewhere it must match the reference.
+/// (k in the hundreds: the select kernel's triangular solves grow with k²) is refused rather than
+/// silently truncated; elsewhere it must match the reference.
 #[test]
 fn jobs_beyond_the_drivers_loop_cap_are_refused() {
     let Some(gpu) = common::gpu() else { return };
-    let d = 128;
-    let atoms = common::uniform(512 * d, 1);
-    let samples = common::uniform(4 * d, 2);
-    let coding = CodingOptions::omp(48);
-    let result = Encoder::new(gpu, &atoms, 512, d, EncoderOptions::new(coding))
-        .and_then(|e| e.encode(&samples).map(|c| (c, e.atoms().to_vec())));
+    let (n_atoms, d, k) = (300, 256, 200);
+    let coding = CodingOptions::omp(k);
     match gpu.limits().max_loop_iterations {
         Some(_) => {
-            let err = result.unwrap_err();
+            let atoms = common::uniform(n_atoms * d, 1);
+            let samples = common::uniform(2 * d, 2);
+            let err = Encoder::new(gpu, &atoms, n_atoms, d, EncoderOptions::new(coding))
+                .and_then(|e| e.encode(&samples))
+                .unwrap_err();
             assert!(matches!(err, Error::ExceedsLimit { .. }), "{err}");
         }
-        None => {
-            let (codes, normalised) = result.unwrap();
-            let refs = reference::encode(&normalised, 512, &samples, d, &coding);
-            for (i, r) in refs.iter().enumerate() {
-                let got = codes.residual_energy[i] as f64;
-                assert!((got - r.residual_energy).abs() <= 1e-3 * r.residual_energy + 1e-4);
-            }
-        }
+        None => check_against_reference(gpu, n_atoms, d, 2, coding),
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dbksvd::bench::{Bench, BenchConfig, Format, Phase};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
 use dbksvd::encode::{Coder, CodingOptions, Groups};
@@ -34,6 +35,8 @@ enum Command {
     Train(TrainArgs),
     /// Sparse-code activations with a trained dictionary; writes indices and values.
     Encode(EncodeArgs),
+    /// Measure this GPU at a size on synthetic data: products, coding, update, step, memory.
+    Bench(BenchArgs),
 }
 
 /// The bundled default: 4096 rows of MiniLM layer-4 activations.
@@ -148,6 +151,45 @@ struct EncodeArgs {
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PhaseArg {
+    Products,
+    Omp,
+    Mp,
+    Update,
+    Step,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Sample dimension d.
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// Atoms K.
+    #[arg(long, default_value_t = 1536)]
+    atoms: usize,
+    /// Most nonzeros per sample.
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    /// Samples per batch B.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Samples N of the epoch whose time is projected from the step's.
+    #[arg(long, value_name = "N", default_value_t = 1 << 21)]
+    samples: u64,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run only these phases (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
+    phases: Vec<PhaseArg>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -543,6 +585,37 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
     Ok(true)
 }
 
+fn bench(args: &BenchArgs) -> dbksvd::Result<bool> {
+    let config = BenchConfig {
+        samples: args.samples,
+        seed: args.seed,
+        phases: args
+            .phases
+            .iter()
+            .map(|p| match p {
+                PhaseArg::Products => Phase::Products,
+                PhaseArg::Omp => Phase::Omp,
+                PhaseArg::Mp => Phase::Mp,
+                PhaseArg::Update => Phase::Update,
+                PhaseArg::Step => Phase::Step,
+            })
+            .collect(),
+        ..BenchConfig::new(args.dim, args.atoms, args.k, args.batch)
+    };
+    // Size errors come before the device is opened.
+    config.validate()?;
+    let gpu = Gpu::with_options(&args.device.options()?)?;
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let bench = Bench::new(&gpu, config)?;
+    println!("{}", bench.adapter_line(format));
+    bench.run(|figure| println!("{}", bench.figure_line(figure, format)))?;
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // A panic is a bug in dbksvd, never the user's input: one line that says so, no backtrace
@@ -576,6 +649,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => devices(args),
         Command::Train(args) => train(args),
         Command::Encode(args) => encode(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

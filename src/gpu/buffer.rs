@@ -2,6 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytemuck::Pod;
 
@@ -12,6 +13,40 @@ use crate::error::{shape, Error, Result};
 /// is caught on the host with a clear error rather than as a wgpu usage conflict.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Bytes of device memory a [`Gpu`] holds through dbksvd's buffers now, and the most it has
+/// held: what `dbksvd bench` reports as peak device memory. Per device, so contexts in one
+/// process (tests) do not mix their figures.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryCounter {
+    /// Counts `bytes` until the returned allocation drops.
+    fn track(self: &Arc<Self>, bytes: u64) -> Allocation {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+        Allocation {
+            counter: Arc::clone(self),
+            bytes,
+        }
+    }
+}
+
+/// One counted allocation: its bytes leave the count when the last handle to it drops.
+#[derive(Debug)]
+struct Allocation {
+    counter: Arc<MemoryCounter>,
+    bytes: u64,
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A storage buffer of `len` elements of `T` on the device.
 ///
 /// Usable as a storage binding and as a copy source and destination. Zero-length buffers still
@@ -20,6 +55,8 @@ pub struct GpuBuffer<T: Pod> {
     pub(crate) buffer: wgpu::Buffer,
     len: usize,
     id: u64,
+    /// Shared by [`GpuBuffer::share`]d handles, so the bytes are counted once.
+    _allocation: Arc<Allocation>,
     _element: PhantomData<T>,
 }
 
@@ -58,6 +95,7 @@ impl<T: Pod> GpuBuffer<T> {
             buffer: self.buffer.clone(),
             len: self.len,
             id: self.id,
+            _allocation: Arc::clone(&self._allocation),
             _element: PhantomData,
         }
     }
@@ -130,6 +168,7 @@ impl Gpu {
             buffer,
             len: data.len(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _allocation: Arc::new(self.inner.memory.track(bytes)),
             _element: PhantomData,
         })
     }
@@ -149,6 +188,7 @@ impl Gpu {
             buffer,
             len,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            _allocation: Arc::new(self.inner.memory.track(bytes)),
             _element: PhantomData,
         })
     }
@@ -210,6 +250,8 @@ impl Gpu {
         let elements = len * std::mem::size_of::<T>();
         // Copies move whole 4-byte words.
         let size = (elements.max(4).div_ceil(4) * 4) as u64;
+        // Counted while this call holds it: a large readback is part of the peak.
+        let _counted = self.inner.memory.track(size);
         let staging = self.scoped(|| {
             let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("dbksvd readback"),
@@ -263,6 +305,29 @@ impl Gpu {
         };
         staging.unmap();
         Ok(out)
+    }
+}
+
+impl Gpu {
+    /// Bytes of device memory dbksvd's buffers hold now: storage buffers (matrices, codes,
+    /// scratch) and readback copies while a read runs. Small uniform parameter records and
+    /// the driver's own allocations are not counted. Shared by clones of this context.
+    pub fn memory_in_use(&self) -> u64 {
+        self.inner.memory.live.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes [`Gpu::memory_in_use`] has reached since the device was opened or since
+    /// [`Gpu::reset_memory_peak`]: the device memory a workload needs from dbksvd.
+    pub fn memory_peak(&self) -> u64 {
+        self.inner.memory.peak.load(Ordering::Relaxed)
+    }
+
+    /// Restarts [`Gpu::memory_peak`] from what is in use now, to measure one workload's peak.
+    pub fn reset_memory_peak(&self) {
+        let memory = &self.inner.memory;
+        memory
+            .peak
+            .store(memory.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -491,6 +556,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn memory_counts_shared_buffers_once_and_keeps_the_peak() {
+        let Some(gpu) = crate::gpu::context::fresh_gpu() else {
+            return;
+        };
+        let before = gpu.memory_in_use();
+        let a = gpu.zeroed::<f32>(1000).unwrap();
+        let shared = a.share();
+        assert_eq!(gpu.memory_in_use(), before + 4000);
+        drop(a);
+        assert_eq!(gpu.memory_in_use(), before + 4000);
+        drop(shared);
+        assert_eq!(gpu.memory_in_use(), before);
+        assert!(gpu.memory_peak() >= before + 4000);
+        gpu.reset_memory_peak();
+        assert_eq!(gpu.memory_peak(), before);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
+use super::buffer::MemoryCounter;
 use super::gemm::GemmKernels;
 use super::omp::OmpKernels;
 use super::power::PowerKernels;
@@ -202,6 +203,8 @@ pub(crate) struct GpuInner {
     pub(crate) queue: wgpu::Queue,
     summary: AdapterSummary,
     sink: Arc<ErrorSink>,
+    /// Device memory held through dbksvd's buffers (see [`Gpu::memory_peak`]).
+    pub(crate) memory: Arc<MemoryCounter>,
     gemm: OnceLock<GemmKernels>,
     pub(crate) omp: OnceLock<OmpKernels>,
     pub(crate) sparse: OnceLock<SparseKernels>,
@@ -375,6 +378,7 @@ impl Gpu {
                 queue,
                 summary,
                 sink,
+                memory: Arc::default(),
                 gemm: OnceLock::new(),
                 omp: OnceLock::new(),
                 sparse: OnceLock::new(),

@@ -1,5 +1,6 @@
-//! Batched sparse coding (`shaders/omp.wgsl`): Batch-OMP and matching pursuit, one workgroup per
-//! sample, every step of a sample inside one dispatch.
+//! Batched sparse coding (`shaders/omp.wgsl`): Batch-OMP and matching pursuit, one greedy step
+//! of the whole batch per pair of dispatches (`sweep`, then `select`), each sample's state in
+//! device memory between them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,14 +15,19 @@ use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/omp.wgsl");
 
-/// Invocations per workgroup (one sample each). 64 keeps the argmax reduction short and lets more
-/// samples share a compute unit while invocation 0 runs the small triangular solves; on lavapipe
-/// it coded 207 samples/s against 155 with 256 (K = 1536, k = 32).
+/// Invocations per sweep workgroup.
 const WG: u32 = 64;
+/// Atoms per sweep invocation (`PER` in omp.wgsl): each Δ read from workgroup memory serves PER
+/// atoms held in registers.
+const PER: u32 = 8;
+/// Atoms per sweep workgroup: one argmax partial per sample and chunk.
+const CHUNK: usize = (WG * PER) as usize;
+/// Invocations per workgroup of the per-sample kernels (`start`, `select_*`, `finish`).
+const SAMPLE_WG: u32 = 64;
+/// Words of a sample record's header (`HEADER` in omp.wgsl).
+const HEADER_WORDS: usize = 8;
 /// G is bound as at most this many row blocks (bindings g0..g3 in the shader).
 pub(crate) const MAX_G_BLOCKS: usize = 4;
-/// Capacities (most atoms per sample) pipelines are built for; the smallest that fits is used.
-const CAPACITIES: [u32; 6] = [8, 16, 32, 64, 128, 256];
 
 /// Mirrors `Params` in omp.wgsl.
 #[repr(C)]
@@ -33,42 +39,58 @@ struct Params {
     k: u32,
     g_rows_per_block: u32,
     refit: u32,
+    n_chunks: u32,
+    stride: u32,
+    parts: u32,
     tolerance: f32,
     min_correlation: f32,
     min_pivot: f32,
-    _pad: [u32; 3],
     g_first: [u32; 4],
 }
 
 struct Pipelines {
-    omp: wgpu::ComputePipeline,
-    mp: wgpu::ComputePipeline,
+    start: wgpu::ComputePipeline,
+    sweep_omp: wgpu::ComputePipeline,
+    sweep_mp: wgpu::ComputePipeline,
+    select_omp: wgpu::ComputePipeline,
+    select_mp: wgpu::ComputePipeline,
+    finish: wgpu::ComputePipeline,
 }
 
-/// The coding pipelines of one device, one pair per capacity, built when first needed.
+/// The coding pipelines of one device (one set for G in a single binding, one for G in blocks),
+/// built when first needed, and the
+/// scratch buffer holding the samples' state (reused: jobs on one queue run one after another).
 pub(crate) struct OmpKernels {
     module: wgpu::ShaderModule,
     layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
-    by_capacity: Mutex<HashMap<(u32, bool), Arc<Pipelines>>>,
+    by_layout: Mutex<HashMap<bool, Arc<Pipelines>>>,
+    work: Mutex<Option<GpuBuffer<u32>>>,
 }
 
-/// Workgroup memory of the coding kernel at a given capacity (bytes); mirrors the shader's
-/// `var<workgroup>` declarations.
-fn workgroup_bytes(capacity: u32) -> u64 {
-    let c = capacity as u64;
-    // sel, sel_blk, sel_row, rhs, coef, delta, tmp; chol; three reduction arrays; five scalars.
-    let words = 7 * c + c * (c + 1) / 2 + 3 * WG as u64 + 5;
-    4 * words
+/// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
+/// chosen atoms, coefficients, right-hand side, Δ, solve scratch, packed Cholesky factor.
+fn record_words(max_atoms: usize) -> usize {
+    HEADER_WORDS + 5 * max_atoms + max_atoms * (max_atoms + 1) / 2
+}
+
+/// Argmax partials per sample: one per sweep invocation.
+fn partials(n_atoms: usize) -> usize {
+    n_atoms.div_ceil(CHUNK) * WG as usize
+}
+
+/// Scratch words per sample: its record and its argmax partials (two words each).
+pub(crate) fn scratch_words(n_atoms: usize, max_atoms: usize) -> usize {
+    record_words(max_atoms) + 2 * partials(n_atoms)
 }
 
 impl OmpKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         let limits = gpu.limits();
-        if WG > limits.max_compute_invocations_per_workgroup {
+        if WG.max(SAMPLE_WG) > limits.max_compute_invocations_per_workgroup {
             return Err(Error::ExceedsLimit {
                 what: "sparse-coding workgroup (invocations)".into(),
-                requested: WG as u64,
+                requested: WG.max(SAMPLE_WG) as u64,
                 limit_name: "max_compute_invocations_per_workgroup",
                 limit: limits.max_compute_invocations_per_workgroup as u64,
                 largest_batch: None,
@@ -103,6 +125,7 @@ impl OmpKernels {
                     entry(5, write),
                     entry(6, read),
                     entry(7, write),
+                    entry(8, write),
                 ],
             });
             let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -114,25 +137,24 @@ impl OmpKernels {
                 module,
                 layout,
                 pipeline_layout,
-                by_capacity: Mutex::new(HashMap::new()),
+                by_layout: Mutex::new(HashMap::new()),
+                work: Mutex::new(None),
             })
         })
     }
 
-    /// Pipelines for samples of up to `max_atoms` atoms, with G in one binding or several.
-    fn pipelines(&self, gpu: &Gpu, max_atoms: usize, single_block: bool) -> Result<Arc<Pipelines>> {
-        let capacity = capacity(gpu, max_atoms)?;
+    /// Pipelines for G in one binding or several.
+    fn pipelines(&self, gpu: &Gpu, single_block: bool) -> Result<Arc<Pipelines>> {
         let mut cache = self
-            .by_capacity
+            .by_layout
             .lock()
             .map_err(|_| Error::InvalidArgument("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&(capacity, single_block)) {
+        if let Some(p) = cache.get(&single_block) {
             return Ok(Arc::clone(p));
         }
         let built = gpu.scoped(|| {
             let constants = [
                 ("WG", WG as f64),
-                ("MAX_K", capacity as f64),
                 ("G_SINGLE_BLOCK", if single_block { 1.0 } else { 0.0 }),
             ];
             let pipeline = |entry: &str| {
@@ -151,12 +173,33 @@ impl OmpKernels {
                     })
             };
             Ok(Arc::new(Pipelines {
-                omp: pipeline("omp"),
-                mp: pipeline("mp"),
+                start: pipeline("start"),
+                sweep_omp: pipeline("sweep_omp"),
+                sweep_mp: pipeline("sweep_mp"),
+                select_omp: pipeline("select_omp"),
+                select_mp: pipeline("select_mp"),
+                finish: pipeline("finish"),
             }))
         })?;
-        cache.insert((capacity, single_block), Arc::clone(&built));
+        cache.insert(single_block, Arc::clone(&built));
         Ok(built)
+    }
+
+    /// A scratch buffer of at least `words` words, grown when a job needs more (counted in
+    /// [`Gpu::memory_peak`] like every other buffer).
+    fn work_buffer(&self, gpu: &Gpu, words: usize) -> Result<GpuBuffer<u32>> {
+        let mut cached = self
+            .work
+            .lock()
+            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
+        if let Some(buffer) = cached.as_ref().filter(|b| b.len() >= words) {
+            return Ok(buffer.share());
+        }
+        // Drop the old one first so the two are never held together.
+        *cached = None;
+        let buffer = gpu.zeroed::<u32>(words)?;
+        *cached = Some(buffer.share());
+        Ok(buffer)
     }
 }
 
@@ -213,45 +256,25 @@ pub(crate) fn check_coding_fits(
         &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
         loop_iterations(options.coder, n_atoms, max_atoms),
     )?;
-    plan_gram(gpu, n_atoms)?;
-    capacity(gpu, max_atoms).map(|_| ())
+    plan_gram(gpu, n_atoms).map(|_| ())
 }
 
-/// The smallest compiled capacity (slots per sample) that holds `max_atoms` atoms, if its
-/// workgroup memory fits the device.
-fn capacity(gpu: &Gpu, max_atoms: usize) -> Result<u32> {
-    let limit = gpu.limits().max_compute_workgroup_storage_size as u64;
-    let smallest = CAPACITIES
-        .iter()
-        .copied()
-        .find(|&c| c as usize >= max_atoms);
-    smallest
-        .filter(|&c| workgroup_bytes(c) <= limit)
-        .ok_or_else(|| Error::ExceedsLimit {
-            what: format!("sparse coding with k = {max_atoms} (workgroup bytes)"),
-            requested: smallest.map_or(u64::MAX, workgroup_bytes),
-            limit_name: "max_compute_workgroup_storage_size",
-            limit,
-            largest_batch: None,
-        })
-}
-
-/// Loop iterations one invocation (invocation 0, which also runs the small solves) executes for
-/// one sample, counted as a loop-capped driver counts them: every iteration of every loop.
+/// Loop iterations one invocation executes in the heaviest dispatch of a coding job, counted as
+/// a loop-capped driver counts them: every iteration of every loop within the dispatch.
 fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
-    let per = n_atoms.div_ceil(WG as usize) as u64;
-    let reduce = WG.ilog2() as u64;
     let k = max_atoms as u64;
+    let parts = partials(n_atoms) as u64;
+    let per = PER as u64;
+    // Sweep: k updates of PER atoms (unrolled), PER argmax entries.
+    let sweep = k + per;
+    // Select at step s < k: the argmax partials, α⁰[j] and the Cholesky row (s each), its forward solve
+    // (s²/2), both solves of the coefficients (s² in all) and short loops over the support.
+    let s = k.saturating_sub(1);
+    let select = parts + 3 * s * s / 2 + 8 * s + 8;
+    // Finish: the k output slots and, with MP's refit, the two triangular solves.
+    let finish = k + k * k + 3 * k;
     match coder {
-        // Per step s: argmax and α update over K/WG entries, the Cholesky row and two
-        // triangular solves (≈ 1.5·s²), and short loops over the chosen atoms.
-        Coder::Omp => (0..k)
-            .map(|s| per * (s + 3) + 3 * s * s / 2 + 9 * s + 8 + reduce)
-            .sum(),
-        // 2k steps of argmax, update and support search; the refit's Cholesky and solves.
-        Coder::Mp { .. } => {
-            2 * k * (2 * per + 2 * k + 8 + reduce) + k * k * k / 6 + 2 * k * k + 3 * k
-        }
+        Coder::Omp | Coder::Mp { .. } => sweep.max(select).max(finish),
     }
 }
 
@@ -260,19 +283,23 @@ pub(crate) fn code_words(k: usize) -> usize {
     2 * k + 1
 }
 
-/// Most samples one coding dispatch takes for K atoms and k slots: α [B, K] and the codes
-/// [B, 2k+1] must each fit one binding.
+/// Most samples one coding job takes for K atoms and k slots: α [B, K], the codes [B, 2k+1] and
+/// the samples' state must each fit one binding, and the sweep's B·⌈K/CHUNK⌉ workgroups one
+/// dispatch.
 pub(crate) fn max_batch(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
     let limits = gpu.limits();
     let align = limits.binding_alignment();
     let groups = limits.max_compute_workgroups_per_dimension as usize;
+    let scratch = scratch_words(n_atoms, k) as u64 * 4;
+    let scratch_limit = limits.planned_binding_size.min(limits.max_buffer_size);
     rows_per_window(n_atoms, limits.planned_binding_size, align)
         .min(rows_per_window(
             code_words(k),
             limits.planned_binding_size,
             align,
         ))
-        .min(groups.saturating_mul(groups))
+        .min((scratch_limit / scratch) as usize)
+        .min(groups.saturating_mul(groups) / n_atoms.div_ceil(CHUNK))
 }
 
 impl Gpu {
@@ -332,12 +359,16 @@ impl Gpu {
         )?;
         let g = plan_gram(self, n_atoms)?;
         let kernels = self.omp_kernels()?;
-        let pipelines = kernels.pipelines(self, max_atoms.max(1), g.windows.len() == 1)?;
+        let pipelines = kernels.pipelines(self, g.windows.len() == 1)?;
         let align = self.limits().binding_alignment();
         let mut g_first = [0u32; 4];
         for (slot, w) in g.windows.iter().enumerate() {
             g_first[slot] = w.first;
         }
+        let n_chunks = n_atoms.div_ceil(CHUNK);
+        let stride = record_words(max_atoms);
+        let parts = batch * stride;
+        let work_words = parts + 2 * batch * partials(n_atoms);
         let params = Params {
             batch: batch as u32,
             n_atoms: n_atoms as u32,
@@ -345,15 +376,21 @@ impl Gpu {
             k: k as u32,
             g_rows_per_block: g.rows_per_block as u32,
             refit: matches!(options.coder, Coder::Mp { refit: true }) as u32,
+            n_chunks: n_chunks as u32,
+            stride: stride as u32,
+            parts: parts as u32,
             tolerance: options.tolerance.unwrap_or(-1.0),
             min_correlation: options.min_correlation,
             min_pivot: options.min_pivot,
-            _pad: [0; 3],
             g_first,
         };
-        let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
-        let groups_x = batch.min(max_groups);
-        let groups_y = batch.div_ceil(groups_x);
+        let work = kernels.work_buffer(self, work_words)?;
+        let per_sample = super::sparse::groups(self, batch, SAMPLE_WG as usize);
+        let sweeps = super::sparse::groups(self, batch * n_chunks, 1);
+        let (sweep, select, steps) = match options.coder {
+            Coder::Omp => (&pipelines.sweep_omp, &pipelines.select_omp, max_atoms),
+            Coder::Mp { .. } => (&pipelines.sweep_mp, &pipelines.select_mp, 2 * max_atoms),
+        };
 
         self.scoped(|| {
             let device = self.device();
@@ -367,54 +404,37 @@ impl Gpu {
             let alpha_window = window(n_atoms, 0, batch, align);
             let norms_window = window(1, 0, batch, align);
             let codes_window = window(code_words(k), 0, batch, align);
+            let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
             let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("omp"),
                 layout: &kernels.layout,
                 entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: uniforms.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: binding(&gram.data.buffer, g_window(0)),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: binding(&gram.data.buffer, g_window(1)),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: binding(&gram.data.buffer, g_window(2)),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: binding(&gram.data.buffer, g_window(3)),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: binding(&alpha.data.buffer, alpha_window),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: binding(&y_norm2.buffer, norms_window),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 7,
-                        resource: binding(&codes.buffer, codes_window),
-                    },
+                    entry(0, uniforms.as_entire_binding()),
+                    entry(1, binding(&gram.data.buffer, g_window(0))),
+                    entry(2, binding(&gram.data.buffer, g_window(1))),
+                    entry(3, binding(&gram.data.buffer, g_window(2))),
+                    entry(4, binding(&gram.data.buffer, g_window(3))),
+                    entry(5, binding(&alpha.data.buffer, alpha_window)),
+                    entry(6, binding(&y_norm2.buffer, norms_window)),
+                    entry(7, binding(&codes.buffer, codes_window)),
+                    entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
                 ],
             });
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sparse coding"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(match options.coder {
-                Coder::Omp => &pipelines.omp,
-                Coder::Mp { .. } => &pipelines.mp,
-            });
             pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
+            pass.set_pipeline(&pipelines.start);
+            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+            for _ in 0..steps {
+                pass.set_pipeline(sweep);
+                pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
+                pass.set_pipeline(select);
+                pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+            }
+            pass.set_pipeline(&pipelines.finish);
+            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             Ok(())
         })
     }
@@ -424,19 +444,14 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// Measured on lavapipe: K = 512 codes correctly at k = 32 and silently wrongly at k = 48;
-    /// the estimate must put the 45 000 budget between them, and allow the bench's K = 1536,
-    /// k = 32.
+    /// The heaviest dispatch no longer grows with k·K: the paper's size (K = 16 384, k = 64) fits
+    /// llvmpipe's 45 000 budget, and only k in the hundreds (the select kernel's k² solves) does
+    /// not.
     #[test]
-    fn loop_estimate_separates_what_lavapipe_runs_from_what_it_truncates() {
-        assert!(loop_iterations(Coder::Omp, 512, 32) < 45_000);
-        assert!(loop_iterations(Coder::Omp, 512, 48) > 65_535);
-        assert!(loop_iterations(Coder::Omp, 1536, 32) < 45_000);
-    }
-
-    #[test]
-    fn workgroup_bytes_fit_webgpu_defaults_up_to_k_64() {
-        assert!(workgroup_bytes(64) <= 16 * 1024);
-        assert!(workgroup_bytes(128) > 16 * 1024);
+    fn loop_estimate_grows_with_k_squared_not_k_times_atoms() {
+        assert!(loop_iterations(Coder::Omp, 1536, 32) < 2_000);
+        assert!(loop_iterations(Coder::Omp, 16_384, 64) < 10_000);
+        assert!(loop_iterations(Coder::Mp { refit: true }, 16_384, 64) < 10_000);
+        assert!(loop_iterations(Coder::Omp, 16_384, 256) > 65_535);
     }
 }

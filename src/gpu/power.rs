@@ -85,7 +85,8 @@ struct Params {
     iterations: u32,
     last: u32,
     decay: f32,
-    _pad: [u32; 3],
+    dims_per_fold: u32,
+    _pad: [u32; 2],
 }
 
 pub(crate) struct PowerKernels {
@@ -93,6 +94,7 @@ pub(crate) struct PowerKernels {
     steps: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
     fold: wgpu::ComputePipeline,
+    fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
 }
 
@@ -111,6 +113,7 @@ impl PowerKernels {
                 steps: compute_pipeline(gpu, &module, "power_steps", &c),
                 finish: compute_pipeline(gpu, &module, "power_finish", &c),
                 fold: compute_pipeline(gpu, &module, "fold", &c),
+                fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
             })
         })
@@ -381,6 +384,17 @@ impl Gpu {
         let rank_buf = self.upload(&rank)?;
         let kernels = self.power_kernels()?;
         let (n, k) = (batch.codes.n, batch.codes.k);
+        // CPU adapters fold one sample per invocation (see power.wgsl), its d dimensions split
+        // so that the k-slot scan plus min(k, A) folded atoms stay under the loop cap.
+        let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
+        let fold_rows = self.adapter().is_cpu() && n.div_ceil(64) <= max_groups;
+        let dims_per_fold = match self.limits().max_loop_iterations {
+            Some(cap) => {
+                let folded = k.min(options.atom_batch.clamp(1, n_atoms.max(1))).max(1) as u64;
+                (cap.saturating_sub(k as u64 + 8) / folded).clamp(1, d.max(1) as u64) as usize
+            }
+            None => d.max(1),
+        };
 
         // Per atom batch: its parameter record, then one record per power_steps dispatch.
         struct Dispatch {
@@ -394,6 +408,7 @@ impl Gpu {
             Steps,
             Finish,
             Fold,
+            FoldRows,
             Commit,
         }
         let mut records: Vec<Params> = Vec::new();
@@ -423,7 +438,8 @@ impl Gpu {
                 iterations: 0,
                 last: 0,
                 decay: options.memory,
-                _pad: [0; 3],
+                dims_per_fold: dims_per_fold as u32,
+                _pad: [0; 2],
             };
             let atom_groups = groups(self, len, 1);
             let record = records.len();
@@ -453,10 +469,18 @@ impl Gpu {
                 kind: Kind::Finish,
                 groups: atom_groups,
             });
-            dispatches.push(Dispatch {
-                record,
-                kind: Kind::Fold,
-                groups: groups(self, n, 1),
+            dispatches.push(if fold_rows {
+                Dispatch {
+                    record,
+                    kind: Kind::FoldRows,
+                    groups: (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32),
+                }
+            } else {
+                Dispatch {
+                    record,
+                    kind: Kind::Fold,
+                    groups: groups(self, n, 1),
+                }
             });
             dispatches.push(Dispatch {
                 record,
@@ -475,6 +499,7 @@ impl Gpu {
                 Kind::Steps => &kernels.steps,
                 Kind::Finish => &kernels.finish,
                 Kind::Fold => &kernels.fold,
+                Kind::FoldRows => &kernels.fold_rows,
                 Kind::Commit => &kernels.commit,
             };
             let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
@@ -497,7 +522,7 @@ impl Gpu {
                     .into_iter()
                     .chain((kind == Kind::Steps).then_some((11, &memory.data.buffer)))
                     .collect(),
-                    Kind::Fold => vec![
+                    Kind::Fold | Kind::FoldRows => vec![
                         (2, &rank_buf.buffer),
                         (3, &atoms.data.buffer),
                         (4, &batch.residual.data.buffer),

@@ -217,6 +217,13 @@ impl Gpu {
                 8,
                 4 * (n_atoms_64 + 1),
             ),
+            // The coding kernel's per-sample state: its record and argmax partials.
+            bytes(
+                binding / (4 * super::omp::scratch_words(n_atoms, k) as u64),
+                "sparse-coding state [B, record + partials]",
+                4 * super::omp::scratch_words(n_atoms, k) as u64,
+                0,
+            ),
             // The coding kernel binds row windows of the correlations and the packed codes.
             bytes(
                 super::buffer::rows_per_window(n_atoms, binding, align) as u64,
