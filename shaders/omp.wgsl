@@ -400,32 +400,63 @@ fn stop_sample(rec: u32) {
     work[rec + H_NUPD] = 0u;
 }
 
+// A sample's candidate for its next atom: its record, ‖y‖² and the argmax (α, atom) of its
+// partials; not live when the sample is past the batch or has stopped.
+struct Pick {
+    rec: u32,
+    y2: f32,
+    a: f32,
+    j: u32,
+    live: bool,
+}
+
+fn pick(sample: u32) -> Pick {
+    var p: Pick;
+    p.live = false;
+    if sample >= params.batch {
+        return p;
+    }
+    p.rec = sample * params.stride;
+    if work[p.rec + H_DONE] != 0u {
+        return p;
+    }
+    p.y2 = y_norm2[sample];
+    let best = reduce_parts(sample);
+    p.a = bitcast<f32>(best.x);
+    p.j = best.y;
+    p.live = true;
+    return p;
+}
+
+// α⁰[j] = α[j] + G[j,I]·x over the first n chosen atoms: α = α⁰ − G[:,I]·x holds for the
+// current coefficients x.
+fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
+    var a0 = a;
+    let rj = g_row(j);
+    for (var t = 0u; t < n; t++) {
+        a0 += g_elem(rj.x, rj.y + work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
+    }
+    return a0;
+}
+
 @compute @workgroup_size(64)
 fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let sample = sample_of(gid, groups);
-    if sample >= params.batch {
+    let p = pick(sample);
+    if !p.live {
         return;
     }
-    let rec = sample * params.stride;
-    if work[rec + H_DONE] != 0u {
-        return;
-    }
+    let rec = p.rec;
+    let y2 = p.y2;
+    let a = p.a;
+    let j = p.j;
     let s = work[rec + H_NSEL];
-    let y2 = y_norm2[sample];
-    let best = reduce_parts(sample);
-    let a = bitcast<f32>(best.x);
-    let j = best.y;
     if s >= params.max_atoms || j == 0xffffffffu
         || !worth_another_atom(wf(rec + H_ENERGY), y2, abs(a)) {
         stop_sample(rec);
         return;
     }
-    // α⁰[j] = α[j] + G[j,I]·γ: α = α⁰ − G[:,I]·γ holds for the current γ.
-    var a0 = a;
-    let rj = g_row(j);
-    for (var t = 0u; t < s; t++) {
-        a0 += g_elem(rj.x, rj.y + work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
-    }
+    let a0 = alpha0(rec, a, j, s);
     if !cholesky_grow(rec, j, s) {
         stop_sample(rec);
         return;
@@ -444,18 +475,15 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(64)
 fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let sample = sample_of(gid, groups);
-    if sample >= params.batch {
+    let p = pick(sample);
+    if !p.live {
         return;
     }
-    let rec = sample * params.stride;
-    if work[rec + H_DONE] != 0u {
-        return;
-    }
+    let rec = p.rec;
+    let y2 = p.y2;
+    let a = p.a;
+    let j = p.j;
     let n_sel = work[rec + H_NSEL];
-    let y2 = y_norm2[sample];
-    let best = reduce_parts(sample);
-    let a = bitcast<f32>(best.x);
-    let j = best.y;
     var energy = wf(rec + H_ENERGY);
     if j == 0xffffffffu || !worth_another_atom(energy, y2, abs(a)) {
         stop_sample(rec);
@@ -472,11 +500,8 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
             stop_sample(rec);
             return;
         }
-        // α⁰[j] = α[j] + G[j,I]·x, kept for the refit.
-        var a0 = a;
-        for (var t = 0u; t < n_sel; t++) {
-            a0 += g_at(j, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
-        }
+        // α⁰[j], kept for the refit.
+        let a0 = alpha0(rec, a, j, n_sel);
         // The refit's factor grows with the support; a small pivot keeps MP's coefficients.
         if params.refit != 0u && work[rec + H_CHOL_OK] != 0u && !cholesky_grow(rec, j, n_sel) {
             work[rec + H_CHOL_OK] = 0u;

@@ -217,6 +217,29 @@ fn in_batch(j: u32) -> bool {
     return r >= params.start && r < params.start + params.len;
 }
 
+// E_s[c] += x_s·d_j[c] − x_new[s]·d_new[c] for c = first, first + step, … < end, over the slots of
+// sample s whose atom is in the batch (fold and fold_rows differ only in how they split c).
+fn fold_dims(s: u32, first: u32, end: u32, step: u32) {
+    let e = s * params.d;
+    for (var t = 0u; t < params.k; t++) {
+        let slot = s * params.k + t;
+        let jj = indices[slot];
+        if jj < 0 || u32(jj) >= params.n_atoms {
+            continue;
+        }
+        let j = u32(jj);
+        if !in_batch(j) {
+            continue;
+        }
+        let x_old = values[slot];
+        let x_new = slot_scratch[slot].y;
+        let row = j * params.d;
+        for (var c = first; c < end; c += step) {
+            residual[e + c] += x_old * atoms[row + c] - x_new * iterate[row + c];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn fold(
     @builtin(local_invocation_index) lid: u32,
@@ -227,24 +250,7 @@ fn fold(
     if s >= params.n {
         return;
     }
-    let e = s * params.d;
-    for (var t = 0u; t < params.k; t++) {
-        let slot = s * params.k + t;
-        let jj = indices[slot];
-        if jj < 0 || u32(jj) >= params.n_atoms {
-            continue;
-        }
-        let j = u32(jj);
-        if !in_batch(j) {
-            continue;
-        }
-        let x_old = values[slot];
-        let x_new = slot_scratch[slot].y;
-        let row = j * params.d;
-        for (var c = lid; c < params.d; c += WG) {
-            residual[e + c] += x_old * atoms[row + c] - x_new * iterate[row + c];
-        }
-    }
+    fold_dims(s, lid, params.d, WG);
 }
 
 @compute @workgroup_size(64)
@@ -253,26 +259,8 @@ fn fold_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     if s >= params.n {
         return;
     }
-    let e = s * params.d;
     let c0 = gid.y * params.dims_per_fold;
-    let c1 = min(c0 + params.dims_per_fold, params.d);
-    for (var t = 0u; t < params.k; t++) {
-        let slot = s * params.k + t;
-        let jj = indices[slot];
-        if jj < 0 || u32(jj) >= params.n_atoms {
-            continue;
-        }
-        let j = u32(jj);
-        if !in_batch(j) {
-            continue;
-        }
-        let x_old = values[slot];
-        let x_new = slot_scratch[slot].y;
-        let row = j * params.d;
-        for (var c = c0; c < c1; c++) {
-            residual[e + c] += x_old * atoms[row + c] - x_new * iterate[row + c];
-        }
-    }
+    fold_dims(s, c0, min(c0 + params.dims_per_fold, params.d), 1u);
 }
 
 @compute @workgroup_size(WG)

@@ -17,8 +17,8 @@ const SHADER: &str = include_str!("../../shaders/omp.wgsl");
 
 /// Invocations per sweep workgroup.
 const WG: u32 = 64;
-/// Atoms per sweep invocation (`PER` in omp.wgsl): each Δ read from workgroup memory serves PER
-/// atoms held in registers.
+/// Atoms per sweep invocation (`PER` in omp.wgsl): each Δ read from the sample's record serves
+/// PER atoms held in registers.
 const PER: u32 = 8;
 /// Atoms per sweep workgroup: one argmax partial per sample and chunk.
 const CHUNK: usize = (WG * PER) as usize;
@@ -243,8 +243,8 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
 }
 
 /// Checks that coding with `options` against K = `n_atoms` atoms of dimension `d` fits the
-/// device whatever the batch: the Gram matrix's bindings, the kernel's workgroup memory for k
-/// slots and, on llvmpipe, the per-invocation loop cap. Builds no pipeline.
+/// device whatever the batch: the Gram matrix's bindings and, on llvmpipe, the per-invocation
+/// loop cap (the per-sample solves grow with k²). Builds no pipeline.
 pub(crate) fn check_coding_fits(
     gpu: &Gpu,
     n_atoms: usize,
