@@ -272,10 +272,11 @@ fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
     let s = k.saturating_sub(1);
     let select = parts + 3 * s * s / 2 + 8 * s + 8;
     // Finish: the k output slots and, with MP's refit, the two triangular solves.
-    let finish = k + k * k + 3 * k;
-    match coder {
-        Coder::Omp | Coder::Mp { .. } => sweep.max(select).max(finish),
-    }
+    let finish = match coder {
+        Coder::Mp { refit: true } => k + k * k + 3 * k,
+        Coder::Omp | Coder::Mp { refit: false } => k,
+    };
+    sweep.max(select).max(finish)
 }
 
 /// Words per sample in the codes buffer: k indices, k values, the residual energy.
