@@ -52,15 +52,21 @@ struct Params {
     min_correlation: f32,
     // Stop when the Cholesky pivot ≤ min_pivot·G[j,j].
     min_pivot: f32,
-    // First element of each G block inside its binding.
+    // Words per G row: K (f32), or K rounded up to 8 halved (f16 pairs, G_HALF).
+    g_row_words: u32,
+    // First word of each G block inside its binding (pack_half: of the f32 rows it reads).
     g_first: vec4<u32>,
+    // First element of this job's rows inside the α, ‖y‖² and codes bindings (a job codes one
+    // chunk of a larger batch's rows; bindings start at aligned offsets).
+    rows_first: vec4<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> g0: array<f32>;
-@group(0) @binding(2) var<storage, read> g1: array<f32>;
-@group(0) @binding(3) var<storage, read> g2: array<f32>;
-@group(0) @binding(4) var<storage, read> g3: array<f32>;
+// G's row blocks: f32 bits, or with G_HALF two f16 per word (G[r, 2w] low, G[r, 2w + 1] high).
+@group(0) @binding(1) var<storage, read> g0: array<u32>;
+@group(0) @binding(2) var<storage, read> g1: array<u32>;
+@group(0) @binding(3) var<storage, read> g2: array<u32>;
+@group(0) @binding(4) var<storage, read> g3: array<u32>;
 // [batch, K]: α⁰ (f32 bits) on entry, scratch afterwards.
 @group(0) @binding(5) var<storage, read_write> alpha: array<u32>;
 // [batch]: ‖y‖².
@@ -77,6 +83,9 @@ override WG: u32 = 64u;
 const PER: u32 = 8u;
 // G in a single binding (the common case): no block selection per element.
 override G_SINGLE_BLOCK: bool = true;
+// G stored as f16 pairs: half the memory and half the words the sweep reads (each invocation
+// then holds PER consecutive atoms, PER/2 words of a G row).
+override G_HALF: bool = false;
 
 // Record layout (words): header, then k-long arrays, then the packed Cholesky factor.
 const H_NSEL: u32 = 0u; // atoms chosen
@@ -115,18 +124,18 @@ fn set_wf(i: u32, v: f32) {
     work[i] = bitcast<u32>(v);
 }
 
-// Block of G holding `row`, and the element where that row starts inside the block's binding.
+// Block of G holding `row`, and the word where that row starts inside the block's binding.
 fn g_row(row: u32) -> vec2<u32> {
     if G_SINGLE_BLOCK {
-        return vec2<u32>(0u, params.g_first.x + row * params.n_atoms);
+        return vec2<u32>(0u, params.g_first.x + row * params.g_row_words);
     }
     let blk = row / params.g_rows_per_block;
-    let local = (row - blk * params.g_rows_per_block) * params.n_atoms;
+    let local = (row - blk * params.g_rows_per_block) * params.g_row_words;
     return vec2<u32>(blk, params.g_first[blk] + local);
 }
 
-// Element `i` of block `blk` of G.
-fn g_elem(blk: u32, i: u32) -> f32 {
+// Word `i` of block `blk` of G.
+fn g_word(blk: u32, i: u32) -> u32 {
     if G_SINGLE_BLOCK {
         return g0[i];
     }
@@ -146,9 +155,18 @@ fn g_elem(blk: u32, i: u32) -> f32 {
     }
 }
 
+// G[row, col] for the row that g_row placed at (blk, start).
+fn g_elem(blk: u32, start: u32, col: u32) -> f32 {
+    if G_HALF {
+        let pair = unpack2x16float(g_word(blk, start + col / 2u));
+        return select(pair.x, pair.y, (col & 1u) == 1u);
+    }
+    return bitcast<f32>(g_word(blk, start + col));
+}
+
 fn g_at(row: u32, col: u32) -> f32 {
     let r = g_row(row);
-    return g_elem(r.x, r.y + col);
+    return g_elem(r.x, r.y, col);
 }
 
 fn tri(i: u32) -> u32 {
@@ -167,7 +185,7 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let rec = sample * params.stride;
     work[rec + H_NSEL] = 0u;
     work[rec + H_DONE] = 0u;
-    set_wf(rec + H_ENERGY, max(y_norm2[sample], 0.0));
+    set_wf(rec + H_ENERGY, max(y_norm2[params.rows_first.y + sample], 0.0));
     work[rec + H_NUPD] = 0u;
     work[rec + H_MPATOM] = 0u;
     work[rec + H_CHOL_OK] = 1u;
@@ -206,31 +224,50 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     }
     let deltas = delta_at(rec);
 
-    let base = sample * params.n_atoms;
+    let base = params.rows_first.x + sample * params.n_atoms;
     let last = params.n_atoms - 1u;
-    let first = chunk * WG * PER + lid;
-    // This invocation's atoms j_m = first + m·WG, m < 8, in two vec4 registers (no private array:
-    // llvmpipe turns a dynamically indexed one into memory); loads past K are clamped, discarded.
-    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u) * WG, vec4<u32>(last));
-    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u) * WG, vec4<u32>(last));
+    // This invocation's atoms j_m = first + m·step, m < 8 (f32: strided, so neighbouring
+    // invocations read neighbouring words; f16: consecutive, so one word holds two of them), in
+    // two vec4 registers (no private array: llvmpipe turns a dynamically indexed one into
+    // memory); loads past K are clamped, their results discarded.
+    var first = chunk * WG * PER + lid;
+    var step = WG;
+    if G_HALF {
+        first = chunk * WG * PER + lid * PER;
+        step = 1u;
+    }
+    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u) * step, vec4<u32>(last));
+    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u) * step, vec4<u32>(last));
     let ra = vec4<u32>(alpha[base + ja.x], alpha[base + ja.y], alpha[base + ja.z], alpha[base + ja.w]);
     let rb = vec4<u32>(alpha[base + jb.x], alpha[base + jb.y], alpha[base + jb.z], alpha[base + jb.w]);
     var va = bitcast<vec4<f32>>(ra);
     var vb = bitcast<vec4<f32>>(rb);
+    // f16: the PER/2 words of this invocation's atoms, clamped to the row (K is padded to a
+    // multiple of 8 there, so only invocations wholly past K clamp).
+    let wlast = params.g_row_words - 1u;
+    let wa = min(vec4<u32>(first / 2u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(wlast));
     for (var t = 0u; t < n; t++) {
         let r = g_row(work[upd_atoms + t]);
         let dt = wf(deltas + t);
-        if G_SINGLE_BLOCK {
-            let row = r.y;
-            va -= vec4<f32>(g0[row + ja.x], g0[row + ja.y], g0[row + ja.z], g0[row + ja.w]) * dt;
-            vb -= vec4<f32>(g0[row + jb.x], g0[row + jb.y], g0[row + jb.z], g0[row + jb.w]) * dt;
+        let blk = r.x;
+        let row = r.y;
+        if G_HALF {
+            let p0 = unpack2x16float(g_word(blk, row + wa.x));
+            let p1 = unpack2x16float(g_word(blk, row + wa.y));
+            let p2 = unpack2x16float(g_word(blk, row + wa.z));
+            let p3 = unpack2x16float(g_word(blk, row + wa.w));
+            va -= vec4<f32>(p0, p1) * dt;
+            vb -= vec4<f32>(p2, p3) * dt;
+        } else if G_SINGLE_BLOCK {
+            va -= bitcast<vec4<f32>>(vec4<u32>(g0[row + ja.x], g0[row + ja.y], g0[row + ja.z],
+                g0[row + ja.w])) * dt;
+            vb -= bitcast<vec4<f32>>(vec4<u32>(g0[row + jb.x], g0[row + jb.y], g0[row + jb.z],
+                g0[row + jb.w])) * dt;
         } else {
-            let blk = r.x;
-            let row = r.y;
-            va -= vec4<f32>(g_elem(blk, row + ja.x), g_elem(blk, row + ja.y),
-                g_elem(blk, row + ja.z), g_elem(blk, row + ja.w)) * dt;
-            vb -= vec4<f32>(g_elem(blk, row + jb.x), g_elem(blk, row + jb.y),
-                g_elem(blk, row + jb.z), g_elem(blk, row + jb.w)) * dt;
+            va -= vec4<f32>(g_elem(blk, row, ja.x), g_elem(blk, row, ja.y),
+                g_elem(blk, row, ja.z), g_elem(blk, row, ja.w)) * dt;
+            vb -= vec4<f32>(g_elem(blk, row, jb.x), g_elem(blk, row, jb.y),
+                g_elem(blk, row, jb.z), g_elem(blk, row, jb.w)) * dt;
         }
     }
     // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
@@ -238,7 +275,7 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     var best_val = 0.0;
     var best_idx = 0xffffffffu;
     for (var m = 0u; m < PER; m++) {
-        let j = first + m * WG;
+        let j = first + m * step;
         var raw: u32;
         var v: f32;
         if m < 4u {
@@ -354,14 +391,14 @@ fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     let sel = sel_at(rec);
     let tmp = tmp_at(rec);
     for (var t = 0u; t < s; t++) {
-        set_wf(tmp + t, g_elem(rj.x, rj.y + work[sel + t]));
+        set_wf(tmp + t, g_elem(rj.x, rj.y, work[sel + t]));
     }
     forward_in_tmp(rec, s);
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
         ww += wf(tmp + t) * wf(tmp + t);
     }
-    let gjj = g_elem(rj.x, rj.y + j);
+    let gjj = g_elem(rj.x, rj.y, j);
     let pivot = gjj - ww;
     // `!(pivot > …)` also stops on NaN.
     if !(pivot > params.min_pivot * gjj) {
@@ -420,7 +457,7 @@ fn pick(sample: u32) -> Pick {
     if work[p.rec + H_DONE] != 0u {
         return p;
     }
-    p.y2 = y_norm2[sample];
+    p.y2 = y_norm2[params.rows_first.y + sample];
     let best = reduce_parts(sample);
     p.a = bitcast<f32>(best.x);
     p.j = best.y;
@@ -434,7 +471,7 @@ fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
     var a0 = a;
     let rj = g_row(j);
     for (var t = 0u; t < n; t++) {
-        a0 += g_elem(rj.x, rj.y + work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
+        a0 += g_elem(rj.x, rj.y, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
     }
     return a0;
 }
@@ -469,7 +506,7 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
     work[rec + H_NUPD] = s + 1u;
-    alpha[sample * params.n_atoms + j] = CHOSEN;
+    alpha[params.rows_first.x + sample * params.n_atoms + j] = CHOSEN;
 }
 
 @compute @workgroup_size(64)
@@ -530,9 +567,9 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let n = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
     if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] != 0u {
-        energy = max(y_norm2[sample] - solve_coefficients(rec, n, false), 0.0);
+        energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n, false), 0.0);
     }
-    let out = sample * (2u * params.k + 1u);
+    let out = params.rows_first.z + sample * (2u * params.k + 1u);
     for (var t = 0u; t < params.k; t++) {
         if t < n {
             codes[out + t] = work[sel_at(rec) + t];
@@ -545,3 +582,28 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     codes[out + 2u * params.k] = bitcast<u32>(max(energy, 0.0));
 }
 
+
+// pack_half: G's f32 rows (binding 9, from word g_first.x) as f16 pairs (binding 10, from word
+// rows_first.x), params.batch rows of K, g_row_words words each; columns past K are zero.
+// Coding reads the packed rows when G_HALF.
+@group(0) @binding(9) var<storage, read> g_src: array<f32>;
+@group(0) @binding(10) var<storage, read_write> g_dst: array<u32>;
+
+@compute @workgroup_size(64)
+fn pack_half(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.y * groups.x * 64u + gid.x;
+    if i >= params.batch * params.g_row_words {
+        return;
+    }
+    let r = i / params.g_row_words;
+    let c = 2u * (i - r * params.g_row_words);
+    let src = params.g_first.x + r * params.n_atoms;
+    var pair = vec2<f32>(0.0);
+    if c < params.n_atoms {
+        pair.x = g_src[src + c];
+    }
+    if c + 1u < params.n_atoms {
+        pair.y = g_src[src + c + 1u];
+    }
+    g_dst[params.rows_first.x + i] = pack2x16float(pair);
+}

@@ -1,42 +1,54 @@
 // KSVD dictionary update by atom-wise power iteration, for one batch of atoms.
 //
-//   power_start, power_steps, power_finish
-//           one workgroup per atom j of the batch: with users ω (from sparse.wgsl's transpose)
-//           and E_Ω = E[ω] + x_j[ω]·d_j, run p power iterations u ← E_Ωᵀ·E_Ω·u from u = d_j
-//           without forming E_Ω: v_s = e_s·u + x_s·(d_j·u), u = Σ_s v_s·(e_s + x_s·d_j). Then
-//           d_new = u/‖u‖ with d_new·d_j ≥ 0 (d_j kept when ‖u‖ = 0), and for each user
-//           x_new[s] = e_s·d_new + x_s·(d_j·d_new), all from the residual before this batch.
-//           The iterations may span several power_steps dispatches (state in `iterate`).
-//           With the atom memory m_j (params.decay = γ > 0) each step is u ← E_ΩᵀE_Ω·u + γ·m_j,
-//           and the last one stores its unnormalised u as the new m_j: the atom then follows
-//           the users of about 1/(1 − γ) batches instead of this batch's few.
-//   fold    one workgroup per sample: E_s += x_s·d_j − x_new[s]·d_new for each of its slots whose
-//           atom is in the batch. A sample is folded by its own workgroup only: no float atomics.
-//   fold_rows  the same with one invocation per sample and chunk of dims_per_fold dimensions, for
-//           CPU adapters (llvmpipe): there every invocation's memory access is a scalar loop over
-//           its SIMD lanes, so `fold`'s WG invocations each rescanning a sample's k slots cost
-//           more than the fold itself (4.7 of 6.3 s of an update at K = 512, k = 16, B = 4096).
-//   commit  one workgroup per atom of the batch: D[j] = d_new, x[ω] = x_new.
+// For atom j with users ω (from sparse.wgsl's transpose) and E_Ω = E[ω] + x_j[ω]·d_j, p power
+// iterations u ← E_Ωᵀ·E_Ω·u from u = d_j, without forming E_Ω:
+//   v_s = e_s·u + x_s·(d_j·u),   u = Σ_s v_s·e_s + (Σ_s v_s·x_s)·d_j.
+// Then d_new = u/‖u‖ with d_new·d_j ≥ 0 (d_j kept when ‖u‖ = 0), and for each user
+// x_new[s] = e_s·d_new + x_s·(d_j·d_new), all from the residual before this batch.
+// With the atom memory m_j (params.decay = γ > 0) each step is u ← E_ΩᵀE_Ω·u + γ·m_j, and the
+// last one stores its unnormalised u as the new m_j: the atom then follows the users of about
+// 1/(1 − γ) batches instead of this batch's few.
+//
+// An atom's users are cut into work items of at most a few thousand (the host sizes them under
+// the driver's loop cap), so an atom may have any number of users and heavy atoms spread over
+// many workgroups:
+//   power_partial  one workgroup per item: its users' share of E_ΩᵀE_Ω·u, into `partials`.
+//   power_reduce   one workgroup per atom: u = Σ partials + γ·m_j, normalised; on the last
+//                  iteration the sign (or d_j) is settled and `iterate` holds d_new.
+//   power_project  one workgroup per item: x_new of its users.
+//   fold           one workgroup per sample: E_s += x_s·d_j − x_new[s]·d_new for each of its
+//                  slots whose atom is in the batch. A sample is folded by its own workgroup
+//                  only: no float atomics.
+//   fold_rows      the same with one invocation per sample and chunk of dims_per_fold
+//                  dimensions, for CPU adapters (llvmpipe): there every invocation's memory
+//                  access is a scalar loop over its SIMD lanes, so `fold`'s WG invocations each
+//                  rescanning a sample's k slots cost more than the fold itself.
+//   commit         one workgroup per atom: D[j] = d_new, x[ω] = x_new.
 //
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 
 struct Params {
-    // The batch is order[start .. start + len].
+    // The atoms are order[start .. start + len] (power_reduce: this wave's; fold, commit: the
+    // whole batch's).
     start: u32,
     len: u32,
     d: u32,
     k: u32,
     n: u32,
     n_atoms: u32,
-    iterations: u32,
-    // 1 on the dispatch holding an atom batch's last power iteration: it stores the memory.
+    // The power iteration this dispatch runs (0: the iterate is still d_j, read from `atoms`).
+    iteration: u32,
+    // 1 on the last power iteration: power_reduce stores the memory and settles d_new; 2 with no
+    // power iteration at all: d_new = d_j (the coefficients are refitted to the atoms as they are).
     last: u32,
     // γ: weight of the memory (the earlier batches' E_ΩᵀE_Ω·u products) in each step.
     decay: f32,
     // fold_rows: dimensions per invocation (bounded by the driver's loop cap).
     dims_per_fold: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // power_partial, power_project: the items are items[item_start .. item_start + item_len];
+    // power_reduce: partials row r belongs to item item_start + r.
+    item_start: u32,
+    item_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -51,10 +63,17 @@ struct Params {
 @group(0) @binding(8) var<storage, read> users: array<vec2<u32>>;
 // [K, d]: the power iterate of each atom, then its new value.
 @group(0) @binding(9) var<storage, read_write> iterate: array<f32>;
-// Per flat slot: (v_s of the current iteration, x_new).
+// (v of user list position q, x_new of flat slot q): both halves are indexed by q < n·k, the
+// first by position in the user lists, the second by slot.
 @group(0) @binding(10) var<storage, read_write> slot_scratch: array<vec2<f32>>;
 // [K, d]: per atom, the decayed sum of its earlier batches' products E_ΩᵀE_Ω·d_j (unnormalised).
 @group(0) @binding(11) var<storage, read_write> memory: array<f32>;
+// Work items: (atom, first user position, one past its last, unused).
+@group(0) @binding(12) var<storage, read> items: array<vec4<u32>>;
+// Per position in `order`: (its first item, its item count).
+@group(0) @binding(13) var<storage, read> atom_items: array<vec2<u32>>;
+// [item_len, d]: each item's share of u.
+@group(0) @binding(14) var<storage, read_write> partials: array<f32>;
 
 override WG: u32 = 64u;
 
@@ -74,141 +93,150 @@ fn wg_sum(lid: u32, x: f32) -> f32 {
     return total;
 }
 
-fn batch_atom(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wid.y * groups.x + wid.x;
 }
 
-// d_j·iterate_j over this invocation's dimensions, summed over the workgroup.
-fn dot_atom_iterate(lid: u32, row: u32) -> f32 {
+// The iterate u of this dispatch's iteration at element `at` of an atom row: d_j itself on the
+// first iteration (no copy pass), then the normalised iterate.
+fn u_at(at: u32) -> f32 {
+    if params.iteration == 0u {
+        return atoms[at];
+    }
+    return iterate[at];
+}
+
+// d_j·u (or, after the last reduce, d_j·d_new) over the workgroup.
+fn dot_atom_u(lid: u32, row: u32) -> f32 {
     var part = 0.0;
     for (var c = lid; c < params.d; c += WG) {
-        part += atoms[row + c] * iterate[row + c];
+        part += atoms[row + c] * u_at(row + c);
     }
     return wg_sum(lid, part);
 }
 
-// (e_s + x_s·d_j)·u for a user (sample, slot) of atom `row / d`, given d_j·u: the row of E_Ω
-// times the iterate, without forming E_Ω.
-fn project_user(user: vec2<u32>, row: u32, dj_u: f32) -> f32 {
-    let e = user.x * params.d;
-    var v = values[user.y] * dj_u;
+// e_s·u for a user's sample.
+fn residual_dot_u(sample: u32, row: u32) -> f32 {
+    let e = sample * params.d;
+    var v = 0.0;
     for (var c = 0u; c < params.d; c++) {
-        v += residual[e + c] * iterate[row + c];
+        v += residual[e + c] * u_at(row + c);
     }
     return v;
 }
 
-// The batch atom this workgroup serves: (atom, its row in D and in `iterate`, first and
-// one-past-last user).
-fn atom_of(a: u32) -> vec4<u32> {
-    let j = order[params.start + a];
-    return vec4<u32>(j, j * params.d, user_start[j], user_start[j + 1u]);
-}
-
-// u = d_j: the warm start.
+// One item's share of E_ΩᵀE_Ω·u: v_q = e_s·u + x_s·(d_j·u) for its users (one per invocation),
+// then Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j (one dimension per invocation).
 @compute @workgroup_size(WG)
-fn power_start(
+fn power_partial(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let a = batch_atom(wid, groups);
-    if a >= params.len {
+    let r = linear_group(wid, groups);
+    if r >= params.item_len {
         return;
     }
-    let row = order[params.start + a] * params.d;
-    for (var c = lid; c < params.d; c += WG) {
-        iterate[row + c] = atoms[row + c];
-    }
-}
-
-// `params.iterations` power iterations continuing from `iterate`. The host splits p iterations
-// over several dispatches where the driver caps loop iterations per invocation.
-@compute @workgroup_size(WG)
-fn power_steps(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let a = batch_atom(wid, groups);
-    if a >= params.len {
-        return;
-    }
-    let at = atom_of(a);
-    let row = at.y;
-    let first = at.z;
-    let last = at.w;
-    let d = params.d;
-
-    for (var it = 0u; it < params.iterations; it++) {
-        let dju = dot_atom_iterate(lid, row);
-        // v_s = e_s·u + x_s·(d_j·u), one user per invocation.
-        for (var q = first + lid; q < last; q += WG) {
-            let user = users[q];
-            slot_scratch[user.y].x = project_user(user, row, dju);
-        }
-        storageBarrier();
-        // u = Σ_s v_s·(e_s + x_s·d_j), one dimension per invocation.
-        var sq = 0.0;
-        for (var c = lid; c < d; c += WG) {
-            let dc = atoms[row + c];
-            var acc = 0.0;
-            for (var q = first; q < last; q++) {
-                let user = users[q];
-                acc += slot_scratch[user.y].x * (residual[user.x * d + c] + values[user.y] * dc);
-            }
-            acc += params.decay * memory[row + c];
-            if params.last == 1u && it + 1u == params.iterations {
-                memory[row + c] = acc;
-            }
-            iterate[row + c] = acc;
-            sq += acc * acc;
-        }
-        let norm = sqrt(wg_sum(lid, sq));
-        // A zero iterate (no users, E_Ω = 0) stays zero; power_finish then keeps d_j.
-        if norm > 0.0 {
-            for (var c = lid; c < d; c += WG) {
-                iterate[row + c] /= norm;
-            }
-        }
-        storageBarrier();
-    }
-}
-
-// d_new = u with the sign facing d_j (d_j itself when u = 0), then for each user
-// x_new[s] = e_s·d_new + x_s·(d_j·d_new), from the residual before this batch.
-@compute @workgroup_size(WG)
-fn power_finish(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let a = batch_atom(wid, groups);
-    if a >= params.len {
-        return;
-    }
-    let at = atom_of(a);
-    let row = at.y;
-    let d = params.d;
-    var sq = 0.0;
-    for (var c = lid; c < d; c += WG) {
-        sq += iterate[row + c] * iterate[row + c];
-    }
-    let keep = !(wg_sum(lid, sq) > 0.0);
-    let facing = dot_atom_iterate(lid, row);
-    for (var c = lid; c < d; c += WG) {
-        if keep {
-            iterate[row + c] = atoms[row + c];
-        } else if facing < 0.0 {
-            iterate[row + c] = -iterate[row + c];
-        }
-    }
-    storageBarrier();
-
-    let dj_new = dot_atom_iterate(lid, row);
-    for (var q = at.z + lid; q < at.w; q += WG) {
+    let item = items[params.item_start + r];
+    let row = item.x * params.d;
+    let dju = dot_atom_u(lid, row);
+    var vx = 0.0;
+    for (var q = item.y + lid; q < item.z; q += WG) {
         let user = users[q];
-        slot_scratch[user.y].y = project_user(user, row, dj_new);
+        let x = values[user.y];
+        let v = residual_dot_u(user.x, row) + x * dju;
+        slot_scratch[q].x = v;
+        vx += v * x;
+    }
+    let sum_vx = wg_sum(lid, vx);
+    storageBarrier();
+    let d = params.d;
+    for (var c = lid; c < d; c += WG) {
+        var acc = sum_vx * atoms[row + c];
+        for (var q = item.y; q < item.z; q++) {
+            acc += slot_scratch[q].x * residual[users[q].x * d + c];
+        }
+        partials[r * d + c] = acc;
+    }
+}
+
+// u = Σ of the atom's partials + γ·m_j, normalised (a zero u, no users and no memory, stays
+// zero); on the last iteration m_j = u unnormalised, and `iterate` gets d_new: u/‖u‖ facing d_j,
+// or d_j itself when u = 0.
+@compute @workgroup_size(WG)
+fn power_reduce(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let a = linear_group(wid, groups);
+    if a >= params.len {
+        return;
+    }
+    let position = params.start + a;
+    let row = order[position] * params.d;
+    if params.last == 2u {
+        for (var c = lid; c < params.d; c += WG) {
+            iterate[row + c] = atoms[row + c];
+        }
+        return;
+    }
+    let span = atom_items[position];
+    let first = span.x - params.item_start;
+    let d = params.d;
+    let last = params.last == 1u;
+    var sq = 0.0;
+    var facing = 0.0;
+    for (var c = lid; c < d; c += WG) {
+        var acc = params.decay * memory[row + c];
+        for (var i = 0u; i < span.y; i++) {
+            acc += partials[(first + i) * d + c];
+        }
+        if last {
+            memory[row + c] = acc;
+        }
+        iterate[row + c] = acc;
+        sq += acc * acc;
+        facing += acc * atoms[row + c];
+    }
+    let norm = sqrt(wg_sum(lid, sq));
+    var scale = 0.0;
+    if norm > 0.0 {
+        scale = 1.0 / norm;
+    }
+    if last {
+        // Both sums are workgroup-uniform, so every invocation takes the same branch.
+        if wg_sum(lid, facing) < 0.0 {
+            scale = -scale;
+        }
+    }
+    for (var c = lid; c < d; c += WG) {
+        if last && norm == 0.0 {
+            iterate[row + c] = atoms[row + c];
+        } else if norm > 0.0 {
+            iterate[row + c] *= scale;
+        }
+    }
+}
+
+// x_new = e_s·d_new + x_s·(d_j·d_new) for the item's users, from the residual before the batch.
+@compute @workgroup_size(WG)
+fn power_project(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let r = linear_group(wid, groups);
+    if r >= params.item_len {
+        return;
+    }
+    let item = items[params.item_start + r];
+    let row = item.x * params.d;
+    // params.iteration > 0 here: u_at reads d_new from `iterate`.
+    let dj_new = dot_atom_u(lid, row);
+    for (var q = item.y + lid; q < item.z; q += WG) {
+        let user = users[q];
+        slot_scratch[user.y].y = residual_dot_u(user.x, row) + values[user.y] * dj_new;
     }
 }
 
@@ -246,7 +274,7 @@ fn fold(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let s = batch_atom(wid, groups);
+    let s = linear_group(wid, groups);
     if s >= params.n {
         return;
     }
@@ -269,7 +297,7 @@ fn commit(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let a = batch_atom(wid, groups);
+    let a = linear_group(wid, groups);
     if a >= params.len {
         return;
     }

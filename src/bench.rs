@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
+use crate::encode::{CodingOptions, Encoder, EncoderOptions, GramPrecision, SparseCodes};
 use crate::error::{Error, Result};
 use crate::gpu::step::StepBuffers;
 use crate::gpu::{GemmParams, Gpu, Matrix, UpdateOptions};
@@ -117,6 +117,8 @@ pub struct BenchConfig {
     /// Phases to run (each once, in [`Phase::ALL`] order whatever the order here); empty runs
     /// them all.
     pub phases: Vec<Phase>,
+    /// How the coders store the Gram matrix.
+    pub gram: GramPrecision,
 }
 
 impl BenchConfig {
@@ -130,6 +132,7 @@ impl BenchConfig {
             samples: 1 << 21,
             seed: 0,
             phases: Vec::new(),
+            gram: GramPrecision::F32,
         }
     }
 
@@ -584,10 +587,10 @@ impl<'a> Bench<'a> {
             .into_iter()
             .any(|p| config.runs(p))
         {
-            codings.push(CodingOptions::omp(k));
+            codings.push(CodingOptions::omp(k).with_gram(config.gram));
         }
         if config.runs(Phase::Mp) {
-            codings.push(mp(k));
+            codings.push(mp(k).with_gram(config.gram));
         }
         for coding in codings {
             let fit = gpu.train_batch_fit(n_atoms, d, &coding)?;
@@ -764,6 +767,7 @@ impl<'a> Bench<'a> {
             Phase::Mp => (mp(c.k), "mp"),
             _ => (CodingOptions::omp(c.k), "omp"),
         };
+        let coding = coding.with_gram(c.gram);
         let encoder = self.encoder(data, coding)?;
         let warm_up = || {
             let rows = WARM_UP_ROWS.min(c.batch);
@@ -804,7 +808,7 @@ impl<'a> Bench<'a> {
         let codes = match codes {
             Some(codes) => codes,
             None => self
-                .encoder(data, CodingOptions::omp(c.k))?
+                .encoder(data, CodingOptions::omp(c.k).with_gram(c.gram))?
                 .encode(&data.samples)?,
         };
         let options = self.update_options();
@@ -859,7 +863,7 @@ impl<'a> Bench<'a> {
             memory: train.atom_memory,
             ..self.update_options()
         };
-        let coding = train.coding();
+        let coding = train.coding().with_gram(c.gram);
         let (d, n_atoms) = (c.dim, c.atoms);
         let mut atoms = gpu.matrix(n_atoms, d, &data.atoms)?;
         let memory = gpu.zeros(n_atoms, d)?;

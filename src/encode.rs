@@ -17,6 +17,20 @@
 use crate::error::{Error, Result};
 use crate::gpu::{omp, GemmParams, Gpu, Matrix};
 
+/// How the coding kernels store the Gram matrix G = D·Dᵀ they read at every greedy step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GramPrecision {
+    /// f32, as computed: the codes match the f64 reference's (the default).
+    #[default]
+    F32,
+    /// f16 pairs packed from the f32 product: half G's memory (K = 16 384 in 512 MiB) and half
+    /// the words the sweeps read, at about 3 significant digits per entry. Entries of unit atoms
+    /// lie in [−1, 1], where f16's relative rounding is at most 2⁻¹¹; near-ties between atoms
+    /// may then break differently (see README for the agreement measured).
+    F16,
+}
+
 /// Which greedy coder selects atoms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +64,8 @@ pub struct CodingOptions {
     /// Stop when the next atom's Cholesky pivot G\[j,j\] − wᵀw ≤ min_pivot·G\[j,j\]: it is nearly in
     /// the span of the atoms already chosen (its sine to that span is below √min_pivot).
     pub min_pivot: f32,
+    /// How G is stored for coding.
+    pub gram: GramPrecision,
 }
 
 impl CodingOptions {
@@ -63,7 +79,14 @@ impl CodingOptions {
             min_correlation: 1e-5,
             // sin² of the angle to the span; 1e-4 is 0.57°, far above f32 rounding of the pivot.
             min_pivot: 1e-4,
+            gram: GramPrecision::F32,
         }
+    }
+
+    /// Sets how G is stored for coding.
+    pub fn with_gram(mut self, gram: GramPrecision) -> Self {
+        self.gram = gram;
+        self
     }
 
     /// Matching pursuit with at most `k` atoms.
@@ -608,20 +631,26 @@ impl Encoder {
     pub fn batch_size(&self, n: usize) -> Result<usize> {
         let k = self.options.coding.k;
         let device_max = omp::max_batch(&self.gpu, self.n_atoms, k);
-        // Samples, correlations, norms, codes and their staging copy, per sample.
-        let per_sample = 4 * (self.d + self.n_atoms + 1 + 2 * omp::code_words(k)) as u64;
+        // Samples, correlations, norms, codes and their staging copy, and the coding state
+        // (allocated for at most one chunk of rows; counted whole to stay on the safe side).
+        let per_sample = 4
+            * (self.d
+                + self.n_atoms
+                + 1
+                + 2 * omp::code_words(k)
+                + omp::scratch_words(self.n_atoms, k)) as u64;
         let budget_max = (self.options.memory_budget / per_sample).max(1) as usize;
         match self.options.batch_size {
             Some(b) if b > device_max => Err(Error::ExceedsLimit {
                 what: format!(
                     "coding batch for K = {}, k = {k} (samples; correlations and codes each in \
-                     one binding of {} bytes)",
+                     one buffer of {} bytes)",
                     self.n_atoms,
-                    self.gpu.limits().planned_binding_size
+                    self.gpu.limits().max_buffer_size
                 ),
                 requested: b as u64,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: self.gpu.limits().planned_binding_size,
+                limit_name: "max_buffer_size",
+                limit: self.gpu.limits().max_buffer_size,
                 largest_batch: Some(device_max),
             }),
             Some(b) => Ok(b.min(n.max(1))),

@@ -28,7 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ActivationSource, BatchOrder, Shuffle, Stats};
-use crate::encode::{Coder, CodingOptions, Groups};
+use crate::encode::{Coder, CodingOptions, GramPrecision, Groups};
 use crate::error::{Error, Result};
 use crate::export::{self, Dictionary, SafetensorsFile, Tensor};
 use crate::gpu::step::{StepBuffers, StepOutput};
@@ -73,6 +73,9 @@ pub struct TrainConfig {
     pub atom_memory: f32,
     /// The sparse coder.
     pub coder: Coder,
+    /// How the coder stores the Gram matrix (f16 halves its memory and the coding reads).
+    #[serde(default)]
+    pub gram: GramPrecision,
     /// Matryoshka groups: `None` trains a plain dictionary. With groups, each batch is coded
     /// and the atoms updated group by group, each group on the residual the groups before it
     /// leave, with its share of k ([`Groups::split_k`]); re-seeding stays within a group. Every
@@ -123,6 +126,7 @@ impl TrainConfig {
             power_iterations: update.power_iterations,
             atom_memory: 0.8,
             coder: Coder::Omp,
+            gram: GramPrecision::F32,
             groups: None,
             init: Init::Samples,
             center: true,
@@ -204,6 +208,7 @@ impl TrainConfig {
             Coder::Omp => CodingOptions::omp(self.k),
             Coder::Mp { refit } => CodingOptions::mp(self.k, refit),
         }
+        .with_gram(self.gram)
     }
 
     /// Checks the configuration against the data it trains on: k ≤ d (OMP cannot select more

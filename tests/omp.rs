@@ -2,7 +2,7 @@
 
 mod common;
 
-use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
+use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, GramPrecision, SparseCodes};
 use dbksvd::reference::omp::{self as reference, RefCode};
 use dbksvd::Error;
 use rand::{RngExt, SeedableRng};
@@ -157,6 +157,11 @@ fn compare_real(coding: CodingOptions) -> (SparseCodes, Vec<RefCode>) {
 }
 
 fn check_real(coding: CodingOptions, min_same: f64) {
+    check_real_within(coding, min_same, 1e-3);
+}
+
+/// [`check_real`] with each residual energy within `energy_tol` (relative) of the reference's.
+fn check_real_within(coding: CodingOptions, min_same: f64, energy_tol: f64) {
     let (codes, reference) = compare_real(coding);
     let n = codes.n;
     let mut same = 0;
@@ -167,7 +172,7 @@ fn check_real(coding: CodingOptions, min_same: f64) {
         let (got, want) = (codes.residual_energy[i] as f64, r.residual_energy);
         assert!(got.is_finite());
         assert!(
-            (got - want).abs() <= 1e-3 * want,
+            (got - want).abs() <= energy_tol * want,
             "{:?} sample {i}: residual energy {got} vs reference {want}",
             coding.coder
         );
@@ -189,6 +194,62 @@ fn omp_matches_reference_on_real_activations() {
 fn mp_matches_reference_on_real_activations() {
     check_real(CodingOptions::mp(16, false), 0.99);
     check_real(CodingOptions::mp(16, true), 0.99);
+}
+
+/// G in f16 (2⁻¹¹ relative rounding per entry) against the reference's exact G, on real
+/// activations: where two atoms' correlations differ by less than that rounding the greedy
+/// choice may differ, so fewer supports are identical than with f32 and a row's residual may be
+/// a few percent off (either way), but over the batch the residual energy stays within 0.5 %
+/// of the reference's. Measured (1024 rows, K = 512, k = 16): see the printed figures; a
+/// mispacked G (a wrong word or half) picks wrong atoms on most rows.
+#[test]
+fn half_gram_matches_reference_on_real_activations() {
+    for coding in [
+        CodingOptions::omp(16),
+        CodingOptions::mp(16, false),
+        CodingOptions::mp(16, true),
+    ] {
+        let (codes, reference) = compare_real(coding.with_gram(GramPrecision::F16));
+        let n = codes.n;
+        let same = (0..n)
+            .filter(|&i| support(&codes, i) == reference[i].indices)
+            .count();
+        let (mut got, mut want, mut worst) = (0.0f64, 0.0f64, 0.0f64);
+        for (i, r) in reference.iter().enumerate() {
+            let e = codes.residual_energy[i] as f64;
+            assert!(e.is_finite());
+            got += e;
+            want += r.residual_energy;
+            worst = worst.max((e - r.residual_energy).abs() / r.residual_energy);
+        }
+        eprintln!(
+            "{:?} with f16 G: supports identical on {same} of {n}, residual energy {:.5} of the \
+             reference's, worst row {worst:.4}",
+            coding.coder,
+            got / want
+        );
+        assert!(same as f64 >= 0.9 * n as f64, "{same} of {n}");
+        assert!((got / want - 1.0).abs() <= 5e-3, "{}", got / want);
+        assert!(worst <= 0.3, "{worst}");
+    }
+}
+
+/// f16 G on awkward shapes: K not a multiple of 8 (packed rows padded), one sample, k = 1 and
+/// k = K, G split into row blocks. Each residual within 2 % of the reference's plus 0.5 % of
+/// ‖y‖². Not k = d: there the support's Gram is square and ill-conditioned, which amplifies
+/// f16's rounding into the coefficients (measured 1 % of ‖y‖² left where f32 leaves 0): f32 is
+/// the storage for k near d.
+#[test]
+fn half_gram_on_awkward_shapes() {
+    let Some(gpu) = common::gpu() else { return };
+    for (n_atoms, d, n, k) in [(37, 16, 1, 1), (1001, 64, 5, 16), (13, 40, 7, 13)] {
+        let coding = CodingOptions::omp(k).with_gram(GramPrecision::F16);
+        check_against_reference_within(gpu, n_atoms, d, n, coding, (2e-2, 5e-3));
+    }
+    // Packed G [1001, 504 words] (2 KiB a row) in 4 row blocks under a 600 KiB binding.
+    let small = gpu.with_max_binding_size(600 * 1024).unwrap();
+    let coding = CodingOptions::omp(16).with_gram(GramPrecision::F16);
+    check_against_reference_within(&small, 1001, 64, 5, coding, (2e-2, 5e-3));
 }
 
 #[test]
@@ -256,18 +317,20 @@ fn batching_does_not_change_codes() {
     assert_eq!(batched.encode(&samples).unwrap(), whole);
 }
 
-/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks and α as small
-/// batches; the codes must not change.
+/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks, and one job of
+/// 1024 rows binds α [1024, 512], the codes and the coding state in row chunks (at most
+/// 300 KiB / 2 KiB = 149 rows of α each): the codes of either coder must not change.
 #[test]
 fn gram_split_across_bindings_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();
     let Some(gpu) = common::gpu() else { return };
-    let coding = CodingOptions::omp(8);
-    let whole = one_batch(gpu, &atoms, &samples, d, coding);
     let small = gpu.with_max_binding_size(300 * 1024).unwrap();
-    let split = Encoder::new(&small, &atoms, 512, d, EncoderOptions::new(coding)).unwrap();
-    assert!(split.batch_size(1024).unwrap() < 1024);
-    assert_eq!(split.encode(&samples).unwrap(), whole);
+    for coding in [CodingOptions::omp(8), CodingOptions::mp(8, true)] {
+        let whole = one_batch(gpu, &atoms, &samples, d, coding);
+        let split = one_batch(&small, &atoms, &samples, d, coding);
+        assert_eq!(split, whole, "{:?}", coding.coder);
+    }
+    let coding = CodingOptions::omp(8);
     // Beyond four blocks the Gram matrix cannot be bound: a clear error, not a wrong result.
     let tiny = gpu.with_max_binding_size(64 * 1024).unwrap();
     let err = Encoder::new(&tiny, &atoms, 512, d, EncoderOptions::new(coding))
@@ -422,6 +485,19 @@ fn check_against_reference(
     n: usize,
     coding: CodingOptions,
 ) {
+    check_against_reference_within(gpu, n_atoms, d, n, coding, (1e-3, 0.0));
+}
+
+/// [`check_against_reference`] with residuals within `tol.0` of the reference's plus `tol.1`
+/// of ‖y‖² (both relative).
+fn check_against_reference_within(
+    gpu: &dbksvd::gpu::Gpu,
+    n_atoms: usize,
+    d: usize,
+    n: usize,
+    coding: CodingOptions,
+    tol: (f64, f64),
+) {
     let atoms = common::uniform(n_atoms * d, 1);
     let samples = common::uniform(n * d, 2);
     let encoder = Encoder::new(gpu, &atoms, n_atoms, d, EncoderOptions::new(coding)).unwrap();
@@ -429,13 +505,25 @@ fn check_against_reference(
     let refs = reference::encode(encoder.atoms(), n_atoms, &samples, d, &coding);
     for (i, r) in refs.iter().enumerate() {
         let got = codes.residual_energy[i] as f64;
+        let y2: f64 = samples[i * d..(i + 1) * d]
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum();
         assert!(
-            (got - r.residual_energy).abs() <= 1e-3 * r.residual_energy + 1e-4,
+            (got - r.residual_energy).abs() <= tol.0 * r.residual_energy + tol.1 * y2 + 1e-4,
             "K = {n_atoms}, k = {}, sample {i}: {got} vs {}",
             coding.k,
             r.residual_energy
         );
-        assert_eq!(codes.row(i).count(), r.indices.len(), "sample {i}");
+        // With f16 G the stopping rules (pivot, correlation floor) see rounded values: a
+        // sample may stop an atom earlier or later than the reference.
+        let slack = usize::from(coding.gram == GramPrecision::F16);
+        assert!(
+            codes.row(i).count().abs_diff(r.indices.len()) <= slack,
+            "sample {i}: {} atoms, reference {}",
+            codes.row(i).count(),
+            r.indices.len()
+        );
     }
 }
 

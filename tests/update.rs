@@ -495,3 +495,127 @@ fn folded_residual_equals_the_recomputed_one_across_dimension_chunks() {
     // chunk would leave differences of order x·|d_j| ≈ 0.1·‖y‖.
     assert!(worst < 1e-4, "device residual differs by {worst:.2e}·‖y‖");
 }
+
+/// An atom used by every sample, under a loop cap that lets one workgroup take only a few hundred
+/// users: its users are spread over several work items whose partial sums are reduced, and with
+/// a small binding the partial sums of one atom batch run in several waves. Checked against the
+/// converged reference (planted data: a dominant direction per atom, so p = 200 converges) and
+/// against the same update without the cap (f32 sums in another order: |cos| ≥ 1 − 1e-6).
+#[test]
+fn an_atom_used_by_every_sample_spreads_over_workgroups() {
+    let Some(gpu) = common::gpu() else { return };
+    let (d, n_atoms, n, k) = (24, 12, 2500, 2);
+    // Atoms: random unit rows. Samples: 3·a₀' + a_j' + noise, a' a perturbed atom, j = 1 + s % 11,
+    // so the update moves every atom and E_Ω of each has one dominant direction.
+    let unit = |v: &[f32]| -> Vec<f32> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / norm).collect()
+    };
+    let atoms: Vec<f32> = common::uniform(n_atoms * d, 31)
+        .chunks(d)
+        .flat_map(unit)
+        .collect();
+    let shifted: Vec<f32> = atoms
+        .iter()
+        .zip(common::uniform(n_atoms * d, 32))
+        .map(|(a, e)| a + 0.2 * e)
+        .collect();
+    let noise = common::uniform(n * d, 33);
+    let mut samples = vec![0.0f32; n * d];
+    let mut codes = SparseCodes {
+        n,
+        k,
+        indices: vec![0; n * k],
+        values: vec![0.0; n * k],
+        residual_energy: Vec::new(),
+    };
+    for s in 0..n {
+        let j = 1 + s % (n_atoms - 1);
+        for c in 0..d {
+            samples[s * d + c] = 3.0 * shifted[c] + shifted[j * d + c] + 0.05 * noise[s * d + c];
+        }
+        codes.indices[s * k..(s + 1) * k].copy_from_slice(&[0, j as i32]);
+        codes.values[s * k..(s + 1) * k].copy_from_slice(&[3.0, 1.0]);
+    }
+
+    let capped = gpu.with_max_loop_iterations(800);
+    let item_users = capped.update_item_users(d).unwrap();
+    assert!(
+        n.div_ceil(item_users) >= 3,
+        "{item_users} users per item: atom 0 is not split"
+    );
+    // Binding room for 5 rows of partial sums: atom 0 alone takes all but one of them.
+    let waves = capped.with_max_binding_size((5 * d * 4) as u64).unwrap();
+    let run = |gpu: &Gpu, p: usize| -> (Vec<f32>, SparseCodes) {
+        let mut dict = gpu.matrix(n_atoms, d, &atoms).unwrap();
+        let mut batch = gpu.coded_batch(&samples, d, &codes, n_atoms).unwrap();
+        let options = UpdateOptions {
+            atom_batch: 4,
+            power_iterations: p,
+            seed: 5,
+            memory: 0.0,
+        };
+        let usage = gpu.ksvd_update(&mut dict, &mut batch, &options).unwrap();
+        assert_eq!(usage[0] as usize, n);
+        (
+            gpu.read_matrix(&dict).unwrap(),
+            gpu.read_codes(&batch).unwrap(),
+        )
+    };
+
+    // Split against unsplit, one power iteration: the same arithmetic summed in another order.
+    let (whole, whole_codes) = run(gpu, 1);
+    for split_gpu in [&capped, &waves] {
+        let (split, split_codes) = run(split_gpu, 1);
+        let reference: Vec<f64> = whole.iter().map(|&v| v as f64).collect();
+        common::assert_atoms_agree(&split, &reference, d, 1.0 - 1e-6);
+        let worst = split_codes
+            .values
+            .iter()
+            .zip(&whole_codes.values)
+            .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "split coefficients differ by {worst:.2e}");
+    }
+
+    // Converged, against the reference.
+    let (got, got_codes) = run(&waves, 200);
+    let mut state = KsvdState {
+        d,
+        atoms: atoms.iter().map(|&v| v as f64).collect(),
+        samples: samples.iter().map(|&v| v as f64).collect(),
+        k,
+        indices: codes.indices.clone(),
+        values: codes.values.iter().map(|&v| v as f64).collect(),
+    };
+    let batches: Vec<Vec<usize>> = atom_order(n_atoms, 5)
+        .chunks(4)
+        .map(|c| c.iter().map(|&j| j as usize).collect())
+        .collect();
+    state.update(&batches);
+    let worst_cos = common::assert_atoms_agree(&got, &state.atoms, d, 0.9999);
+    let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
+    for (g, r) in got_codes.values.iter().zip(&state.values) {
+        diff2 += (*g as f64 - r).powi(2);
+        norm2 += r * r;
+    }
+    let rel = (diff2 / norm2).sqrt();
+    eprintln!(
+        "{item_users} users per item: worst cos {worst_cos:.7}, coefficients {rel:.2e} from the \
+         reference"
+    );
+    assert!(
+        rel < 1e-3,
+        "coefficients differ from the reference by {rel:.2e}"
+    );
+    // The planted update really moves the atoms (the comparison is not of unchanged inputs).
+    let moved = atoms
+        .chunks(d)
+        .zip(got.chunks(d))
+        .map(|(a, g)| a.iter().zip(g).map(|(x, y)| x * y).sum::<f32>())
+        .fold(1.0f32, f32::min);
+    assert!(
+        moved < 0.99,
+        "the update left the atoms in place (cos {moved})"
+    );
+}

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbksvd::bench::{Bench, BenchConfig, Format, Phase};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
-use dbksvd::encode::{Coder, CodingOptions, Groups};
+use dbksvd::encode::{Coder, CodingOptions, GramPrecision, Groups};
 use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
 use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
@@ -46,6 +46,24 @@ const DEFAULT_DATA: &str = "data/minilm_rustbook_L4_small.safetensors";
 enum CoderArg {
     Omp,
     Mp,
+}
+
+/// How the coder stores the Gram matrix.
+#[derive(Clone, Copy, ValueEnum)]
+enum GramArg {
+    /// f32: codes as the reference's.
+    F32,
+    /// f16 pairs: half the memory and the coding reads of G.
+    F16,
+}
+
+impl From<GramArg> for GramPrecision {
+    fn from(arg: GramArg) -> Self {
+        match arg {
+            GramArg::F32 => GramPrecision::F32,
+            GramArg::F16 => GramPrecision::F16,
+        }
+    }
 }
 
 /// Where the activations come from.
@@ -90,6 +108,9 @@ struct TrainArgs {
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
+    /// Storage of the Gram matrix the coder reads (f16: half its memory and reads).
+    #[arg(long, value_enum, default_value_t = GramArg::F32)]
+    gram: GramArg,
     /// Train a Matryoshka dictionary: the smallest group (groups of M, M, 2M, 4M, … atoms up to
     /// K, e.g. 64), or the groups' ends (e.g. 64,128,256,512,1000; the last is K).
     #[arg(long, value_name = "M|END,END,...")]
@@ -151,6 +172,9 @@ struct EncodeArgs {
     /// Sparse coder.
     #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
     coder: CoderArg,
+    /// Storage of the Gram matrix the coder reads (f16: half its memory and reads).
+    #[arg(long, value_enum, default_value_t = GramArg::F32)]
+    gram: GramArg,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -187,6 +211,9 @@ struct BenchArgs {
     /// Run only these phases (comma-separated) [default: all].
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
     phases: Vec<PhaseArg>,
+    /// Storage of the Gram matrix the coders read (f16: half its memory and reads).
+    #[arg(long, value_enum, default_value_t = GramArg::F32)]
+    gram: GramArg,
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -413,6 +440,7 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     config.power_iterations = args.power_iters;
     config.atom_memory = args.memory;
     config.coder = coder(args.coder);
+    config.gram = args.gram.into();
     if let Some(spec) = &args.matryoshka {
         config.groups = Some(matryoshka_groups(spec, args.atoms)?);
     }
@@ -553,7 +581,8 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
     let coding = match coder(args.coder) {
         Coder::Omp => CodingOptions::omp(k),
         Coder::Mp { refit } => CodingOptions::mp(k, refit),
-    };
+    }
+    .with_gram(args.gram.into());
     coding.validate()?;
     if source.dim() != dictionary.d {
         return Err(Error::ShapeMismatch {
@@ -589,6 +618,7 @@ fn bench(args: &BenchArgs) -> dbksvd::Result<bool> {
     let config = BenchConfig {
         samples: args.samples,
         seed: args.seed,
+        gram: args.gram.into(),
         phases: args
             .phases
             .iter()

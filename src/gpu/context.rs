@@ -415,6 +415,23 @@ impl Gpu {
         })
     }
 
+    /// The same device, planning as if its driver ran at most `iterations` loop iterations per
+    /// invocation (as llvmpipe does at 65 535): the kernels split their work under it or refuse
+    /// it. Shares pipelines and buffers with `self`; tests use it to exercise the splitting paths
+    /// of any adapter on small data.
+    pub fn with_max_loop_iterations(&self, iterations: u64) -> Self {
+        let mut limits = self.limits.clone();
+        limits.max_loop_iterations = Some(
+            limits
+                .max_loop_iterations
+                .map_or(iterations, |cap| cap.min(iterations)),
+        );
+        Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        }
+    }
+
     /// Destroys the device, as a driver reset or a lost GPU would: every later call on this
     /// context (and its clones) returns [`Error::DeviceLost`] instead of hanging. Device memory
     /// is freed at once. For testing fault handling, and for giving the GPU back early.

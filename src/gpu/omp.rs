@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, rows_per_window, window, Window};
 use super::{Gpu, GpuBuffer, Matrix};
-use crate::encode::{Coder, CodingOptions};
+use crate::encode::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/omp.wgsl");
@@ -45,7 +45,10 @@ struct Params {
     tolerance: f32,
     min_correlation: f32,
     min_pivot: f32,
+    g_row_words: u32,
+    _pad: [u32; 3],
     g_first: [u32; 4],
+    rows_first: [u32; 4],
 }
 
 struct Pipelines {
@@ -57,15 +60,17 @@ struct Pipelines {
     finish: wgpu::ComputePipeline,
 }
 
-/// The coding pipelines of one device (one set for G in a single binding, one for G in blocks),
-/// built when first needed, and the
-/// scratch buffer holding the samples' state (reused: jobs on one queue run one after another).
+/// The coding pipelines of one device (a set per G layout: one binding or blocks, f32 or f16),
+/// built when first needed, and the scratch buffers holding the samples' state and the packed
+/// f16 G (reused: jobs on one queue run one after another).
 pub(crate) struct OmpKernels {
     module: wgpu::ShaderModule,
     layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
-    by_layout: Mutex<HashMap<bool, Arc<Pipelines>>>,
+    by_layout: Mutex<HashMap<(bool, bool), Arc<Pipelines>>>,
+    pack_half: wgpu::ComputePipeline,
     work: Mutex<Option<GpuBuffer<u32>>>,
+    half_gram: Mutex<Option<GpuBuffer<u32>>>,
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
@@ -133,29 +138,35 @@ impl OmpKernels {
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
+            let pack_half =
+                super::sparse::compute_pipeline(gpu, &module, "pack_half", &[("WG", WG as f64)]);
             Ok(Self {
                 module,
                 layout,
                 pipeline_layout,
                 by_layout: Mutex::new(HashMap::new()),
+                pack_half,
                 work: Mutex::new(None),
+                half_gram: Mutex::new(None),
             })
         })
     }
 
-    /// Pipelines for G in one binding or several.
-    fn pipelines(&self, gpu: &Gpu, single_block: bool) -> Result<Arc<Pipelines>> {
+    /// Pipelines for G in one binding or several, in f32 or f16 pairs.
+    fn pipelines(&self, gpu: &Gpu, single_block: bool, half: bool) -> Result<Arc<Pipelines>> {
         let mut cache = self
             .by_layout
             .lock()
             .map_err(|_| Error::InvalidArgument("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&single_block) {
+        if let Some(p) = cache.get(&(single_block, half)) {
             return Ok(Arc::clone(p));
         }
         let built = gpu.scoped(|| {
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
             let constants = [
                 ("WG", WG as f64),
-                ("G_SINGLE_BLOCK", if single_block { 1.0 } else { 0.0 }),
+                ("G_SINGLE_BLOCK", flag(single_block)),
+                ("G_HALF", flag(half)),
             ];
             let pipeline = |entry: &str| {
                 gpu.device()
@@ -181,15 +192,18 @@ impl OmpKernels {
                 finish: pipeline("finish"),
             }))
         })?;
-        cache.insert(single_block, Arc::clone(&built));
+        cache.insert((single_block, half), Arc::clone(&built));
         Ok(built)
     }
 
-    /// A scratch buffer of at least `words` words, grown when a job needs more (counted in
-    /// [`Gpu::memory_peak`] like every other buffer).
-    fn work_buffer(&self, gpu: &Gpu, words: usize) -> Result<GpuBuffer<u32>> {
-        let mut cached = self
-            .work
+    /// A scratch buffer of at least `words` words from `slot`, grown when a job needs more
+    /// (counted in [`Gpu::memory_peak`] like every other buffer).
+    fn scratch(
+        gpu: &Gpu,
+        slot: &Mutex<Option<GpuBuffer<u32>>>,
+        words: usize,
+    ) -> Result<GpuBuffer<u32>> {
+        let mut cached = slot
             .lock()
             .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
         if let Some(buffer) = cached.as_ref().filter(|b| b.len() >= words) {
@@ -203,16 +217,28 @@ impl OmpKernels {
     }
 }
 
-/// How G [K, K] is bound: up to [`MAX_G_BLOCKS`] row windows.
+/// How G [K, K] is bound: up to [`MAX_G_BLOCKS`] row windows of `row_words` words per row.
 struct GramBlocks {
     rows_per_block: usize,
+    row_words: usize,
     windows: Vec<Window>,
 }
 
-fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
+/// Words per G row as the coding kernels read it: K f32, or K rounded up to 8 (so that a
+/// sweep invocation's 8 atoms are 4 whole words) in f16 pairs.
+fn gram_row_words(n_atoms: usize, gram: GramPrecision) -> usize {
+    match gram {
+        GramPrecision::F32 => n_atoms,
+        GramPrecision::F16 => n_atoms.next_multiple_of(PER as usize) / 2,
+    }
+}
+
+fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramBlocks> {
     let limits = gpu.limits();
     let align = limits.binding_alignment();
-    let rows_per_block = rows_per_window(n_atoms, limits.planned_binding_size, align).min(n_atoms);
+    let row_words = gram_row_words(n_atoms, gram);
+    let rows_per_block =
+        rows_per_window(row_words, limits.planned_binding_size, align).min(n_atoms);
     let blocks = if rows_per_block == 0 {
         usize::MAX
     } else {
@@ -224,7 +250,7 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
                 "Gram matrix [{n_atoms}, {n_atoms}] in at most {MAX_G_BLOCKS} storage bindings \
                  (bytes per binding)"
             ),
-            requested: (n_atoms as u64 * n_atoms as u64 * 4).div_ceil(MAX_G_BLOCKS as u64),
+            requested: (n_atoms as u64 * row_words as u64 * 4).div_ceil(MAX_G_BLOCKS as u64),
             limit_name: "max_storage_buffer_binding_size",
             limit: limits.planned_binding_size,
             largest_batch: None,
@@ -233,11 +259,12 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize) -> Result<GramBlocks> {
     let windows = (0..blocks)
         .map(|b| {
             let r0 = b * rows_per_block;
-            window(n_atoms, r0, (r0 + rows_per_block).min(n_atoms), align)
+            window(row_words, r0, (r0 + rows_per_block).min(n_atoms), align)
         })
         .collect();
     Ok(GramBlocks {
         rows_per_block,
+        row_words,
         windows,
     })
 }
@@ -256,7 +283,21 @@ pub(crate) fn check_coding_fits(
         &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
         loop_iterations(options.coder, n_atoms, max_atoms),
     )?;
-    plan_gram(gpu, n_atoms).map(|_| ())
+    if chunk_rows(gpu, n_atoms, options.k) == 0 {
+        let limits = gpu.limits();
+        return Err(Error::ExceedsLimit {
+            what: format!(
+                "one sample's correlations [1, {n_atoms}] and coding state ({} words) in one \
+                 binding each",
+                scratch_words(n_atoms, options.k)
+            ),
+            requested: 4 * n_atoms.max(scratch_words(n_atoms, options.k)) as u64,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: limits.planned_binding_size.min(limits.max_buffer_size),
+            largest_batch: None,
+        });
+    }
+    plan_gram(gpu, n_atoms, options.gram).map(|_| ())
 }
 
 /// Loop iterations one invocation executes in the heaviest dispatch of a coding job, counted as
@@ -284,10 +325,11 @@ pub(crate) fn code_words(k: usize) -> usize {
     2 * k + 1
 }
 
-/// Most samples one coding job takes for K atoms and k slots: α [B, K], the codes [B, 2k+1] and
-/// the samples' state must each fit one binding, and the sweep's B·⌈K/CHUNK⌉ workgroups one
-/// dispatch.
-pub(crate) fn max_batch(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
+/// Most samples one coding dispatch chain takes for K atoms and k slots: the windows of α
+/// [rows, K] and of the codes [rows, 2k + 1], and the samples' state, must each fit one binding,
+/// and the sweep's rows·⌈K/CHUNK⌉ workgroups one dispatch. Larger batches are coded in chunks
+/// of this many rows, one after another.
+pub(crate) fn chunk_rows(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
     let limits = gpu.limits();
     let align = limits.binding_alignment();
     let groups = limits.max_compute_workgroups_per_dimension as usize;
@@ -301,6 +343,16 @@ pub(crate) fn max_batch(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
         ))
         .min((scratch_limit / scratch) as usize)
         .min(groups.saturating_mul(groups) / n_atoms.div_ceil(CHUNK))
+}
+
+/// Most samples one coding job takes: α [B, K] and the codes [B, 2k + 1] must each fit one
+/// buffer (the kernels bind them in row chunks), and at least one row a chunk.
+pub(crate) fn max_batch(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
+    if chunk_rows(gpu, n_atoms, k) == 0 {
+        return 0;
+    }
+    let words = gpu.limits().max_buffer_size / 4;
+    (words / n_atoms.max(1) as u64).min(words / code_words(k) as u64) as usize
 }
 
 impl Gpu {
@@ -348,7 +400,7 @@ impl Gpu {
             return Err(Error::ExceedsLimit {
                 what: format!("sparse-coding batch for K = {n_atoms}, k = {k} (samples)"),
                 requested: batch as u64,
-                limit_name: "max_storage_buffer_binding_size",
+                limit_name: "max_buffer_size",
                 limit: fits as u64,
                 largest_batch: None,
             });
@@ -358,9 +410,10 @@ impl Gpu {
             &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
             loop_iterations(options.coder, n_atoms, max_atoms),
         )?;
-        let g = plan_gram(self, n_atoms)?;
+        let half = options.gram == GramPrecision::F16;
+        let g = plan_gram(self, n_atoms, options.gram)?;
         let kernels = self.omp_kernels()?;
-        let pipelines = kernels.pipelines(self, g.windows.len() == 1)?;
+        let pipelines = kernels.pipelines(self, g.windows.len() == 1, half)?;
         let align = self.limits().binding_alignment();
         let mut g_first = [0u32; 4];
         for (slot, w) in g.windows.iter().enumerate() {
@@ -368,10 +421,42 @@ impl Gpu {
         }
         let n_chunks = n_atoms.div_ceil(CHUNK);
         let stride = record_words(max_atoms);
-        let parts = batch * stride;
-        let work_words = parts + 2 * batch * partials(n_atoms);
-        let params = Params {
-            batch: batch as u32,
+        // Chunks of rows (even sizes), coded one after another with the same scratch.
+        let most = chunk_rows(self, n_atoms, k).max(1);
+        let rows = batch.div_ceil(batch.div_ceil(most));
+        let parts = rows * stride;
+        let work_words = parts + 2 * rows * partials(n_atoms);
+        let work = OmpKernels::scratch(self, &kernels.work, work_words)?;
+        // f16 G: packed from the f32 product in row chunks that fit a binding on both sides.
+        let half_gram = if half {
+            Some(OmpKernels::scratch(
+                self,
+                &kernels.half_gram,
+                n_atoms * g.row_words,
+            )?)
+        } else {
+            None
+        };
+        let pack_chunks = if half {
+            let limits = self.limits();
+            let most = rows_per_window(n_atoms, limits.planned_binding_size, align)
+                .min(rows_per_window(
+                    g.row_words,
+                    limits.planned_binding_size,
+                    align,
+                ))
+                .max(1);
+            super::buffer::ranges(n_atoms, most)
+        } else {
+            Vec::new()
+        };
+        let (sweep, select, steps) = match options.coder {
+            Coder::Omp => (&pipelines.sweep_omp, &pipelines.select_omp, max_atoms),
+            Coder::Mp { .. } => (&pipelines.sweep_mp, &pipelines.select_mp, 2 * max_atoms),
+        };
+        let chunks = super::buffer::ranges(batch, rows);
+        let base = Params {
+            batch: 0,
             n_atoms: n_atoms as u32,
             max_atoms: max_atoms as u32,
             k: k as u32,
@@ -383,59 +468,118 @@ impl Gpu {
             tolerance: options.tolerance.unwrap_or(-1.0),
             min_correlation: options.min_correlation,
             min_pivot: options.min_pivot,
+            g_row_words: g.row_words as u32,
+            _pad: [0; 3],
             g_first,
+            rows_first: [0; 4],
         };
-        let work = kernels.work_buffer(self, work_words)?;
-        let per_sample = super::sparse::groups(self, batch, SAMPLE_WG as usize);
-        let sweeps = super::sparse::groups(self, batch * n_chunks, 1);
-        let (sweep, select, steps) = match options.coder {
-            Coder::Omp => (&pipelines.sweep_omp, &pipelines.select_omp, max_atoms),
-            Coder::Mp { .. } => (&pipelines.sweep_mp, &pipelines.select_mp, 2 * max_atoms),
-        };
+        let mut records: Vec<Params> = pack_chunks
+            .iter()
+            .map(|&(r0, r1)| Params {
+                batch: (r1 - r0) as u32,
+                g_first: [window(n_atoms, r0, r1, align).first, 0, 0, 0],
+                rows_first: [window(g.row_words, r0, r1, align).first, 0, 0, 0],
+                ..base
+            })
+            .collect();
+        records.extend(chunks.iter().map(|&(r0, r1)| Params {
+            batch: (r1 - r0) as u32,
+            rows_first: [
+                window(n_atoms, r0, r1, align).first,
+                window(1, r0, r1, align).first,
+                window(code_words(k), r0, r1, align).first,
+                0,
+            ],
+            ..base
+        }));
+        let uniforms = self.uniform_records("omp params", &records)?;
 
         self.scoped(|| {
             let device = self.device();
-            let uniforms = self.buffer_init(
-                "omp params",
-                bytemuck::bytes_of(&params),
-                wgpu::BufferUsages::UNIFORM,
-            );
             // Unused G slots repeat the first block: every binding must be valid.
             let g_window = |slot: usize| g.windows.get(slot).copied().unwrap_or(g.windows[0]);
-            let alpha_window = window(n_atoms, 0, batch, align);
-            let norms_window = window(1, 0, batch, align);
-            let codes_window = window(code_words(k), 0, batch, align);
+            let g_buffer = half_gram.as_ref().map_or(&gram.data.buffer, |h| &h.buffer);
+            let packs: Vec<wgpu::BindGroup> = pack_chunks
+                .iter()
+                .enumerate()
+                .map(|(i, &(r0, r1))| {
+                    let out = half_gram.as_ref().map_or(&gram.data.buffer, |h| &h.buffer);
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("omp pack_half"),
+                        layout: &kernels.pack_half.get_bind_group_layout(0),
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: uniforms.binding(i),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 9,
+                                resource: binding(
+                                    &gram.data.buffer,
+                                    window(n_atoms, r0, r1, align),
+                                ),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 10,
+                                resource: binding(out, window(g.row_words, r0, r1, align)),
+                            },
+                        ],
+                    })
+                })
+                .collect();
             let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
-            let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("omp"),
-                layout: &kernels.layout,
-                entries: &[
-                    entry(0, uniforms.as_entire_binding()),
-                    entry(1, binding(&gram.data.buffer, g_window(0))),
-                    entry(2, binding(&gram.data.buffer, g_window(1))),
-                    entry(3, binding(&gram.data.buffer, g_window(2))),
-                    entry(4, binding(&gram.data.buffer, g_window(3))),
-                    entry(5, binding(&alpha.data.buffer, alpha_window)),
-                    entry(6, binding(&y_norm2.buffer, norms_window)),
-                    entry(7, binding(&codes.buffer, codes_window)),
-                    entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
-                ],
-            });
+            let bind_groups: Vec<wgpu::BindGroup> = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, &(r0, r1))| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("omp"),
+                        layout: &kernels.layout,
+                        entries: &[
+                            entry(0, uniforms.binding(pack_chunks.len() + i)),
+                            entry(1, binding(g_buffer, g_window(0))),
+                            entry(2, binding(g_buffer, g_window(1))),
+                            entry(3, binding(g_buffer, g_window(2))),
+                            entry(4, binding(g_buffer, g_window(3))),
+                            entry(
+                                5,
+                                binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
+                            ),
+                            entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
+                            entry(
+                                7,
+                                binding(&codes.buffer, window(code_words(k), r0, r1, align)),
+                            ),
+                            entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
+                        ],
+                    })
+                })
+                .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sparse coding"),
                 timestamp_writes: None,
             });
-            pass.set_bind_group(0, &group, &[]);
-            pass.set_pipeline(&pipelines.start);
-            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
-            for _ in 0..steps {
-                pass.set_pipeline(sweep);
-                pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
-                pass.set_pipeline(select);
+            pass.set_pipeline(&kernels.pack_half);
+            for (&(r0, r1), group) in pack_chunks.iter().zip(&packs) {
+                let words = super::sparse::groups(self, (r1 - r0) * g.row_words, 64);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(words.0, words.1, 1);
+            }
+            for (&(r0, r1), group) in chunks.iter().zip(&bind_groups) {
+                let per_sample = super::sparse::groups(self, r1 - r0, SAMPLE_WG as usize);
+                let sweeps = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
+                pass.set_bind_group(0, group, &[]);
+                pass.set_pipeline(&pipelines.start);
+                pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                for _ in 0..steps {
+                    pass.set_pipeline(sweep);
+                    pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
+                    pass.set_pipeline(select);
+                    pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                }
+                pass.set_pipeline(&pipelines.finish);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             }
-            pass.set_pipeline(&pipelines.finish);
-            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             Ok(())
         })
     }

@@ -25,7 +25,8 @@ pub struct UpdateOptions {
     /// updates every atom at once. Larger batches mean fewer, fuller dispatches but more
     /// interference between atoms that share samples.
     pub atom_batch: usize,
-    /// Power iterations per atom (p), warm-started from the current atom.
+    /// Power iterations per atom (p), warm-started from the current atom. 0 keeps the atoms and
+    /// refits their coefficients, x_new = e_s·d_j + x_s.
     pub power_iterations: usize,
     /// Seed of the atom visiting order.
     pub seed: u64,
@@ -62,14 +63,34 @@ pub fn atom_order(n_atoms: usize, seed: u64) -> Vec<u32> {
     order
 }
 
-/// Loop iterations one invocation runs for an atom with `users` users at dimension `d`: per
-/// power iteration (users × d, then d × users, plus the reductions), and for the final pass.
-pub(crate) fn update_loop_iterations(users: u64, d: usize) -> (u64, u64) {
-    let (wg, dd, m) = (WG as u64, d as u64, users);
-    let per_iteration =
-        m.div_ceil(wg) * (dd + 2) + dd.div_ceil(wg) * (m + 4) + 2 * wg.ilog2() as u64 + 8;
-    let finish = m.div_ceil(wg) * (dd + 2) + 4 * dd.div_ceil(wg) + 3 * wg.ilog2() as u64 + 8;
-    (per_iteration, finish)
+/// Users of one atom in one work item when the driver caps no loops: an atom with more users is
+/// spread over several workgroups, whose partial sums are reduced.
+const ITEM_USERS: usize = 4096;
+
+/// Loop iterations one invocation runs in power_partial (the heaviest per-item kernel) for an
+/// item of `users` users at dimension `d`: the d_j·u dot, v for its users (d each), their sum,
+/// then d/WG dimensions over the users.
+fn item_loop_iterations(users: u64, d: usize) -> u64 {
+    let (wg, dd) = (WG as u64, d as u64);
+    let reduction = wg.ilog2() as u64 + 1;
+    dd.div_ceil(wg)
+        + users.div_ceil(wg) * (dd + 1)
+        + dd.div_ceil(wg) * (users + 1)
+        + 2 * reduction
+        + 8
+}
+
+/// Loop iterations one invocation runs in the heaviest update kernel for an atom with `users`
+/// users at dimension `d`, its users cut into items of `item_users`: power_partial for one item,
+/// power_reduce over its items, commit over its users.
+pub(crate) fn update_loop_iterations(users: u64, d: usize, item_users: usize) -> u64 {
+    let (wg, dd) = (WG as u64, d as u64);
+    let reduction = wg.ilog2() as u64 + 1;
+    let items = users.div_ceil(item_users.max(1) as u64);
+    let partial = item_loop_iterations(users.min(item_users as u64), d);
+    let reduce = dd.div_ceil(wg) * (items + 2) + 2 * reduction + 8;
+    let commit = dd.div_ceil(wg) + users.div_ceil(wg) + 8;
+    partial.max(reduce).max(commit)
 }
 
 /// Mirrors `Params` in power.wgsl.
@@ -82,17 +103,18 @@ struct Params {
     k: u32,
     n: u32,
     n_atoms: u32,
-    iterations: u32,
+    iteration: u32,
     last: u32,
     decay: f32,
     dims_per_fold: u32,
-    _pad: [u32; 2],
+    item_start: u32,
+    item_len: u32,
 }
 
 pub(crate) struct PowerKernels {
-    start: wgpu::ComputePipeline,
-    steps: wgpu::ComputePipeline,
-    finish: wgpu::ComputePipeline,
+    partial: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+    project: wgpu::ComputePipeline,
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
@@ -109,9 +131,9 @@ impl PowerKernels {
                 });
             let c = [("WG", WG as f64)];
             Ok(Self {
-                start: compute_pipeline(gpu, &module, "power_start", &c),
-                steps: compute_pipeline(gpu, &module, "power_steps", &c),
-                finish: compute_pipeline(gpu, &module, "power_finish", &c),
+                partial: compute_pipeline(gpu, &module, "power_partial", &c),
+                reduce: compute_pipeline(gpu, &module, "power_reduce", &c),
+                project: compute_pipeline(gpu, &module, "power_project", &c),
                 fold: compute_pipeline(gpu, &module, "fold", &c),
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
@@ -182,6 +204,95 @@ impl CodedBatch {
     }
 }
 
+/// The kinds of dispatch of one atom batch (see power.wgsl).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Partial,
+    Reduce,
+    Project,
+    Fold,
+    FoldRows,
+    Commit,
+}
+
+/// The update's work items: each atom's users (in user-list order) cut into runs of at most
+/// `item_users`, items in visiting order so that an atom batch's items are contiguous.
+struct WorkItems {
+    /// (atom, first user position, one past the last, 0).
+    items: Vec<[u32; 4]>,
+    /// Per position in the visiting order: (first item, item count).
+    atom_items: Vec<[u32; 2]>,
+}
+
+impl WorkItems {
+    fn plan(order: &[u32], usage: &[u32], item_users: usize) -> Self {
+        let mut user_start = vec![0u32; usage.len() + 1];
+        for (j, &u) in usage.iter().enumerate() {
+            user_start[j + 1] = user_start[j] + u;
+        }
+        let mut items = Vec::new();
+        let mut atom_items = Vec::with_capacity(order.len());
+        for &j in order {
+            let first = items.len() as u32;
+            let (mut q, end) = (user_start[j as usize], user_start[j as usize + 1]);
+            while q < end {
+                let next = end.min(q.saturating_add(item_users as u32));
+                items.push([j, q, next, 0]);
+                q = next;
+            }
+            atom_items.push([first, items.len() as u32 - first]);
+        }
+        Self { items, atom_items }
+    }
+
+    /// The first item of visiting position `position` (the item count at the end).
+    fn first(&self, position: usize) -> usize {
+        self.atom_items
+            .get(position)
+            .map_or(self.items.len(), |a| a[0] as usize)
+    }
+
+    /// The atom batch at positions `start..start + len` cut into waves of at most `rows` items
+    /// (rows of partial sums, d floats each): (positions, items) per wave.
+    #[allow(clippy::type_complexity)]
+    fn waves(
+        &self,
+        start: usize,
+        len: usize,
+        rows: usize,
+        d: usize,
+    ) -> Result<Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
+        let mut waves = Vec::new();
+        let mut wave_start = start;
+        for position in start..start + len {
+            let count = self.atom_items[position][1] as usize;
+            if count > rows {
+                return Err(Error::ExceedsLimit {
+                    what: format!(
+                        "partial sums of the update of one atom ({count} work items of d = {d})"
+                    ),
+                    requested: (count * d * 4) as u64,
+                    limit_name: "max_storage_buffer_binding_size",
+                    limit: (rows * d * 4) as u64,
+                    largest_batch: None,
+                });
+            }
+            if self.first(position + 1) - self.first(wave_start) > rows {
+                waves.push((
+                    wave_start..position,
+                    self.first(wave_start)..self.first(position),
+                ));
+                wave_start = position;
+            }
+        }
+        waves.push((
+            wave_start..start + len,
+            self.first(wave_start)..self.first(start + len),
+        ));
+        Ok(waves)
+    }
+}
+
 impl Gpu {
     /// Records E = Y − X·D (and the user lists) for `batch` with the current `atoms`.
     pub(crate) fn record_batch_residual(
@@ -203,17 +314,45 @@ impl Gpu {
         self.cached(&self.inner.power, PowerKernels::new)
     }
 
+    /// Users of one atom that one workgroup of the update takes at dimension `d`: an atom with
+    /// more is spread over several workgroups and their partial sums reduced, so an atom may have
+    /// any number of users. Below the driver's loop cap where it has one (llvmpipe: about 4 000
+    /// at d = 384, 2 000 at d = 2304); `ExceedsLimit` when not even one user fits.
+    pub fn update_item_users(&self, d: usize) -> Result<usize> {
+        let Some(cap) = self.limits().max_loop_iterations else {
+            return Ok(ITEM_USERS);
+        };
+        let fits = |u: usize| item_loop_iterations(u as u64, d) <= cap;
+        if !fits(1) {
+            self.check_loop_budget(
+                &format!("power iteration over one user at d = {d}"),
+                item_loop_iterations(1, d),
+            )?;
+        }
+        // Iterations grow with the users: binary search the most that fit.
+        let (mut lo, mut hi) = (1usize, ITEM_USERS);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
+    }
+
     /// The largest sample batch whose every atom the update can take on this device at dimension
-    /// `d` (an atom may be used by every sample): `None` without a loop cap (any real GPU);
-    /// on lavapipe about 12 800 samples at d = 384.
+    /// `d` (an atom may be used by every sample): `None` without a loop cap (any real GPU).
+    /// Users are spread over workgroups, so on lavapipe this is millions and memory binds first.
     pub fn max_update_batch(&self, d: usize) -> Option<usize> {
         let cap = self.limits().max_loop_iterations?;
-        let fits = |n: u64| {
-            let (a, b) = update_loop_iterations(n, d);
-            a.max(b) <= cap
+        let Ok(item_users) = self.update_item_users(d) else {
+            return Some(0);
         };
+        let fits = |n: u64| update_loop_iterations(n, d, item_users) <= cap;
         // Iterations grow with n: binary search the largest n that fits.
-        let (mut lo, mut hi) = (0u64, cap);
+        let (mut lo, mut hi) = (0u64, cap.saturating_mul(WG as u64));
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             if fits(mid) {
@@ -380,54 +519,40 @@ impl Gpu {
         for (position, &j) in order.iter().enumerate() {
             rank[j as usize] = position as u32;
         }
-        let order_buf = self.upload(&order)?;
-        let rank_buf = self.upload(&rank)?;
-        let kernels = self.power_kernels()?;
         let (n, k) = (batch.codes.n, batch.codes.k);
+        let item_users = self.update_item_users(d)?;
+        let most_users = usage.iter().copied().max().unwrap_or(0) as u64;
+        self.check_loop_budget(
+            &format!("the update of an atom with {most_users} users at d = {d}"),
+            update_loop_iterations(most_users, d, item_users),
+        )?;
+        let plan = WorkItems::plan(&order, usage, item_users);
+        // Partial sums of one wave of atoms share one binding; a batch whose items need more
+        // runs in several waves (its atoms are independent until the fold).
+        let binding = self
+            .limits()
+            .planned_binding_size
+            .min(self.limits().max_buffer_size);
+        let wave_rows = (binding / (4 * d.max(1) as u64)).max(1) as usize;
+        let kernels = self.power_kernels()?;
         // CPU adapters fold one sample per invocation (see power.wgsl), its d dimensions split
         // so that the k-slot scan plus min(k, A) folded atoms stay under the loop cap.
         let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
         let fold_rows = self.adapter().is_cpu() && n.div_ceil(64) <= max_groups;
         let dims_per_fold = match self.limits().max_loop_iterations {
             Some(cap) => {
-                let folded = k.min(options.atom_batch.clamp(1, n_atoms.max(1))).max(1) as u64;
+                let folded = k.min(atom_batch).max(1) as u64;
                 (cap.saturating_sub(k as u64 + 8) / folded).clamp(1, d.max(1) as u64) as usize
             }
             None => d.max(1),
         };
 
-        // Per atom batch: its parameter record, then one record per power_steps dispatch.
-        struct Dispatch {
-            record: usize,
-            kind: Kind,
-            groups: (u32, u32),
-        }
-        #[derive(Clone, Copy, PartialEq)]
-        enum Kind {
-            Start,
-            Steps,
-            Finish,
-            Fold,
-            FoldRows,
-            Commit,
-        }
         let mut records: Vec<Params> = Vec::new();
-        let mut dispatches: Vec<Dispatch> = Vec::new();
+        let mut dispatches: Vec<(usize, Kind, (u32, u32))> = Vec::new();
+        let mut partial_rows = 1;
+        let p = options.power_iterations;
         for start in (0..n_atoms).step_by(atom_batch) {
             let len = atom_batch.min(n_atoms - start);
-            let most_users = order[start..start + len]
-                .iter()
-                .map(|&j| usage[j as usize] as u64)
-                .max()
-                .unwrap_or(0);
-            let m = most_users;
-            let (per_iteration, finish) = update_loop_iterations(m, d);
-            let what = format!("power iteration over an atom with {m} users at d = {d}");
-            self.check_loop_budget(&what, per_iteration.max(finish))?;
-            let per_dispatch = match self.limits().max_loop_iterations {
-                Some(cap) => (cap / per_iteration).max(1) as usize,
-                None => options.power_iterations.clamp(1, u32::MAX as usize),
-            };
             let base = Params {
                 start: start as u32,
                 len: len as u32,
@@ -435,93 +560,113 @@ impl Gpu {
                 k: k as u32,
                 n: n as u32,
                 n_atoms: n_atoms as u32,
-                iterations: 0,
+                // power_project reads d_new from `iterate` (iteration > 0).
+                iteration: p.max(1) as u32,
                 last: 0,
                 decay: options.memory,
                 dims_per_fold: dims_per_fold as u32,
-                _pad: [0; 2],
+                item_start: plan.first(start) as u32,
+                item_len: (plan.first(start + len) - plan.first(start)) as u32,
             };
-            let atom_groups = groups(self, len, 1);
-            let record = records.len();
-            records.push(base);
-            dispatches.push(Dispatch {
-                record,
-                kind: Kind::Start,
-                groups: atom_groups,
-            });
-            let mut left = options.power_iterations;
-            while left > 0 {
-                let now = left.min(per_dispatch);
-                records.push(Params {
-                    iterations: now as u32,
-                    last: u32::from(left == now),
-                    ..base
-                });
-                dispatches.push(Dispatch {
-                    record: records.len() - 1,
-                    kind: Kind::Steps,
-                    groups: atom_groups,
-                });
-                left -= now;
+            let waves = plan.waves(start, len, wave_rows, d)?;
+            partial_rows = waves
+                .iter()
+                .map(|w| w.1.len())
+                .fold(partial_rows, usize::max);
+            if p == 0 {
+                // No power step: power_reduce copies d_j as d_new.
+                records.push(Params { last: 2, ..base });
+                dispatches.push((records.len() - 1, Kind::Reduce, groups(self, len, 1)));
             }
-            dispatches.push(Dispatch {
+            for iteration in 0..p {
+                for (atoms_range, item_range) in &waves {
+                    records.push(Params {
+                        start: atoms_range.start as u32,
+                        len: atoms_range.len() as u32,
+                        iteration: iteration as u32,
+                        last: u32::from(iteration + 1 == p),
+                        item_start: item_range.start as u32,
+                        item_len: item_range.len() as u32,
+                        ..base
+                    });
+                    let record = records.len() - 1;
+                    dispatches.push((record, Kind::Partial, groups(self, item_range.len(), 1)));
+                    dispatches.push((record, Kind::Reduce, groups(self, atoms_range.len(), 1)));
+                }
+            }
+            records.push(base);
+            let record = records.len() - 1;
+            dispatches.push((
                 record,
-                kind: Kind::Finish,
-                groups: atom_groups,
-            });
+                Kind::Project,
+                groups(self, base.item_len as usize, 1),
+            ));
             dispatches.push(if fold_rows {
-                Dispatch {
+                (
                     record,
-                    kind: Kind::FoldRows,
-                    groups: (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32),
-                }
+                    Kind::FoldRows,
+                    (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32),
+                )
             } else {
-                Dispatch {
-                    record,
-                    kind: Kind::Fold,
-                    groups: groups(self, n, 1),
-                }
+                (record, Kind::Fold, groups(self, n, 1))
             });
-            dispatches.push(Dispatch {
-                record,
-                kind: Kind::Commit,
-                groups: atom_groups,
-            });
+            dispatches.push((record, Kind::Commit, groups(self, len, 1)));
         }
 
+        let order_buf = self.upload(&order)?;
+        let rank_buf = self.upload(&rank)?;
+        // A batch without users still binds one (unread) item.
+        let items: &[[u32; 4]] = if plan.items.is_empty() {
+            &[[0; 4]]
+        } else {
+            &plan.items
+        };
+        let items_buf = self.upload(bytemuck::cast_slice::<[u32; 4], u32>(items))?;
+        let atom_items_buf =
+            self.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?;
+        let partials: GpuBuffer<f32> = self.zeroed(partial_rows * d.max(1))?;
         let uniforms = self.uniform_records("power params", &records)?;
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
             let device = self.device();
             let c = &batch.codes;
             let pipeline = |kind: Kind| match kind {
-                Kind::Start => &kernels.start,
-                Kind::Steps => &kernels.steps,
-                Kind::Finish => &kernels.finish,
+                Kind::Partial => &kernels.partial,
+                Kind::Reduce => &kernels.reduce,
+                Kind::Project => &kernels.project,
                 Kind::Fold => &kernels.fold,
                 Kind::FoldRows => &kernels.fold_rows,
                 Kind::Commit => &kernels.commit,
             };
             let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
                 match kind {
-                    Kind::Start => vec![
-                        (1, &order_buf.buffer),
-                        (3, &atoms.data.buffer),
-                        (9, &batch.iterate.data.buffer),
-                    ],
-                    Kind::Steps | Kind::Finish => vec![
-                        (1, &order_buf.buffer),
+                    Kind::Partial => vec![
                         (3, &atoms.data.buffer),
                         (4, &batch.residual.data.buffer),
                         (5, &c.values.buffer),
-                        (7, &c.user_start.buffer),
                         (8, &c.users.buffer),
                         (9, &batch.iterate.data.buffer),
                         (10, &batch.slot_scratch.buffer),
-                    ]
-                    .into_iter()
-                    .chain((kind == Kind::Steps).then_some((11, &memory.data.buffer)))
-                    .collect(),
+                        (12, &items_buf.buffer),
+                        (14, &partials.buffer),
+                    ],
+                    Kind::Reduce => vec![
+                        (1, &order_buf.buffer),
+                        (3, &atoms.data.buffer),
+                        (9, &batch.iterate.data.buffer),
+                        (11, &memory.data.buffer),
+                        (13, &atom_items_buf.buffer),
+                        (14, &partials.buffer),
+                    ],
+                    Kind::Project => vec![
+                        (3, &atoms.data.buffer),
+                        (4, &batch.residual.data.buffer),
+                        (5, &c.values.buffer),
+                        (8, &c.users.buffer),
+                        (9, &batch.iterate.data.buffer),
+                        (10, &batch.slot_scratch.buffer),
+                        (12, &items_buf.buffer),
+                    ],
                     Kind::Fold | Kind::FoldRows => vec![
                         (2, &rank_buf.buffer),
                         (3, &atoms.data.buffer),
@@ -544,12 +689,12 @@ impl Gpu {
             };
             let bind_groups: Vec<wgpu::BindGroup> = dispatches
                 .iter()
-                .map(|dispatch| {
+                .map(|&(record, kind, _)| {
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: 0,
-                        resource: uniforms.binding(dispatch.record),
+                        resource: uniforms.binding(record),
                     }];
-                    entries.extend(buffers(dispatch.kind).into_iter().map(|(binding, buffer)| {
+                    entries.extend(buffers(kind).into_iter().map(|(binding, buffer)| {
                         wgpu::BindGroupEntry {
                             binding,
                             resource: buffer.as_entire_binding(),
@@ -557,7 +702,7 @@ impl Gpu {
                     }));
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: None,
-                        layout: &pipeline(dispatch.kind).get_bind_group_layout(0),
+                        layout: &pipeline(kind).get_bind_group_layout(0),
                         entries: &entries,
                     })
                 })
@@ -566,10 +711,10 @@ impl Gpu {
                 label: Some("atom batches"),
                 timestamp_writes: None,
             });
-            for (dispatch, group) in dispatches.iter().zip(&bind_groups) {
-                pass.set_pipeline(pipeline(dispatch.kind));
+            for (&(_, kind, (x, y)), group) in dispatches.iter().zip(&bind_groups) {
+                pass.set_pipeline(pipeline(kind));
                 pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(dispatch.groups.0, dispatch.groups.1, 1);
+                pass.dispatch_workgroups(x, y, 1);
             }
             Ok(())
         })?;

@@ -60,7 +60,7 @@ pub(crate) enum Need {
     /// `fixed + per_sample·B` bytes.
     Bytes { per_sample: u64, fixed: u64 },
     /// Loop iterations of the update of an atom all B samples use.
-    UpdateLoop { d: usize },
+    UpdateLoop { d: usize, item_users: usize },
     /// B itself (a count of workgroups).
     Samples,
 }
@@ -94,9 +94,8 @@ impl BatchFit {
             Need::Bytes { per_sample, fixed } => {
                 fixed.saturating_add(per_sample.saturating_mul(batch as u64))
             }
-            Need::UpdateLoop { d } => {
-                let (a, b) = super::power::update_loop_iterations(batch as u64, d);
-                a.max(b)
+            Need::UpdateLoop { d, item_users } => {
+                super::power::update_loop_iterations(batch as u64, d, item_users)
             }
             Need::Samples => batch as u64,
         };
@@ -124,8 +123,8 @@ impl Gpu {
     /// dimension `d` coded with `coding`. The kernels bind most step buffers whole, so each must
     /// fit one storage binding as well as `max_buffer_size`: samples and residual [B, d], code
     /// slots and user lists [2Bk], packed codes [B, 2k + 1], atom counts; the correlations
-    /// [B, K] are bound in row windows by the coding kernel. On llvmpipe the update's loop cap
-    /// bounds the users of one atom. When the dictionary itself does not fit (its atoms and the
+    /// [B, K] must fit one buffer (the coding kernel binds them in row chunks). On llvmpipe the
+    /// update's loop cap bounds the users of one atom (millions: they are spread over workgroups). When the dictionary itself does not fit (its atoms and the
     /// Gram matrix must each fit one binding, and the coding kernel must fit k), no batch does:
     /// `ExceedsLimit` naming what does not fit.
     pub fn max_train_batch(
@@ -217,20 +216,6 @@ impl Gpu {
                 8,
                 4 * (n_atoms_64 + 1),
             ),
-            // The coding kernel's per-sample state: its record and argmax partials.
-            bytes(
-                binding / (4 * super::omp::scratch_words(n_atoms, k) as u64),
-                "sparse-coding state [B, record + partials]",
-                4 * super::omp::scratch_words(n_atoms, k) as u64,
-                0,
-            ),
-            // The coding kernel binds row windows of the correlations and the packed codes.
-            bytes(
-                super::buffer::rows_per_window(n_atoms, binding, align) as u64,
-                "correlations [B, K] in the coding kernel's window",
-                4 * n_atoms_64,
-                align - 4,
-            ),
             (
                 (limits.max_buffer_size / 4) / n_atoms_64,
                 "max_buffer_size",
@@ -255,7 +240,10 @@ impl Gpu {
                 "max_loop_iterations (llvmpipe's per-invocation loop cap)",
                 limits.max_loop_iterations.unwrap_or(0),
                 "the update of an atom every sample uses".into(),
-                Need::UpdateLoop { d },
+                Need::UpdateLoop {
+                    d,
+                    item_users: self.update_item_users(d)?,
+                },
             ));
         }
         let (largest, limit_name, limit, bound_by, need) = bounds
