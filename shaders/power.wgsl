@@ -126,7 +126,7 @@ fn residual_dot_u(sample: u32, row: u32) -> f32 {
 }
 
 // One item's share of E_ΩᵀE_Ω·u: v_q = e_s·u + x_s·(d_j·u) for its users (one per invocation),
-// then Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j (one dimension per invocation).
+// then Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j (four dimensions per invocation).
 @compute @workgroup_size(WG)
 fn power_partial(
     @builtin(local_invocation_index) lid: u32,
@@ -151,12 +151,29 @@ fn power_partial(
     let sum_vx = wg_sum(lid, vx);
     storageBarrier();
     let d = params.d;
-    for (var c = lid; c < d; c += WG) {
-        var acc = sum_vx * atoms[row + c];
+    // Four dimensions per invocation: each user's v and sample are read once for all four
+    // (on llvmpipe every access is a scalar loop over the SIMD lanes; on a GPU each invocation
+    // reads 16 contiguous bytes). Dimensions past d are clamped and not stored.
+    for (var c0 = 4u * lid; c0 < d; c0 += 4u * WG) {
+        let cs = min(vec4<u32>(c0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(d - 1u));
+        var acc = sum_vx * vec4<f32>(atoms[row + cs.x], atoms[row + cs.y], atoms[row + cs.z],
+            atoms[row + cs.w]);
         for (var q = item.y; q < item.z; q++) {
-            acc += slot_scratch[q].x * residual[users[q].x * d + c];
+            let e = users[q].x * d;
+            acc += slot_scratch[q].x * vec4<f32>(residual[e + cs.x], residual[e + cs.y],
+                residual[e + cs.z], residual[e + cs.w]);
         }
-        partials[r * d + c] = acc;
+        let out = r * d;
+        partials[out + cs.x] = acc.x;
+        if c0 + 1u < d {
+            partials[out + cs.y] = acc.y;
+        }
+        if c0 + 2u < d {
+            partials[out + cs.z] = acc.z;
+        }
+        if c0 + 3u < d {
+            partials[out + cs.w] = acc.w;
+        }
     }
 }
 

@@ -612,8 +612,16 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         match format {
             Format::Text => format!(
-                "adapter: {} ({}, {}; driver {}); d = {}, K = {}, k = {}, B = {}",
-                a.name, a.backend, a.device_type, a.driver, c.dim, c.atoms, c.k, c.batch
+                "adapter: {} ({}, {}; driver {}); d = {}, K = {}, k = {}, B = {}, G {}",
+                a.name,
+                a.backend,
+                a.device_type,
+                a.driver,
+                c.dim,
+                c.atoms,
+                c.k,
+                c.batch,
+                gram_name(c.gram)
             ),
             Format::Json => serde_json::json!({
                 "phase": "adapter",
@@ -626,6 +634,7 @@ impl<'a> Bench<'a> {
                 "k": c.k,
                 "batch": c.batch,
                 "seed": c.seed,
+                "gram": gram_name(c.gram),
             })
             .to_string(),
         }
@@ -644,6 +653,7 @@ impl<'a> Bench<'a> {
                     object.insert("atoms".into(), c.atoms.into());
                     object.insert("k".into(), c.k.into());
                     object.insert("batch".into(), c.batch.into());
+                    object.insert("gram".into(), gram_name(c.gram).into());
                     object.insert("adapter".into(), self.gpu.adapter().name.clone().into());
                 }
                 value.to_string()
@@ -854,7 +864,7 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// One training step with the trainer's defaults (OMP, atom memory γ).
+    /// One training step with the trainer's defaults (MP with refit, atom memory γ).
     fn step(&self, data: &SyntheticData) -> Result<Figure> {
         let gpu = self.gpu;
         let c = &self.config;
@@ -906,6 +916,14 @@ impl<'a> Bench<'a> {
 }
 
 /// Matching pursuit as the trainer's `--coder mp` runs it (refitted).
+/// How the first line and the JSON figures name the Gram storage.
+fn gram_name(gram: GramPrecision) -> &'static str {
+    match gram {
+        GramPrecision::F32 => "f32",
+        GramPrecision::F16 => "f16",
+    }
+}
+
 fn mp(k: usize) -> CodingOptions {
     CodingOptions::mp(k, true)
 }

@@ -3,7 +3,8 @@
 //! Per sample batch of B rows (the paper's streaming form, the dictionary carried from batch to
 //! batch over several passes of the data):
 //!
-//! 1. code the batch with the current dictionary (Batch-OMP, at most k atoms per sample);
+//! 1. code the batch with the current dictionary (matching pursuit with a least-squares refit by
+//!    default, or Batch-OMP; at most k atoms per sample);
 //! 2. record the metrics of those codes (FVU, relative residual, L0, atoms unused);
 //! 3. update every atom by power iteration on the batch, A atoms at a time.
 //!
@@ -71,7 +72,11 @@ pub struct TrainConfig {
     /// result's configuration records the value used.
     #[serde(default)]
     pub atom_memory: f32,
-    /// The sparse coder.
+    /// The sparse coder. Default: matching pursuit with a least-squares refit of the support, as
+    /// the paper and KSVD.jl train. At an equal wall time it learns the better dictionary: it
+    /// codes a batch about 3× faster than Batch-OMP, so it sees more epochs (measured on
+    /// MiniLM, K = 1536, k = 32, lavapipe: held-out FVU by OMP codes 0.1049 after 300 s
+    /// against OMP's 0.1100, and OMP's 0.1054 after 600 s).
     pub coder: Coder,
     /// How the coder stores the Gram matrix (f16 halves its memory and the coding reads).
     #[serde(default)]
@@ -113,7 +118,7 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// K atoms, k nonzeros, and defaults for the rest: 10 epochs, the largest batch up to 4096
-    /// that the device fits, A = min(32, K), p = 1, atom memory γ = 0.8, OMP, sample init,
+    /// that the device fits, A = min(32, K), p = 1, atom memory γ = 0.8, MP with refit, sample init,
     /// centring, seed 0, window 16, duplicates above |cos| 0.99 purged.
     pub fn new(atoms: usize, k: usize) -> Self {
         let update = UpdateOptions::default();
@@ -125,7 +130,7 @@ impl TrainConfig {
             atom_batch: update.atom_batch.min(atoms.max(1)),
             power_iterations: update.power_iterations,
             atom_memory: 0.8,
-            coder: Coder::Omp,
+            coder: Coder::Mp { refit: true },
             gram: GramPrecision::F32,
             groups: None,
             init: Init::Samples,
@@ -931,13 +936,9 @@ impl<'a> Trainer<'a> {
                 let eval = match self.eval {
                     Some(eval) => {
                         let dictionary = dictionary_of(&parts, group_metadata(&config)?)?;
-                        Some(evaluate(
-                            gpu,
-                            &dictionary,
-                            eval,
-                            config.coding(),
-                            batch_size,
-                        )?)
+                        // Scored as `encode` codes by default (OMP), whatever trains.
+                        let scoring = CodingOptions::omp(config.k).with_gram(config.gram);
+                        Some(evaluate(gpu, &dictionary, eval, scoring, batch_size)?)
                     }
                     None => None,
                 };

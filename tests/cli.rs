@@ -281,6 +281,26 @@ fn bench_prints_one_json_object_per_figure() {
     }
     let coders: Vec<&str> = figures.iter().filter_map(|f| f["coder"].as_str()).collect();
     assert_eq!(coders, ["omp", "mp"]);
+    assert_eq!(adapter["gram"], "f32", "{adapter}");
+
+    // The coders with G in f16: the same figures, named so.
+    let half = dbksvd(&[
+        "bench", "--dim", "16", "--atoms", "40", "--k", "3", "--batch", "64", "--json", "--phases",
+        "omp", "--gram", "f16",
+    ]);
+    assert!(half.status.success(), "{}", text(&half));
+    let stdout = String::from_utf8_lossy(&half.stdout);
+    let coding: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|f| f["phase"] == "coding")
+        .collect();
+    assert_eq!(coding.len(), 1, "{stdout}");
+    assert_eq!(coding[0]["gram"], "f16", "{stdout}");
+    assert!(
+        coding[0]["mean_l0"].as_f64().unwrap_or(0.0) > 0.0,
+        "{stdout}"
+    );
 }
 
 #[test]

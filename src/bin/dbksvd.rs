@@ -105,8 +105,8 @@ struct TrainArgs {
     /// Weight γ in [0, 1) of each atom's memory of earlier batches (0: fit each batch alone).
     #[arg(long, default_value_t = 0.8)]
     memory: f32,
-    /// Sparse coder.
-    #[arg(long, value_enum, default_value_t = CoderArg::Omp)]
+    /// Sparse coder while training (held-out rows are scored by OMP whatever it is).
+    #[arg(long, value_enum, default_value_t = CoderArg::Mp)]
     coder: CoderArg,
     /// Storage of the Gram matrix the coder reads (f16: half its memory and reads).
     #[arg(long, value_enum, default_value_t = GramArg::F32)]

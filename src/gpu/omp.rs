@@ -237,8 +237,16 @@ fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramBlock
     let limits = gpu.limits();
     let align = limits.binding_alignment();
     let row_words = gram_row_words(n_atoms, gram);
-    let rows_per_block =
-        rows_per_window(row_words, limits.planned_binding_size, align).min(n_atoms);
+    // Blocks start at multiples of rows_per_block rows: when a row is a whole number of
+    // alignment units every block starts aligned and may fill its binding (f16 G at K = 16 384:
+    // 4 blocks of 4096 rows in 128 MiB bindings rather than 5).
+    let row_bytes = 4 * row_words as u64;
+    let rows_per_block = if row_bytes.is_multiple_of(align) {
+        (limits.planned_binding_size / row_bytes) as usize
+    } else {
+        rows_per_window(row_words, limits.planned_binding_size, align)
+    }
+    .min(n_atoms);
     let blocks = if rows_per_block == 0 {
         usize::MAX
     } else {
