@@ -588,3 +588,43 @@ fn loading_the_wrong_file_is_an_error() {
         .to_string();
     assert!(err.contains("not a dbksvd checkpoint"), "{err}");
 }
+
+/// Held-out rows are scored by OMP whatever trains (MP by default): the last epoch's held-out
+/// score equals `evaluate` with OMP on the final dictionary, and differs from MP's.
+#[test]
+fn held_out_rows_are_scored_by_omp_whatever_trains() {
+    use dbksvd::encode::{Coder, CodingOptions};
+    use dbksvd::train::evaluate;
+    let Some(gpu) = common::gpu() else { return };
+    let (d, n_atoms, k) = (32, 64, 6);
+    let (_, samples) = planted(d, n_atoms, k, 3000, 0.3, 7);
+    let train = InMemory::new(samples[..2000 * d].to_vec(), d).unwrap();
+    let held = InMemory::new(samples[2000 * d..].to_vec(), d).unwrap();
+    let mut config = TrainConfig::new(n_atoms, k);
+    config.epochs = 2;
+    assert_eq!(config.coder, Coder::Mp { refit: true });
+    let result = Trainer::new(gpu, config)
+        .evaluate_on(&held)
+        .fit(&train)
+        .unwrap();
+    let eval = result.epochs.last().unwrap().eval.unwrap();
+    let score = |coding| {
+        evaluate(gpu, &result.dictionary, &held, coding, 4096)
+            .unwrap()
+            .fvu
+    };
+    let (omp, mp) = (
+        score(CodingOptions::omp(k)),
+        score(CodingOptions::mp(k, true)),
+    );
+    eprintln!("held-out FVU {:.6}: OMP {omp:.6}, MP {mp:.6}", eval.fvu);
+    assert!(
+        (eval.fvu - omp).abs() <= 1e-9 * omp,
+        "{} vs OMP {omp}",
+        eval.fvu
+    );
+    assert!(
+        (eval.fvu - mp).abs() > 1e-6 * mp,
+        "MP scores the same: {mp}"
+    );
+}

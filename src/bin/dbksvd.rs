@@ -134,7 +134,7 @@ struct TrainArgs {
     /// random samples: to go on training with other settings, such as a larger batch.
     #[arg(long, value_name = "DICT", conflicts_with = "resume")]
     init: Option<PathBuf>,
-    /// Score this file after every epoch.
+    /// Score this file after every epoch (coded by OMP, whatever the training coder).
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Score rows A..B (A:B) after every epoch: of --eval, or of the training files without it.

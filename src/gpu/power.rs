@@ -640,7 +640,8 @@ impl Gpu {
             };
             let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
                 match kind {
-                    Kind::Partial => vec![
+                    // power_partial reads what power_project does and writes the partial sums.
+                    Kind::Partial | Kind::Project => vec![
                         (3, &atoms.data.buffer),
                         (4, &batch.residual.data.buffer),
                         (5, &c.values.buffer),
@@ -648,8 +649,10 @@ impl Gpu {
                         (9, &batch.iterate.data.buffer),
                         (10, &batch.slot_scratch.buffer),
                         (12, &items_buf.buffer),
-                        (14, &partials.buffer),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain((kind == Kind::Partial).then_some((14, &partials.buffer)))
+                    .collect(),
                     Kind::Reduce => vec![
                         (1, &order_buf.buffer),
                         (3, &atoms.data.buffer),
@@ -658,15 +661,7 @@ impl Gpu {
                         (13, &atom_items_buf.buffer),
                         (14, &partials.buffer),
                     ],
-                    Kind::Project => vec![
-                        (3, &atoms.data.buffer),
-                        (4, &batch.residual.data.buffer),
-                        (5, &c.values.buffer),
-                        (8, &c.users.buffer),
-                        (9, &batch.iterate.data.buffer),
-                        (10, &batch.slot_scratch.buffer),
-                        (12, &items_buf.buffer),
-                    ],
+
                     Kind::Fold | Kind::FoldRows => vec![
                         (2, &rank_buf.buffer),
                         (3, &atoms.data.buffer),
