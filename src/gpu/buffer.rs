@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 
@@ -372,6 +372,35 @@ impl Gpu {
             stride,
             size,
         })
+    }
+}
+
+/// A device buffer kept between jobs of one kind and grown when a job needs more: jobs on one
+/// queue run one after another, so they can share it. Counted in [`Gpu::memory_peak`] like every
+/// other buffer; its contents are whatever the last job left.
+pub(crate) struct Scratch<T: Pod>(Mutex<Option<GpuBuffer<T>>>);
+
+impl<T: Pod> Default for Scratch<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Pod> Scratch<T> {
+    /// The buffer, of at least `len` elements.
+    pub(crate) fn get(&self, gpu: &Gpu, len: usize) -> Result<GpuBuffer<T>> {
+        let mut cached = self
+            .0
+            .lock()
+            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
+        if let Some(buffer) = cached.as_ref().filter(|b| b.len() >= len) {
+            return Ok(buffer.share());
+        }
+        // Drop the old one first so the two are never held together.
+        *cached = None;
+        let buffer = gpu.zeroed::<T>(len)?;
+        *cached = Some(buffer.share());
+        Ok(buffer)
     }
 }
 

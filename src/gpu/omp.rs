@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::{binding, rows_per_window, window, Window};
+use super::buffer::{binding, rows_per_window, window, Scratch, Window};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::encode::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -69,8 +69,8 @@ pub(crate) struct OmpKernels {
     pipeline_layout: wgpu::PipelineLayout,
     by_layout: Mutex<HashMap<(bool, bool), Arc<Pipelines>>>,
     pack_half: wgpu::ComputePipeline,
-    work: Mutex<Option<GpuBuffer<u32>>>,
-    half_gram: Mutex<Option<GpuBuffer<u32>>>,
+    work: Scratch<u32>,
+    half_gram: Scratch<u32>,
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
@@ -146,8 +146,8 @@ impl OmpKernels {
                 pipeline_layout,
                 by_layout: Mutex::new(HashMap::new()),
                 pack_half,
-                work: Mutex::new(None),
-                half_gram: Mutex::new(None),
+                work: Scratch::default(),
+                half_gram: Scratch::default(),
             })
         })
     }
@@ -194,26 +194,6 @@ impl OmpKernels {
         })?;
         cache.insert((single_block, half), Arc::clone(&built));
         Ok(built)
-    }
-
-    /// A scratch buffer of at least `words` words from `slot`, grown when a job needs more
-    /// (counted in [`Gpu::memory_peak`] like every other buffer).
-    fn scratch(
-        gpu: &Gpu,
-        slot: &Mutex<Option<GpuBuffer<u32>>>,
-        words: usize,
-    ) -> Result<GpuBuffer<u32>> {
-        let mut cached = slot
-            .lock()
-            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
-        if let Some(buffer) = cached.as_ref().filter(|b| b.len() >= words) {
-            return Ok(buffer.share());
-        }
-        // Drop the old one first so the two are never held together.
-        *cached = None;
-        let buffer = gpu.zeroed::<u32>(words)?;
-        *cached = Some(buffer.share());
-        Ok(buffer)
     }
 }
 
@@ -434,14 +414,10 @@ impl Gpu {
         let rows = batch.div_ceil(batch.div_ceil(most));
         let parts = rows * stride;
         let work_words = parts + 2 * rows * partials(n_atoms);
-        let work = OmpKernels::scratch(self, &kernels.work, work_words)?;
+        let work = kernels.work.get(self, work_words)?;
         // f16 G: packed from the f32 product in row chunks that fit a binding on both sides.
         let half_gram = if half {
-            Some(OmpKernels::scratch(
-                self,
-                &kernels.half_gram,
-                n_atoms * g.row_words,
-            )?)
+            Some(kernels.half_gram.get(self, n_atoms * g.row_words)?)
         } else {
             None
         };

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::buffer::Scratch;
 use super::sparse::{compute_pipeline, groups, CodeBuffers};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::encode::SparseCodes;
@@ -93,6 +94,20 @@ pub(crate) fn update_loop_iterations(users: u64, d: usize, item_users: usize) ->
     partial.max(reduce).max(commit)
 }
 
+/// The largest n in lo..=hi with `fits(n)`, for `fits` true at lo and monotone (loop counts
+/// grow with n): a binary search.
+fn largest_fitting(mut lo: u64, mut hi: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// Mirrors `Params` in power.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -118,6 +133,8 @@ pub(crate) struct PowerKernels {
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
+    /// Partial sums of one wave of work items (every row read is written first in its wave).
+    partials: Scratch<f32>,
 }
 
 impl PowerKernels {
@@ -137,6 +154,7 @@ impl PowerKernels {
                 fold: compute_pipeline(gpu, &module, "fold", &c),
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
+                partials: Scratch::default(),
             })
         })
     }
@@ -322,24 +340,12 @@ impl Gpu {
         let Some(cap) = self.limits().max_loop_iterations else {
             return Ok(ITEM_USERS);
         };
-        let fits = |u: usize| item_loop_iterations(u as u64, d) <= cap;
-        if !fits(1) {
-            self.check_loop_budget(
-                &format!("power iteration over one user at d = {d}"),
-                item_loop_iterations(1, d),
-            )?;
-        }
-        // Iterations grow with the users: binary search the most that fit.
-        let (mut lo, mut hi) = (1usize, ITEM_USERS);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        Ok(lo)
+        self.check_loop_budget(
+            &format!("power iteration over one user at d = {d}"),
+            item_loop_iterations(1, d),
+        )?;
+        let most = largest_fitting(1, ITEM_USERS as u64, |u| item_loop_iterations(u, d) <= cap);
+        Ok(most as usize)
     }
 
     /// The largest sample batch whose every atom the update can take on this device at dimension
@@ -350,18 +356,10 @@ impl Gpu {
         let Ok(item_users) = self.update_item_users(d) else {
             return Some(0);
         };
-        let fits = |n: u64| update_loop_iterations(n, d, item_users) <= cap;
-        // Iterations grow with n: binary search the largest n that fits.
-        let (mut lo, mut hi) = (0u64, cap.saturating_mul(WG as u64));
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        Some(lo as usize)
+        let most = largest_fitting(0, cap.saturating_mul(WG as u64), |n| {
+            update_loop_iterations(n, d, item_users) <= cap
+        });
+        Some(most as usize)
     }
 
     /// Device buffers for `n` samples of dimension `d` with `k` code slots, samples and codes to
@@ -624,7 +622,7 @@ impl Gpu {
         let items_buf = self.upload(bytemuck::cast_slice::<[u32; 4], u32>(items))?;
         let atom_items_buf =
             self.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?;
-        let partials: GpuBuffer<f32> = self.zeroed(partial_rows * d.max(1))?;
+        let partials = kernels.partials.get(self, partial_rows * d.max(1))?;
         let uniforms = self.uniform_records("power params", &records)?;
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
