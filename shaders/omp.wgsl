@@ -36,7 +36,7 @@ struct Params {
     max_atoms: u32,
     // Slots per sample in the output (k); slots past the chosen atoms get index −1, value 0.
     k: u32,
-    // G is bound as up to four row blocks of this many rows each.
+    // G is bound as up to eight row blocks of this many rows each.
     g_rows_per_block: u32,
     // MP: least-squares refit of the final support (1) or not (0).
     refit: u32,
@@ -55,7 +55,7 @@ struct Params {
     // Words per G row: K (f32), or K rounded up to 8 halved (f16 pairs, G_HALF).
     g_row_words: u32,
     // First word of each G block inside its binding (pack_half: of the f32 rows it reads).
-    g_first: vec4<u32>,
+    g_first: array<vec4<u32>, 2>,
     // First element of this job's rows inside the α, ‖y‖² and codes bindings (a job codes one
     // chunk of a larger batch's rows; bindings start at aligned offsets).
     rows_first: vec4<u32>,
@@ -67,6 +67,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> g1: array<u32>;
 @group(0) @binding(3) var<storage, read> g2: array<u32>;
 @group(0) @binding(4) var<storage, read> g3: array<u32>;
+@group(0) @binding(11) var<storage, read> g4: array<u32>;
+@group(0) @binding(12) var<storage, read> g5: array<u32>;
+@group(0) @binding(13) var<storage, read> g6: array<u32>;
+@group(0) @binding(14) var<storage, read> g7: array<u32>;
 // [batch, K]: α⁰ (f32 bits) on entry, scratch afterwards.
 @group(0) @binding(5) var<storage, read_write> alpha: array<u32>;
 // [batch]: ‖y‖².
@@ -127,11 +131,11 @@ fn set_wf(i: u32, v: f32) {
 // Block of G holding `row`, and the word where that row starts inside the block's binding.
 fn g_row(row: u32) -> vec2<u32> {
     if G_SINGLE_BLOCK {
-        return vec2<u32>(0u, params.g_first.x + row * params.g_row_words);
+        return vec2<u32>(0u, params.g_first[0].x + row * params.g_row_words);
     }
     let blk = row / params.g_rows_per_block;
     let local = (row - blk * params.g_rows_per_block) * params.g_row_words;
-    return vec2<u32>(blk, params.g_first[blk] + local);
+    return vec2<u32>(blk, params.g_first[blk / 4u][blk % 4u] + local);
 }
 
 // Word `i` of block `blk` of G.
@@ -149,8 +153,20 @@ fn g_word(blk: u32, i: u32) -> u32 {
         case 2u: {
             return g2[i];
         }
-        default: {
+        case 3u: {
             return g3[i];
+        }
+        case 4u: {
+            return g4[i];
+        }
+        case 5u: {
+            return g5[i];
+        }
+        case 6u: {
+            return g6[i];
+        }
+        default: {
+            return g7[i];
         }
     }
 }
@@ -583,7 +599,7 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 }
 
 
-// pack_half: G's f32 rows (binding 9, from word g_first.x) as f16 pairs (binding 10, from word
+// pack_half: G's f32 rows (binding 9, from word g_first[0].x) as f16 pairs (binding 10, from word
 // rows_first.x), params.batch rows of K, g_row_words words each; columns past K are zero.
 // Coding reads the packed rows when G_HALF.
 @group(0) @binding(9) var<storage, read> g_src: array<f32>;
@@ -597,7 +613,7 @@ fn pack_half(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     }
     let r = i / params.g_row_words;
     let c = 2u * (i - r * params.g_row_words);
-    let src = params.g_first.x + r * params.n_atoms;
+    let src = params.g_first[0].x + r * params.n_atoms;
     var pair = vec2<f32>(0.0);
     if c < params.n_atoms {
         pair.x = g_src[src + c];

@@ -26,6 +26,11 @@
 //   commit         one workgroup per atom: D[j] = d_new, x[ω] = x_new.
 //
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
+//
+// The [K, d] matrices (atoms, iterate, memory) are bound as one window of whole atom rows,
+// atoms atom_first .. atom_end (the whole dictionary when it fits one binding): a dictionary
+// larger than a binding is updated by the same dispatches once per window, each skipping the
+// atoms outside its window.
 
 struct Params {
     // The atoms are order[start .. start + len] (power_reduce: this wave's; fold, commit: the
@@ -49,6 +54,12 @@ struct Params {
     // power_reduce: partials row r belongs to item item_start + r.
     item_start: u32,
     item_len: u32,
+    // The window of atom rows bound at atoms, iterate and memory, and the element index of row
+    // atom_first inside the bindings.
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -97,6 +108,15 @@ fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wid.y * groups.x + wid.x;
 }
 
+fn in_window(j: u32) -> bool {
+    return j >= params.atom_first && j < params.atom_end;
+}
+
+// Element index of atom j's row in the windowed [K, d] bindings (j in the window).
+fn atom_row(j: u32) -> u32 {
+    return (j - params.atom_first) * params.d + params.atom_lead;
+}
+
 // The iterate u of this dispatch's iteration at element `at` of an atom row: d_j itself on the
 // first iteration (no copy pass), then the normalised iterate.
 fn u_at(at: u32) -> f32 {
@@ -138,7 +158,10 @@ fn power_partial(
         return;
     }
     let item = items[params.item_start + r];
-    let row = item.x * params.d;
+    if !in_window(item.x) {
+        return;
+    }
+    let row = atom_row(item.x);
     let dju = dot_atom_u(lid, row);
     var vx = 0.0;
     for (var q = item.y + lid; q < item.z; q += WG) {
@@ -191,7 +214,11 @@ fn power_reduce(
         return;
     }
     let position = params.start + a;
-    let row = order[position] * params.d;
+    let j = order[position];
+    if !in_window(j) {
+        return;
+    }
+    let row = atom_row(j);
     if params.last == 2u {
         for (var c = lid; c < params.d; c += WG) {
             iterate[row + c] = atoms[row + c];
@@ -248,7 +275,10 @@ fn power_project(
         return;
     }
     let item = items[params.item_start + r];
-    let row = item.x * params.d;
+    if !in_window(item.x) {
+        return;
+    }
+    let row = atom_row(item.x);
     // params.iteration > 0 here: u_at reads d_new from `iterate`.
     let dj_new = dot_atom_u(lid, row);
     for (var q = item.y + lid; q < item.z; q += WG) {
@@ -273,12 +303,12 @@ fn fold_dims(s: u32, first: u32, end: u32, step: u32) {
             continue;
         }
         let j = u32(jj);
-        if !in_batch(j) {
+        if !in_batch(j) || !in_window(j) {
             continue;
         }
         let x_old = values[slot];
         let x_new = slot_scratch[slot].y;
-        let row = j * params.d;
+        let row = atom_row(j);
         for (var c = first; c < end; c += step) {
             residual[e + c] += x_old * atoms[row + c] - x_new * iterate[row + c];
         }
@@ -319,7 +349,10 @@ fn commit(
         return;
     }
     let j = order[params.start + a];
-    let row = j * params.d;
+    if !in_window(j) {
+        return;
+    }
+    let row = atom_row(j);
     for (var c = lid; c < params.d; c += WG) {
         atoms[row + c] = iterate[row + c];
     }

@@ -8,6 +8,9 @@
 //                     workgroup per sample (it owns its row of E and its slots)
 //   reseed            one workgroup walks the flagged atoms in ascending order and gives each the
 //                     normalised sample with the largest remaining residual, each sample once
+//
+// Every kernel that reads the atoms or the Gram matrix sees one window of their rows (see
+// Params); a dictionary larger than one binding takes one dispatch per window, in order.
 
 struct Params {
     n: u32,
@@ -15,9 +18,13 @@ struct Params {
     k: u32,
     n_atoms: u32,
     threshold: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // The window of atom rows bound at `atoms` (remove_users, reseed) or of rows of the Gram
+    // matrix bound at `gram` (mark_duplicates, coherence): atoms atom_first .. atom_end, row
+    // atom_first at element atom_lead. A matrix larger than one binding takes one dispatch per
+    // window.
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -59,6 +66,15 @@ fn linear(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wid.y * groups.x + wid.x;
 }
 
+fn in_window(j: u32) -> bool {
+    return j >= params.atom_first && j < params.atom_end;
+}
+
+// Element index of row j (in the window) of the windowed [K, cols] binding.
+fn window_row(j: u32, cols: u32) -> u32 {
+    return (j - params.atom_first) * cols + params.atom_lead;
+}
+
 @compute @workgroup_size(WG)
 fn residual_norms(
     @builtin(local_invocation_index) lid: u32,
@@ -86,14 +102,15 @@ fn mark_duplicates(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let j = linear(wid, groups) * WG + lid;
-    if j >= params.n_atoms {
+    let j = params.atom_first + linear(wid, groups) * WG + lid;
+    if j >= params.atom_end {
         return;
     }
+    let row = window_row(j, params.n_atoms);
     var duplicate = 0u;
     for (var i = 0u; i < params.n_atoms; i++) {
         let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
-        if i != j && more_used && abs(gram[j * params.n_atoms + i]) > params.threshold {
+        if i != j && more_used && abs(gram[row + i]) > params.threshold {
             duplicate = 1u;
         }
     }
@@ -106,14 +123,15 @@ fn coherence(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let j = linear(wid, groups) * WG + lid;
-    if j >= params.n_atoms {
+    let j = params.atom_first + linear(wid, groups) * WG + lid;
+    if j >= params.atom_end {
         return;
     }
+    let row = window_row(j, params.n_atoms);
     var most = 0.0;
     for (var i = 0u; i < params.n_atoms; i++) {
         if i != j {
-            most = max(most, abs(gram[j * params.n_atoms + i]));
+            most = max(most, abs(gram[row + i]));
         }
     }
     norms[j] = most;
@@ -132,12 +150,13 @@ fn remove_users(
     for (var t = 0u; t < params.k; t++) {
         let slot = s * params.k + t;
         let j = indices[slot];
-        if j < 0 || u32(j) >= params.n_atoms || flags[u32(j)] == 0u {
+        if j < 0 || !in_window(u32(j)) || flags[u32(j)] == 0u {
             continue;
         }
         let x = values[slot];
+        let row = window_row(u32(j), params.d);
         for (var c = lid; c < params.d; c += WG) {
-            residual[s * params.d + c] += x * atoms[u32(j) * params.d + c];
+            residual[s * params.d + c] += x * atoms[row + c];
         }
     }
     // Every invocation has read the slots above before any is emptied.
@@ -146,7 +165,7 @@ fn remove_users(
         for (var t = 0u; t < params.k; t++) {
             let slot = s * params.k + t;
             let j = indices[slot];
-            if j >= 0 && u32(j) < params.n_atoms && flags[u32(j)] != 0u {
+            if j >= 0 && in_window(u32(j)) && flags[u32(j)] != 0u {
                 indices[slot] = -1;
                 values[slot] = 0.0;
             }
@@ -156,7 +175,7 @@ fn remove_users(
 
 @compute @workgroup_size(WG)
 fn reseed(@builtin(local_invocation_index) lid: u32) {
-    for (var j = 0u; j < params.n_atoms; j++) {
+    for (var j = params.atom_first; j < params.atom_end; j++) {
         if lid == 0u {
             flag = flags[j];
             chosen[j] = 0xffffffffu;
@@ -205,7 +224,7 @@ fn reseed(@builtin(local_invocation_index) lid: u32) {
         // and is only marked used.
         if norm > 0.0 {
             for (var c = lid; c < params.d; c += WG) {
-                atoms[j * params.d + c] = samples[s * params.d + c] / norm;
+                atoms[window_row(j, params.d) + c] = samples[s * params.d + c] / norm;
             }
         }
         if lid == 0u {

@@ -1,6 +1,7 @@
 // Kernels on fixed-width sparse codes (k slots per sample: atom index, −1 when empty, and value).
 //
-//   residual        E = Y − X·D
+//   residual        E = Y − X·D, over the atoms of one window of rows of D (all of them when the
+//                   dictionary fits one binding); later windows subtract from E
 //   chunk_counts    per chunk of samples, how many slots name each atom
 //   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
 //   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
@@ -20,6 +21,12 @@ struct Params {
     // Samples per chunk, and chunks.
     chunk: u32,
     n_chunks: u32,
+    // residual: the atom rows bound at `atoms` (atom_first .. atom_end, row atom_first at element
+    // atom_lead), and 1 when E already holds the earlier windows' part.
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
+    from_residual: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -62,11 +69,17 @@ fn residual_from_codes(
     }
     let s = g / params.d;
     let c = g % params.d;
-    var e = samples[g];
+    var e: f32;
+    if params.from_residual == 1u {
+        e = residual[g];
+    } else {
+        e = samples[g];
+    }
     for (var t = 0u; t < params.k; t++) {
         let j = indices[s * params.k + t];
-        if j >= 0 {
-            e -= values[s * params.k + t] * atoms[u32(j) * params.d + c];
+        if j >= 0 && u32(j) >= params.atom_first && u32(j) < params.atom_end {
+            let row = (u32(j) - params.atom_first) * params.d + params.atom_lead;
+            e -= values[s * params.k + t] * atoms[row + c];
         }
     }
     residual[g] = e;

@@ -536,8 +536,8 @@ impl<'a> Trainer<'a> {
             .expect("at least one group");
         if groups.len() > 1 {
             // The coherence of the whole dictionary and its evaluation use its whole Gram.
-            gpu.check_whole(n_atoms, d, "dictionary")?;
-            gpu.check_whole(n_atoms, n_atoms, "Gram matrix")?;
+            gpu.check_matrix_fits(n_atoms, d, "dictionary")?;
+            gpu.check_matrix_fits(n_atoms, n_atoms, "Gram matrix")?;
         }
         // A resumed run without a batch size of its own goes on with the checkpoint's.
         let checkpoint = match &self.resume {

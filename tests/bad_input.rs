@@ -864,35 +864,6 @@ fn device_dictionary_beyond_the_buffer_limit() {
 }
 
 #[test]
-fn device_dictionary_beyond_the_binding_limit() {
-    // Buffers of 1 MiB, but bindings of 64 KiB: the kernels bind the atoms whole.
-    let Some(gpu) = common::gpu() else { return };
-    let small = gpu
-        .with_max_buffer_size(1 << 20)
-        .unwrap()
-        .with_max_binding_size(65_536)
-        .unwrap();
-    let source = InMemory::new(values(300, 96), 96).unwrap();
-    let err = Trainer::new(&small, TrainConfig::new(256, 4))
-        .fit(&source)
-        .unwrap_err();
-    match &err {
-        Error::ExceedsLimit {
-            requested,
-            limit_name,
-            limit,
-            largest_batch,
-            ..
-        } => {
-            assert_eq!((*requested, *limit, *largest_batch), (98_304, 65_536, None));
-            assert_eq!(*limit_name, "max_storage_buffer_binding_size");
-        }
-        other => panic!("expected ExceedsLimit, got {other:?}"),
-    }
-    names(&err.to_string(), &["dictionary [256, 96]", "bound whole"]);
-}
-
-#[test]
 fn device_coding_kernel_beyond_its_limits() {
     // k = 300 is more than llvmpipe's loop cap allows the coding kernel's per-sample triangular
     // solves (≈ 1.5·k² iterations per dispatch); other adapters have no such limit on k.

@@ -321,21 +321,25 @@ fn batching_does_not_change_codes() {
     assert_eq!(batched.encode(&samples).unwrap(), whole);
 }
 
-/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks, and one job of
-/// 1024 rows binds α [1024, 512], the codes and the coding state in row chunks (at most
-/// 300 KiB / 2 KiB = 149 rows of α each): the codes of either coder must not change.
+/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks (300 KiB
+/// bindings) or seven (160 KiB: the blocks g4..g6 too), and one job of 1024 rows binds
+/// α [1024, 512], the codes and the coding state in row chunks (at most 300 KiB / 2 KiB = 149
+/// rows of α each): the codes of either coder must not change.
 #[test]
 fn gram_split_across_bindings_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();
     let Some(gpu) = common::gpu() else { return };
     let small = gpu.with_max_binding_size(300 * 1024).unwrap();
+    let smaller = gpu.with_max_binding_size(160 * 1024).unwrap();
     for coding in [CodingOptions::omp(8), CodingOptions::mp(8, true)] {
         let whole = one_batch(gpu, &atoms, &samples, d, coding);
-        let split = one_batch(&small, &atoms, &samples, d, coding);
-        assert_eq!(split, whole, "{:?}", coding.coder);
+        for split_gpu in [&small, &smaller] {
+            let split = one_batch(split_gpu, &atoms, &samples, d, coding);
+            assert_eq!(split, whole, "{:?}", coding.coder);
+        }
     }
     let coding = CodingOptions::omp(8);
-    // Beyond four blocks the Gram matrix cannot be bound: a clear error, not a wrong result.
+    // Beyond eight blocks the Gram matrix cannot be bound: a clear error, not a wrong result.
     let tiny = gpu.with_max_binding_size(64 * 1024).unwrap();
     let err = Encoder::new(&tiny, &atoms, 512, d, EncoderOptions::new(coding))
         .and_then(|e| e.encode(&samples))

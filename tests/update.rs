@@ -619,3 +619,135 @@ fn an_atom_used_by_every_sample_spreads_over_workgroups() {
         "the update left the atoms in place (cos {moved})"
     );
 }
+
+/// A dictionary larger than one storage binding: the residual, the update, re-seeding and the
+/// duplicate search bind its atoms, iterates and memory (and G) in windows of whole rows, one
+/// dispatch per window. Here a binding holds 37 atom rows of d = 381 (row starts not aligned to
+/// the binding alignment, so windows start inside their binding): 7 windows over K = 256, the
+/// last short. Against the same calls on the whole dictionary in one binding: only the order of
+/// f32 sums differs (a sample's residual is summed window by window), so atoms agree to
+/// |cos| ≥ 1 − 1e-5, coefficients to 1e-4 relative, re-seeding and duplicates exactly.
+#[test]
+fn a_dictionary_beyond_one_binding_is_bound_in_windows() {
+    let Some(gpu) = common::gpu() else { return };
+    let (data, rows, full_d) = common::minilm_slice();
+    let d = 381;
+    let n = 600;
+    // Rows cut to d dimensions; atoms normalised by the encoder, coded with OMP at k = 8.
+    let cut: Vec<f32> = data
+        .chunks(full_d)
+        .take(rows)
+        .flat_map(|r| r[..d].to_vec())
+        .collect();
+    let encoder = Encoder::new(
+        gpu,
+        &cut[..K * d],
+        K,
+        d,
+        EncoderOptions::new(CodingOptions::omp(SLOTS)),
+    )
+    .unwrap();
+    let atoms = encoder.atoms().to_vec();
+    let samples = cut[K * d..(K + n) * d].to_vec();
+    let codes = encoder.encode(&samples).unwrap();
+
+    let align = gpu.limits().binding_alignment();
+    let small = gpu
+        .with_max_binding_size(37 * d as u64 * 4 + align - 4)
+        .unwrap();
+    assert!((K * d * 4) as u64 > 6 * small.limits().planned_binding_size);
+
+    let options = UpdateOptions {
+        atom_batch: 16,
+        power_iterations: 2,
+        seed: 9,
+        memory: 0.5,
+    };
+    // Two updates carrying the memory, then a refit without power steps (d_new = d_j), then
+    // re-seeding and the duplicate search with a planted copy.
+    let run = |gpu: &Gpu| {
+        let mut dict = gpu.matrix(K, d, &atoms).unwrap();
+        let memory = gpu.zeros(K, d).unwrap();
+        let mut batch = gpu.coded_batch(&samples, d, &codes, K).unwrap();
+        let mut usage = Vec::new();
+        for seed in [9, 10] {
+            let options = UpdateOptions { seed, ..options };
+            usage.push(
+                gpu.ksvd_update_with_memory(&mut dict, &memory, &mut batch, &options)
+                    .unwrap(),
+            );
+        }
+        let refit = UpdateOptions {
+            power_iterations: 0,
+            ..options
+        };
+        gpu.ksvd_update(&mut dict, &mut batch, &refit).unwrap();
+        let updated = gpu.read_matrix(&dict).unwrap();
+        let (after, residual) = gpu.read_codes_and_residual(&batch).unwrap();
+        let reseeded = gpu
+            .reseed_atoms(&mut dict, &mut batch, &[0, 36, 37, 200, 255])
+            .unwrap();
+        let mut planted = gpu.read_matrix(&dict).unwrap();
+        let copy = planted[3 * d..4 * d].to_vec();
+        planted[250 * d..251 * d].copy_from_slice(&copy);
+        let planted = gpu.matrix(K, d, &planted).unwrap();
+        let duplicates = gpu.duplicate_atoms(&planted, &usage[1], 0.99).unwrap();
+        let coherence = gpu.coherence(&planted).unwrap();
+        (
+            updated,
+            after,
+            residual,
+            usage,
+            reseeded,
+            gpu.read_matrix(&dict).unwrap(),
+            duplicates,
+            coherence,
+        )
+    };
+    let whole = run(gpu);
+    let split = run(&small);
+
+    let reference: Vec<f64> = whole.0.iter().map(|&v| v as f64).collect();
+    common::assert_atoms_agree(&split.0, &reference, d, 1.0 - 1e-5);
+    let worst = split
+        .1
+        .values
+        .iter()
+        .zip(&whole.1.values)
+        .map(|(a, b)| ((a - b) / b.abs().max(1e-2)).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "windowed coefficients differ by {worst:.2e}");
+    let scale = whole.2.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = split
+        .2
+        .iter()
+        .zip(&whole.2)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-4 * scale,
+        "windowed residual differs by {worst:.2e} (largest entry {scale:.2e})"
+    );
+    assert_eq!(split.3, whole.3, "usage");
+    assert_eq!(split.4, whole.4, "re-seeded atoms and samples");
+    assert_eq!(whole.4.len(), 5);
+    for r in &whole.4 {
+        let row = r.atom * d..(r.atom + 1) * d;
+        assert_eq!(
+            split.5[row.clone()],
+            whole.5[row],
+            "re-seeded atom {}",
+            r.atom
+        );
+    }
+    assert!(
+        whole.6.contains(&3) || whole.6.contains(&250),
+        "{:?}",
+        whole.6
+    );
+    assert_eq!(split.6, whole.6, "duplicates");
+    for (j, (a, b)) in split.7.iter().zip(&whole.7).enumerate() {
+        assert!((a - b).abs() <= 1e-5, "coherence of atom {j}: {a} vs {b}");
+    }
+    assert!(whole.7[3] > 0.999 && whole.7[250] > 0.999);
+}

@@ -340,6 +340,11 @@ pub(crate) struct UniformRecords {
 }
 
 impl UniformRecords {
+    /// The whole buffer: bound whole, a kernel's uniform reads record 0.
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
     /// The binding of record `i`.
     pub(crate) fn binding(&self, i: usize) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -542,6 +547,21 @@ pub(crate) fn rows_per_window(cols: usize, binding: u64, align: u64) -> usize {
     // A window starts at most align − 4 bytes before its first row (align ≥ 4).
     let usable = binding.saturating_sub(align.max(4) - 4);
     (usable / (cols as u64 * 4)) as usize
+}
+
+/// Whole-row windows of a [rows, cols] matrix, each fitting one binding on `gpu`: the rows
+/// (first, one past the last) and the binding window of each, in order. One window (the whole
+/// matrix) whenever it fits, so kernels that take one dispatch per window cost nothing extra
+/// then. Rows must fit a binding (`Gpu::check_row_fits`, checked when the matrix was made).
+pub(crate) fn row_windows(gpu: &Gpu, rows: usize, cols: usize) -> Vec<(usize, usize, Window)> {
+    let limits = gpu.limits();
+    let align = limits.binding_alignment();
+    let binding = limits.planned_binding_size.min(limits.max_buffer_size);
+    let step = rows_per_window(cols, binding, align).max(1);
+    ranges(rows, step)
+        .into_iter()
+        .map(|(r0, r1)| (r0, r1, window(cols, r0, r1, align)))
+        .collect()
 }
 
 /// Splits `0..len` into consecutive ranges of at most `step`; one empty range when `len == 0`.

@@ -26,8 +26,11 @@ const CHUNK: usize = (WG * PER) as usize;
 const SAMPLE_WG: u32 = 64;
 /// Words of a sample record's header (`HEADER` in omp.wgsl).
 const HEADER_WORDS: usize = 8;
-/// G is bound as at most this many row blocks (bindings g0..g3 in the shader).
-pub(crate) const MAX_G_BLOCKS: usize = 4;
+/// G is bound as at most this many row blocks (bindings g0..g7 in the shader): f32 G at
+/// K = 16 384 (1 GiB) in 128 MiB bindings (lavapipe's) takes eight.
+pub(crate) const MAX_G_BLOCKS: usize = 8;
+/// Binding numbers of G's row blocks g0..g7.
+const G_BINDINGS: [u32; MAX_G_BLOCKS] = [1, 2, 3, 4, 11, 12, 13, 14];
 
 /// Mirrors `Params` in omp.wgsl.
 #[repr(C)]
@@ -47,7 +50,8 @@ struct Params {
     min_pivot: f32,
     g_row_words: u32,
     _pad: [u32; 3],
-    g_first: [u32; 4],
+    // MAX_G_BLOCKS words (a literal: the constant here made rustc 1.95 crash).
+    g_first: [u32; 8],
     rows_first: [u32; 4],
 }
 
@@ -123,14 +127,18 @@ impl OmpKernels {
                 label: Some("omp"),
                 entries: &[
                     entry(0, wgpu::BufferBindingType::Uniform),
-                    entry(1, read),
-                    entry(2, read),
-                    entry(3, read),
-                    entry(4, read),
+                    entry(G_BINDINGS[0], read),
+                    entry(G_BINDINGS[1], read),
+                    entry(G_BINDINGS[2], read),
+                    entry(G_BINDINGS[3], read),
                     entry(5, write),
                     entry(6, read),
                     entry(7, write),
                     entry(8, write),
+                    entry(G_BINDINGS[4], read),
+                    entry(G_BINDINGS[5], read),
+                    entry(G_BINDINGS[6], read),
+                    entry(G_BINDINGS[7], read),
                 ],
             });
             let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -403,7 +411,7 @@ impl Gpu {
         let kernels = self.omp_kernels()?;
         let pipelines = kernels.pipelines(self, g.windows.len() == 1, half)?;
         let align = self.limits().binding_alignment();
-        let mut g_first = [0u32; 4];
+        let mut g_first = [0u32; MAX_G_BLOCKS];
         for (slot, w) in g.windows.iter().enumerate() {
             g_first[slot] = w.first;
         }
@@ -461,7 +469,11 @@ impl Gpu {
             .iter()
             .map(|&(r0, r1)| Params {
                 batch: (r1 - r0) as u32,
-                g_first: [window(n_atoms, r0, r1, align).first, 0, 0, 0],
+                g_first: {
+                    let mut first = [0; MAX_G_BLOCKS];
+                    first[0] = window(n_atoms, r0, r1, align).first;
+                    first
+                },
                 rows_first: [window(g.row_words, r0, r1, align).first, 0, 0, 0],
                 ..base
             })
@@ -516,26 +528,28 @@ impl Gpu {
                 .iter()
                 .enumerate()
                 .map(|(i, &(r0, r1))| {
+                    let mut entries: Vec<wgpu::BindGroupEntry> = G_BINDINGS
+                        .iter()
+                        .enumerate()
+                        .map(|(slot, &b)| entry(b, binding(g_buffer, g_window(slot))))
+                        .collect();
+                    entries.extend([
+                        entry(0, uniforms.binding(pack_chunks.len() + i)),
+                        entry(
+                            5,
+                            binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
+                        ),
+                        entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
+                        entry(
+                            7,
+                            binding(&codes.buffer, window(code_words(k), r0, r1, align)),
+                        ),
+                        entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
+                    ]);
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("omp"),
                         layout: &kernels.layout,
-                        entries: &[
-                            entry(0, uniforms.binding(pack_chunks.len() + i)),
-                            entry(1, binding(g_buffer, g_window(0))),
-                            entry(2, binding(g_buffer, g_window(1))),
-                            entry(3, binding(g_buffer, g_window(2))),
-                            entry(4, binding(g_buffer, g_window(3))),
-                            entry(
-                                5,
-                                binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
-                            ),
-                            entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
-                            entry(
-                                7,
-                                binding(&codes.buffer, window(code_words(k), r0, r1, align)),
-                            ),
-                            entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
-                        ],
+                        entries: &entries,
                     })
                 })
                 .collect();

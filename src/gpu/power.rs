@@ -124,6 +124,10 @@ struct Params {
     dims_per_fold: u32,
     item_start: u32,
     item_len: u32,
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
+    _pad: u32,
 }
 
 pub(crate) struct PowerKernels {
@@ -545,8 +549,24 @@ impl Gpu {
             None => d.max(1),
         };
 
+        // The [K, d] matrices (atoms, iterates, memory) are bound one window of atom rows at a
+        // time: every dispatch below runs once per window, each skipping the other windows'
+        // atoms (one window, the whole dictionary, wherever it fits one binding).
+        let windows = super::buffer::row_windows(self, n_atoms, d);
         let mut records: Vec<Params> = Vec::new();
-        let mut dispatches: Vec<(usize, Kind, (u32, u32))> = Vec::new();
+        // (record, kind, workgroups, window)
+        let mut dispatches: Vec<(usize, Kind, (u32, u32), usize)> = Vec::new();
+        let mut push = |params: Params, kind: Kind, groups: (u32, u32)| {
+            for (w, &(first, end, window)) in windows.iter().enumerate() {
+                records.push(Params {
+                    atom_first: first as u32,
+                    atom_end: end as u32,
+                    atom_lead: window.first,
+                    ..params
+                });
+                dispatches.push((records.len() - 1, kind, groups, w));
+            }
+        };
         let mut partial_rows = 1;
         let p = options.power_iterations;
         for start in (0..n_atoms).step_by(atom_batch) {
@@ -565,6 +585,10 @@ impl Gpu {
                 dims_per_fold: dims_per_fold as u32,
                 item_start: plan.first(start) as u32,
                 item_len: (plan.first(start + len) - plan.first(start)) as u32,
+                atom_first: 0,
+                atom_end: 0,
+                atom_lead: 0,
+                _pad: 0,
             };
             let waves = plan.waves(start, len, wave_rows, d)?;
             partial_rows = waves
@@ -573,12 +597,15 @@ impl Gpu {
                 .fold(partial_rows, usize::max);
             if p == 0 {
                 // No power step: power_reduce copies d_j as d_new.
-                records.push(Params { last: 2, ..base });
-                dispatches.push((records.len() - 1, Kind::Reduce, groups(self, len, 1)));
+                push(
+                    Params { last: 2, ..base },
+                    Kind::Reduce,
+                    groups(self, len, 1),
+                );
             }
             for iteration in 0..p {
                 for (atoms_range, item_range) in &waves {
-                    records.push(Params {
+                    let wave = Params {
                         start: atoms_range.start as u32,
                         len: atoms_range.len() as u32,
                         iteration: iteration as u32,
@@ -586,29 +613,20 @@ impl Gpu {
                         item_start: item_range.start as u32,
                         item_len: item_range.len() as u32,
                         ..base
-                    });
-                    let record = records.len() - 1;
-                    dispatches.push((record, Kind::Partial, groups(self, item_range.len(), 1)));
-                    dispatches.push((record, Kind::Reduce, groups(self, atoms_range.len(), 1)));
+                    };
+                    push(wave, Kind::Partial, groups(self, item_range.len(), 1));
+                    push(wave, Kind::Reduce, groups(self, atoms_range.len(), 1));
                 }
             }
-            records.push(base);
-            let record = records.len() - 1;
-            dispatches.push((
-                record,
-                Kind::Project,
-                groups(self, base.item_len as usize, 1),
-            ));
-            dispatches.push(if fold_rows {
-                (
-                    record,
-                    Kind::FoldRows,
-                    (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32),
-                )
+            // Every projection reads the residual before the batch, so all precede the fold.
+            push(base, Kind::Project, groups(self, base.item_len as usize, 1));
+            if fold_rows {
+                let folds = (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32);
+                push(base, Kind::FoldRows, folds);
             } else {
-                (record, Kind::Fold, groups(self, n, 1))
-            });
-            dispatches.push((record, Kind::Commit, groups(self, len, 1)));
+                push(base, Kind::Fold, groups(self, n, 1));
+            }
+            push(base, Kind::Commit, groups(self, len, 1));
         }
 
         let order_buf = self.upload(&order)?;
@@ -626,7 +644,6 @@ impl Gpu {
         let uniforms = self.uniform_records("power params", &records)?;
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
-            let device = self.device();
             let c = &batch.codes;
             let pipeline = |kind: Kind| match kind {
                 Kind::Partial => &kernels.partial,
@@ -636,6 +653,7 @@ impl Gpu {
                 Kind::FoldRows => &kernels.fold_rows,
                 Kind::Commit => &kernels.commit,
             };
+            // Bindings 3, 9 and 11 ([K, d]) are windowed.
             let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
                 match kind {
                     // power_partial reads what power_project does and writes the partial sums.
@@ -682,29 +700,26 @@ impl Gpu {
             };
             let bind_groups: Vec<wgpu::BindGroup> = dispatches
                 .iter()
-                .map(|&(record, kind, _)| {
-                    let mut entries = vec![wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: uniforms.binding(record),
-                    }];
-                    entries.extend(buffers(kind).into_iter().map(|(binding, buffer)| {
-                        wgpu::BindGroupEntry {
-                            binding,
-                            resource: buffer.as_entire_binding(),
-                        }
-                    }));
-                    device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &pipeline(kind).get_bind_group_layout(0),
-                        entries: &entries,
-                    })
+                .map(|&(record, kind, _, w)| {
+                    let window = windows[w].2;
+                    let entries = std::iter::once((0, uniforms.binding(record))).chain(
+                        buffers(kind).into_iter().map(|(b, buffer)| {
+                            let resource = if matches!(b, 3 | 9 | 11) {
+                                super::buffer::binding(buffer, window)
+                            } else {
+                                buffer.as_entire_binding()
+                            };
+                            (b, resource)
+                        }),
+                    );
+                    super::sparse::bind_resources(self, pipeline(kind), entries)
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("atom batches"),
                 timestamp_writes: None,
             });
-            for (&(_, kind, (x, y)), group) in dispatches.iter().zip(&bind_groups) {
+            for (&(_, kind, (x, y), _), group) in dispatches.iter().zip(&bind_groups) {
                 pass.set_pipeline(pipeline(kind));
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(x, y, 1);

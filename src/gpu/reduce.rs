@@ -5,8 +5,9 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::buffer::row_windows;
 use super::power::CodedBatch;
-use super::sparse::{compute_pipeline, groups};
+use super::sparse::{bind_windows, compute_pipeline, groups};
 use super::{GemmParams, Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -22,7 +23,9 @@ struct Params {
     k: u32,
     n_atoms: u32,
     threshold: f32,
-    _pad: [u32; 3],
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
 }
 
 pub(crate) struct ReduceKernels {
@@ -195,48 +198,44 @@ impl Gpu {
         let mut gram = self.zeros(n_atoms, n_atoms)?;
         let mut encoder = self.encoder(what);
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
-        self.scoped(|| {
-            let params = self.params_buffer(Params {
+        // G is read one window of rows per dispatch: at K = 16 384 it is 1 GiB.
+        let windows = row_windows(self, n_atoms, n_atoms);
+        let records: Vec<Params> = windows
+            .iter()
+            .map(|&(first, end, window)| Params {
                 n: 0,
                 d: atoms.cols() as u32,
                 k: 0,
                 n_atoms: n_atoms as u32,
                 threshold,
-                _pad: [0; 3],
-            });
-            let mut entries = vec![(0, &params), (9, &gram.data.buffer)];
-            entries.extend_from_slice(extra);
-            let group = super::sparse::bind(self, pipeline, &entries);
+                atom_first: first as u32,
+                atom_end: end as u32,
+                atom_lead: window.first,
+            })
+            .collect();
+        let uniforms = self.uniform_records("reduce params", &records)?;
+        self.scoped(|| {
+            let bind_groups = bind_windows(
+                self,
+                pipeline,
+                &uniforms,
+                &windows,
+                &[(9, &gram.data.buffer)],
+                extra,
+            );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(what),
                 timestamp_writes: None,
             });
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n_atoms, WG as usize);
-            pass.dispatch_workgroups(x, y, 1);
+            for (group, &(first, end, _)) in bind_groups.iter().zip(&windows) {
+                pass.set_bind_group(0, group, &[]);
+                let (x, y) = groups(self, end - first, WG as usize);
+                pass.dispatch_workgroups(x, y, 1);
+            }
             Ok(())
         })?;
         Ok(encoder)
-    }
-
-    fn reduce_params(&self, batch: &CodedBatch, n_atoms: usize, threshold: f32) -> wgpu::Buffer {
-        self.params_buffer(Params {
-            n: batch.len() as u32,
-            d: batch.dim() as u32,
-            k: batch.slots() as u32,
-            n_atoms: n_atoms as u32,
-            threshold,
-            _pad: [0; 3],
-        })
-    }
-
-    fn params_buffer(&self, params: Params) -> wgpu::Buffer {
-        self.buffer_init(
-            "reduce params",
-            bytemuck::bytes_of(&params),
-            wgpu::BufferUsages::UNIFORM,
-        )
     }
 
     /// Removes the `flagged` atoms marked in `flags` from the codes and re-seeds them.
@@ -271,52 +270,69 @@ impl Gpu {
         let mut encoder = self.encoder("reseed atoms");
         // The residual must match the current atoms and codes.
         self.record_batch_residual(&mut encoder, atoms, batch)?;
+        // The atoms are bound one window of rows at a time: removal and re-seeding take one
+        // dispatch per window, in order (re-seeding walks the atoms in ascending order).
+        let windows = row_windows(self, n_atoms, d);
+        let records: Vec<Params> = windows
+            .iter()
+            .map(|&(first, end, window)| Params {
+                n: n as u32,
+                d: d as u32,
+                k: batch.slots() as u32,
+                n_atoms: n_atoms as u32,
+                threshold: 0.0,
+                atom_first: first as u32,
+                atom_end: end as u32,
+                atom_lead: window.first,
+            })
+            .collect();
+        let uniforms = self.uniform_records("reduce params", &records)?;
         self.scoped(|| {
-            let params = self.reduce_params(batch, n_atoms, 0.0);
-            let p = &params;
             let (samples, residual, indices, values) = batch.buffers();
-            let remove = super::sparse::bind(
+            let atoms = [(2, &atoms.data.buffer)];
+            let remove = bind_windows(
                 self,
                 &kernels.remove_users,
-                &[
-                    (0, p),
-                    (2, &atoms.data.buffer),
-                    (3, residual),
-                    (4, indices),
-                    (5, values),
-                    (6, &flags.buffer),
-                ],
+                &uniforms,
+                &windows,
+                &atoms,
+                &[(3, residual), (4, indices), (5, values), (6, &flags.buffer)],
             );
-            let norms_group = super::sparse::bind(
-                self,
-                &kernels.residual_norms,
-                &[(0, p), (3, residual), (7, &norms.buffer)],
-            );
-            let reseed = super::sparse::bind(
+            let reseed = bind_windows(
                 self,
                 &kernels.reseed,
+                &uniforms,
+                &windows,
+                &atoms,
                 &[
-                    (0, p),
                     (1, samples),
-                    (2, &atoms.data.buffer),
                     (6, &flags.buffer),
                     (7, &norms.buffer),
                     (8, &chosen.buffer),
                 ],
             );
+            let norms_group = super::sparse::bind(
+                self,
+                &kernels.residual_norms,
+                &[(0, uniforms.buffer()), (3, residual), (7, &norms.buffer)],
+            );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("reseed atoms"),
                 timestamp_writes: None,
             });
-            let per_sample = groups(self, n, 1);
-            for (pipeline, group, (x, y)) in [
-                (&kernels.remove_users, &remove, per_sample),
-                (&kernels.residual_norms, &norms_group, per_sample),
-                (&kernels.reseed, &reseed, (1, 1)),
-            ] {
-                pass.set_pipeline(pipeline);
+            let (x, y) = groups(self, n, 1);
+            pass.set_pipeline(&kernels.remove_users);
+            for group in &remove {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(x, y, 1);
+            }
+            pass.set_pipeline(&kernels.residual_norms);
+            pass.set_bind_group(0, &norms_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+            pass.set_pipeline(&kernels.reseed);
+            for group in &reseed {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
             }
             Ok(())
         })?;

@@ -24,6 +24,10 @@ struct Params {
     n_atoms: u32,
     chunk: u32,
     n_chunks: u32,
+    atom_first: u32,
+    atom_end: u32,
+    atom_lead: u32,
+    from_residual: u32,
     _pad: [u32; 2],
 }
 
@@ -63,18 +67,61 @@ pub(crate) fn bind(
     pipeline: &wgpu::ComputePipeline,
     entries: &[(u32, &wgpu::Buffer)],
 ) -> wgpu::BindGroup {
+    bind_resources(
+        gpu,
+        pipeline,
+        entries
+            .iter()
+            .map(|&(binding, buffer)| (binding, buffer.as_entire_binding())),
+    )
+}
+
+/// A bind group for `pipeline` from (binding, resource) pairs: whole buffers, windows, records.
+pub(crate) fn bind_resources<'a>(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    entries: impl IntoIterator<Item = (u32, wgpu::BindingResource<'a>)>,
+) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry> = entries
-        .iter()
-        .map(|&(binding, buffer)| wgpu::BindGroupEntry {
-            binding,
-            resource: buffer.as_entire_binding(),
-        })
+        .into_iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
         .collect();
     gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     })
+}
+
+/// One bind group per row window for a kernel dispatched once per window (see
+/// [`super::buffer::row_windows`]): record w of `uniforms` at binding 0, the `windowed` buffers
+/// (matrices of the same row shape) bound at window w, the `whole` buffers entire.
+pub(crate) fn bind_windows(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    uniforms: &super::buffer::UniformRecords,
+    windows: &[(usize, usize, super::buffer::Window)],
+    windowed: &[(u32, &wgpu::Buffer)],
+    whole: &[(u32, &wgpu::Buffer)],
+) -> Vec<wgpu::BindGroup> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(w, &(_, _, window))| {
+            let entries = std::iter::once((0, uniforms.binding(w)))
+                .chain(
+                    windowed
+                        .iter()
+                        .map(|&(b, buffer)| (b, super::buffer::binding(buffer, window))),
+                )
+                .chain(
+                    whole
+                        .iter()
+                        .map(|&(b, buffer)| (b, buffer.as_entire_binding())),
+                );
+            bind_resources(gpu, pipeline, entries)
+        })
+        .collect()
 }
 
 /// Workgroups (x, y) covering `items` items at `per_group` items per workgroup.
@@ -191,6 +238,10 @@ impl Gpu {
             n_atoms: 0,
             chunk: CHUNK,
             n_chunks: 0,
+            atom_first: 0,
+            atom_end: 0,
+            atom_lead: 0,
+            from_residual: 0,
             _pad: [0; 2],
         };
         self.scoped(|| {
@@ -257,32 +308,40 @@ impl Gpu {
                 .max(CHUNK as u64 * (k as u64 + 1)),
         )?;
         let kernels = self.sparse_kernels()?;
-        let params = Params {
-            n: n as u32,
-            k: k as u32,
-            d: d as u32,
-            n_atoms: n_atoms as u32,
-            chunk: CHUNK,
-            n_chunks: n_chunks as u32,
-            _pad: [0; 2],
-        };
+        // One record per window of atom rows (the residual takes one dispatch each); the
+        // transpose kernels read the shape from the first.
+        let windows = super::buffer::row_windows(self, n_atoms, d);
+        let records: Vec<Params> = windows
+            .iter()
+            .enumerate()
+            .map(|(w, &(first, end, window))| Params {
+                n: n as u32,
+                k: k as u32,
+                d: d as u32,
+                n_atoms: n_atoms as u32,
+                chunk: CHUNK,
+                n_chunks: n_chunks as u32,
+                atom_first: first as u32,
+                atom_end: end as u32,
+                atom_lead: window.first,
+                from_residual: u32::from(w > 0),
+                _pad: [0; 2],
+            })
+            .collect();
+        let uniform_records = self.uniform_records("sparse params", &records)?;
         self.scoped(|| {
-            let uniforms = self.buffer_init(
-                "sparse params",
-                bytemuck::bytes_of(&params),
-                wgpu::BufferUsages::UNIFORM,
-            );
-            let u = &uniforms;
+            let u = uniform_records.buffer();
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
-            let residual_group = bind(
+            let residual_groups = bind_windows(
                 self,
                 &kernels.residual,
+                &uniform_records,
+                &windows,
+                &[(4, &atoms.data.buffer)],
                 &[
-                    (0, u),
                     (1, &codes.indices.buffer),
                     (2, &codes.values.buffer),
                     (3, &samples.data.buffer),
-                    (4, &atoms.data.buffer),
                     (5, &residual.data.buffer),
                 ],
             );
@@ -324,12 +383,13 @@ impl Gpu {
                 label: Some("residual and transpose"),
                 timestamp_writes: None,
             });
+            for group in &residual_groups {
+                pass.set_pipeline(&kernels.residual);
+                pass.set_bind_group(0, group, &[]);
+                let (x, y) = groups(self, n * d, WG as usize);
+                pass.dispatch_workgroups(x, y, 1);
+            }
             let steps = [
-                (
-                    &kernels.residual,
-                    &residual_group,
-                    groups(self, n * d, WG as usize),
-                ),
                 (
                     &kernels.chunk_counts,
                     &counts_group,

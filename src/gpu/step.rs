@@ -126,8 +126,8 @@ impl Gpu {
     /// [B, K] must fit one buffer (the coding kernel binds them in row chunks). On llvmpipe the
     /// update's loop cap bounds the users of one atom (millions: they are spread over
     /// workgroups). When the dictionary itself does not fit (its atoms and the Gram matrix must
-    /// each fit one binding, and the coding kernel must fit k), no batch does:
-    /// `ExceedsLimit` naming what does not fit.
+    /// each fit one buffer, bound in windows of whole rows, and the coding kernel must fit k),
+    /// no batch does: `ExceedsLimit` naming what does not fit.
     pub fn max_train_batch(
         &self,
         n_atoms: usize,
@@ -138,25 +138,14 @@ impl Gpu {
             .map(|fit| fit.largest)
     }
 
-    /// Checks that a [rows, cols] matrix the kernels bind whole fits one buffer and one
-    /// binding; `what` names it in the error.
-    pub(crate) fn check_whole(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
-        let limits = self.limits();
-        let binding = limits.planned_binding_size.min(limits.max_buffer_size);
+    /// Checks that a [rows, cols] matrix fits one buffer and each of its rows one binding (the
+    /// kernels bind such matrices in windows of whole rows); `what` names it in the error.
+    pub(crate) fn check_matrix_fits(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
         let what = format!("{what} {}", shape(rows, cols));
         let len = rows
             .checked_mul(cols)
             .ok_or_else(|| Error::InvalidArgument(format!("{what} overflows")))?;
-        let bytes = self.buffer_bytes::<f32>(len, &what)?;
-        if bytes > binding {
-            return Err(Error::ExceedsLimit {
-                what: format!("{what} (bytes, bound whole by the kernels)"),
-                requested: bytes,
-                limit_name: "max_storage_buffer_binding_size",
-                limit: binding,
-                largest_batch: None,
-            });
-        }
+        self.buffer_bytes::<f32>(len, &what)?;
         self.check_row_fits(rows, cols)
     }
 
@@ -169,10 +158,10 @@ impl Gpu {
         let k = coding.k;
         let limits = self.limits();
         let binding = limits.planned_binding_size.min(limits.max_buffer_size);
-        // What does not depend on the batch: atoms, atom memory and power iterates [K, d], the
-        // Gram matrix [K, K] (bound whole by the epoch-end duplicate search), the coding kernel.
-        self.check_whole(n_atoms, d, "dictionary")?;
-        self.check_whole(n_atoms, n_atoms, "Gram matrix")?;
+        // What does not depend on the batch: atoms, atom memory and power iterates [K, d] and
+        // the Gram matrix [K, K] (each one buffer, bound in windows of rows), the coding kernel.
+        self.check_matrix_fits(n_atoms, d, "dictionary")?;
+        self.check_matrix_fits(n_atoms, n_atoms, "Gram matrix")?;
         super::omp::check_coding_fits(self, n_atoms, d, coding)?;
 
         let align = limits.binding_alignment();
