@@ -18,6 +18,8 @@ pub mod power;
 pub mod reduce;
 pub(crate) mod sparse;
 pub(crate) mod step;
+#[cfg(test)]
+pub(crate) mod uniform_layout;
 
 pub use buffer::{GpuBuffer, Matrix};
 pub use context::{
