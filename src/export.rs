@@ -215,7 +215,7 @@ impl SafetensorsFile {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         let cols = shape.last().copied().unwrap_or(1).max(1);
-        crate::encode::check_finite(
+        crate::coding::check_finite(
             &format!("{}, tensor `{name}`", self.path.display()),
             &values,
             cols,

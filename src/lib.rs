@@ -7,12 +7,13 @@
 //! Samples Y [N, d] are approximated as X·D with unit-norm atoms D [K, d] and at most k nonzeros
 //! per row of X.
 //!
-//! Layout: [`gpu`] owns every wgpu type (context, buffers, one module per shader family);
+//! Layout, from the bottom: [`error`] holds the one error enum; [`coding`] what sparse coding is
+//! asked for and returns (options, codes); [`gpu`] owns every wgpu type (context, buffers, one
+//! module per shader family) and imports nothing above it;
 //! [`data`] streams activation files; [`train`] is the DB-KSVD driver; [`encode`] the sparse-coding
 //! API; [`export`] the file formats (dictionary, checkpoints, codes, SAELens, traces);
 //! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
-//! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`); [`error`] holds the one
-//! error enum.
+//! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`).
 //!
 //! ```no_run
 //! use dbksvd::gpu::Gpu;
@@ -26,6 +27,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod coding;
 pub mod data;
 pub mod encode;
 pub mod error;

@@ -10,7 +10,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, rows_per_window, window, Scratch, Window};
 use super::{Gpu, GpuBuffer, Matrix};
-use crate::encode::{Coder, CodingOptions, GramPrecision};
+use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/omp.wgsl");

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use super::buffer::Scratch;
 use super::sparse::{compute_pipeline, groups, CodeBuffers};
 use super::{Gpu, GpuBuffer, Matrix};
-use crate::encode::SparseCodes;
+use crate::coding::SparseCodes;
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/power.wgsl");
@@ -425,8 +425,8 @@ impl Gpu {
                 codes.indices[pos]
             )));
         }
-        crate::encode::check_finite("samples", samples, d)?;
-        crate::encode::check_finite("code values", &codes.values, codes.k)?;
+        crate::coding::check_finite("samples", samples, d)?;
+        crate::coding::check_finite("code values", &codes.values, codes.k)?;
         Ok(CodedBatch {
             d,
             n_atoms,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::power::CodedBatch;
 use super::{GemmParams, Gpu, GpuBuffer, Matrix, UpdateOptions};
-use crate::encode::CodingOptions;
+use crate::coding::CodingOptions;
 use crate::error::{shape, Error, Result};
 
 /// Device buffers for sample batches of one size.

@@ -17,7 +17,7 @@
 //! xⱼ += dⱼ·r and r −= (dⱼ·r)·dⱼ. With refit, the final support's coefficients are replaced by the
 //! least-squares solution (unless a pivot falls below `min_pivot`, then MP's are kept).
 
-use crate::encode::{Coder, CodingOptions};
+use crate::coding::{Coder, CodingOptions};
 
 /// One sample's code from a reference coder.
 #[derive(Clone, Debug, PartialEq)]
