@@ -611,7 +611,14 @@ pub(crate) fn fresh_gpu() -> Option<Gpu> {
         Err(e) if std::env::var("DBKSVD_REQUIRE_GPU").as_deref() == Ok("1") => {
             panic!("DBKSVD_REQUIRE_GPU=1 but no GPU could be opened: {e}")
         }
-        Err(_) => None,
+        Err(e) => {
+            let test = std::thread::current();
+            eprintln!(
+                "{}: SKIPPED (no GPU adapter: {e})",
+                test.name().unwrap_or("a GPU test")
+            );
+            None
+        }
     }
 }
 

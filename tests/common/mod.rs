@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 /// a missing adapter fails the test: CI sets it so a broken driver install cannot pass silently.
 pub fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
+    let gpu = GPU.get_or_init(|| match Gpu::new() {
         Ok(gpu) => {
             eprintln!(
                 "GPU tests on {} ({}, {})",
@@ -29,11 +29,19 @@ pub fn gpu() -> Option<&'static Gpu> {
             if std::env::var("DBKSVD_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("DBKSVD_REQUIRE_GPU=1 but no GPU could be opened: {e}");
             }
-            eprintln!("skipping GPU tests: {e}");
+            eprintln!("no GPU adapter: {e}");
             None
         }
-    })
-    .as_ref()
+    });
+    if gpu.is_none() {
+        // The harness names each test's thread after the test: say which one did not run.
+        let test = std::thread::current();
+        eprintln!(
+            "{}: SKIPPED (no GPU adapter)",
+            test.name().unwrap_or("a GPU test")
+        );
+    }
+    gpu.as_ref()
 }
 
 /// Asserts that every atom of `got` [K, d] agrees with the reference's (unit rows, so the dot
