@@ -1,0 +1,293 @@
+//! What a run reports: per-batch and per-epoch metrics, held-out scores, the result and the
+//! files written from it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{ActivationSource, BatchOrder};
+use crate::encode::CodingOptions;
+use crate::error::{Error, Result};
+use crate::export::{self, Dictionary};
+use crate::gpu::Gpu;
+
+use super::{ratio, TrainConfig};
+
+/// Metrics of one sample batch, from its codes before the update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchMetrics {
+    /// Epoch (from 0).
+    pub epoch: usize,
+    /// Batch within the epoch (from 0).
+    pub batch: usize,
+    /// Updates done before this one, over all epochs.
+    pub step: usize,
+    /// Samples in the batch.
+    pub samples: usize,
+    /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² over the batch (ȳ the data mean).
+    pub fvu: f64,
+    /// Mean of ‖y − ŷ‖ / ‖y‖ over the batch (y as coded, i.e. centred when centring).
+    pub relative_residual: f64,
+    /// Mean nonzeros per sample.
+    pub l0: f64,
+    /// Atoms no sample of the batch used.
+    pub unused_atoms: usize,
+    /// Seconds in the products (0 unless profiling; then not in `coding_s`).
+    pub gemm_s: f64,
+    /// Seconds coding (with the products unless profiling), residual and transpose.
+    pub coding_s: f64,
+    /// Seconds in the atom update.
+    pub update_s: f64,
+    /// Seconds waiting for the host to deliver the batch.
+    pub host_s: f64,
+}
+
+/// Reconstruction quality of a dictionary on a source.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Rows scored.
+    pub rows: usize,
+    /// Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ŷ = x·D + b_dec and ȳ the mean of the scored rows.
+    pub fvu: f64,
+    /// Mean ‖y − ŷ‖ / ‖y − b_dec‖.
+    pub relative_residual: f64,
+    /// Mean nonzeros per row.
+    pub l0: f64,
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch (from 0).
+    pub epoch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Samples coded.
+    pub samples: usize,
+    /// FVU over the epoch's batches (each coded with the dictionary of its time).
+    pub fvu: f64,
+    /// Mean relative residual.
+    pub relative_residual: f64,
+    /// Mean L0.
+    pub l0: f64,
+    /// Atoms no sample used during the epoch.
+    pub dead_atoms: usize,
+    /// Atoms used, but fewer times than `rare_atom_fraction` of the mean.
+    pub rare_atoms: usize,
+    /// Dead and rare atoms re-seeded at the epoch's end (none after the last epoch).
+    pub reseeded: usize,
+    /// Atoms with |cos| above the duplicate threshold with a more used atom.
+    pub duplicates: usize,
+    /// Duplicates re-seeded at the epoch's end (none after the last epoch).
+    pub purged: usize,
+    /// Mean over atoms of the largest |cos| with another atom, after the epoch.
+    pub coherence: f64,
+    /// Score on the evaluation source, when one is set.
+    pub eval: Option<Score>,
+    /// Seconds of training in the epoch.
+    pub seconds: f64,
+}
+
+/// Why training stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// All epochs ran.
+    Epochs,
+    /// The time limit was reached.
+    TimeLimit,
+    /// An epoch improved the FVU by less than the tolerance.
+    Converged,
+    /// The per-batch callback asked to stop.
+    Callback,
+}
+
+/// What [`Trainer::fit`](super::Trainer::fit) returns.
+#[derive(Clone, Debug)]
+pub struct TrainResult {
+    /// The dictionary, b_dec, and metadata (configuration, final metrics, crate version).
+    pub dictionary: Dictionary,
+    /// The configuration trained with.
+    pub config: TrainConfig,
+    /// Every batch's metrics, in order (including those before a resume).
+    pub batches: Vec<BatchMetrics>,
+    /// Every finished epoch's metrics.
+    pub epochs: Vec<EpochMetrics>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Seconds of training (including those before a resume).
+    pub seconds: f64,
+}
+
+/// What the per-batch callback sees.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// The batch just trained on.
+    pub batch: &'a BatchMetrics,
+    /// Batches done, over all epochs.
+    pub done: usize,
+    /// Batches in the whole run.
+    pub total: usize,
+}
+
+impl TrainResult {
+    /// Writes the run's outputs into `dir` (created if needed), each file atomically:
+    /// `dictionary.safetensors`, `sae/` (SAELens `matching_pursuit`, see
+    /// [`export::write_saelens`]), `trace.csv` (per batch), `epochs.csv` and `trace.svg`.
+    pub fn write_outputs(&self, dir: &Path, names: &export::SaeLensNames) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        self.dictionary.save(dir.join(DICTIONARY_FILE))?;
+        export::write_saelens(
+            &dir.join("sae"),
+            &self.dictionary,
+            self.config.k,
+            0.0,
+            names,
+        )?;
+        let mut csv = String::from(
+            "step,epoch,batch,samples,fvu,relative_residual,l0,unused_atoms,gemm_s,coding_s,update_s,host_s\n",
+        );
+        for b in &self.batches {
+            csv += &format!(
+                "{},{},{},{},{:.6},{:.6},{:.3},{},{:.4},{:.4},{:.4},{:.4}\n",
+                b.step,
+                b.epoch,
+                b.batch,
+                b.samples,
+                b.fvu,
+                b.relative_residual,
+                b.l0,
+                b.unused_atoms,
+                b.gemm_s,
+                b.coding_s,
+                b.update_s,
+                b.host_s
+            );
+        }
+        export::write_csv(&dir.join("trace.csv"), &csv)?;
+        let mut csv = String::from(
+            "epoch,batches,samples,fvu,relative_residual,l0,dead_atoms,rare_atoms,reseeded,duplicates,purged,coherence,eval_fvu,eval_l0,seconds\n",
+        );
+        for e in &self.epochs {
+            csv += &format!(
+                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{:.4},{},{},{:.2}\n",
+                e.epoch,
+                e.batches,
+                e.samples,
+                e.fvu,
+                e.relative_residual,
+                e.l0,
+                e.dead_atoms,
+                e.rare_atoms,
+                e.reseeded,
+                e.duplicates,
+                e.purged,
+                e.coherence,
+                e.eval.map_or(String::new(), |s| format!("{:.6}", s.fvu)),
+                e.eval.map_or(String::new(), |s| format!("{:.3}", s.l0)),
+                e.seconds
+            );
+        }
+        export::write_csv(&dir.join("epochs.csv"), &csv)?;
+        let points: Vec<export::TracePoint> = self
+            .batches
+            .iter()
+            .map(|b| export::TracePoint {
+                step: b.step,
+                epoch: b.epoch,
+                fvu: b.fvu,
+                unused_atoms: b.unused_atoms,
+            })
+            .collect();
+        export::write_atomic(
+            &dir.join("trace.svg"),
+            export::trace_svg(&points).as_bytes(),
+        )
+    }
+}
+
+/// The dictionary's file name in an output folder.
+pub const DICTIONARY_FILE: &str = "dictionary.safetensors";
+
+/// Scores `dictionary` on `source`: each row coded (y − b_dec) with `coding`, ŷ = x·D + b_dec;
+/// FVU = Σ‖y − ŷ‖² / Σ‖y − ȳ‖² with ȳ the mean of the scored rows. One streaming pass.
+pub fn evaluate(
+    gpu: &Gpu,
+    dictionary: &Dictionary,
+    source: &dyn ActivationSource,
+    coding: CodingOptions,
+    batch_size: usize,
+) -> Result<Score> {
+    let groups = dictionary.groups()?.map_or(1, |g| g.len());
+    evaluate_prefix(gpu, dictionary, source, coding, batch_size, groups)
+}
+
+/// [`evaluate`] with the first `prefix` Matryoshka groups of `dictionary` only (see
+/// [`crate::encode::Encoder::encode_prefix`]); 1 for a plain dictionary.
+pub fn evaluate_prefix(
+    gpu: &Gpu,
+    dictionary: &Dictionary,
+    source: &dyn ActivationSource,
+    coding: CodingOptions,
+    batch_size: usize,
+    prefix: usize,
+) -> Result<Score> {
+    let d = source.dim();
+    if d != dictionary.d {
+        return Err(Error::ShapeMismatch {
+            op: format!("evaluating on {} (dictionary vs data)", source.name()),
+            left: format!("d = {}", dictionary.d),
+            right: format!("d = {d}"),
+        });
+    }
+    if source.rows() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{} has no rows to score",
+            source.name()
+        )));
+    }
+    let encoder = dictionary.encoder(gpu, coding)?;
+    // Σ‖y − b‖² and Σ(y − b) about b = b_dec: close to the data mean, so the variance
+    // Σ‖y − ȳ‖² = Σ‖y − b‖² − n‖ȳ − b‖² does not cancel away.
+    let (mut residual, mut squares, mut relative, mut l0) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut sum = vec![0.0f64; d];
+    let order = BatchOrder::sequential(batch_size.max(1));
+    for batch in crate::data::Batches::new(source, &order, 0)? {
+        let batch = batch?;
+        let codes = encoder.encode_prefix(&batch.data, prefix)?;
+        let approx = encoder.reconstruct(&codes)?;
+        for (i, (y, y_hat)) in batch
+            .data
+            .chunks_exact(d)
+            .zip(approx.chunks_exact(d))
+            .enumerate()
+        {
+            let mut r2 = 0.0f64;
+            let mut centred2 = 0.0f64;
+            for c in 0..d {
+                let (v, h) = (y[c] as f64, y_hat[c] as f64);
+                r2 += (v - h) * (v - h);
+                let centred = v - dictionary.mean[c] as f64;
+                centred2 += centred * centred;
+                sum[c] += centred;
+            }
+            residual += r2;
+            squares += centred2;
+            if centred2 > 0.0 {
+                relative += (r2 / centred2).sqrt();
+            }
+            l0 += codes.row_nnz(i) as f64;
+        }
+    }
+    let n = source.rows() as f64;
+    let mean_norm2: f64 = sum.iter().map(|s| (s / n) * (s / n)).sum();
+    let variance = (squares - n * mean_norm2).max(0.0);
+    Ok(Score {
+        rows: source.rows(),
+        fvu: ratio(residual, variance),
+        relative_residual: relative / n,
+        l0: l0 / n,
+    })
+}
