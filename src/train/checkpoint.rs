@@ -26,6 +26,18 @@ pub(super) struct EpochSums {
     pub(super) seconds: f64,
 }
 
+impl EpochSums {
+    /// Adds one batch's share (its seconds are counted apart).
+    pub(super) fn add(&mut self, batch: &EpochSums) {
+        self.batches += batch.batches;
+        self.samples += batch.samples;
+        self.residual += batch.residual;
+        self.variance += batch.variance;
+        self.relative += batch.relative;
+        self.l0 += batch.l0;
+    }
+}
+
 /// Where a run stands: what a checkpoint saves besides the dictionary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Position {
