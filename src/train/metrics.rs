@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::export::{self, Dictionary};
 use crate::gpu::Gpu;
 
+use super::checkpoint::EpochSums;
+use super::hygiene::Hygiene;
 use super::{ratio, TrainConfig};
 
 /// Metrics of one sample batch, from its codes before the update.
@@ -290,4 +292,48 @@ pub fn evaluate_prefix(
         relative_residual: relative / n,
         l0: l0 / n,
     })
+}
+
+/// Epoch `epoch`'s metrics from its sums, its hygiene, the dictionary's mean coherence and the
+/// held-out score; logged at info level.
+pub(super) fn epoch_metrics(
+    epoch: usize,
+    sums: &EpochSums,
+    hygiene: &Hygiene,
+    coherence: f64,
+    eval: Option<Score>,
+    seconds: f64,
+) -> EpochMetrics {
+    let changed = |atoms: &[usize]| atoms.iter().filter(|j| hygiene.changed.contains(j)).count();
+    let metrics = EpochMetrics {
+        epoch,
+        batches: sums.batches,
+        samples: sums.samples,
+        fvu: ratio(sums.residual, sums.variance),
+        relative_residual: sums.relative / sums.samples.max(1) as f64,
+        l0: sums.l0 / sums.samples.max(1) as f64,
+        dead_atoms: hygiene.dead.len(),
+        rare_atoms: hygiene.rare.len() - hygiene.dead.len(),
+        reseeded: changed(&hygiene.rare),
+        duplicates: hygiene.purged.len(),
+        purged: changed(&hygiene.purged),
+        coherence,
+        eval,
+        seconds,
+    };
+    log::info!(
+        "epoch {epoch}: FVU {:.4}, L0 {:.2}, {} dead and {} rare atoms re-seeded, {} duplicates \
+         purged, coherence {:.3}{}, {:.1} s",
+        metrics.fvu,
+        metrics.l0,
+        metrics.dead_atoms,
+        metrics.rare_atoms,
+        metrics.purged,
+        metrics.coherence,
+        metrics
+            .eval
+            .map_or(String::new(), |s| format!(", eval FVU {:.4}", s.fvu)),
+        metrics.seconds
+    );
+    metrics
 }

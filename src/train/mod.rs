@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::data::{ActivationSource, Stats};
-use crate::encode::{CodingOptions, Groups};
+use crate::data::ActivationSource;
+use crate::encode::CodingOptions;
 use crate::error::{Error, Result};
 use crate::export::{self, Dictionary};
 use crate::gpu::step::{StepBuffers, StepOutput};
@@ -37,17 +37,19 @@ mod config;
 mod hygiene;
 mod init;
 mod metrics;
+mod plan;
 
 use checkpoint::{save_checkpoint, EpochSums, Position};
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
 pub use config::{Init, TrainConfig, DEFAULT_BATCH};
-use hygiene::{epoch_end_hygiene, Hygiene};
+use hygiene::epoch_end_hygiene;
 pub use init::init_from_samples;
-use init::normalised_dictionary;
+use metrics::epoch_metrics;
 pub use metrics::{
     evaluate, evaluate_prefix, BatchMetrics, EpochMetrics, Progress, Score, StopReason,
     TrainResult, DICTIONARY_FILE,
 };
+use plan::{allocate_parts, group_codings, resolve_batch, start, Start};
 
 type Callback<'a> = Box<dyn FnMut(&Progress) -> ControlFlow<()> + 'a>;
 
@@ -126,35 +128,7 @@ impl<'a> Trainer<'a> {
         config.validate_for(rows, d, &source.name())?;
         let gpu = self.gpu;
         let n_atoms = config.atoms;
-        // Matryoshka groups (one group of all atoms in a plain run) and their shares of k.
-        let groups = match &config.groups {
-            Some(groups) => groups.clone(),
-            None => Groups::new(vec![n_atoms])?,
-        };
-        let codings: Vec<CodingOptions> = groups
-            .split_k(config.k)?
-            .into_iter()
-            .map(|k| CodingOptions {
-                k,
-                ..config.coding()
-            })
-            .collect();
-        // What the device holds: each group's dictionary must fit whatever the batch, and the
-        // batch must fit every group's step buffers (and, on lavapipe, the update's loop cap).
-        let mut fits = Vec::new();
-        for (g, coding) in codings.iter().enumerate() {
-            let size = groups.range(g).len();
-            fits.push((gpu.train_batch_fit(size, d, coding)?, size, coding.k));
-        }
-        let (fit, fit_atoms, fit_k) = fits
-            .into_iter()
-            .min_by_key(|(fit, ..)| fit.largest)
-            .expect("at least one group");
-        if groups.len() > 1 {
-            // The coherence of the whole dictionary and its evaluation use its whole Gram.
-            gpu.check_matrix_fits(n_atoms, d, "dictionary")?;
-            gpu.check_matrix_fits(n_atoms, n_atoms, "Gram matrix")?;
-        }
+        let (groups, codings) = group_codings(&config)?;
         // A resumed run without a batch size of its own goes on with the checkpoint's.
         let checkpoint = match &self.resume {
             Some(path) => Some((path, Checkpoint::load(path)?)),
@@ -163,85 +137,14 @@ impl<'a> Trainer<'a> {
         if let (None, Some((_, checkpoint))) = (config.batch_size, &checkpoint) {
             config.batch_size = checkpoint.config.batch_size;
         }
-        // Equal batches: a short remainder batch would let atoms with one or two users there
-        // fit those samples exactly and undo what the full batches learnt.
-        let evened = |batch: usize| rows.div_ceil(rows.div_ceil(batch));
-        let batch_size = match config.batch_size {
-            Some(asked) if evened(asked) > fit.largest => {
-                return Err(fit.exceeded(evened(asked), asked, rows, (fit_atoms, d, fit_k)));
-            }
-            Some(asked) => evened(asked),
-            None => {
-                if fit.largest < DEFAULT_BATCH.min(rows) {
-                    log::info!(
-                        "batch of {} samples: the most {} holds at K = {n_atoms}, d = {d} ({})",
-                        fit.largest,
-                        gpu.adapter().name,
-                        fit.bound_by
-                    );
-                }
-                evened(DEFAULT_BATCH.min(fit.largest))
-            }
-        };
-        config.batch_size = Some(batch_size);
-        // The memory spans at most an epoch: beyond it, earlier products repeat the same users
-        // with staler directions (with one batch per epoch, plain KSVD is already full-batch).
-        let batches = rows.div_ceil(batch_size);
-        let longest = 1.0 - 1.0 / batches as f32;
-        if config.atom_memory > longest {
-            log::info!(
-                "atom memory γ = {} lowered to {longest} ({batches} batches per epoch)",
-                config.atom_memory
-            );
-            config.atom_memory = longest;
-        }
-
-        // Where to start: a checkpoint, or statistics and an initial dictionary.
-        let (atoms_host, memory_host, data_mean, mut position, mut epoch_usage) = match checkpoint {
-            Some((path, checkpoint)) => {
-                config.resumable_with(&checkpoint.config)?;
-                if checkpoint.d != d || checkpoint.position.rows != rows {
-                    return Err(Error::ShapeMismatch {
-                        op: format!("resume from {} (checkpoint vs data)", path.display()),
-                        left: crate::error::shape(checkpoint.position.rows, checkpoint.d),
-                        right: crate::error::shape(rows, d),
-                    });
-                }
-                (
-                    checkpoint.atoms,
-                    checkpoint.memory,
-                    checkpoint.mean,
-                    checkpoint.position,
-                    checkpoint.epoch_usage,
-                )
-            }
-            None => {
-                let stats = Stats::compute(source, batch_size)?;
-                let mean = stats.mean_f32();
-                let centre = config.center.then_some(mean.as_slice());
-                let atoms = match &config.init {
-                    Init::Samples => init_from_samples(source, n_atoms, centre, config.seed)?,
-                    Init::Dictionary(atoms) => normalised_dictionary(atoms, n_atoms, d)?,
-                };
-                let position = Position {
-                    rows,
-                    epoch: 0,
-                    batch: 0,
-                    step: 0,
-                    seconds: 0.0,
-                    sums: EpochSums::default(),
-                    batches: Vec::new(),
-                    epochs: Vec::new(),
-                };
-                (
-                    atoms,
-                    vec![0.0; n_atoms * d],
-                    mean,
-                    position,
-                    vec![0u32; n_atoms],
-                )
-            }
-        };
+        let batch_size = resolve_batch(gpu, &mut config, &groups, &codings, rows, d)?;
+        let Start {
+            atoms: atoms_host,
+            memory: memory_host,
+            mean: data_mean,
+            mut position,
+            mut epoch_usage,
+        } = start(source, &config, checkpoint)?;
 
         // Where the run could continue from if it stops on an error: the last checkpoint.
         let mut last_checkpoint: Option<(PathBuf, usize, usize)> = self
@@ -256,21 +159,14 @@ impl<'a> Trainer<'a> {
         };
         // One part per Matryoshka group (a plain run is one group): its atoms, memory, Gram
         // scratch and step buffers, and its share of k.
-        let allocated: Result<Vec<Part>> = (0..groups.len())
-            .map(|g| {
-                let range = groups.range(g);
-                let (rows_of_part, words) = (range.len(), range.start * d..range.end * d);
-                Ok(Part {
-                    atoms: gpu.matrix(rows_of_part, d, &atoms_host[words.clone()])?,
-                    memory: gpu.matrix(rows_of_part, d, &memory_host[words])?,
-                    gram: gpu.zeros(rows_of_part, rows_of_part)?,
-                    full: gpu.step_buffers(batch_size, d, codings[g].k, rows_of_part)?,
-                    short: None,
-                    coding: codings[g],
-                    range,
-                })
-            })
-            .collect();
+        let allocated = allocate_parts(
+            gpu,
+            &groups,
+            &codings,
+            &atoms_host,
+            &memory_host,
+            batch_size,
+        );
         let mut parts = allocated.map_err(|cause| kept(cause, &last_checkpoint))?;
         // Whether the epoch's latest batch ran in `short` (hygiene reads that batch's codes).
         let mut last_was_short = false;
@@ -282,7 +178,6 @@ impl<'a> Trainer<'a> {
         let seconds_before = position.seconds;
         let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
         let mut stop = StopReason::Epochs;
-        let grouped = config.groups.is_some();
         let dictionary_of = |parts: &[Part], metadata| -> Result<Dictionary> {
             Ok(Dictionary {
                 atoms: read_parts(gpu, parts, |p| &p.atoms)?,
@@ -409,12 +304,7 @@ impl<'a> Trainer<'a> {
                 // Epoch end: atom hygiene within each group (not after the last epoch: freshly
                 // split atoms would be returned untrained), coherence, evaluation.
                 let hygiene_started = Instant::now();
-                let Hygiene {
-                    dead,
-                    rare,
-                    purged,
-                    changed,
-                } = epoch_end_hygiene(
+                let hygiene = epoch_end_hygiene(
                     gpu,
                     &mut parts,
                     &epoch_usage,
@@ -422,15 +312,7 @@ impl<'a> Trainer<'a> {
                     epoch + 1 < config.epochs,
                     last_was_short,
                 )?;
-                let reseeded = rare.iter().filter(|j| changed.contains(j)).count();
-                let purged_changed = purged.iter().filter(|j| changed.contains(j)).count();
-                let coherence = if grouped {
-                    let all = gpu.matrix(n_atoms, d, &read_parts(gpu, &parts, |p| &p.atoms)?)?;
-                    gpu.coherence(&all)?
-                } else {
-                    gpu.coherence(&parts[0].atoms)?
-                };
-                let coherence = coherence.iter().map(|&c| c as f64).sum::<f64>() / n_atoms as f64;
+                let coherence = mean_coherence(gpu, &parts)?;
                 let eval = match self.eval {
                     Some(eval) => {
                         let dictionary = dictionary_of(&parts, group_metadata(&config)?)?;
@@ -441,36 +323,8 @@ impl<'a> Trainer<'a> {
                     None => None,
                 };
                 let sums = std::mem::take(&mut position.sums);
-                let metrics = EpochMetrics {
-                    epoch,
-                    batches: sums.batches,
-                    samples: sums.samples,
-                    fvu: ratio(sums.residual, sums.variance),
-                    relative_residual: sums.relative / sums.samples.max(1) as f64,
-                    l0: sums.l0 / sums.samples.max(1) as f64,
-                    dead_atoms: dead.len(),
-                    rare_atoms: rare.len() - dead.len(),
-                    reseeded,
-                    duplicates: purged.len(),
-                    purged: purged_changed,
-                    coherence,
-                    eval,
-                    seconds: sums.seconds + hygiene_started.elapsed().as_secs_f64(),
-                };
-                log::info!(
-                    "epoch {epoch}: FVU {:.4}, L0 {:.2}, {} dead and {} rare atoms re-seeded, {} \
-                     duplicates purged, coherence {:.3}{}, {:.1} s",
-                    metrics.fvu,
-                    metrics.l0,
-                    metrics.dead_atoms,
-                    metrics.rare_atoms,
-                    metrics.purged,
-                    metrics.coherence,
-                    metrics
-                        .eval
-                        .map_or(String::new(), |s| format!(", eval FVU {:.4}", s.fvu)),
-                    metrics.seconds
-                );
+                let seconds = sums.seconds + hygiene_started.elapsed().as_secs_f64();
+                let metrics = epoch_metrics(epoch, &sums, &hygiene, coherence, eval, seconds);
                 let previous = position.epochs.last().map(|e| e.fvu);
                 position.epochs.push(metrics);
                 position.epoch += 1;
@@ -662,6 +516,19 @@ struct Part {
     full: StepBuffers,
     /// Buffers for a batch shorter than the others.
     short: Option<StepBuffers>,
+}
+
+/// The mean over atoms of each atom's largest |cos| with another atom, over the whole dictionary.
+fn mean_coherence(gpu: &Gpu, parts: &[Part]) -> Result<f64> {
+    let coherence = if parts.len() > 1 {
+        let n_atoms = parts.iter().map(|p| p.range.len()).sum();
+        let d = parts[0].atoms.cols();
+        let all = gpu.matrix(n_atoms, d, &read_parts(gpu, parts, |p| &p.atoms)?)?;
+        gpu.coherence(&all)?
+    } else {
+        gpu.coherence(&parts[0].atoms)?
+    };
+    Ok(coherence.iter().map(|&c| c as f64).sum::<f64>() / coherence.len().max(1) as f64)
 }
 
 /// The rows of every part's `matrix`, in atom order: [K, d].
