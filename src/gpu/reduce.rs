@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::row_windows;
+use super::buffer::{row_windows, Window};
 use super::power::CodedBatch;
 use super::sparse::{bind_windows, compute_pipeline, groups};
 use super::{GemmParams, Gpu, Matrix};
@@ -26,6 +26,19 @@ struct Params {
     atom_first: u32,
     atom_end: u32,
     atom_lead: u32,
+}
+
+/// `base` once per row window, each with its window's atoms.
+fn per_window(windows: &[(usize, usize, Window)], base: Params) -> Vec<Params> {
+    windows
+        .iter()
+        .map(|&(first, end, window)| Params {
+            atom_first: first as u32,
+            atom_end: end as u32,
+            atom_lead: window.first,
+            ..base
+        })
+        .collect()
 }
 
 pub(crate) struct ReduceKernels {
@@ -200,19 +213,15 @@ impl Gpu {
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, &mut gram)?;
         // G is read one window of rows per dispatch: at K = 16 384 it is 1 GiB.
         let windows = row_windows(self, n_atoms, n_atoms);
-        let records: Vec<Params> = windows
-            .iter()
-            .map(|&(first, end, window)| Params {
-                n: 0,
-                d: atoms.cols() as u32,
-                k: 0,
-                n_atoms: n_atoms as u32,
-                threshold,
-                atom_first: first as u32,
-                atom_end: end as u32,
-                atom_lead: window.first,
-            })
-            .collect();
+        let base = Params {
+            n: 0,
+            d: atoms.cols() as u32,
+            k: 0,
+            n_atoms: n_atoms as u32,
+            threshold,
+            ..Params::zeroed()
+        };
+        let records = per_window(&windows, base);
         let uniforms = self.uniform_records("reduce params", &records)?;
         self.scoped(|| {
             let bind_groups = bind_windows(
@@ -273,19 +282,14 @@ impl Gpu {
         // The atoms are bound one window of rows at a time: removal and re-seeding take one
         // dispatch per window, in order (re-seeding walks the atoms in ascending order).
         let windows = row_windows(self, n_atoms, d);
-        let records: Vec<Params> = windows
-            .iter()
-            .map(|&(first, end, window)| Params {
-                n: n as u32,
-                d: d as u32,
-                k: batch.slots() as u32,
-                n_atoms: n_atoms as u32,
-                threshold: 0.0,
-                atom_first: first as u32,
-                atom_end: end as u32,
-                atom_lead: window.first,
-            })
-            .collect();
+        let base = Params {
+            n: n as u32,
+            d: d as u32,
+            k: batch.slots() as u32,
+            n_atoms: n_atoms as u32,
+            ..Params::zeroed()
+        };
+        let records = per_window(&windows, base);
         let uniforms = self.uniform_records("reduce params", &records)?;
         self.scoped(|| {
             let (samples, residual, indices, values) = batch.buffers();
