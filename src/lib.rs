@@ -4,6 +4,19 @@
 //! GPU through WebGPU: wgpu with WGSL compute shaders on Vulkan, Metal and DX12, including software
 //! Vulkan (lavapipe) for machines without a GPU.
 //!
+//! ```no_run
+//! use dbksvd::{ActivationFile, CodingOptions, Dictionary, Gpu, TrainConfig, Trainer};
+//! # fn main() -> dbksvd::Result<()> {
+//! let gpu = Gpu::new()?; // honours WGPU_BACKEND and WGPU_ADAPTER_NAME
+//! let activations = ActivationFile::open("acts.safetensors")?; // [N, d], f32/f16/bf16
+//! let result = Trainer::new(&gpu, TrainConfig::new(1536, 32)).fit(&activations)?; // K, k
+//! result.dictionary.save("dictionary.safetensors")?;
+//! let dictionary = Dictionary::load("dictionary.safetensors")?;
+//! let codes = dictionary.encoder(&gpu, CodingOptions::omp(32))?.encode(&[0.0; 384])?;
+//! println!("atoms used: {:?}", codes.row(0).collect::<Vec<_>>());
+//! # Ok(()) }
+//! ```
+//!
 //! Samples Y [N, d] are approximated as X·D with unit-norm atoms D [K, d] and at most k nonzeros
 //! per row of X.
 //!
@@ -14,16 +27,6 @@
 //! API; [`export`] the file formats (dictionary, checkpoints, codes, SAELens, traces);
 //! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
 //! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`).
-//!
-//! ```no_run
-//! use dbksvd::gpu::Gpu;
-//! # fn main() -> dbksvd::Result<()> {
-//! let gpu = Gpu::new()?; // honours WGPU_BACKEND and WGPU_ADAPTER_NAME
-//! let atoms = gpu.matrix(2, 3, &[1.0, 0.0, 0.0, 0.6, 0.8, 0.0])?;
-//! let gram = gpu.gram(&atoms)?;
-//! assert_eq!(gpu.read_matrix(&gram)?.len(), 4);
-//! # Ok(()) }
-//! ```
 
 pub mod bench;
 pub mod check;
@@ -36,8 +39,13 @@ pub mod gpu;
 pub mod reference;
 pub mod train;
 
+pub use coding::{CodingOptions, SparseCodes};
+pub use data::ActivationFile;
+pub use encode::Encoder;
 pub use error::{Error, Result};
+pub use export::Dictionary;
 pub use gpu::Gpu;
+pub use train::{TrainConfig, Trainer};
 
 /// Compiles the README's code so it cannot drift from the API.
 #[doc = include_str!("../README.md")]
