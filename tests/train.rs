@@ -544,7 +544,7 @@ fn coherence_matches_the_reference() {
             .collect();
         let device = gpu.matrix(n_atoms, d, &atoms).unwrap();
         let got = gpu.coherence(&device).unwrap();
-        let want = dbksvd::reference::dbksvd::coherence(&atoms, d);
+        let want = dbksvd::reference::reduce::coherence(&atoms, d);
         assert_eq!(got.len(), n_atoms);
         for (j, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(

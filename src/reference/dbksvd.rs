@@ -7,7 +7,7 @@
 //!       for each Matryoshka group g in order (one group of all atoms in a plain run):
 //!         X_g  = OMP(R, D_g, k_g)                         reference::omp
 //!         for each atom batch of the step's seeded atom order (A atoms, Jacobi inside):
-//!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::ksvd_update (converged;
+//!             d_j, x_j[ω_j] = top singular pair of E_Ω    reference::power (converged;
 //!                             with the atom memory when γ > 0)
 //!         R = R − X_g·D_g (after the update, rounded to f32 as the trainer reads it back)
 //!         usage += atoms used by X_g
@@ -19,8 +19,8 @@
 //! No hygiene after the last epoch (as the trainer). The power method runs to convergence here, so compare against a trainer run with enough
 //! power iterations.
 
-use super::ksvd_update::KsvdState;
 use super::omp;
+use super::power::KsvdState;
 use crate::encode::{CodingOptions, Groups};
 use crate::gpu::power::atom_order;
 use crate::train::{group_seed, update_seed, TrainConfig};
@@ -195,20 +195,15 @@ impl ReferenceRun {
                 .map(|&u| u.min(u32::MAX as u64) as u32)
                 .collect();
             let dead = rare_atoms(&usage32, self.config.rare_atom_fraction);
-            // Near-duplicates of a more used atom (ties: the lower index is kept).
-            let atoms = &state.atoms;
-            let purged: Vec<usize> = (0..size)
-                .filter(|&j| {
-                    !dead.contains(&j)
-                        && (0..size).any(|i| {
-                            let more_used = usage[i] > usage[j] || (usage[i] == usage[j] && i < j);
-                            i != j
-                                && more_used
-                                && dot(&atoms[i * d..(i + 1) * d], &atoms[j * d..(j + 1) * d]).abs()
-                                    > self.config.duplicate_threshold as f64
-                        })
-                })
-                .collect();
+            let purged: Vec<usize> = super::reduce::duplicate_atoms(
+                &state.atoms,
+                d,
+                usage,
+                self.config.duplicate_threshold as f64,
+            )
+            .into_iter()
+            .filter(|j| !dead.contains(j))
+            .collect();
             let mut flagged: Vec<usize> = dead.iter().chain(&purged).copied().collect();
             flagged.sort_unstable();
             if !flagged.is_empty() {
@@ -357,21 +352,4 @@ fn split_atoms(state: &mut KsvdState, flagged: &[usize]) -> Vec<usize> {
     changed.sort_unstable();
     changed.dedup();
     changed
-}
-
-/// Per atom of `atoms` [K, d] (unit rows), the largest |cos| with any other atom: the twin of
-/// `coherence` in shaders/reduce.wgsl.
-pub fn coherence(atoms: &[f32], d: usize) -> Vec<f64> {
-    let rows: Vec<Vec<f64>> = atoms
-        .chunks(d)
-        .map(|a| a.iter().map(|&v| v as f64).collect())
-        .collect();
-    (0..rows.len())
-        .map(|j| {
-            (0..rows.len())
-                .filter(|&i| i != j)
-                .map(|i| dot(&rows[i], &rows[j]).abs())
-                .fold(0.0, f64::max)
-        })
-        .collect()
 }

@@ -5,7 +5,8 @@
 
 pub mod dbksvd;
 pub mod gemm;
-pub mod ksvd_update;
 pub mod omp;
+pub mod power;
+pub mod reduce;
 
 pub use gemm::{gemm, gemm_abs};

@@ -5,7 +5,7 @@ mod common;
 use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
 use dbksvd::gpu::power::atom_order;
 use dbksvd::gpu::{Gpu, UpdateOptions};
-use dbksvd::reference::ksvd_update::KsvdState;
+use dbksvd::reference::power::KsvdState;
 
 const K: usize = 256;
 const SLOTS: usize = 8;
