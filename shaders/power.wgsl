@@ -1,3 +1,4 @@
+// include: workgroup.wgsl
 // KSVD dictionary update by atom-wise power iteration, for one batch of atoms.
 //
 // For atom j with users ω (from sparse.wgsl's transpose) and E_Ω = E[ω] + x_j[ω]·d_j, p power
@@ -85,28 +86,6 @@ struct Params {
 @group(0) @binding(13) var<storage, read> atom_items: array<vec2<u32>>;
 // [item_len, d]: each item's share of u.
 @group(0) @binding(14) var<storage, read_write> partials: array<f32>;
-
-override WG: u32 = 64u;
-
-var<workgroup> red: array<f32, WG>;
-
-fn wg_sum(lid: u32, x: f32) -> f32 {
-    red[lid] = x;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red[lid] += red[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wid.y * groups.x + wid.x;
-}
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;

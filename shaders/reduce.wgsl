@@ -1,3 +1,4 @@
+// include: workgroup.wgsl
 // Reductions behind atom replacement (KSVD-Box's "replace unused atoms"):
 //
 //   residual_norms    ‖e_s‖² per sample, one workgroup per sample
@@ -42,29 +43,9 @@ struct Params {
 @group(0) @binding(9) var<storage, read> gram: array<f32>;
 @group(0) @binding(10) var<storage, read> usage: array<u32>;
 
-override WG: u32 = 64u;
-
-var<workgroup> red: array<f32, WG>;
+// reseed's argmax pairs `red` (workgroup.wgsl) with these indices.
 var<workgroup> red_idx: array<u32, WG>;
 var<workgroup> flag: u32;
-
-fn wg_sum(lid: u32, x: f32) -> f32 {
-    red[lid] = x;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            red[lid] += red[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn linear(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wid.y * groups.x + wid.x;
-}
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;
@@ -81,7 +62,7 @@ fn residual_norms(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let s = linear(wid, groups);
+    let s = linear_group(wid, groups);
     if s >= params.n {
         return;
     }
@@ -102,7 +83,7 @@ fn mark_duplicates(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let j = params.atom_first + linear(wid, groups) * WG + lid;
+    let j = params.atom_first + linear_group(wid, groups) * WG + lid;
     if j >= params.atom_end {
         return;
     }
@@ -123,7 +104,7 @@ fn coherence(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let j = params.atom_first + linear(wid, groups) * WG + lid;
+    let j = params.atom_first + linear_group(wid, groups) * WG + lid;
     if j >= params.atom_end {
         return;
     }
@@ -143,7 +124,7 @@ fn remove_users(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let s = linear(wid, groups);
+    let s = linear_group(wid, groups);
     if s >= params.n {
         return;
     }

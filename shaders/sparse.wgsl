@@ -1,3 +1,4 @@
+// include: workgroup.wgsl
 // Kernels on fixed-width sparse codes (k slots per sample: atom index, −1 when empty, and value).
 //
 //   residual        E = Y − X·D, over the atoms of one window of rows of D (all of them when the
@@ -51,10 +52,9 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> out_values: array<f32>;
 @group(0) @binding(12) var<storage, read_write> row_stats: array<f32>;
 
-override WG: u32 = 64u;
-
+// Global index of invocation `lid` of a 1-D grid of workgroups.
 fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * groups.x + wid.x) * WG + lid;
+    return linear_group(wid, groups) * WG + lid;
 }
 
 @compute @workgroup_size(WG)

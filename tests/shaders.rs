@@ -13,7 +13,18 @@ fn every_shader_parses_and_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("wgsl") {
             continue;
         }
-        let source = std::fs::read_to_string(&path).expect("readable shader");
+        let mut source = std::fs::read_to_string(&path).expect("readable shader");
+        // A shader that names a helper file in its first line is compiled after it, as the host
+        // module's `concat!` does (shaders/include/).
+        if let Some(helper) = source
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("// include: "))
+        {
+            let helper = std::fs::read_to_string(dir.join("include").join(helper.trim()))
+                .expect("the included helper file exists");
+            source = helper + &source;
+        }
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
             panic!("{}:\n{}", path.display(), e.emit_to_string(&source));
         });

@@ -15,7 +15,11 @@ use super::{Gpu, GpuBuffer, Matrix};
 use crate::coding::SparseCodes;
 use crate::error::{Error, Result};
 
-const SHADER: &str = include_str!("../../shaders/power.wgsl");
+/// power.wgsl after the helpers it includes (see shaders/include/workgroup.wgsl).
+const SHADER: &str = concat!(
+    include_str!("../../shaders/include/workgroup.wgsl"),
+    include_str!("../../shaders/power.wgsl")
+);
 const WG: u32 = 256;
 
 /// Parameters of one dictionary update.

@@ -11,7 +11,11 @@ use super::sparse::{bind_windows, compute_pipeline, groups};
 use super::{GemmParams, Gpu, Matrix};
 use crate::error::{Error, Result};
 
-const SHADER: &str = include_str!("../../shaders/reduce.wgsl");
+/// reduce.wgsl after the helpers it includes (see shaders/include/workgroup.wgsl).
+const SHADER: &str = concat!(
+    include_str!("../../shaders/include/workgroup.wgsl"),
+    include_str!("../../shaders/reduce.wgsl")
+);
 const WG: u32 = 64;
 
 /// Mirrors `Params` in reduce.wgsl.

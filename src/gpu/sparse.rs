@@ -8,7 +8,11 @@ use bytemuck::{Pod, Zeroable};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
 
-const SHADER: &str = include_str!("../../shaders/sparse.wgsl");
+/// sparse.wgsl after the helpers it includes (see shaders/include/workgroup.wgsl).
+const SHADER: &str = concat!(
+    include_str!("../../shaders/include/workgroup.wgsl"),
+    include_str!("../../shaders/sparse.wgsl")
+);
 const WG: u32 = 64;
 /// Samples per chunk of the transpose: each chunk is walked in order by one invocation, so a
 /// smaller chunk means more parallel chunks but a larger [chunks, K] count table.

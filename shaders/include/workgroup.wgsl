@@ -1,0 +1,30 @@
+// Helpers shared by the kernel families whose workgroups are one-dimensional (power.wgsl,
+// reduce.wgsl, sparse.wgsl). Not a shader of its own: a shader whose first line is
+// `// include: workgroup.wgsl` is compiled with this file prepended (the host module's `SHADER`
+// is `concat!` of the two `include_str!`s), and tests/shaders.rs validates it the same way.
+
+// Invocations per workgroup (the host sets it per pipeline).
+override WG: u32 = 64u;
+
+var<workgroup> red: array<f32, WG>;
+
+// Σ x over the workgroup, returned to every invocation; every invocation must call it.
+fn wg_sum(lid: u32, x: f32) -> f32 {
+    red[lid] = x;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half {
+            red[lid] += red[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+// Index of this workgroup in a grid of groups.x × groups.y (dispatches wider than the
+// per-dimension limit wrap into y).
+fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wid.y * groups.x + wid.x;
+}
