@@ -515,29 +515,19 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The Rust mirror of `Params` matches gemm.wgsl's, field by field (see `uniform_layout`).
-    #[test]
-    fn params_mirror_the_shader() {
-        use crate::gpu::uniform_layout::{assert_mirrors, uniform_fields};
-        assert_mirrors(
-            SHADER,
-            "Params",
-            std::mem::size_of::<BlockParams>(),
-            &uniform_fields!(BlockParams {
-                m,
-                n,
-                k,
-                lda,
-                ldb,
-                ldc,
-                a_offset,
-                b_offset,
-                c_offset,
-                alpha,
-                beta
-            }),
-        );
-    }
+    crate::gpu::uniform_layout::params_mirror_test!(BlockParams {
+        m,
+        n,
+        k,
+        lda,
+        ldb,
+        ldc,
+        a_offset,
+        b_offset,
+        c_offset,
+        alpha,
+        beta
+    });
     use crate::reference;
 
     /// Runs a plan on the CPU exactly as the shader indexes its bindings, checking every window

@@ -587,33 +587,23 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The Rust mirror of `Params` matches omp.wgsl's, field by field (see `uniform_layout`).
-    #[test]
-    fn params_mirror_the_shader() {
-        use crate::gpu::uniform_layout::{assert_mirrors, uniform_fields};
-        assert_mirrors(
-            SHADER,
-            "Params",
-            std::mem::size_of::<Params>(),
-            &uniform_fields!(Params {
-                batch,
-                n_atoms,
-                max_atoms,
-                k,
-                g_rows_per_block,
-                refit,
-                n_chunks,
-                stride,
-                parts,
-                tolerance,
-                min_correlation,
-                min_pivot,
-                g_row_words,
-                g_first,
-                rows_first
-            }),
-        );
-    }
+    crate::gpu::uniform_layout::params_mirror_test!(Params {
+        batch,
+        n_atoms,
+        max_atoms,
+        k,
+        g_rows_per_block,
+        refit,
+        n_chunks,
+        stride,
+        parts,
+        tolerance,
+        min_correlation,
+        min_pivot,
+        g_row_words,
+        g_first,
+        rows_first
+    });
 
     /// The heaviest dispatch no longer grows with k·K: the paper's size (K = 16 384, k = 64) fits
     /// llvmpipe's 45 000 budget, and only k in the hundreds (the select kernel's k² solves) does

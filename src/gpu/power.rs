@@ -778,31 +778,21 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The Rust mirror of `Params` matches power.wgsl's, field by field (see `uniform_layout`).
-    #[test]
-    fn params_mirror_the_shader() {
-        use crate::gpu::uniform_layout::{assert_mirrors, uniform_fields};
-        assert_mirrors(
-            SHADER,
-            "Params",
-            std::mem::size_of::<Params>(),
-            &uniform_fields!(Params {
-                start,
-                len,
-                d,
-                k,
-                n,
-                n_atoms,
-                iteration,
-                last,
-                decay,
-                dims_per_fold,
-                item_start,
-                item_len,
-                atom_first,
-                atom_end,
-                atom_lead
-            }),
-        );
-    }
+    crate::gpu::uniform_layout::params_mirror_test!(Params {
+        start,
+        len,
+        d,
+        k,
+        n,
+        n_atoms,
+        iteration,
+        last,
+        decay,
+        dims_per_fold,
+        item_start,
+        item_len,
+        atom_first,
+        atom_end,
+        atom_lead
+    });
 }

@@ -361,24 +361,14 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The Rust mirror of `Params` matches reduce.wgsl's, field by field (see `uniform_layout`).
-    #[test]
-    fn params_mirror_the_shader() {
-        use crate::gpu::uniform_layout::{assert_mirrors, uniform_fields};
-        assert_mirrors(
-            SHADER,
-            "Params",
-            std::mem::size_of::<Params>(),
-            &uniform_fields!(Params {
-                n,
-                d,
-                k,
-                n_atoms,
-                threshold,
-                atom_first,
-                atom_end,
-                atom_lead
-            }),
-        );
-    }
+    crate::gpu::uniform_layout::params_mirror_test!(Params {
+        n,
+        d,
+        k,
+        n_atoms,
+        threshold,
+        atom_first,
+        atom_end,
+        atom_lead
+    });
 }

@@ -425,28 +425,18 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    /// The Rust mirror of `Params` matches sparse.wgsl's, field by field (see `uniform_layout`).
-    #[test]
-    fn params_mirror_the_shader() {
-        use crate::gpu::uniform_layout::{assert_mirrors, uniform_fields};
-        assert_mirrors(
-            SHADER,
-            "Params",
-            std::mem::size_of::<Params>(),
-            &uniform_fields!(Params {
-                n,
-                k,
-                d,
-                n_atoms,
-                chunk,
-                n_chunks,
-                atom_first,
-                atom_end,
-                atom_lead,
-                from_residual
-            }),
-        );
-    }
+    crate::gpu::uniform_layout::params_mirror_test!(Params {
+        n,
+        k,
+        d,
+        n_atoms,
+        chunk,
+        n_chunks,
+        atom_first,
+        atom_end,
+        atom_lead,
+        from_residual
+    });
 
     /// `unpack_codes` against the reference decoder on awkward shapes (n = 1 and a prime, k = 1
     /// and 3), with empty slots, negative values and an energy of exactly 0. Bits are copied, so

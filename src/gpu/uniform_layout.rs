@@ -8,18 +8,30 @@
 
 use naga::proc::Layouter;
 
-/// (name, byte offset, byte size) of the fields of a `#[repr(C)]` struct:
-/// `uniform_fields!(Params { a, b, c })`. Padding fields (`_pad…`) need not be listed.
-macro_rules! uniform_fields {
+/// The test `params_mirror_the_shader` for a kernel module: its `#[repr(C)]` struct `$ty`
+/// against the WGSL struct `Params` of the module's `SHADER`, with the named fields listed
+/// (padding fields, `_pad…`, need not be):
+/// `params_mirror_test!(Params { a, b, c });` inside the module's tests.
+macro_rules! params_mirror_test {
     ($ty:ty { $($field:ident),* $(,)? }) => {
-        [$((
-            stringify!($field),
-            std::mem::offset_of!($ty, $field),
-            $crate::gpu::uniform_layout::field_size(|p: &$ty| &p.$field),
-        )),*]
+        /// The Rust mirror of `Params` matches the shader's, field by field (see
+        /// `uniform_layout`).
+        #[test]
+        fn params_mirror_the_shader() {
+            $crate::gpu::uniform_layout::assert_mirrors(
+                SHADER,
+                "Params",
+                std::mem::size_of::<$ty>(),
+                &[$((
+                    stringify!($field),
+                    std::mem::offset_of!($ty, $field),
+                    $crate::gpu::uniform_layout::field_size(|p: &$ty| &p.$field),
+                )),*],
+            );
+        }
     };
 }
-pub(crate) use uniform_fields;
+pub(crate) use params_mirror_test;
 
 /// Size of the field that `get` borrows.
 pub(crate) fn field_size<T, F>(_get: fn(&T) -> &F) -> usize {
