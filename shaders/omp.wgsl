@@ -14,11 +14,12 @@
 // (sweep) or over k² entries of the small factor (select). That keeps every invocation under
 // llvmpipe's loop cap at any K, and lets a GPU spread a step over B·K/CHUNK workgroups.
 //
+//   pack_gram  G's f32 rows (a window of the product at a time) into the G texture.
 //   sweep   one workgroup per (sample, chunk of CHUNK = WG·PER atoms): α −= G[:,U]·Δ for the
 //           atoms U the last select changed, then the largest |α| of the chunk (ties to the lowest
 //           index) into the sample's argmax partials.
 //   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
-//           Cholesky factor, solves for the coefficients and writes the next Δ.
+//           Cholesky factor, solves for the coefficients and writes the next (U, Δ) to upd_out.
 //
 // Chosen atoms' α entries hold the bit pattern CHOSEN so the sweep neither updates them nor lets
 // rounding make them win again (α is bound as u32 words so no NaN canonicalisation can touch it).
@@ -28,7 +29,7 @@
 // about 1e-6 is not meaningful. It is clamped at 0.
 
 struct Params {
-    // Samples in this job.
+    // Samples in this job (pack_gram: G rows in this window).
     batch: u32,
     // Atoms K (the length of an α row and of a G row).
     n_atoms: u32,
@@ -36,8 +37,8 @@ struct Params {
     max_atoms: u32,
     // Slots per sample in the output (k); slots past the chosen atoms get index −1, value 0.
     k: u32,
-    // G is bound as up to eight row blocks of this many rows each.
-    g_rows_per_block: u32,
+    // G row r is row r & (2^layer_shift − 1) of layer r >> layer_shift of the G texture.
+    layer_shift: u32,
     // MP: least-squares refit of the final support (1) or not (0).
     refit: u32,
     // Chunks of CHUNK atoms per α row: sweep workgroups per sample, argmax partials per sample.
@@ -52,25 +53,19 @@ struct Params {
     min_correlation: f32,
     // Stop when the Cholesky pivot ≤ min_pivot·G[j,j].
     min_pivot: f32,
-    // Words per G row: K (f32), or K rounded up to 8 halved (f16 pairs, G_HALF).
-    g_row_words: u32,
-    // First word of each G block inside its binding (pack_half: of the f32 rows it reads).
-    g_first: array<vec4<u32>, 2>,
     // First element of this job's rows inside the α, ‖y‖² and codes bindings (a job codes one
-    // chunk of a larger batch's rows; bindings start at aligned offsets).
+    // chunk of a larger batch's rows; bindings start at aligned offsets). pack_gram: x is the
+    // first word of its G window inside the g_src binding, y the window's first G row.
     rows_first: vec4<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// G's row blocks: f32 bits, or with G_HALF two f16 per word (G[r, 2w] low, G[r, 2w + 1] high).
-@group(0) @binding(1) var<storage, read> g0: array<u32>;
-@group(0) @binding(2) var<storage, read> g1: array<u32>;
-@group(0) @binding(3) var<storage, read> g2: array<u32>;
-@group(0) @binding(4) var<storage, read> g3: array<u32>;
-@group(0) @binding(11) var<storage, read> g4: array<u32>;
-@group(0) @binding(12) var<storage, read> g5: array<u32>;
-@group(0) @binding(13) var<storage, read> g6: array<u32>;
-@group(0) @binding(14) var<storage, read> g7: array<u32>;
+// G as a texture, 4 consecutive entries of a row per texel (rgba32float, or rgba16float for
+// half-precision G), entries past K zero; written by pack_gram. Coding reads G through the
+// texture unit rather than as a storage buffer: llvmpipe fetches texels with unrolled gathers,
+// where a storage load inserts lane by lane through the stack (a store-forwarding stall per
+// element, which made the sweep 2× slower).
+@group(0) @binding(1) var g_tex: texture_2d_array<f32>;
 // [batch, K]: α⁰ (f32 bits) on entry, scratch afterwards.
 @group(0) @binding(5) var<storage, read_write> alpha: array<u32>;
 // [batch]: ‖y‖².
@@ -79,24 +74,23 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> codes: array<u32>;
 // [batch, stride] sample records, then [batch, n_chunks, 2] argmax partials (f32 α bits, index).
 @group(0) @binding(8) var<storage, read_write> work: array<u32>;
+// The pending α update of each sample, texel (t, sample) = (atom, Δ bits): written by select
+// (upd_out), read by the sweep (upd_in) as a texture for the same reason as G. Two views of one
+// texture, in the two kernels' separate bind groups.
+@group(0) @binding(2) var upd_in: texture_2d<u32>;
+@group(0) @binding(3) var upd_out: texture_storage_2d<rg32uint, write>;
 
 // Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
 override WG: u32 = 64u;
-// Atoms per sweep invocation, held in two vec4 registers: each Δ read from workgroup memory
-// serves PER atoms. Mirrored by `PER` in src/gpu/omp.rs.
+// Atoms per sweep invocation: two G texels, held in two vec4 registers. Mirrored by `PER` in
+// src/gpu/omp.rs.
 const PER: u32 = 8u;
-// G in a single binding (the common case): no block selection per element.
-override G_SINGLE_BLOCK: bool = true;
-// G stored as f16 pairs: half the memory and half the words the sweep reads (each invocation
-// then holds PER consecutive atoms, PER/2 words of a G row).
-override G_HALF: bool = false;
 
 // Record layout (words): header, then k-long arrays, then the packed Cholesky factor.
 const H_NSEL: u32 = 0u; // atoms chosen
 const H_DONE: u32 = 1u; // 1 once the sample has stopped
 const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
 const H_NUPD: u32 = 3u; // entries of the pending α update (0 after a stop)
-const H_MPATOM: u32 = 4u; // MP: the atom of the pending update
 const H_CHOL_OK: u32 = 5u; // MP refit: the factor of the support so far is valid
 const HEADER: u32 = 8u;
 const CHOSEN: u32 = 0xffffffffu;
@@ -110,15 +104,12 @@ fn coef_at(rec: u32) -> u32 {
 fn rhs_at(rec: u32) -> u32 {
     return rec + HEADER + 2u * params.max_atoms;
 }
-fn delta_at(rec: u32) -> u32 {
-    return rec + HEADER + 3u * params.max_atoms;
-}
 fn tmp_at(rec: u32) -> u32 {
-    return rec + HEADER + 4u * params.max_atoms;
+    return rec + HEADER + 3u * params.max_atoms;
 }
 // Cholesky factor L of G[I,I], lower triangle packed by rows: row i starts at i(i+1)/2.
 fn chol_at(rec: u32) -> u32 {
-    return rec + HEADER + 5u * params.max_atoms;
+    return rec + HEADER + 4u * params.max_atoms;
 }
 
 fn wf(i: u32) -> f32 {
@@ -128,61 +119,14 @@ fn set_wf(i: u32, v: f32) {
     work[i] = bitcast<u32>(v);
 }
 
-// Block of G holding `row`, and the word where that row starts inside the block's binding.
-fn g_row(row: u32) -> vec2<u32> {
-    if G_SINGLE_BLOCK {
-        return vec2<u32>(0u, params.g_first[0].x + row * params.g_row_words);
-    }
-    let blk = row / params.g_rows_per_block;
-    let local = (row - blk * params.g_rows_per_block) * params.g_row_words;
-    return vec2<u32>(blk, params.g_first[blk / 4u][blk % 4u] + local);
-}
-
-// Word `i` of block `blk` of G.
-fn g_word(blk: u32, i: u32) -> u32 {
-    if G_SINGLE_BLOCK {
-        return g0[i];
-    }
-    switch blk {
-        case 0u: {
-            return g0[i];
-        }
-        case 1u: {
-            return g1[i];
-        }
-        case 2u: {
-            return g2[i];
-        }
-        case 3u: {
-            return g3[i];
-        }
-        case 4u: {
-            return g4[i];
-        }
-        case 5u: {
-            return g5[i];
-        }
-        case 6u: {
-            return g6[i];
-        }
-        default: {
-            return g7[i];
-        }
-    }
-}
-
-// G[row, col] for the row that g_row placed at (blk, start).
-fn g_elem(blk: u32, start: u32, col: u32) -> f32 {
-    if G_HALF {
-        let pair = unpack2x16float(g_word(blk, start + col / 2u));
-        return select(pair.x, pair.y, (col & 1u) == 1u);
-    }
-    return bitcast<f32>(g_word(blk, start + col));
+// The texel of G holding G[row, 4q .. 4q + 3].
+fn g_texel(row: u32, q: u32) -> vec4<f32> {
+    let mask = (1u << params.layer_shift) - 1u;
+    return textureLoad(g_tex, vec2<u32>(q, row & mask), row >> params.layer_shift, 0);
 }
 
 fn g_at(row: u32, col: u32) -> f32 {
-    let r = g_row(row);
-    return g_elem(r.x, r.y, col);
+    return g_texel(row, col / 4u)[col % 4u];
 }
 
 fn tri(i: u32) -> u32 {
@@ -203,7 +147,6 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     work[rec + H_DONE] = 0u;
     set_wf(rec + H_ENERGY, max(y_norm2[params.rows_first.y + sample], 0.0));
     work[rec + H_NUPD] = 0u;
-    work[rec + H_MPATOM] = 0u;
     work[rec + H_CHOL_OK] = 1u;
 }
 
@@ -234,64 +177,34 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     if n == 0xffffffffu {
         return;
     }
-    var upd_atoms = sel_at(rec);
-    if mp {
-        upd_atoms = rec + H_MPATOM;
-    }
-    let deltas = delta_at(rec);
-
     let base = params.rows_first.x + sample * params.n_atoms;
     let last = params.n_atoms - 1u;
-    // This invocation's atoms j_m = first + m·step, m < 8 (f32: strided, so neighbouring
-    // invocations read neighbouring words; f16: consecutive, so one word holds two of them), in
-    // two vec4 registers (no private array: llvmpipe turns a dynamically indexed one into
-    // memory); loads past K are clamped, their results discarded.
-    var first = chunk * WG * PER + lid;
-    var step = WG;
-    if G_HALF {
-        first = chunk * WG * PER + lid * PER;
-        step = 1u;
-    }
-    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u) * step, vec4<u32>(last));
-    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u) * step, vec4<u32>(last));
+    // This invocation's atoms j = first .. first + 7: two whole G texels (K is padded to a
+    // multiple of 4 there). Loads past K are clamped, their results discarded.
+    let first = chunk * WG * PER + lid * PER;
+    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
+    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last));
     let ra = vec4<u32>(alpha[base + ja.x], alpha[base + ja.y], alpha[base + ja.z], alpha[base + ja.w]);
     let rb = vec4<u32>(alpha[base + jb.x], alpha[base + jb.y], alpha[base + jb.z], alpha[base + jb.w]);
     var va = bitcast<vec4<f32>>(ra);
     var vb = bitcast<vec4<f32>>(rb);
-    // f16: the PER/2 words of this invocation's atoms, clamped to the row (K is padded to a
-    // multiple of 8 there, so only invocations wholly past K clamp).
-    let wlast = params.g_row_words - 1u;
-    let wa = min(vec4<u32>(first / 2u) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(wlast));
+    let q = min(first, last) / 4u;
+    let mask = (1u << params.layer_shift) - 1u;
     for (var t = 0u; t < n; t++) {
-        let r = g_row(work[upd_atoms + t]);
-        let dt = wf(deltas + t);
-        let blk = r.x;
-        let row = r.y;
-        if G_HALF {
-            let p0 = unpack2x16float(g_word(blk, row + wa.x));
-            let p1 = unpack2x16float(g_word(blk, row + wa.y));
-            let p2 = unpack2x16float(g_word(blk, row + wa.z));
-            let p3 = unpack2x16float(g_word(blk, row + wa.w));
-            va -= vec4<f32>(p0, p1) * dt;
-            vb -= vec4<f32>(p2, p3) * dt;
-        } else if G_SINGLE_BLOCK {
-            va -= bitcast<vec4<f32>>(vec4<u32>(g0[row + ja.x], g0[row + ja.y], g0[row + ja.z],
-                g0[row + ja.w])) * dt;
-            vb -= bitcast<vec4<f32>>(vec4<u32>(g0[row + jb.x], g0[row + jb.y], g0[row + jb.z],
-                g0[row + jb.w])) * dt;
-        } else {
-            va -= vec4<f32>(g_elem(blk, row, ja.x), g_elem(blk, row, ja.y),
-                g_elem(blk, row, ja.z), g_elem(blk, row, ja.w)) * dt;
-            vb -= vec4<f32>(g_elem(blk, row, jb.x), g_elem(blk, row, jb.y),
-                g_elem(blk, row, jb.z), g_elem(blk, row, jb.w)) * dt;
-        }
+        // (atom, Δ) of the update's entry t; MP has one entry, its atom.
+        let u = textureLoad(upd_in, vec2<u32>(t, sample), 0).xy;
+        let dt = bitcast<f32>(u.y);
+        let at = vec2<u32>(q, u.x & mask);
+        let layer = u.x >> params.layer_shift;
+        va -= textureLoad(g_tex, at, layer, 0) * dt;
+        vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer, 0) * dt;
     }
     // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
     var best_abs = -1.0;
     var best_val = 0.0;
     var best_idx = 0xffffffffu;
     for (var m = 0u; m < PER; m++) {
-        let j = first + m * step;
+        let j = first + m;
         var raw: u32;
         var v: f32;
         if m < 4u {
@@ -403,18 +316,17 @@ fn backward_in_tmp(rec: u32, n: u32) {
 // Grows the Cholesky factor by atom j as row s (s rows exist). Returns false when the pivot is
 // too small: j is nearly in the span of the chosen atoms.
 fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
-    let rj = g_row(j);
     let sel = sel_at(rec);
     let tmp = tmp_at(rec);
     for (var t = 0u; t < s; t++) {
-        set_wf(tmp + t, g_elem(rj.x, rj.y, work[sel + t]));
+        set_wf(tmp + t, g_at(j, work[sel + t]));
     }
     forward_in_tmp(rec, s);
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
         ww += wf(tmp + t) * wf(tmp + t);
     }
-    let gjj = g_elem(rj.x, rj.y, j);
+    let gjj = g_at(j, j);
     let pivot = gjj - ww;
     // `!(pivot > …)` also stops on NaN.
     if !(pivot > params.min_pivot * gjj) {
@@ -428,8 +340,10 @@ fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     return true;
 }
 
-// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I].
-fn solve_coefficients(rec: u32, n: u32, keep_delta: bool) -> f32 {
+// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I]. With
+// `publish`, the change of each coefficient (the next sweep's update) goes to upd_out's row
+// `sample`.
+fn solve_coefficients(rec: u32, n: u32, publish: bool, sample: u32) -> f32 {
     let tmp = tmp_at(rec);
     for (var t = 0u; t < n; t++) {
         work[tmp + t] = work[rhs_at(rec) + t];
@@ -439,8 +353,9 @@ fn solve_coefficients(rec: u32, n: u32, keep_delta: bool) -> f32 {
     var fit = 0.0;
     for (var t = 0u; t < n; t++) {
         let g = wf(tmp + t);
-        if keep_delta {
-            set_wf(delta_at(rec) + t, g - wf(coef_at(rec) + t));
+        if publish {
+            let delta = bitcast<u32>(g - wf(coef_at(rec) + t));
+            textureStore(upd_out, vec2<u32>(t, sample), vec4<u32>(work[sel_at(rec) + t], delta, 0u, 0u));
         }
         set_wf(coef_at(rec) + t, g);
         fit += g * wf(rhs_at(rec) + t);
@@ -485,9 +400,8 @@ fn pick(sample: u32) -> Pick {
 // current coefficients x.
 fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
     var a0 = a;
-    let rj = g_row(j);
     for (var t = 0u; t < n; t++) {
-        a0 += g_elem(rj.x, rj.y, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
+        a0 += g_at(j, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
     }
     return a0;
 }
@@ -518,7 +432,7 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     set_wf(rhs_at(rec) + s, a0);
     set_wf(coef_at(rec) + s, 0.0);
     // γ solves L·Lᵀ·γ = α⁰[I]; Δ = γ − γ_old drives the next sweep.
-    let fit = solve_coefficients(rec, s + 1u, true);
+    let fit = solve_coefficients(rec, s + 1u, true, sample);
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
     work[rec + H_NUPD] = s + 1u;
@@ -568,8 +482,7 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     // ‖r − a·dⱼ‖² = ‖r‖² − 2a·(dⱼ·r) + a²·G[j,j] with dⱼ·r = a.
     energy = max(energy - 2.0 * a * a + a * a * g_at(j, j), 0.0);
     set_wf(rec + H_ENERGY, energy);
-    work[rec + H_MPATOM] = j;
-    set_wf(delta_at(rec), a);
+    textureStore(upd_out, vec2<u32>(0u, sample), vec4<u32>(j, bitcast<u32>(a), 0u, 0u));
     work[rec + H_NUPD] = 1u;
 }
 
@@ -583,7 +496,7 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let n = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
     if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] != 0u {
-        energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n, false), 0.0);
+        energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n, false, sample), 0.0);
     }
     let out = params.rows_first.z + sample * (2u * params.k + 1u);
     for (var t = 0u; t < params.k; t++) {
@@ -599,27 +512,54 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 }
 
 
-// pack_half: G's f32 rows (binding 9, from word g_first[0].x) as f16 pairs (binding 10, from word
-// rows_first.x), params.batch rows of K, g_row_words words each; columns past K are zero.
-// Coding reads the packed rows when G_HALF.
+// pack_gram: G's f32 rows (binding 9, params.batch rows of K from word rows_first.x, the first
+// being G row rows_first.y) into the G texture, one texel (4 entries of a row, zero past K) per
+// invocation; f32 or f16 texels (g_dst32, g_dst16).
 @group(0) @binding(9) var<storage, read> g_src: array<f32>;
-@group(0) @binding(10) var<storage, read_write> g_dst: array<u32>;
+@group(0) @binding(10) var g_dst32: texture_storage_2d_array<rgba32float, write>;
+@group(0) @binding(11) var g_dst16: texture_storage_2d_array<rgba16float, write>;
+
+// The texel invocation `i` writes: its value, and (column, row, layer), or layer 0xffffffff
+// past the window.
+struct Texel {
+    value: vec4<f32>,
+    at: vec3<u32>,
+}
+
+fn pack_texel(gid: vec3<u32>, groups: vec3<u32>) -> Texel {
+    var out: Texel;
+    out.at = vec3<u32>(0u, 0u, 0xffffffffu);
+    let width = (params.n_atoms + 3u) / 4u;
+    let i = gid.y * groups.x * 64u + gid.x;
+    if i >= params.batch * width {
+        return out;
+    }
+    let r = i / width;
+    let c = 4u * (i - r * width);
+    let src = params.rows_first.x + r * params.n_atoms;
+    for (var m = 0u; m < 4u; m++) {
+        if c + m < params.n_atoms {
+            out.value[m] = g_src[src + c + m];
+        }
+    }
+    let row = params.rows_first.y + r;
+    let mask = (1u << params.layer_shift) - 1u;
+    out.at = vec3<u32>(c / 4u, row & mask, row >> params.layer_shift);
+    return out;
+}
 
 @compute @workgroup_size(64)
-fn pack_half(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 64u + gid.x;
-    if i >= params.batch * params.g_row_words {
-        return;
+fn pack_gram_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let t = pack_texel(gid, groups);
+    if t.at.z != 0xffffffffu {
+        textureStore(g_dst32, t.at.xy, t.at.z, t.value);
     }
-    let r = i / params.g_row_words;
-    let c = 2u * (i - r * params.g_row_words);
-    let src = params.g_first[0].x + r * params.n_atoms;
-    var pair = vec2<f32>(0.0);
-    if c < params.n_atoms {
-        pair.x = g_src[src + c];
+}
+
+@compute @workgroup_size(64)
+fn pack_gram_f16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let t = pack_texel(gid, groups);
+    if t.at.z != 0xffffffffu {
+        textureStore(g_dst16, t.at.xy, t.at.z, t.value);
     }
-    if c + 1u < params.n_atoms {
-        pair.y = g_src[src + c + 1u];
-    }
-    g_dst[params.rows_first.x + i] = pack2x16float(pair);
 }

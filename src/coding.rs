@@ -12,8 +12,8 @@ pub enum GramPrecision {
     /// f32, as computed: the codes match the f64 reference's (the default).
     #[default]
     F32,
-    /// f16 pairs packed from the f32 product: half G's memory (K = 16 384 in 512 MiB) and half
-    /// the words the sweeps read, at about 3 significant digits per entry. Entries of unit atoms
+    /// f16 texels converted from the f32 product: half G's memory (K = 16 384 in 512 MiB), at
+    /// about 3 significant digits per entry. Entries of unit atoms
     /// lie in [−1, 1], where f16's relative rounding is at most 2⁻¹¹; near-ties between atoms
     /// may then break differently (see README for the agreement measured).
     F16,

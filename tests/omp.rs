@@ -230,8 +230,8 @@ fn half_gram_matches_reference_on_real_activations() {
     }
 }
 
-/// f16 G on awkward shapes: K not a multiple of 8 (packed rows padded), one sample, k = 1 and
-/// k = K, G split into row blocks. Each residual within 2 % of the reference's plus 0.5 % of
+/// f16 G on awkward shapes: K not a multiple of 4 (texture rows padded), one sample, k = 1 and
+/// k = K, G packed in windows and layers. Each residual within 2 % of the reference's plus 0.5 % of
 /// ‖y‖². Not k = d: there the support's Gram is square and ill-conditioned, which amplifies
 /// f16's rounding into the coefficients (measured 1 % of ‖y‖² left where f32 leaves 0): f32 is
 /// the storage for k near d.
@@ -242,14 +242,13 @@ fn half_gram_on_awkward_shapes() {
         let coding = CodingOptions::omp(k).with_gram(GramPrecision::F16);
         check_against_reference_within(gpu, n_atoms, d, n, coding, (2e-2, 5e-3));
     }
-    // Packed G [1001, 504 words] (2 KiB a row) in 4 row blocks under a 600 KiB binding.
-    let small = gpu.with_max_binding_size(600 * 1024).unwrap();
+    // G [1001, 1001] packed from row windows under a 600 KiB binding, and in four layers of
+    // 256 rows under a 300-texel texture side.
     let coding = CodingOptions::omp(16).with_gram(GramPrecision::F16);
+    let small = gpu.with_max_binding_size(600 * 1024).unwrap();
     check_against_reference_within(&small, 1001, 64, 5, coding, (2e-2, 5e-3));
-    // Packed G [1024, 512 words] is 2 MiB: exactly 4 blocks of 512 KiB, since its rows are whole
-    // alignment units (a plan leaving room for an unaligned start would need 5 and refuse).
-    let exact = gpu.with_max_binding_size(512 * 1024).unwrap();
-    check_against_reference_within(&exact, 1024, 64, 5, coding, (2e-2, 5e-3));
+    let layered = gpu.with_max_texture_dimension(300);
+    check_against_reference_within(&layered, 1001, 64, 5, coding, (2e-2, 5e-3));
 }
 
 #[test]
@@ -316,30 +315,41 @@ fn batching_does_not_change_codes() {
     assert_eq!(batched.encode(&samples).unwrap(), whole);
 }
 
-/// Under a small binding cap G [512, 512] (1 MiB) is bound as four row blocks (300 KiB
-/// bindings) or seven (160 KiB: the blocks g4..g6 too), and one job of 1024 rows binds
-/// α [1024, 512], the codes and the coding state in row chunks (at most 300 KiB / 2 KiB = 149
-/// rows of α each): the codes of either coder must not change.
+/// The coders read G [512, 512] (1 MiB) from a texture filled from the product's rows in
+/// windows that fit a binding: under a 300 KiB or 160 KiB binding cap G is packed in four or
+/// seven windows, and one job of 1024 rows binds α [1024, 512], the codes and the coding state
+/// in row chunks (at most 300 KiB / 2 KiB = 149 rows of α each). With 2D textures of at most
+/// 200 texels a side G lies in four layers of 128 rows and the samples' updates in chunks of at
+/// most 200 rows. The codes of either coder must not change.
 #[test]
-fn gram_split_across_bindings_gives_the_same_codes() {
+fn gram_split_across_bindings_and_layers_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();
     let Some(gpu) = common::gpu() else { return };
     let small = gpu.with_max_binding_size(300 * 1024).unwrap();
     let smaller = gpu.with_max_binding_size(160 * 1024).unwrap();
+    let layered = gpu.with_max_texture_dimension(200);
     for coding in [CodingOptions::omp(8), CodingOptions::mp(8, true)] {
         let whole = one_batch(gpu, &atoms, &samples, d, coding);
-        for split_gpu in [&small, &smaller] {
+        for split_gpu in [&small, &smaller, &layered] {
             let split = one_batch(split_gpu, &atoms, &samples, d, coding);
             assert_eq!(split, whole, "{:?}", coding.coder);
         }
     }
-    let coding = CodingOptions::omp(8);
-    // Beyond eight blocks the Gram matrix cannot be bound: a clear error, not a wrong result.
-    let tiny = gpu.with_max_binding_size(64 * 1024).unwrap();
-    let err = Encoder::new(&tiny, &atoms, 512, d, EncoderOptions::new(coding))
-        .and_then(|e| e.encode(&samples))
-        .unwrap_err();
-    assert!(matches!(err, Error::ExceedsLimit { .. }), "{err}");
+    // A G row of 128 texels does not fit a 100-texel texture: a clear error, not a wrong result.
+    let narrow = gpu.with_max_texture_dimension(100);
+    let err = Encoder::new(
+        &narrow,
+        &atoms,
+        512,
+        d,
+        EncoderOptions::new(CodingOptions::omp(8)),
+    )
+    .and_then(|e| e.encode(&samples))
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::ExceedsLimit { limit_name, .. } if *limit_name == "max_texture_dimension_2d"),
+        "{err}"
+    );
 }
 
 #[test]

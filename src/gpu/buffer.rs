@@ -409,6 +409,83 @@ impl<T: Pod> Scratch<T> {
     }
 }
 
+/// The shape of a scratch texture: texels per row, rows, layers, texel format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TextureShape {
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) layers: u32,
+    pub(crate) format: wgpu::TextureFormat,
+}
+
+impl TextureShape {
+    /// Bytes the texture occupies, for the memory count.
+    fn bytes(&self) -> u64 {
+        let texel = self.format.block_copy_size(None).unwrap_or(16) as u64;
+        self.width as u64 * self.height as u64 * self.layers as u64 * texel
+    }
+}
+
+/// A texture written by one kernel as a storage texture and read by the next with
+/// `textureLoad`, counted in [`Gpu::memory_peak`] like a buffer.
+pub(crate) struct GpuTexture {
+    pub(crate) texture: wgpu::Texture,
+    shape: TextureShape,
+    _allocation: Allocation,
+}
+
+impl GpuTexture {
+    /// A view of the whole texture (every layer, as `dimension`).
+    pub(crate) fn view(&self, dimension: wgpu::TextureViewDimension) -> wgpu::TextureView {
+        self.texture.create_view(&wgpu::TextureViewDescriptor {
+            dimension: Some(dimension),
+            ..Default::default()
+        })
+    }
+}
+
+/// A device texture reused by the jobs of one kernel family while its shape stays the same
+/// (see [`Scratch`]).
+#[derive(Default)]
+pub(crate) struct ScratchTexture(Mutex<Option<Arc<GpuTexture>>>);
+
+impl ScratchTexture {
+    /// The texture, of exactly `shape`.
+    pub(crate) fn get(&self, gpu: &Gpu, shape: TextureShape) -> Result<Arc<GpuTexture>> {
+        let mut cached = self
+            .0
+            .lock()
+            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
+        if let Some(texture) = cached.as_ref().filter(|t| t.shape == shape) {
+            return Ok(Arc::clone(texture));
+        }
+        *cached = None;
+        let texture = gpu.scoped(|| {
+            Ok(gpu.device().create_texture(&wgpu::TextureDescriptor {
+                label: Some("dbksvd texture"),
+                size: wgpu::Extent3d {
+                    width: shape.width,
+                    height: shape.height,
+                    depth_or_array_layers: shape.layers,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: shape.format,
+                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::TEXTURE_BINDING,
+                view_formats: &[],
+            }))
+        })?;
+        let texture = Arc::new(GpuTexture {
+            texture,
+            shape,
+            _allocation: gpu.inner.memory.track(shape.bytes()),
+        });
+        *cached = Some(Arc::clone(&texture));
+        Ok(texture)
+    }
+}
+
 /// A row-major `rows × cols` f32 matrix on the device.
 #[derive(Debug)]
 pub struct Matrix {

@@ -136,6 +136,10 @@ pub struct DeviceLimits {
     pub min_uniform_buffer_offset_alignment: u32,
     /// Storage buffers one shader stage may bind.
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Texels per row and rows of a 2D texture (the coders read G as one, in layers).
+    pub max_texture_dimension_2d: u32,
+    /// Layers of a 2D array texture.
+    pub max_texture_array_layers: u32,
     /// Loop iterations one invocation may run in a dispatch before the driver silently ends its
     /// loops, where the driver has such a cap: Mesa's llvmpipe (lavapipe) stops every loop of an
     /// invocation once 65 535 iterations have run in total, which gives wrong results without
@@ -347,6 +351,8 @@ impl Gpu {
             min_storage_buffer_offset_alignment: granted.min_storage_buffer_offset_alignment,
             min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
             max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
+            max_texture_dimension_2d: granted.max_texture_dimension_2d,
+            max_texture_array_layers: granted.max_texture_array_layers,
             // gallivm's LP_MAX_TGSI_LOOP_ITERATIONS is 65 535; plan for 45 000 so that the
             // kernels' iteration estimates may be off by 30 % (measured: a GEMM estimated at
             // 59 800 iterations was already truncated).
@@ -413,6 +419,18 @@ impl Gpu {
             inner: Arc::clone(&self.inner),
             limits,
         })
+    }
+
+    /// The same device, planning with 2D textures of at most `texels` per side (at least 4), as
+    /// a small GPU would: the coders then read G as a texture of several layers. Shares
+    /// pipelines and buffers with `self`; tests use it to exercise the layered path.
+    pub fn with_max_texture_dimension(&self, texels: u32) -> Self {
+        let mut limits = self.limits.clone();
+        limits.max_texture_dimension_2d = limits.max_texture_dimension_2d.min(texels.max(4));
+        Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        }
     }
 
     /// The same device, planning as if its driver ran at most `iterations` loop iterations per

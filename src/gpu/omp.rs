@@ -3,12 +3,10 @@
 //! device memory between them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::{binding, rows_per_window, window, Scratch, Window};
+use super::buffer::{binding, rows_per_window, window, Scratch, ScratchTexture, TextureShape};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -17,8 +15,8 @@ const SHADER: &str = include_str!("../../shaders/omp.wgsl");
 
 /// Invocations per sweep workgroup.
 const WG: u32 = 64;
-/// Atoms per sweep invocation (`PER` in omp.wgsl): each Δ read from the sample's record serves
-/// PER atoms held in registers.
+/// Atoms per sweep invocation (`PER` in omp.wgsl): two G texels, each update entry read once
+/// for PER atoms held in registers.
 const PER: u32 = 8;
 /// Atoms per sweep workgroup: one argmax partial per sample and chunk.
 const CHUNK: usize = (WG * PER) as usize;
@@ -26,11 +24,8 @@ const CHUNK: usize = (WG * PER) as usize;
 const SAMPLE_WG: u32 = 64;
 /// Words of a sample record's header (`HEADER` in omp.wgsl).
 const HEADER_WORDS: usize = 8;
-/// G is bound as at most this many row blocks (bindings g0..g7 in the shader): f32 G at
-/// K = 16 384 (1 GiB) in 128 MiB bindings (lavapipe's) takes eight.
-pub(crate) const MAX_G_BLOCKS: usize = 8;
-/// Binding numbers of G's row blocks g0..g7.
-const G_BINDINGS: [u32; MAX_G_BLOCKS] = [1, 2, 3, 4, 11, 12, 13, 14];
+/// G entries per texel of the G texture (rgba).
+const TEXEL: usize = 4;
 
 /// Mirrors `Params` in omp.wgsl.
 #[repr(C)]
@@ -40,7 +35,7 @@ struct Params {
     n_atoms: u32,
     max_atoms: u32,
     k: u32,
-    g_rows_per_block: u32,
+    layer_shift: u32,
     refit: u32,
     n_chunks: u32,
     stride: u32,
@@ -48,39 +43,33 @@ struct Params {
     tolerance: f32,
     min_correlation: f32,
     min_pivot: f32,
-    g_row_words: u32,
-    _pad: [u32; 3],
-    // MAX_G_BLOCKS words (a literal: the constant here made rustc 1.95 crash).
-    g_first: [u32; 8],
     rows_first: [u32; 4],
 }
 
-struct Pipelines {
+/// The coding pipelines of one device, the scratch buffer holding the samples' state, and the
+/// textures of G and of the pending updates (reused: jobs on one queue run one after another).
+pub(crate) struct OmpKernels {
+    /// Layout of `start`, `select_*` and `finish`: the update texture as a storage texture.
+    state_layout: wgpu::BindGroupLayout,
+    /// Layout of the sweeps: the update texture sampled.
+    sweep_layout: wgpu::BindGroupLayout,
     start: wgpu::ComputePipeline,
     sweep_omp: wgpu::ComputePipeline,
     sweep_mp: wgpu::ComputePipeline,
     select_omp: wgpu::ComputePipeline,
     select_mp: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
-}
-
-/// The coding pipelines of one device (a set per G layout: one binding or blocks, f32 or f16),
-/// built when first needed, and the scratch buffers holding the samples' state and the packed
-/// f16 G (reused: jobs on one queue run one after another).
-pub(crate) struct OmpKernels {
-    module: wgpu::ShaderModule,
-    layout: wgpu::BindGroupLayout,
-    pipeline_layout: wgpu::PipelineLayout,
-    by_layout: Mutex<HashMap<(bool, bool), Arc<Pipelines>>>,
-    pack_half: wgpu::ComputePipeline,
+    pack_f32: wgpu::ComputePipeline,
+    pack_f16: wgpu::ComputePipeline,
     work: Scratch<u32>,
-    half_gram: Scratch<u32>,
+    gram: ScratchTexture,
+    updates: ScratchTexture,
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
-/// chosen atoms, coefficients, right-hand side, Δ, solve scratch, packed Cholesky factor.
+/// chosen atoms, coefficients, right-hand side, solve scratch, packed Cholesky factor.
 fn record_words(max_atoms: usize) -> usize {
-    HEADER_WORDS + 5 * max_atoms + max_atoms * (max_atoms + 1) / 2
+    HEADER_WORDS + 4 * max_atoms + max_atoms * (max_atoms + 1) / 2
 }
 
 /// Argmax partials per sample: one per sweep invocation.
@@ -96,7 +85,7 @@ pub(crate) fn scratch_words(n_atoms: usize, max_atoms: usize) -> usize {
 impl OmpKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         let limits = gpu.limits();
-        if WG.max(SAMPLE_WG) > limits.max_compute_invocations_per_workgroup {
+        if limits.max_compute_invocations_per_workgroup < WG.max(SAMPLE_WG) {
             return Err(Error::ExceedsLimit {
                 what: "sparse-coding workgroup (invocations)".into(),
                 requested: WG.max(SAMPLE_WG) as u64,
@@ -114,154 +103,149 @@ impl OmpKernels {
             let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
+                ty,
                 count: None,
             };
-            let read = wgpu::BufferBindingType::Storage { read_only: true };
-            let write = wgpu::BufferBindingType::Storage { read_only: false };
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("omp"),
+            let buffer = |ty| wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            };
+            let uniform = buffer(wgpu::BufferBindingType::Uniform);
+            let read = buffer(wgpu::BufferBindingType::Storage { read_only: true });
+            let write = buffer(wgpu::BufferBindingType::Storage { read_only: false });
+            let g_texture = wgpu::BindingType::Texture {
+                sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                view_dimension: wgpu::TextureViewDimension::D2Array,
+                multisampled: false,
+            };
+            let state_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("omp state"),
                 entries: &[
-                    entry(0, wgpu::BufferBindingType::Uniform),
-                    entry(G_BINDINGS[0], read),
-                    entry(G_BINDINGS[1], read),
-                    entry(G_BINDINGS[2], read),
-                    entry(G_BINDINGS[3], read),
+                    entry(0, uniform),
+                    entry(1, g_texture),
+                    entry(
+                        3,
+                        wgpu::BindingType::StorageTexture {
+                            access: wgpu::StorageTextureAccess::WriteOnly,
+                            format: wgpu::TextureFormat::Rg32Uint,
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                        },
+                    ),
                     entry(5, write),
                     entry(6, read),
                     entry(7, write),
                     entry(8, write),
-                    entry(G_BINDINGS[4], read),
-                    entry(G_BINDINGS[5], read),
-                    entry(G_BINDINGS[6], read),
-                    entry(G_BINDINGS[7], read),
                 ],
             });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("omp"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
+            let sweep_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("omp sweep"),
+                entries: &[
+                    entry(0, uniform),
+                    entry(1, g_texture),
+                    entry(
+                        2,
+                        wgpu::BindingType::Texture {
+                            sample_type: wgpu::TextureSampleType::Uint,
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                            multisampled: false,
+                        },
+                    ),
+                    entry(5, write),
+                    entry(8, write),
+                ],
             });
-            let pack_half =
-                super::sparse::compute_pipeline(gpu, &module, "pack_half", &[("WG", WG as f64)]);
+            let constants = [("WG", WG as f64)];
+            let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
+                let pipeline_layout =
+                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(entry),
+                        bind_group_layouts: &[Some(layout)],
+                        immediate_size: 0,
+                    });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        // Every workgroup variable is written before it is read.
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            };
             Ok(Self {
-                module,
-                layout,
-                pipeline_layout,
-                by_layout: Mutex::new(HashMap::new()),
-                pack_half,
+                start: pipeline(&state_layout, "start"),
+                sweep_omp: pipeline(&sweep_layout, "sweep_omp"),
+                sweep_mp: pipeline(&sweep_layout, "sweep_mp"),
+                select_omp: pipeline(&state_layout, "select_omp"),
+                select_mp: pipeline(&state_layout, "select_mp"),
+                finish: pipeline(&state_layout, "finish"),
+                pack_f32: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f32", &[]),
+                pack_f16: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f16", &[]),
+                state_layout,
+                sweep_layout,
                 work: Scratch::default(),
-                half_gram: Scratch::default(),
+                gram: ScratchTexture::default(),
+                updates: ScratchTexture::default(),
             })
         })
     }
-
-    /// Pipelines for G in one binding or several, in f32 or f16 pairs.
-    fn pipelines(&self, gpu: &Gpu, single_block: bool, half: bool) -> Result<Arc<Pipelines>> {
-        let mut cache = self
-            .by_layout
-            .lock()
-            .map_err(|_| Error::InvalidArgument("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&(single_block, half)) {
-            return Ok(Arc::clone(p));
-        }
-        let built = gpu.scoped(|| {
-            let flag = |on: bool| if on { 1.0 } else { 0.0 };
-            let constants = [
-                ("WG", WG as f64),
-                ("G_SINGLE_BLOCK", flag(single_block)),
-                ("G_HALF", flag(half)),
-            ];
-            let pipeline = |entry: &str| {
-                gpu.device()
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: Some(&self.pipeline_layout),
-                        module: &self.module,
-                        entry_point: Some(entry),
-                        compilation_options: wgpu::PipelineCompilationOptions {
-                            constants: &constants,
-                            // Every workgroup variable is written before it is read.
-                            zero_initialize_workgroup_memory: false,
-                        },
-                        cache: None,
-                    })
-            };
-            Ok(Arc::new(Pipelines {
-                start: pipeline("start"),
-                sweep_omp: pipeline("sweep_omp"),
-                sweep_mp: pipeline("sweep_mp"),
-                select_omp: pipeline("select_omp"),
-                select_mp: pipeline("select_mp"),
-                finish: pipeline("finish"),
-            }))
-        })?;
-        cache.insert((single_block, half), Arc::clone(&built));
-        Ok(built)
-    }
 }
 
-/// How G [K, K] is bound: up to [`MAX_G_BLOCKS`] row windows of `row_words` words per row.
-struct GramBlocks {
-    rows_per_block: usize,
-    row_words: usize,
-    windows: Vec<Window>,
+/// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
+/// layer r >> layer_shift (a power of two, so the kernels split a row index with a shift).
+#[derive(Clone, Copy, Debug)]
+struct GramTexture {
+    shape: TextureShape,
+    layer_shift: u32,
 }
 
-/// Words per G row as the coding kernels read it: K f32, or K rounded up to 8 (so that a
-/// sweep invocation's 8 atoms are 4 whole words) in f16 pairs.
-fn gram_row_words(n_atoms: usize, gram: GramPrecision) -> usize {
-    match gram {
-        GramPrecision::F32 => n_atoms,
-        GramPrecision::F16 => n_atoms.next_multiple_of(PER as usize) / 2,
-    }
-}
-
-fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramBlocks> {
+fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramTexture> {
     let limits = gpu.limits();
-    let align = limits.binding_alignment();
-    let row_words = gram_row_words(n_atoms, gram);
-    // Blocks start at multiples of rows_per_block rows: when a row is a whole number of
-    // alignment units every block starts aligned and may fill its binding (f16 G at K = 16 384:
-    // 4 blocks of 4096 rows in 128 MiB bindings rather than 5).
-    let row_bytes = 4 * row_words as u64;
-    let rows_per_block = if row_bytes.is_multiple_of(align) {
-        (limits.planned_binding_size / row_bytes) as usize
-    } else {
-        rows_per_window(row_words, limits.planned_binding_size, align)
-    }
-    .min(n_atoms);
-    let blocks = if rows_per_block == 0 {
-        usize::MAX
-    } else {
-        n_atoms.div_ceil(rows_per_block)
-    };
-    if blocks > MAX_G_BLOCKS {
+    let side = limits.max_texture_dimension_2d.max(1);
+    let width = n_atoms.div_ceil(TEXEL).max(1);
+    // Rows per layer: K rounded up to a power of two when that fits one layer, else the largest
+    // power of two a side allows.
+    let most = 1usize << side.ilog2();
+    let layer_rows = n_atoms.max(1).next_power_of_two().min(most);
+    let layers = n_atoms.max(1).div_ceil(layer_rows);
+    if width > side as usize || layers > limits.max_texture_array_layers as usize {
         return Err(Error::ExceedsLimit {
             what: format!(
-                "Gram matrix [{n_atoms}, {n_atoms}] in at most {MAX_G_BLOCKS} storage bindings \
-                 (bytes per binding)"
+                "Gram matrix [{n_atoms}, {n_atoms}] as a texture of {width} texels per row in                  {layers} layers of {layer_rows} rows"
             ),
-            requested: (n_atoms as u64 * row_words as u64 * 4).div_ceil(MAX_G_BLOCKS as u64),
-            limit_name: "max_storage_buffer_binding_size",
-            limit: limits.planned_binding_size,
+            requested: if width > side as usize {
+                width as u64
+            } else {
+                layers as u64
+            },
+            limit_name: if width > side as usize {
+                "max_texture_dimension_2d"
+            } else {
+                "max_texture_array_layers"
+            },
+            limit: if width > side as usize {
+                side as u64
+            } else {
+                limits.max_texture_array_layers as u64
+            },
             largest_batch: None,
         });
     }
-    let windows = (0..blocks)
-        .map(|b| {
-            let r0 = b * rows_per_block;
-            window(row_words, r0, (r0 + rows_per_block).min(n_atoms), align)
-        })
-        .collect();
-    Ok(GramBlocks {
-        rows_per_block,
-        row_words,
-        windows,
+    Ok(GramTexture {
+        shape: TextureShape {
+            width: width as u32,
+            height: layer_rows.min(n_atoms.max(1)) as u32,
+            layers: layers as u32,
+            format: match gram {
+                GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
+                GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
+            },
+        },
+        layer_shift: layer_rows.ilog2(),
     })
 }
 
@@ -290,6 +274,16 @@ pub(crate) fn check_coding_fits(
             requested: 4 * n_atoms.max(scratch_words(n_atoms, options.k)) as u64,
             limit_name: "max_storage_buffer_binding_size",
             limit: limits.planned_binding_size.min(limits.max_buffer_size),
+            largest_batch: None,
+        });
+    }
+    let side = gpu.limits().max_texture_dimension_2d;
+    if max_atoms > side as usize {
+        return Err(Error::ExceedsLimit {
+            what: format!("pending updates of k = {max_atoms} atoms as one texture row (texels)"),
+            requested: max_atoms as u64,
+            limit_name: "max_texture_dimension_2d",
+            limit: side as u64,
             largest_batch: None,
         });
     }
@@ -339,6 +333,8 @@ pub(crate) fn chunk_rows(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
         ))
         .min((scratch_limit / scratch) as usize)
         .min(groups.saturating_mul(groups) / n_atoms.div_ceil(CHUNK))
+        // A row of the update texture per sample.
+        .min(limits.max_texture_dimension_2d as usize)
 }
 
 /// Most samples one coding job takes: α [B, K] and the codes [B, 2k + 1] must each fit one
@@ -402,19 +398,10 @@ impl Gpu {
             });
         }
         let max_atoms = options.max_atoms(n_atoms, d);
-        self.check_loop_budget(
-            &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
-            loop_iterations(options.coder, n_atoms, max_atoms),
-        )?;
-        let half = options.gram == GramPrecision::F16;
+        check_coding_fits(self, n_atoms, d, options)?;
         let g = plan_gram(self, n_atoms, options.gram)?;
         let kernels = self.omp_kernels()?;
-        let pipelines = kernels.pipelines(self, g.windows.len() == 1, half)?;
         let align = self.limits().binding_alignment();
-        let mut g_first = [0u32; MAX_G_BLOCKS];
-        for (slot, w) in g.windows.iter().enumerate() {
-            g_first[slot] = w.first;
-        }
         let n_chunks = n_atoms.div_ceil(CHUNK);
         let stride = record_words(max_atoms);
         // Chunks of rows (even sizes), coded one after another with the same scratch.
@@ -423,28 +410,28 @@ impl Gpu {
         let parts = rows * stride;
         let work_words = parts + 2 * rows * partials(n_atoms);
         let work = kernels.work.get(self, work_words)?;
-        // f16 G: packed from the f32 product in row chunks that fit a binding on both sides.
-        let half_gram = if half {
-            Some(kernels.half_gram.get(self, n_atoms * g.row_words)?)
-        } else {
-            None
-        };
-        let pack_chunks = if half {
-            let limits = self.limits();
-            let most = rows_per_window(n_atoms, limits.planned_binding_size, align)
-                .min(rows_per_window(
-                    g.row_words,
-                    limits.planned_binding_size,
-                    align,
-                ))
-                .max(1);
-            super::buffer::ranges(n_atoms, most)
-        } else {
-            Vec::new()
+        let g_texture = kernels.gram.get(self, g.shape)?;
+        let updates = kernels.updates.get(
+            self,
+            TextureShape {
+                width: max_atoms.max(1) as u32,
+                height: rows as u32,
+                layers: 1,
+                format: wgpu::TextureFormat::Rg32Uint,
+            },
+        )?;
+        // G's rows go into the texture in windows of whole rows that fit one binding.
+        let pack_chunks = super::buffer::ranges(
+            n_atoms,
+            rows_per_window(n_atoms, self.limits().planned_binding_size, align).max(1),
+        );
+        let pack = match options.gram {
+            GramPrecision::F32 => &kernels.pack_f32,
+            GramPrecision::F16 => &kernels.pack_f16,
         };
         let (sweep, select, steps) = match options.coder {
-            Coder::Omp => (&pipelines.sweep_omp, &pipelines.select_omp, max_atoms),
-            Coder::Mp { .. } => (&pipelines.sweep_mp, &pipelines.select_mp, 2 * max_atoms),
+            Coder::Omp => (&kernels.sweep_omp, &kernels.select_omp, max_atoms),
+            Coder::Mp { .. } => (&kernels.sweep_mp, &kernels.select_mp, 2 * max_atoms),
         };
         let chunks = super::buffer::ranges(batch, rows);
         let base = Params {
@@ -452,7 +439,7 @@ impl Gpu {
             n_atoms: n_atoms as u32,
             max_atoms: max_atoms as u32,
             k: k as u32,
-            g_rows_per_block: g.rows_per_block as u32,
+            layer_shift: g.layer_shift,
             refit: matches!(options.coder, Coder::Mp { refit: true }) as u32,
             n_chunks: n_chunks as u32,
             stride: stride as u32,
@@ -460,21 +447,13 @@ impl Gpu {
             tolerance: options.tolerance.unwrap_or(-1.0),
             min_correlation: options.min_correlation,
             min_pivot: options.min_pivot,
-            g_row_words: g.row_words as u32,
-            _pad: [0; 3],
-            g_first,
             rows_first: [0; 4],
         };
         let mut records: Vec<Params> = pack_chunks
             .iter()
             .map(|&(r0, r1)| Params {
                 batch: (r1 - r0) as u32,
-                g_first: {
-                    let mut first = [0; MAX_G_BLOCKS];
-                    first[0] = window(n_atoms, r0, r1, align).first;
-                    first
-                },
-                rows_first: [window(g.row_words, r0, r1, align).first, 0, 0, 0],
+                rows_first: [window(n_atoms, r0, r1, align).first, r0 as u32, 0, 0],
                 ..base
             })
             .collect();
@@ -492,90 +471,92 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
-            // Unused G slots repeat the first block: every binding must be valid.
-            let g_window = |slot: usize| g.windows.get(slot).copied().unwrap_or(g.windows[0]);
-            let g_buffer = half_gram.as_ref().map_or(&gram.data.buffer, |h| &h.buffer);
+            let g_view = g_texture.view(wgpu::TextureViewDimension::D2Array);
+            let upd_view = updates.view(wgpu::TextureViewDimension::D2);
+            let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
             let packs: Vec<wgpu::BindGroup> = pack_chunks
                 .iter()
                 .enumerate()
                 .map(|(i, &(r0, r1))| {
-                    let out = half_gram.as_ref().map_or(&gram.data.buffer, |h| &h.buffer);
+                    let dst = match options.gram {
+                        GramPrecision::F32 => 10,
+                        GramPrecision::F16 => 11,
+                    };
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("omp pack_half"),
-                        layout: &kernels.pack_half.get_bind_group_layout(0),
+                        label: Some("omp pack_gram"),
+                        layout: &pack.get_bind_group_layout(0),
                         entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: uniforms.binding(i),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 9,
-                                resource: binding(
-                                    &gram.data.buffer,
-                                    window(n_atoms, r0, r1, align),
-                                ),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 10,
-                                resource: binding(out, window(g.row_words, r0, r1, align)),
-                            },
+                            entry(0, uniforms.binding(i)),
+                            entry(
+                                9,
+                                binding(&gram.data.buffer, window(n_atoms, r0, r1, align)),
+                            ),
+                            entry(dst, wgpu::BindingResource::TextureView(&g_view)),
                         ],
                     })
                 })
                 .collect();
-            let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
-            let bind_groups: Vec<wgpu::BindGroup> = chunks
+            let groups: Vec<(wgpu::BindGroup, wgpu::BindGroup)> = chunks
                 .iter()
                 .enumerate()
                 .map(|(i, &(r0, r1))| {
-                    let mut entries: Vec<wgpu::BindGroupEntry> = G_BINDINGS
-                        .iter()
-                        .enumerate()
-                        .map(|(slot, &b)| entry(b, binding(g_buffer, g_window(slot))))
-                        .collect();
-                    entries.extend([
-                        entry(0, uniforms.binding(pack_chunks.len() + i)),
-                        entry(
-                            5,
-                            binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
-                        ),
-                        entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
-                        entry(
-                            7,
-                            binding(&codes.buffer, window(code_words(k), r0, r1, align)),
-                        ),
-                        entry(8, binding(&work.buffer, window(work_words, 0, 1, align))),
-                    ]);
-                    device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("omp"),
-                        layout: &kernels.layout,
-                        entries: &entries,
-                    })
+                    let alpha = || binding(&alpha.data.buffer, window(n_atoms, r0, r1, align));
+                    let work = || binding(&work.buffer, window(work_words, 0, 1, align));
+                    let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("omp state"),
+                        layout: &kernels.state_layout,
+                        entries: &[
+                            entry(0, uniforms.binding(pack_chunks.len() + i)),
+                            entry(1, wgpu::BindingResource::TextureView(&g_view)),
+                            entry(3, wgpu::BindingResource::TextureView(&upd_view)),
+                            entry(5, alpha()),
+                            entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
+                            entry(
+                                7,
+                                binding(&codes.buffer, window(code_words(k), r0, r1, align)),
+                            ),
+                            entry(8, work()),
+                        ],
+                    });
+                    let sweep = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("omp sweep"),
+                        layout: &kernels.sweep_layout,
+                        entries: &[
+                            entry(0, uniforms.binding(pack_chunks.len() + i)),
+                            entry(1, wgpu::BindingResource::TextureView(&g_view)),
+                            entry(2, wgpu::BindingResource::TextureView(&upd_view)),
+                            entry(5, alpha()),
+                            entry(8, work()),
+                        ],
+                    });
+                    (state, sweep)
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("sparse coding"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernels.pack_half);
+            pass.set_pipeline(pack);
             for (&(r0, r1), group) in pack_chunks.iter().zip(&packs) {
-                let words = super::sparse::groups(self, (r1 - r0) * g.row_words, 64);
+                let texels = super::sparse::groups(self, (r1 - r0) * g.shape.width as usize, 64);
                 pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(words.0, words.1, 1);
+                pass.dispatch_workgroups(texels.0, texels.1, 1);
             }
-            for (&(r0, r1), group) in chunks.iter().zip(&bind_groups) {
+            for (&(r0, r1), (state, sweep_group)) in chunks.iter().zip(&groups) {
                 let per_sample = super::sparse::groups(self, r1 - r0, SAMPLE_WG as usize);
                 let sweeps = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
-                pass.set_bind_group(0, group, &[]);
-                pass.set_pipeline(&pipelines.start);
+                pass.set_pipeline(&kernels.start);
+                pass.set_bind_group(0, state, &[]);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
                 for _ in 0..steps {
                     pass.set_pipeline(sweep);
+                    pass.set_bind_group(0, sweep_group, &[]);
                     pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
                     pass.set_pipeline(select);
+                    pass.set_bind_group(0, state, &[]);
                     pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
                 }
-                pass.set_pipeline(&pipelines.finish);
+                pass.set_pipeline(&kernels.finish);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             }
             Ok(())
@@ -592,7 +573,7 @@ mod tests {
         n_atoms,
         max_atoms,
         k,
-        g_rows_per_block,
+        layer_shift,
         refit,
         n_chunks,
         stride,
@@ -600,8 +581,6 @@ mod tests {
         tolerance,
         min_correlation,
         min_pivot,
-        g_row_words,
-        g_first,
         rows_first
     });
 
