@@ -200,18 +200,13 @@ impl GemmKernels {
                     ("TILE_K", TILE_K as f64),
                     ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
                 ];
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        // Tiles are fully written before they are read; zeroing is wasted work.
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
+                super::sparse::compute_pipeline_in(
+                    gpu,
+                    &module,
+                    entry,
+                    Some(&pipeline_layout),
+                    &constants,
+                )
             };
             Ok(Self {
                 tiled: Pipelines {

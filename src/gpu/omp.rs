@@ -163,18 +163,13 @@ impl OmpKernels {
                         bind_group_layouts: &[Some(layout)],
                         immediate_size: 0,
                     });
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        // Every workgroup variable is written before it is read.
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
+                super::sparse::compute_pipeline_in(
+                    gpu,
+                    &module,
+                    entry,
+                    Some(&pipeline_layout),
+                    &constants,
+                )
             };
             Ok(Self {
                 start: pipeline(&state_layout, "start"),

@@ -45,16 +45,29 @@ pub(crate) struct SparseKernels {
     unpack: wgpu::ComputePipeline,
 }
 
+/// The pipeline of `entry` with the bind group layout wgpu derives from the shader.
 pub(crate) fn compute_pipeline(
     gpu: &Gpu,
     module: &wgpu::ShaderModule,
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
+    compute_pipeline_in(gpu, module, entry, None, constants)
+}
+
+/// The pipeline of `entry` under `layout` (derived from the shader when `None`). Workgroup
+/// memory is not zeroed: every kernel writes its workgroup variables before reading them.
+pub(crate) fn compute_pipeline_in(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    layout: Option<&wgpu::PipelineLayout>,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
     gpu.device()
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
-            layout: None,
+            layout,
             module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
