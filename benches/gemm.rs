@@ -1,4 +1,4 @@
-//! GEMM throughput: the tiled kernel against the naive one-output-per-invocation kernel.
+//! GEMM throughput: the tiled, texel and naive kernels, and the one `GemmKernel::Auto` picks.
 //!
 //! `cargo bench --bench gemm` prints GFLOP/s (2·m·n·inner per product, median of repeated
 //! submissions, each waited for) for the Gram (1536×1536×384), a correlations block
@@ -51,10 +51,13 @@ fn main() -> dbksvd::Result<()> {
         ("square A·B", Product::AB, 1024, 1024, 1024),
         ("square A·Bᵀ", Product::ABt, 1024, 1024, 1024),
     ];
-    println!("GFLOP/s; naive: one output per invocation, same 16×16 workgroups as tiled");
     println!(
-        "{:<20} {:>16} {:>8} {:>8} {:>8}",
-        "product", "m×n×inner", "tiled", "naive", "speedup"
+        "GFLOP/s; tiled: workgroup-memory tiles (GPUs); texel: operands read as textures, A·Bᵀ \
+         only (CPU adapters); naive: one output per invocation; auto: what GemmParams picks here"
+    );
+    println!(
+        "{:<20} {:>16} {:>8} {:>8} {:>8} {:>8}",
+        "product", "m×n×inner", "tiled", "texel", "naive", "auto"
     );
     for (name, product, m, n, inner) in shapes {
         let flops = 2.0 * (m * n * inner) as f64;
@@ -62,14 +65,20 @@ fn main() -> dbksvd::Result<()> {
             product,
             ..GemmParams::abt()
         };
-        let tiled = time(&gpu, &op, m, n, inner)?;
-        let naive = time(&gpu, &op.kernel(GemmKernel::Naive), m, n, inner)?;
+        let rate = |kernel| -> dbksvd::Result<String> {
+            if kernel == GemmKernel::Texel && product == Product::AB {
+                return Ok("-".into());
+            }
+            let seconds = time(&gpu, &op.kernel(kernel), m, n, inner)?;
+            Ok(format!("{:.1}", flops / seconds / 1e9))
+        };
         println!(
-            "{name:<20} {:>16} {:>8.1} {:>8.1} {:>7.1}×",
+            "{name:<20} {:>16} {:>8} {:>8} {:>8} {:>8}",
             format!("{m}×{n}×{inner}"),
-            flops / tiled / 1e9,
-            flops / naive / 1e9,
-            naive / tiled
+            rate(GemmKernel::Tiled)?,
+            rate(GemmKernel::Texel)?,
+            rate(GemmKernel::Naive)?,
+            rate(GemmKernel::Auto)?,
         );
     }
     Ok(())

@@ -158,6 +158,43 @@ fn alpha_and_beta_scale_and_accumulate() {
     }
 }
 
+/// The texel kernel (A·Bᵀ read from textures, what lavapipe runs by default) on the awkward
+/// shapes (inner dimensions not a multiple of the 4-wide texel, outputs not of the 64×64
+/// workgroup), with alpha and beta; under a 4 KiB binding cap (C bound in row windows of a few
+/// rows, A and B packed window by window); with textures of at most 100 texels a side (A and B
+/// in layers of 64 rows); and refused for A·B. Same error bounds as the tiled kernel: each
+/// output is still one f32 sum over the inner dimension.
+#[test]
+fn texel_kernel_matches_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let texel = |m, n, inner| Case {
+        kernel: GemmKernel::Texel,
+        ..Case::new(Product::ABt, m, n, inner)
+    };
+    for (i, &(m, n, inner)) in SHAPES.iter().enumerate() {
+        check(gpu, &texel(m, n, inner), 60 + i as u64);
+        let scaled = Case {
+            alpha: -1.5,
+            beta: 0.75,
+            nan_c: false,
+            ..texel(m, n, inner)
+        };
+        check(gpu, &scaled, 64 + i as u64);
+    }
+    let small = gpu.with_max_binding_size(4096).unwrap();
+    let layered = gpu.with_max_texture_dimension(100);
+    for split in [&small, &layered] {
+        for &(m, n, inner) in &SHAPES[..3] {
+            check(split, &texel(m, n, inner), 68);
+        }
+    }
+    let (a, b) = (gpu.zeros(3, 5).unwrap(), gpu.zeros(5, 7).unwrap());
+    let mut c = gpu.zeros(3, 7).unwrap();
+    let op = GemmParams::ab().kernel(GemmKernel::Texel);
+    let err = gpu.gemm(&op, &a, &b, &mut c).unwrap_err();
+    assert!(err.to_string().contains("A·Bᵀ only"), "{err}");
+}
+
 #[test]
 fn naive_kernel_matches_reference() {
     let Some(gpu) = common::gpu() else { return };
@@ -199,6 +236,7 @@ fn row_block_splitting_under_a_small_binding_cap() {
             let c = small.zeros(m, n).unwrap();
             let op = GemmParams {
                 product,
+                kernel: GemmKernel::Tiled,
                 ..GemmParams::abt()
             };
             let blocks = small.gemm_blocks(&op, &a, &b, &c).unwrap();
@@ -369,6 +407,14 @@ fn long_inner_dimensions_are_split_under_a_loop_cap() {
         let (m, n, inner) = (3, 5, 40_000);
         let rel = check(gpu, &Case::new(product, m, n, inner), 70);
         eprintln!("{product:?} {m}×{n}×{inner}: relative error {rel:.2e}");
+        if product == Product::ABt {
+            // The texel kernel's loop runs once per 4 inner elements: 10 000 here, one dispatch.
+            let texel = Case {
+                kernel: GemmKernel::Texel,
+                ..Case::new(product, m, n, inner)
+            };
+            check(gpu, &texel, 71);
+        }
         if gpu.limits().max_loop_iterations.is_some() {
             let (b_rows, b_cols) = match product {
                 Product::ABt => (n, inner),
@@ -379,6 +425,7 @@ fn long_inner_dimensions_are_split_under_a_loop_cap() {
             let c = gpu.zeros(m, n).unwrap();
             let op = GemmParams {
                 product,
+                kernel: GemmKernel::Tiled,
                 ..GemmParams::abt()
             };
             assert!(gpu.gemm_blocks(&op, &a, &b, &c).unwrap() > 1);

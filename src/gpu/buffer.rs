@@ -426,6 +426,50 @@ impl TextureShape {
     }
 }
 
+/// Where `rows` rows of `width` texels lie in a 2D array texture: row r at row
+/// r & (2^shift − 1) of layer r >> shift (a power of two, so kernels split a row index with a
+/// shift). One layer while the rows fit a side, else layers of the largest power of two that
+/// does. With `one_class`, sides are rounded so that every shape is of one class (see below):
+/// for operands whose shapes change from call to call. Err names the limit the rows or their
+/// width exceed: (requested, limit name, limit).
+pub(crate) fn texture_rows(
+    gpu: &Gpu,
+    rows: usize,
+    width: usize,
+    format: wgpu::TextureFormat,
+    one_class: bool,
+) -> std::result::Result<(TextureShape, u32), (u64, &'static str, u64)> {
+    let limits = gpu.limits();
+    let side = limits.max_texture_dimension_2d.max(1) as usize;
+    let layer_rows = rows.max(1).next_power_of_two().min(1 << side.ilog2());
+    let layers = rows.max(1).div_ceil(layer_rows);
+    if width > side {
+        return Err((width as u64, "max_texture_dimension_2d", side as u64));
+    }
+    if layers > limits.max_texture_array_layers as usize {
+        return Err((
+            layers as u64,
+            "max_texture_array_layers",
+            limits.max_texture_array_layers as u64,
+        ));
+    }
+    // One class: always a power-of-two height and never a power-of-two width (padded by a
+    // texel). llvmpipe compiles a kernel variant per power-of-two-ness of its textures' sides
+    // (about a second for the GEMM), so one class keeps one variant.
+    let (width, height) = match one_class {
+        true if width.max(1).is_power_of_two() && width < side => (width.max(1) + 1, layer_rows),
+        true => (width.max(1), layer_rows),
+        false => (width.max(1), layer_rows.min(rows.max(1))),
+    };
+    let shape = TextureShape {
+        width: width as u32,
+        height: height as u32,
+        layers: layers as u32,
+        format,
+    };
+    Ok((shape, layer_rows.ilog2()))
+}
+
 /// A texture written by one kernel as a storage texture and read by the next with
 /// `textureLoad`, counted in [`Gpu::memory_peak`] like a buffer.
 pub(crate) struct GpuTexture {

@@ -4,12 +4,18 @@
 //! binds a window of whole rows starting at an aligned byte offset and tells the shader, through
 //! its parameters, the element where the block really starts. For A·B the inner dimension is
 //! split too (blocks of B's rows), accumulating into C with beta = 1 after the first.
+//!
+//! On CPU adapters (llvmpipe) A·Bᵀ runs as `gemm_texel` instead: A and B are packed into
+//! textures (rows of k/4 rgba32float texels, in layers) and each invocation reads its 8 rows of A
+//! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows.
 
 use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::{binding, ranges, rows_per_window, window, Window};
+use super::buffer::{
+    binding, ranges, rows_per_window, texture_rows, window, ScratchTexture, TextureShape, Window,
+};
 use super::{Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -22,14 +28,24 @@ const TILE_K: u32 = 16;
 /// Register block per invocation: 8×8, as the shader's accumulators are written out.
 const TM: u32 = 8;
 const TN: u32 = 8;
+/// Workgroup shape of the texel kernel (x along n, y along m); 8×8 outputs per invocation.
+const TX: u32 = 8;
+const TY: u32 = 8;
 
 /// Which kernel computes a product.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// 128×128 workgroup-memory tiles, 16×16 invocations each owning an 8×8 register block
-    /// (the one to use).
+    /// Chosen per device when the product is recorded: `Texel` for A·Bᵀ on a CPU adapter (where
+    /// its textures fit), `Tiled` otherwise.
     #[default]
+    Auto,
+    /// 128×128 workgroup-memory tiles, 16×16 invocations each owning an 8×8 register block
+    /// (the one for GPUs).
     Tiled,
+    /// A·Bᵀ only: A and B packed into textures, each invocation of an 8×8 workgroup owning an
+    /// 8×8 register block read texel by texel, no workgroup memory (the one for llvmpipe, which
+    /// loads workgroup and storage memory lane by lane; an error for A·B).
+    Texel,
     /// One output per invocation read straight from global memory, same 16×16 workgroups as
     /// `Tiled`: the benchmark baseline.
     Naive,
@@ -59,17 +75,17 @@ pub struct GemmParams {
 }
 
 impl GemmParams {
-    /// C = A·Bᵀ with the tiled kernel.
+    /// C = A·Bᵀ with the device's kernel ([`GemmKernel::Auto`]).
     pub fn abt() -> Self {
         Self {
             product: Product::ABt,
             alpha: 1.0,
             beta: 0.0,
-            kernel: GemmKernel::Tiled,
+            kernel: GemmKernel::Auto,
         }
     }
 
-    /// C = A·B with the tiled kernel.
+    /// C = A·B with the device's kernel ([`GemmKernel::Auto`]).
     pub fn ab() -> Self {
         Self {
             product: Product::AB,
@@ -111,7 +127,9 @@ struct BlockParams {
     c_offset: u32,
     alpha: f32,
     beta: f32,
-    _pad: u32,
+    a_layer_shift: u32,
+    b_layer_shift: u32,
+    _pad: [u32; 3],
 }
 
 struct Pipelines {
@@ -122,11 +140,16 @@ struct Pipelines {
     tile_n: u32,
 }
 
-/// The gemm pipelines, built once per device.
+/// The gemm pipelines, built once per device, and the textures of the texel kernel's operands.
 pub(crate) struct GemmKernels {
     layout: wgpu::BindGroupLayout,
     tiled: Pipelines,
     naive: Pipelines,
+    texel_layout: wgpu::BindGroupLayout,
+    texel: wgpu::ComputePipeline,
+    pack: wgpu::ComputePipeline,
+    a_texels: ScratchTexture,
+    b_texels: ScratchTexture,
 }
 
 impl GemmKernels {
@@ -208,7 +231,53 @@ impl GemmKernels {
                     &constants,
                 )
             };
+            let texture = |binding| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D2Array,
+                    multisampled: false,
+                },
+                count: None,
+            };
+            let texel_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("gemm texel"),
+                entries: &[
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    },
+                    storage(3, false),
+                    texture(4),
+                    texture(5),
+                ],
+            });
+            let texel_pipeline_layout =
+                device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("gemm texel"),
+                    bind_group_layouts: &[Some(&texel_layout)],
+                    immediate_size: 0,
+                });
+            let texel = super::sparse::compute_pipeline_in(
+                gpu,
+                &module,
+                "gemm_texel",
+                Some(&texel_pipeline_layout),
+                &[("TX", TX as f64), ("TY", TY as f64)],
+            );
             Ok(Self {
+                texel_layout,
+                texel,
+                pack: super::sparse::compute_pipeline(gpu, &module, "pack_texels", &[]),
+                a_texels: ScratchTexture::default(),
+                b_texels: ScratchTexture::default(),
                 tiled: Pipelines {
                     abt: pipeline("gemm", true, (WG_X, WG_Y)),
                     ab: pipeline("gemm", false, (WG_X, WG_Y)),
@@ -230,8 +299,8 @@ impl GemmKernels {
 impl GemmKernels {
     fn pipelines(&self, kernel: GemmKernel) -> &Pipelines {
         match kernel {
-            GemmKernel::Tiled => &self.tiled,
             GemmKernel::Naive => &self.naive,
+            GemmKernel::Auto | GemmKernel::Tiled | GemmKernel::Texel => &self.tiled,
         }
     }
 }
@@ -245,7 +314,110 @@ struct Block {
 }
 
 /// Checks shapes and plans the blocks of one product on `gpu`.
-fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Vec<Block>> {
+/// The texel kernel's plan: A's and B's textures (shape, layer shift) and C's row blocks.
+struct TexelPlan {
+    a: (TextureShape, u32),
+    b: (TextureShape, u32),
+    blocks: Vec<TexelBlock>,
+}
+
+/// One dispatch of the texel kernel: rows m0.. of C in one window, columns n0.. .
+struct TexelBlock {
+    params: BlockParams,
+    c: Window,
+    groups: (u32, u32),
+}
+
+/// How a product runs: blocks of bound windows, or the texel kernel.
+enum Plan {
+    Buffers(Vec<Block>),
+    Texels(TexelPlan),
+}
+
+impl Plan {
+    fn len(&self) -> usize {
+        match self {
+            Plan::Buffers(blocks) => blocks.len(),
+            Plan::Texels(plan) => plan.blocks.len(),
+        }
+    }
+}
+
+/// Plans A·Bᵀ of shape (m, n, k) for the texel kernel, or says which limit it exceeds.
+fn plan_texels(
+    gpu: &Gpu,
+    op: &GemmParams,
+    (m, n, k): (usize, usize, usize),
+) -> std::result::Result<TexelPlan, (String, u64, &'static str, u64)> {
+    let limits = gpu.limits();
+    let width = k.div_ceil(4);
+    let format = wgpu::TextureFormat::Rgba32Float;
+    let texture = |rows: usize, operand: &str| {
+        texture_rows(gpu, rows, width, format, true).map_err(|(requested, name, limit)| {
+            (
+                format!("operand {operand} [{rows}, {k}] as a texture of {width} texels a row"),
+                requested,
+                name,
+                limit,
+            )
+        })
+    };
+    let a = texture(m, "A")?;
+    let b = texture(n, "B")?;
+    // The inner loop runs one iteration per texel, under the driver's loop cap.
+    if let Some(cap) = limits.max_loop_iterations {
+        if width as u64 + 200 > cap {
+            return Err((
+                format!("inner dimension {k} of one texel-kernel invocation (iterations)"),
+                width as u64 + 200,
+                "max_loop_iterations",
+                cap,
+            ));
+        }
+    }
+    let align = limits.binding_alignment();
+    let rows_c = rows_per_window(n, limits.planned_binding_size, align);
+    if rows_c == 0 {
+        return Err((
+            format!("one row of C [{m}, {n}] (bytes)"),
+            n as u64 * 4,
+            "max_storage_buffer_binding_size",
+            limits.planned_binding_size,
+        ));
+    }
+    let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+    let (tile_m, tile_n) = ((TY * TM) as usize, (TX * TN) as usize);
+    let mut blocks = Vec::new();
+    for &(m0, m1) in &ranges(m, rows_c.min(max_groups * tile_m)) {
+        for &(n0, n1) in &ranges(n, max_groups * tile_n) {
+            let cw = window(n, m0, m1, align);
+            let (bm, bn) = (m1 - m0, n1 - n0);
+            blocks.push(TexelBlock {
+                params: BlockParams {
+                    m: bm as u32,
+                    n: bn as u32,
+                    k: k as u32,
+                    lda: k as u32,
+                    ldb: k as u32,
+                    ldc: n as u32,
+                    a_offset: m0 as u32,
+                    b_offset: n0 as u32,
+                    c_offset: cw.first + n0 as u32,
+                    alpha: op.alpha,
+                    beta: op.beta,
+                    a_layer_shift: a.1,
+                    b_layer_shift: b.1,
+                    _pad: [0; 3],
+                },
+                c: cw,
+                groups: (bn.div_ceil(tile_n) as u32, bm.div_ceil(tile_m) as u32),
+            });
+        }
+    }
+    Ok(TexelPlan { a, b, blocks })
+}
+
+fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Plan> {
     let (m, k) = (a.rows(), a.cols());
     let (n, b_inner) = match op.product {
         Product::ABt => (b.rows(), b.cols()),
@@ -281,12 +453,39 @@ fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Resul
         )));
     }
     if m == 0 || n == 0 {
-        return Ok(Vec::new());
+        return Ok(Plan::Buffers(Vec::new()));
     }
+    let texels = match (op.kernel, op.product) {
+        (GemmKernel::Texel, Product::AB) => {
+            return Err(Error::InvalidArgument(format!(
+                "{name}: the texel kernel computes A·Bᵀ only"
+            )))
+        }
+        (GemmKernel::Texel, Product::ABt) => Some(plan_texels(gpu, op, (m, n, k)).map_err(
+            |(what, requested, limit_name, limit)| Error::ExceedsLimit {
+                what: format!("{name}: {what}"),
+                requested,
+                limit_name,
+                limit,
+                largest_batch: None,
+            },
+        )?),
+        (GemmKernel::Auto, Product::ABt) if gpu.adapter().is_cpu() => {
+            plan_texels(gpu, op, (m, n, k)).ok()
+        }
+        _ => None,
+    };
+    if let Some(texels) = texels {
+        return Ok(Plan::Texels(texels));
+    }
+    let kernel = match op.kernel {
+        GemmKernel::Naive => GemmKernel::Naive,
+        _ => GemmKernel::Tiled,
+    };
 
     let limits = gpu.limits();
     let kernels = gpu.gemm_kernels()?;
-    let pipes = kernels.pipelines(op.kernel);
+    let pipes = kernels.pipelines(kernel);
     let space = Space {
         binding: limits.planned_binding_size,
         align: limits.binding_alignment(),
@@ -296,17 +495,19 @@ fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Resul
         // k loop and the tile loop: 33 per 16-deep tile), the naive one 1; budget 3 and 2 (a
         // 29 900-deep block at 2 per element still came out wrong on lavapipe).
         max_inner: limits.max_loop_iterations.map_or(usize::MAX, |cap| {
-            let per = if op.kernel == GemmKernel::Tiled { 3 } else { 2 };
+            let per = if kernel == GemmKernel::Tiled { 3 } else { 2 };
             ((cap as usize).saturating_sub(200) / per).max(TILE_K as usize)
         }),
     };
-    plan_blocks(op, (m, n, k), &space).map_err(|(operand, cols)| Error::ExceedsLimit {
-        what: format!("{name} of [{m}, {k}] and [{n}, {k}]: one row of {operand} (bytes)"),
-        requested: cols as u64 * 4,
-        limit_name: "max_storage_buffer_binding_size",
-        limit: space.binding.saturating_sub(space.align - 4),
-        largest_batch: None,
-    })
+    plan_blocks(op, (m, n, k), &space)
+        .map(Plan::Buffers)
+        .map_err(|(operand, cols)| Error::ExceedsLimit {
+            what: format!("{name} of [{m}, {k}] and [{n}, {k}]: one row of {operand} (bytes)"),
+            requested: cols as u64 * 4,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: space.binding.saturating_sub(space.align - 4),
+            largest_batch: None,
+        })
 }
 
 /// What a plan must respect: binding size and alignment, dispatch size, the kernel's tile.
@@ -388,7 +589,9 @@ fn plan_blocks(
                         alpha: op.alpha,
                         // Later blocks of a split inner dimension accumulate onto the first.
                         beta: if k0 == 0 { op.beta } else { 1.0 },
-                        _pad: 0,
+                        a_layer_shift: 0,
+                        b_layer_shift: 0,
+                        _pad: [0; 3],
                     },
                     a: aw,
                     b: bw,
@@ -448,7 +651,10 @@ impl Gpu {
         b: &Matrix,
         c: &mut Matrix,
     ) -> Result<()> {
-        let blocks = plan(self, op, a, b, c)?;
+        let blocks = match plan(self, op, a, b, c)? {
+            Plan::Buffers(blocks) => blocks,
+            Plan::Texels(plan) => return self.record_texels(encoder, &plan, a, b, c),
+        };
         if blocks.is_empty() {
             return Ok(());
         }
@@ -506,6 +712,119 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// Records A·Bᵀ by the texel kernel: A and B packed into their textures (A shares B's when
+    /// both are the same matrix, as for the Gram matrix), then one dispatch per block of C.
+    fn record_texels(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &TexelPlan,
+        a: &Matrix,
+        b: &Matrix,
+        c: &Matrix,
+    ) -> Result<()> {
+        let kernels = self.gemm_kernels()?;
+        let limits = self.limits();
+        let align = limits.binding_alignment();
+        let k = a.cols();
+        let same = a.data.id() == b.data.id() && a.rows() == b.rows();
+        // B (the dictionary in both the Gram matrix and the correlations) keeps its own texture,
+        // so alternating the two products reallocates nothing.
+        let b_tex = kernels.b_texels.get(self, plan.b.0)?;
+        let a_tex = if same {
+            None
+        } else {
+            Some(kernels.a_texels.get(self, plan.a.0)?)
+        };
+        // Packs of whole rows that fit one binding, per operand.
+        let most = rows_per_window(k, limits.planned_binding_size, align).max(1);
+        let mut packs: Vec<(&Matrix, bool, usize, usize)> = ranges(b.rows(), most)
+            .into_iter()
+            .map(|(r0, r1)| (b, false, r0, r1))
+            .collect();
+        if !same {
+            packs.extend(
+                ranges(a.rows(), most)
+                    .into_iter()
+                    .map(|(r0, r1)| (a, true, r0, r1)),
+            );
+        }
+        let mut params: Vec<BlockParams> = packs
+            .iter()
+            .map(|&(_, is_a, r0, r1)| BlockParams {
+                m: (r1 - r0) as u32,
+                k: k as u32,
+                lda: k as u32,
+                a_offset: window(k, r0, r1, align).first,
+                c_offset: r0 as u32,
+                a_layer_shift: if is_a { plan.a.1 } else { plan.b.1 },
+                ..BlockParams::zeroed()
+            })
+            .collect();
+        params.extend(plan.blocks.iter().map(|blk| blk.params));
+        let uniforms = self.uniform_records("gemm texel params", &params)?;
+
+        self.scoped(|| {
+            let device = self.device();
+            let array = wgpu::TextureViewDimension::D2Array;
+            let b_view = b_tex.view(array);
+            let a_view = a_tex
+                .as_ref()
+                .map_or_else(|| b_tex.view(array), |t| t.view(array));
+            let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
+            let pack_groups: Vec<wgpu::BindGroup> = packs
+                .iter()
+                .enumerate()
+                .map(|(i, &(m, is_a, r0, r1))| {
+                    let view = if is_a { &a_view } else { &b_view };
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("gemm pack_texels"),
+                        layout: &kernels.pack.get_bind_group_layout(0),
+                        entries: &[
+                            entry(0, uniforms.binding(i)),
+                            entry(1, binding(&m.data.buffer, window(k, r0, r1, align))),
+                            entry(6, wgpu::BindingResource::TextureView(view)),
+                        ],
+                    })
+                })
+                .collect();
+            let groups: Vec<wgpu::BindGroup> = plan
+                .blocks
+                .iter()
+                .enumerate()
+                .map(|(i, blk)| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("gemm texel block"),
+                        layout: &kernels.texel_layout,
+                        entries: &[
+                            entry(0, uniforms.binding(packs.len() + i)),
+                            entry(3, binding(&c.data.buffer, blk.c)),
+                            entry(4, wgpu::BindingResource::TextureView(&a_view)),
+                            entry(5, wgpu::BindingResource::TextureView(&b_view)),
+                        ],
+                    })
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("gemm texel"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.pack);
+            for (&(_, _, r0, r1), group) in packs.iter().zip(&pack_groups) {
+                let texels = super::sparse::groups(self, (r1 - r0) * k.div_ceil(4), 64);
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(texels.0, texels.1, 1);
+            }
+            pass.set_pipeline(&kernels.texel);
+            for (blk, group) in plan.blocks.iter().zip(&groups) {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(blk.groups.0, blk.groups.1, 1);
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,7 +840,9 @@ mod tests {
         b_offset,
         c_offset,
         alpha,
-        beta
+        beta,
+        a_layer_shift,
+        b_layer_shift
     });
     use crate::reference;
 

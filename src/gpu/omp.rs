@@ -6,7 +6,9 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::{binding, rows_per_window, window, Scratch, ScratchTexture, TextureShape};
+use super::buffer::{
+    binding, rows_per_window, texture_rows, window, Scratch, ScratchTexture, TextureShape,
+};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -199,49 +201,25 @@ struct GramTexture {
 }
 
 fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramTexture> {
-    let limits = gpu.limits();
-    let side = limits.max_texture_dimension_2d.max(1);
-    let width = n_atoms.div_ceil(TEXEL).max(1);
-    // Rows per layer: K rounded up to a power of two when that fits one layer, else the largest
-    // power of two a side allows.
-    let most = 1usize << side.ilog2();
-    let layer_rows = n_atoms.max(1).next_power_of_two().min(most);
-    let layers = n_atoms.max(1).div_ceil(layer_rows);
-    if width > side as usize || layers > limits.max_texture_array_layers as usize {
-        return Err(Error::ExceedsLimit {
+    let format = match gram {
+        GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
+        GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
+    };
+    let width = n_atoms.div_ceil(TEXEL);
+    // G's shape is fixed for a dictionary; exact sides keep f32 G at K = 16 384 at 1 GiB, the
+    // most llvmpipe allocates for a texture.
+    let (shape, layer_shift) = texture_rows(gpu, n_atoms, width, format, false).map_err(
+        |(requested, limit_name, limit)| Error::ExceedsLimit {
             what: format!(
-                "Gram matrix [{n_atoms}, {n_atoms}] as a texture of {width} texels per row in                  {layers} layers of {layer_rows} rows"
+                "Gram matrix [{n_atoms}, {n_atoms}] as a texture of {width} texels per row"
             ),
-            requested: if width > side as usize {
-                width as u64
-            } else {
-                layers as u64
-            },
-            limit_name: if width > side as usize {
-                "max_texture_dimension_2d"
-            } else {
-                "max_texture_array_layers"
-            },
-            limit: if width > side as usize {
-                side as u64
-            } else {
-                limits.max_texture_array_layers as u64
-            },
+            requested,
+            limit_name,
+            limit,
             largest_batch: None,
-        });
-    }
-    Ok(GramTexture {
-        shape: TextureShape {
-            width: width as u32,
-            height: layer_rows.min(n_atoms.max(1)) as u32,
-            layers: layers as u32,
-            format: match gram {
-                GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
-                GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
-            },
         },
-        layer_shift: layer_rows.ilog2(),
-    })
+    )?;
+    Ok(GramTexture { shape, layer_shift })
 }
 
 /// Checks that coding with `options` against K = `n_atoms` atoms of dimension `d` fits the
