@@ -21,8 +21,8 @@
 //   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
 //           Cholesky factor, solves for the coefficients and writes the next (U, Δ) to upd_out.
 //
-// Chosen atoms' α entries hold the bit pattern CHOSEN so the sweep neither updates them nor lets
-// rounding make them win again (α is bound as u32 words so no NaN canonicalisation can touch it).
+// Chosen atoms are marked in a bit mask per sample (in `work`), so rounding cannot make them win
+// the argmax again.
 //
 // Residual energy ‖r‖² = ‖y‖² − γ·α⁰[I] is a difference of nearly equal numbers once the fit is
 // good, so in f32 it carries an absolute error of a few ulp of ‖y‖²: a relative tolerance below
@@ -53,6 +53,8 @@ struct Params {
     min_correlation: f32,
     // Stop when the Cholesky pivot ≤ min_pivot·G[j,j].
     min_pivot: f32,
+    // First word of the chosen-atom masks (⌈K/32⌉ words per sample) in `work`.
+    mask: u32,
     // First element of this job's rows inside the α, ‖y‖² and codes bindings (a job codes one
     // chunk of a larger batch's rows; bindings start at aligned offsets). pack_gram: x is the
     // first word of its G window inside the g_src binding, y the window's first G row.
@@ -66,8 +68,13 @@ struct Params {
 // where a storage load inserts lane by lane through the stack (a store-forwarding stall per
 // element, which made the sweep 2× slower).
 @group(0) @binding(1) var g_tex: texture_2d_array<f32>;
-// [batch, K]: α⁰ (f32 bits) on entry, scratch afterwards.
-@group(0) @binding(5) var<storage, read_write> alpha: array<u32>;
+// [batch, K]: α⁰ = Y·Dᵀ (f32), read once by pack_alpha.
+@group(0) @binding(5) var<storage, read> alpha: array<u32>;
+// α of the job's samples as a pair of textures, texel (q, sample) = α[4q .. 4q + 3] (f32 bits;
+// rgba32uint so no NaN canonicalisation touches them): each sweep reads one and writes the other,
+// for the reason G is a texture. pack_alpha fills the first from `alpha`.
+@group(0) @binding(12) var alpha_in: texture_2d<u32>;
+@group(0) @binding(13) var alpha_out: texture_storage_2d<rgba32uint, write>;
 // [batch]: ‖y‖².
 @group(0) @binding(6) var<storage, read> y_norm2: array<f32>;
 // [batch, 2k + 1]: k atom indices (i32 bits), k coefficients (f32 bits), residual energy.
@@ -93,7 +100,10 @@ const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
 const H_NUPD: u32 = 3u; // entries of the pending α update (0 after a stop)
 const H_CHOL_OK: u32 = 5u; // MP refit: the factor of the support so far is valid
 const HEADER: u32 = 8u;
-const CHOSEN: u32 = 0xffffffffu;
+
+fn mask_words() -> u32 {
+    return (params.n_atoms + 31u) / 32u;
+}
 
 fn sel_at(rec: u32) -> u32 {
     return rec + HEADER;
@@ -148,6 +158,9 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     set_wf(rec + H_ENERGY, max(y_norm2[params.rows_first.y + sample], 0.0));
     work[rec + H_NUPD] = 0u;
     work[rec + H_CHOL_OK] = 1u;
+    for (var w = 0u; w < mask_words(); w++) {
+        work[params.mask + sample * mask_words() + w] = 0u;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -177,17 +190,16 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     if n == 0xffffffffu {
         return;
     }
-    let base = params.rows_first.x + sample * params.n_atoms;
     let last = params.n_atoms - 1u;
-    // This invocation's atoms j = first .. first + 7: two whole G texels (K is padded to a
-    // multiple of 4 there). Loads past K are clamped, their results discarded.
+    // This invocation's atoms j = first .. first + 7: two whole texels of α and of G (K is
+    // padded to a multiple of 4 there). Texels past K read anything and are not written;
+    // their atoms are discarded.
     let first = chunk * WG * PER + lid * PER;
-    let ja = min(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last));
-    let jb = min(vec4<u32>(first) + vec4<u32>(4u, 5u, 6u, 7u), vec4<u32>(last));
-    let ra = vec4<u32>(alpha[base + ja.x], alpha[base + ja.y], alpha[base + ja.z], alpha[base + ja.w]);
-    let rb = vec4<u32>(alpha[base + jb.x], alpha[base + jb.y], alpha[base + jb.z], alpha[base + jb.w]);
-    var va = bitcast<vec4<f32>>(ra);
-    var vb = bitcast<vec4<f32>>(rb);
+    let qa = first / 4u;
+    var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample), 0));
+    var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample), 0));
+    // Bits of the chosen atoms among these 8 (a mask word covers 32 atoms).
+    let chosen = work[params.mask + sample * mask_words() + first / 32u] >> (first % 32u);
     let q = min(first, last) / 4u;
     let mask = (1u << params.layer_shift) - 1u;
     for (var t = 0u; t < n; t++) {
@@ -205,19 +217,13 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     var best_idx = 0xffffffffu;
     for (var m = 0u; m < PER; m++) {
         let j = first + m;
-        var raw: u32;
         var v: f32;
         if m < 4u {
-            raw = ra[m];
             v = va[m];
         } else {
-            raw = rb[m - 4u];
             v = vb[m - 4u];
         }
-        if j <= last && raw != CHOSEN {
-            if n > 0u {
-                alpha[base + j] = bitcast<u32>(v);
-            }
+        if j <= last && (chosen & (1u << m)) == 0u {
             if abs(v) > best_abs {
                 best_abs = abs(v);
                 best_val = v;
@@ -225,6 +231,9 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
             }
         }
     }
+    // α as updated goes to the other texture of the pair, which the next sweep reads.
+    textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
+    textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
     let at = params.parts + 2u * ((sample * params.n_chunks + chunk) * WG + lid);
     work[at] = bitcast<u32>(best_val);
     work[at + 1u] = best_idx;
@@ -436,7 +445,8 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
     work[rec + H_NUPD] = s + 1u;
-    alpha[params.rows_first.x + sample * params.n_atoms + j] = CHOSEN;
+    let word = params.mask + sample * mask_words() + j / 32u;
+    work[word] = work[word] | (1u << (j % 32u));
 }
 
 @compute @workgroup_size(64)
@@ -562,4 +572,25 @@ fn pack_gram_f16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if t.at.z != 0xffffffffu {
         textureStore(g_dst16, t.at.xy, t.at.z, t.value);
     }
+}
+
+// pack_alpha: the job's α⁰ rows (binding 5, from element rows_first.x) into the first α texture,
+// one texel per invocation, zero past K.
+@compute @workgroup_size(64)
+fn pack_alpha(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let width = (params.n_atoms + 3u) / 4u;
+    let i = gid.y * groups.x * 64u + gid.x;
+    if i >= params.batch * width {
+        return;
+    }
+    let r = i / width;
+    let c = 4u * (i - r * width);
+    let src = params.rows_first.x + r * params.n_atoms + c;
+    var v = vec4<u32>();
+    for (var m = 0u; m < 4u; m++) {
+        if c + m < params.n_atoms {
+            v[m] = alpha[src + m];
+        }
+    }
+    textureStore(alpha_out, vec2<u32>(c / 4u, r), v);
 }

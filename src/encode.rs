@@ -424,14 +424,18 @@ impl Encoder {
     pub fn batch_size(&self, n: usize) -> Result<usize> {
         let k = self.options.coding.k;
         let device_max = omp::max_batch(&self.gpu, self.n_atoms, k);
-        // Samples, correlations, norms, codes and their staging copy, and the coding state
-        // (allocated for at most one chunk of rows; counted whole to stay on the safe side).
+        // Samples, correlations, norms, codes and their staging copy, the coding state and its
+        // textures (allocated for at most one chunk of rows; counted whole to stay on the safe
+        // side), and the samples' texture where the products read textures.
         let per_sample = 4
             * (self.d
                 + self.n_atoms
                 + 1
                 + 2 * omp::code_words(k)
-                + omp::scratch_words(self.n_atoms, k)) as u64;
+                + omp::scratch_words(self.n_atoms, k)
+                + omp::texture_words(self.n_atoms, k)
+                + self.d.next_multiple_of(4)
+                + 4) as u64;
         let budget_max = (self.options.memory_budget / per_sample).max(1) as usize;
         match self.options.batch_size {
             Some(b) if b > device_max => Err(Error::ExceedsLimit {

@@ -45,6 +45,8 @@ struct Params {
     tolerance: f32,
     min_correlation: f32,
     min_pivot: f32,
+    mask: u32,
+    _pad: [u32; 3],
     rows_first: [u32; 4],
 }
 
@@ -63,9 +65,12 @@ pub(crate) struct OmpKernels {
     finish: wgpu::ComputePipeline,
     pack_f32: wgpu::ComputePipeline,
     pack_f16: wgpu::ComputePipeline,
+    pack_alpha: wgpu::ComputePipeline,
     work: Scratch<u32>,
     gram: ScratchTexture,
     updates: ScratchTexture,
+    /// The pair of α textures the sweeps alternate between.
+    alphas: [ScratchTexture; 2],
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
@@ -79,9 +84,19 @@ fn partials(n_atoms: usize) -> usize {
     n_atoms.div_ceil(CHUNK) * WG as usize
 }
 
-/// Scratch words per sample: its record and its argmax partials (two words each).
+/// Words of texture per sample of a coding job: the pair of α textures and the update texture.
+pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize) -> usize {
+    2 * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
+}
+
+/// Words of one sample's chosen-atom mask.
+fn mask_words(n_atoms: usize) -> usize {
+    n_atoms.div_ceil(32)
+}
+
+/// Scratch words per sample: its record, its argmax partials (two words each), its mask.
 pub(crate) fn scratch_words(n_atoms: usize, max_atoms: usize) -> usize {
-    record_words(max_atoms) + 2 * partials(n_atoms)
+    record_words(max_atoms) + 2 * partials(n_atoms) + mask_words(n_atoms)
 }
 
 impl OmpKernels {
@@ -134,7 +149,6 @@ impl OmpKernels {
                             view_dimension: wgpu::TextureViewDimension::D2,
                         },
                     ),
-                    entry(5, write),
                     entry(6, read),
                     entry(7, write),
                     entry(8, write),
@@ -153,8 +167,23 @@ impl OmpKernels {
                             multisampled: false,
                         },
                     ),
-                    entry(5, write),
                     entry(8, write),
+                    entry(
+                        12,
+                        wgpu::BindingType::Texture {
+                            sample_type: wgpu::TextureSampleType::Uint,
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                            multisampled: false,
+                        },
+                    ),
+                    entry(
+                        13,
+                        wgpu::BindingType::StorageTexture {
+                            access: wgpu::StorageTextureAccess::WriteOnly,
+                            format: wgpu::TextureFormat::Rgba32Uint,
+                            view_dimension: wgpu::TextureViewDimension::D2,
+                        },
+                    ),
                 ],
             });
             let constants = [("WG", WG as f64)];
@@ -182,14 +211,26 @@ impl OmpKernels {
                 finish: pipeline(&state_layout, "finish"),
                 pack_f32: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f32", &[]),
                 pack_f16: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f16", &[]),
+                pack_alpha: super::sparse::compute_pipeline(gpu, &module, "pack_alpha", &[]),
                 state_layout,
                 sweep_layout,
                 work: Scratch::default(),
                 gram: ScratchTexture::default(),
                 updates: ScratchTexture::default(),
+                alphas: Default::default(),
             })
         })
     }
+}
+
+/// The bind groups of one chunk of a coding job's rows.
+struct ChunkGroups {
+    /// start, select, finish.
+    state: wgpu::BindGroup,
+    /// The sweeps reading α texture 0 (writing 1), and 1 (writing 0).
+    sweeps: [wgpu::BindGroup; 2],
+    /// pack_alpha: α⁰ into α texture 0.
+    pack: wgpu::BindGroup,
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
@@ -280,7 +321,9 @@ fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
         Coder::Mp { refit: true } => k + k * k + 3 * k,
         Coder::Omp | Coder::Mp { refit: false } => k,
     };
-    sweep.max(select).max(finish)
+    // Start clears the sample's chosen-atom mask.
+    let start = mask_words(n_atoms) as u64;
+    sweep.max(select).max(finish).max(start)
 }
 
 /// Words per sample in the codes buffer: k indices, k values, the residual energy.
@@ -381,7 +424,8 @@ impl Gpu {
         let most = chunk_rows(self, n_atoms, k).max(1);
         let rows = batch.div_ceil(batch.div_ceil(most));
         let parts = rows * stride;
-        let work_words = parts + 2 * rows * partials(n_atoms);
+        let masks = parts + 2 * rows * partials(n_atoms);
+        let work_words = masks + rows * mask_words(n_atoms);
         let work = kernels.work.get(self, work_words)?;
         let g_texture = kernels.gram.get(self, g.shape)?;
         let updates = kernels.updates.get(
@@ -393,6 +437,16 @@ impl Gpu {
                 format: wgpu::TextureFormat::Rg32Uint,
             },
         )?;
+        let alpha_shape = TextureShape {
+            width: n_atoms.div_ceil(TEXEL) as u32,
+            height: rows as u32,
+            layers: 1,
+            format: wgpu::TextureFormat::Rgba32Uint,
+        };
+        let alphas = [
+            kernels.alphas[0].get(self, alpha_shape)?,
+            kernels.alphas[1].get(self, alpha_shape)?,
+        ];
         // G's rows go into the texture in windows of whole rows that fit one binding.
         let pack_chunks = super::buffer::ranges(
             n_atoms,
@@ -420,6 +474,8 @@ impl Gpu {
             tolerance: options.tolerance.unwrap_or(-1.0),
             min_correlation: options.min_correlation,
             min_pivot: options.min_pivot,
+            mask: masks as u32,
+            _pad: [0; 3],
             rows_first: [0; 4],
         };
         let mut records: Vec<Params> = pack_chunks
@@ -469,40 +525,64 @@ impl Gpu {
                     })
                 })
                 .collect();
-            let groups: Vec<(wgpu::BindGroup, wgpu::BindGroup)> = chunks
+            let alpha_views = [
+                alphas[0].view(wgpu::TextureViewDimension::D2),
+                alphas[1].view(wgpu::TextureViewDimension::D2),
+            ];
+            let texture = |i: usize| wgpu::BindingResource::TextureView(&alpha_views[i]);
+            let groups: Vec<ChunkGroups> = chunks
                 .iter()
                 .enumerate()
                 .map(|(i, &(r0, r1))| {
-                    let alpha = || binding(&alpha.data.buffer, window(n_atoms, r0, r1, align));
-                    let work = || binding(&work.buffer, window(work_words, 0, 1, align));
+                    let uniform = || entry(0, uniforms.binding(pack_chunks.len() + i));
+                    let work = || entry(8, binding(&work.buffer, window(work_words, 0, 1, align)));
                     let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("omp state"),
                         layout: &kernels.state_layout,
                         entries: &[
-                            entry(0, uniforms.binding(pack_chunks.len() + i)),
+                            uniform(),
                             entry(1, wgpu::BindingResource::TextureView(&g_view)),
                             entry(3, wgpu::BindingResource::TextureView(&upd_view)),
-                            entry(5, alpha()),
                             entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
                             entry(
                                 7,
                                 binding(&codes.buffer, window(code_words(k), r0, r1, align)),
                             ),
-                            entry(8, work()),
+                            work(),
                         ],
                     });
-                    let sweep = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("omp sweep"),
-                        layout: &kernels.sweep_layout,
+                    // Sweep s reads α texture s mod 2 and writes the other.
+                    let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
+                        device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("omp sweep"),
+                            layout: &kernels.sweep_layout,
+                            entries: &[
+                                uniform(),
+                                entry(1, wgpu::BindingResource::TextureView(&g_view)),
+                                entry(2, wgpu::BindingResource::TextureView(&upd_view)),
+                                work(),
+                                entry(12, texture(from)),
+                                entry(13, texture(to)),
+                            ],
+                        })
+                    });
+                    let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("omp pack_alpha"),
+                        layout: &kernels.pack_alpha.get_bind_group_layout(0),
                         entries: &[
-                            entry(0, uniforms.binding(pack_chunks.len() + i)),
-                            entry(1, wgpu::BindingResource::TextureView(&g_view)),
-                            entry(2, wgpu::BindingResource::TextureView(&upd_view)),
-                            entry(5, alpha()),
-                            entry(8, work()),
+                            uniform(),
+                            entry(
+                                5,
+                                binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
+                            ),
+                            entry(13, texture(0)),
                         ],
                     });
-                    (state, sweep)
+                    ChunkGroups {
+                        state,
+                        sweeps,
+                        pack,
+                    }
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -515,18 +595,22 @@ impl Gpu {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(texels.0, texels.1, 1);
             }
-            for (&(r0, r1), (state, sweep_group)) in chunks.iter().zip(&groups) {
+            for (&(r0, r1), group) in chunks.iter().zip(&groups) {
                 let per_sample = super::sparse::groups(self, r1 - r0, SAMPLE_WG as usize);
                 let sweeps = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
+                let texels = super::sparse::groups(self, (r1 - r0) * n_atoms.div_ceil(TEXEL), 64);
+                pass.set_pipeline(&kernels.pack_alpha);
+                pass.set_bind_group(0, &group.pack, &[]);
+                pass.dispatch_workgroups(texels.0, texels.1, 1);
                 pass.set_pipeline(&kernels.start);
-                pass.set_bind_group(0, state, &[]);
+                pass.set_bind_group(0, &group.state, &[]);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
-                for _ in 0..steps {
+                for step in 0..steps {
                     pass.set_pipeline(sweep);
-                    pass.set_bind_group(0, sweep_group, &[]);
+                    pass.set_bind_group(0, &group.sweeps[step % 2], &[]);
                     pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
                     pass.set_pipeline(select);
-                    pass.set_bind_group(0, state, &[]);
+                    pass.set_bind_group(0, &group.state, &[]);
                     pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
                 }
                 pass.set_pipeline(&kernels.finish);
@@ -554,6 +638,7 @@ mod tests {
         tolerance,
         min_correlation,
         min_pivot,
+        mask,
         rows_first
     });
 
