@@ -166,7 +166,7 @@ fn start(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 // ---------------------------------------------------------------------------------------------
 // sweep: one workgroup per (sample, chunk).
 
-// Entries of the pending update (MP: its one atom is in the header), or 0xffffffff when the
+// Entries of the pending update in upd_in (MP: one, its atom), or 0xffffffff when the
 // sample has stopped.
 fn pending(rec: u32) -> u32 {
     if work[rec + H_DONE] != 0u {

@@ -494,13 +494,21 @@ impl GpuTexture {
 pub(crate) struct ScratchTexture(Mutex<Option<Arc<GpuTexture>>>);
 
 impl ScratchTexture {
-    /// The texture, of exactly `shape`.
+    /// A texture of `shape`'s width, layers and format and at least its height (rows past the
+    /// ones a job uses are never read), so a short last batch reuses the full one's.
     pub(crate) fn get(&self, gpu: &Gpu, shape: TextureShape) -> Result<Arc<GpuTexture>> {
         let mut cached = self
             .0
             .lock()
             .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
-        if let Some(texture) = cached.as_ref().filter(|t| t.shape == shape) {
+        let fits = |t: &&Arc<GpuTexture>| {
+            TextureShape {
+                height: shape.height,
+                ..t.shape
+            } == shape
+                && t.shape.height >= shape.height
+        };
+        if let Some(texture) = cached.as_ref().filter(fits) {
             return Ok(Arc::clone(texture));
         }
         *cached = None;
