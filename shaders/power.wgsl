@@ -26,6 +26,12 @@
 //                  rescanning a sample's k slots cost more than the fold itself.
 //   commit         one workgroup per atom: D[j] = d_new, x[ω] = x_new.
 //
+// When d is a multiple of 4 (every transformer width), power_partial_vec4, power_project_vec4,
+// fold_vec4 and fold_rows_vec4 do the same reading the [·, d] matrices four floats at a time
+// through vec4 views of the same buffers (bindings 15–18): on llvmpipe each storage access is
+// a scalar load per SIMD lane, so this cuts the update's loads about fourfold; on a GPU each
+// invocation reads 16 contiguous bytes.
+//
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 //
 // The [K, d] matrices (atoms, iterate, memory) are bound as one window of whole atom rows,
@@ -49,7 +55,8 @@ struct Params {
     last: u32,
     // γ: weight of the memory (the earlier batches' E_ΩᵀE_Ω·u products) in each step.
     decay: f32,
-    // fold_rows: dimensions per invocation (bounded by the driver's loop cap).
+    // fold_rows: dimensions per invocation (fold_rows_vec4: texels of four), bounded by the
+    // driver's loop cap.
     dims_per_fold: u32,
     // power_partial, power_project: the items are items[item_start .. item_start + item_len];
     // power_reduce: partials row r belongs to item item_start + r.
@@ -86,6 +93,12 @@ struct Params {
 @group(0) @binding(13) var<storage, read> atom_items: array<vec2<u32>>;
 // [item_len, d]: each item's share of u.
 @group(0) @binding(14) var<storage, read_write> partials: array<f32>;
+// vec4 views of atoms, iterate, residual and partials for the *_vec4 entry points (d % 4 = 0 and
+// atom_lead % 4 = 0); an entry point binds either a matrix or its view, never both.
+@group(0) @binding(15) var<storage, read> atoms4: array<vec4<f32>>;
+@group(0) @binding(16) var<storage, read> iterate4: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read_write> residual4: array<vec4<f32>>;
+@group(0) @binding(18) var<storage, read_write> partials4: array<vec4<f32>>;
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;
@@ -266,6 +279,97 @@ fn power_project(
     }
 }
 
+// The vec4 twins of u_at, dot_atom_u and residual_dot_u; `row4` = atom_row / 4.
+fn u4_at(t: u32) -> vec4<f32> {
+    if params.iteration == 0u {
+        return atoms4[t];
+    }
+    return iterate4[t];
+}
+
+fn dot_atom_u4(lid: u32, row4: u32) -> f32 {
+    var part = vec4<f32>(0.0);
+    for (var t = lid; t < params.d / 4u; t += WG) {
+        part += atoms4[row4 + t] * u4_at(row4 + t);
+    }
+    return wg_sum(lid, part.x + part.y + part.z + part.w);
+}
+
+fn residual_dot_u4(sample: u32, row4: u32) -> f32 {
+    let d4 = params.d / 4u;
+    let e = sample * d4;
+    var v = vec4<f32>(0.0);
+    // Split by iteration outside the loop so the loop body is a plain vec4 multiply-add.
+    if params.iteration == 0u {
+        for (var t = 0u; t < d4; t++) {
+            v += residual4[e + t] * atoms4[row4 + t];
+        }
+    } else {
+        for (var t = 0u; t < d4; t++) {
+            v += residual4[e + t] * iterate4[row4 + t];
+        }
+    }
+    return v.x + v.y + v.z + v.w;
+}
+
+@compute @workgroup_size(WG)
+fn power_partial_vec4(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let r = linear_group(wid, groups);
+    if r >= params.item_len {
+        return;
+    }
+    let item = items[params.item_start + r];
+    if !in_window(item.x) {
+        return;
+    }
+    let row4 = atom_row(item.x) / 4u;
+    let dju = dot_atom_u4(lid, row4);
+    var vx = 0.0;
+    for (var q = item.y + lid; q < item.z; q += WG) {
+        let user = users[q];
+        let x = values[user.y];
+        let v = residual_dot_u4(user.x, row4) + x * dju;
+        slot_scratch[q].x = v;
+        vx += v * x;
+    }
+    let sum_vx = wg_sum(lid, vx);
+    storageBarrier();
+    let d4 = params.d / 4u;
+    for (var t = lid; t < d4; t += WG) {
+        var acc = sum_vx * atoms4[row4 + t];
+        for (var q = item.y; q < item.z; q++) {
+            acc += slot_scratch[q].x * residual4[users[q].x * d4 + t];
+        }
+        partials4[r * d4 + t] = acc;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn power_project_vec4(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let r = linear_group(wid, groups);
+    if r >= params.item_len {
+        return;
+    }
+    let item = items[params.item_start + r];
+    if !in_window(item.x) {
+        return;
+    }
+    let row4 = atom_row(item.x) / 4u;
+    let dj_new = dot_atom_u4(lid, row4);
+    for (var q = item.y + lid; q < item.z; q += WG) {
+        let user = users[q];
+        slot_scratch[user.y].y = residual_dot_u4(user.x, row4) + values[user.y] * dj_new;
+    }
+}
+
 fn in_batch(j: u32) -> bool {
     let r = rank[j];
     return r >= params.start && r < params.start + params.len;
@@ -294,6 +398,28 @@ fn fold_dims(s: u32, first: u32, end: u32, step: u32) {
     }
 }
 
+// fold_dims over texels t = first, first + step, … < end of the vec4 views.
+fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
+    let e = s * (params.d / 4u);
+    for (var i = 0u; i < params.k; i++) {
+        let slot = s * params.k + i;
+        let jj = indices[slot];
+        if jj < 0 || u32(jj) >= params.n_atoms {
+            continue;
+        }
+        let j = u32(jj);
+        if !in_batch(j) || !in_window(j) {
+            continue;
+        }
+        let x_old = values[slot];
+        let x_new = slot_scratch[slot].y;
+        let row4 = atom_row(j) / 4u;
+        for (var t = first; t < end; t += step) {
+            residual4[e + t] += x_old * atoms4[row4 + t] - x_new * iterate4[row4 + t];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn fold(
     @builtin(local_invocation_index) lid: u32,
@@ -315,6 +441,30 @@ fn fold_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let c0 = gid.y * params.dims_per_fold;
     fold_dims(s, c0, min(c0 + params.dims_per_fold, params.d), 1u);
+}
+
+@compute @workgroup_size(WG)
+fn fold_vec4(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = linear_group(wid, groups);
+    if s >= params.n {
+        return;
+    }
+    fold_texels(s, lid, params.d / 4u, WG);
+}
+
+// fold_rows with dims_per_fold counting texels of four dimensions.
+@compute @workgroup_size(64)
+fn fold_rows_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let s = gid.x;
+    if s >= params.n {
+        return;
+    }
+    let t0 = gid.y * params.dims_per_fold;
+    fold_texels(s, t0, min(t0 + params.dims_per_fold, params.d / 4u), 1u);
 }
 
 @compute @workgroup_size(WG)

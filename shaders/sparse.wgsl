@@ -2,7 +2,10 @@
 // Kernels on fixed-width sparse codes (k slots per sample: atom index, −1 when empty, and value).
 //
 //   residual        E = Y − X·D, over the atoms of one window of rows of D (all of them when the
-//                   dictionary fits one binding); later windows subtract from E
+//                   dictionary fits one binding); later windows subtract from E.
+//                   residual_from_codes_vec4 does the same four dimensions per invocation when
+//                   d is a multiple of 4 (a quarter of the index, value and atom loads, which
+//                   llvmpipe issues one SIMD lane at a time)
 //   chunk_counts    per chunk of samples, how many slots name each atom
 //   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
 //   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
@@ -52,6 +55,12 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> out_values: array<f32>;
 @group(0) @binding(12) var<storage, read_write> row_stats: array<f32>;
 
+// vec4 views of samples, atoms and residual for residual_from_codes_vec4 (d % 4 = 0 and
+// atom_lead % 4 = 0).
+@group(0) @binding(13) var<storage, read> samples4: array<vec4<f32>>;
+@group(0) @binding(14) var<storage, read> atoms4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read_write> residual4: array<vec4<f32>>;
+
 // Global index of invocation `lid` of a 1-D grid of workgroups.
 fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
     return linear_group(wid, groups) * WG + lid;
@@ -83,6 +92,35 @@ fn residual_from_codes(
         }
     }
     residual[g] = e;
+}
+
+@compute @workgroup_size(WG)
+fn residual_from_codes_vec4(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let d4 = params.d / 4u;
+    let g = linear_id(wid, groups, lid);
+    if g >= params.n * d4 {
+        return;
+    }
+    let s = g / d4;
+    let t = g % d4;
+    var e: vec4<f32>;
+    if params.from_residual == 1u {
+        e = residual4[g];
+    } else {
+        e = samples4[g];
+    }
+    for (var i = 0u; i < params.k; i++) {
+        let j = indices[s * params.k + i];
+        if j >= 0 && u32(j) >= params.atom_first && u32(j) < params.atom_end {
+            let row4 = ((u32(j) - params.atom_first) * params.d + params.atom_lead) / 4u;
+            e -= values[s * params.k + i] * atoms4[row4 + t];
+        }
+    }
+    residual4[g] = e;
 }
 
 // First and one-past-last sample of a chunk.

@@ -441,13 +441,20 @@ fn a_planted_duplicate_is_purged() {
 }
 
 /// The fold (E_s += x_s·d_j − x_new·d_new for the slots of an atom batch) against the residual
-/// recomputed on the host from the updated atoms and codes. At d = 1500 with k = A = 32, a
-/// loop-capped driver (llvmpipe, 45 000 iterations) folds each sample in two chunks of
-/// dimensions (32 folded atoms × 1405 dimensions per invocation), so this also covers the split.
+/// recomputed on the host from the updated atoms and codes. With k = A = 32 a loop-capped
+/// driver (llvmpipe, 45 000 iterations) folds 1404 dimensions (d = 1501: scalar kernels) or
+/// 1404 texels of four (d = 6000: the vec4 kernels) per invocation, so each sample is folded
+/// in two chunks and this also covers the split.
 #[test]
 fn folded_residual_equals_the_recomputed_one_across_dimension_chunks() {
     let Some(gpu) = common::gpu() else { return };
-    let (d, n_atoms, n, k) = (1500, 64, 96, 32);
+    for d in [1501, 6000] {
+        fold_matches_recomputed_residual(gpu, d);
+    }
+}
+
+fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
+    let (n_atoms, n, k) = (64, 96, 32);
     let atoms = common::uniform(n_atoms * d, 21);
     let samples = common::uniform(n * d, 22);
     let encoder = Encoder::new(
@@ -493,7 +500,10 @@ fn folded_residual_equals_the_recomputed_one_across_dimension_chunks() {
     }
     // f32 folds of a few atoms per sample: errors of a few ulp of ‖y‖; a missed or doubled
     // chunk would leave differences of order x·|d_j| ≈ 0.1·‖y‖.
-    assert!(worst < 1e-4, "device residual differs by {worst:.2e}·‖y‖");
+    assert!(
+        worst < 1e-4,
+        "d = {d}: device residual differs by {worst:.2e}·‖y‖"
+    );
 }
 
 /// An atom used by every sample, under a loop cap that lets one workgroup take only a few hundred
@@ -622,16 +632,22 @@ fn an_atom_used_by_every_sample_spreads_over_workgroups() {
 
 /// A dictionary larger than one storage binding: the residual, the update, re-seeding and the
 /// duplicate search bind its atoms, iterates and memory (and G) in windows of whole rows, one
-/// dispatch per window. Here a binding holds 37 atom rows of d = 381 (row starts not aligned to
-/// the binding alignment, so windows start inside their binding): 7 windows over K = 256, the
-/// last short. Against the same calls on the whole dictionary in one binding: only the order of
-/// f32 sums differs (a sample's residual is summed window by window), so atoms agree to
-/// |cos| ≥ 1 − 1e-5, coefficients to 1e-4 relative, re-seeding and duplicates exactly.
+/// dispatch per window. Here a binding holds 37 atom rows of d = 381 (the scalar update kernels)
+/// or d = 380 (the vec4 ones), row starts not aligned to the binding alignment, so windows start
+/// inside their binding: 7 windows over K = 256, the last short. Against the same calls on the
+/// whole dictionary in one binding: only the order of f32 sums differs (a sample's residual is
+/// summed window by window), so atoms agree to |cos| ≥ 1 − 1e-5, coefficients to 1e-4
+/// relative, re-seeding and duplicates exactly.
 #[test]
 fn a_dictionary_beyond_one_binding_is_bound_in_windows() {
     let Some(gpu) = common::gpu() else { return };
+    for d in [381, 380] {
+        windowed_calls_match_whole(gpu, d);
+    }
+}
+
+fn windowed_calls_match_whole(gpu: &Gpu, d: usize) {
     let (data, rows, full_d) = common::minilm_slice();
-    let d = 381;
     let n = 600;
     // Rows cut to d dimensions; atoms normalised by the encoder, coded with OMP at k = 8.
     let cut: Vec<f32> = data

@@ -141,6 +141,11 @@ pub(crate) struct PowerKernels {
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
+    /// The same reading the [·, d] matrices as vec4 (d a multiple of 4).
+    partial_vec4: wgpu::ComputePipeline,
+    project_vec4: wgpu::ComputePipeline,
+    fold_vec4: wgpu::ComputePipeline,
+    fold_rows_vec4: wgpu::ComputePipeline,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
 }
@@ -162,6 +167,10 @@ impl PowerKernels {
                 fold: compute_pipeline(gpu, &module, "fold", &c),
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
+                partial_vec4: compute_pipeline(gpu, &module, "power_partial_vec4", &c),
+                project_vec4: compute_pipeline(gpu, &module, "power_project_vec4", &c),
+                fold_vec4: compute_pipeline(gpu, &module, "fold_vec4", &c),
+                fold_rows_vec4: compute_pipeline(gpu, &module, "fold_rows_vec4", &c),
                 partials: Scratch::default(),
             })
         })
@@ -557,6 +566,10 @@ impl Gpu {
         // time: every dispatch below runs once per window, each skipping the other windows'
         // atoms (one window, the whole dictionary, wherever it fits one binding).
         let windows = super::buffer::row_windows(self, n_atoms, d);
+        // Whole rows are whole vec4s when d is a multiple of 4 and every window's first row
+        // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
+        let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
+        let texels = if vec4 { d / 4 } else { d };
         let mut records: Vec<Params> = Vec::new();
         // (record, kind, workgroups, window)
         let mut dispatches: Vec<(usize, Kind, (u32, u32), usize)> = Vec::new();
@@ -625,7 +638,8 @@ impl Gpu {
             // Every projection reads the residual before the batch, so all precede the fold.
             push(base, Kind::Project, groups(self, base.item_len as usize, 1));
             if fold_rows {
-                let folds = (n.div_ceil(64) as u32, d.div_ceil(dims_per_fold) as u32);
+                // dims_per_fold counts texels in fold_rows_vec4.
+                let folds = (n.div_ceil(64) as u32, texels.div_ceil(dims_per_fold) as u32);
                 push(base, Kind::FoldRows, folds);
             } else {
                 push(base, Kind::Fold, groups(self, n, 1));
@@ -649,13 +663,27 @@ impl Gpu {
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
             let c = &batch.codes;
-            let pipeline = |kind: Kind| match kind {
-                Kind::Partial => &kernels.partial,
-                Kind::Reduce => &kernels.reduce,
-                Kind::Project => &kernels.project,
-                Kind::Fold => &kernels.fold,
-                Kind::FoldRows => &kernels.fold_rows,
-                Kind::Commit => &kernels.commit,
+            let pipeline = |kind: Kind| match (kind, vec4) {
+                (Kind::Partial, false) => &kernels.partial,
+                (Kind::Partial, true) => &kernels.partial_vec4,
+                (Kind::Reduce, _) => &kernels.reduce,
+                (Kind::Project, false) => &kernels.project,
+                (Kind::Project, true) => &kernels.project_vec4,
+                (Kind::Fold, false) => &kernels.fold,
+                (Kind::Fold, true) => &kernels.fold_vec4,
+                (Kind::FoldRows, false) => &kernels.fold_rows,
+                (Kind::FoldRows, true) => &kernels.fold_rows_vec4,
+                (Kind::Commit, _) => &kernels.commit,
+            };
+            // The vec4 entry points bind the views 15–18 in place of 3, 9, 4 and 14.
+            let view = |kind: Kind, b: u32| match b {
+                3 | 9 | 4 | 14 if vec4 && !matches!(kind, Kind::Reduce | Kind::Commit) => {
+                    [(3, 15), (9, 16), (4, 17), (14, 18)]
+                        .iter()
+                        .find(|v| v.0 == b)
+                        .map_or(b, |v| v.1)
+                }
+                _ => b,
             };
             // Bindings 3, 9 and 11 ([K, d]) are windowed.
             let buffers = |kind: Kind| -> Vec<(u32, &wgpu::Buffer)> {
@@ -713,7 +741,7 @@ impl Gpu {
                             } else {
                                 buffer.as_entire_binding()
                             };
-                            (b, resource)
+                            (view(kind, b), resource)
                         }),
                     );
                     super::sparse::bind_resources(self, pipeline(kind), entries)

@@ -38,6 +38,7 @@ struct Params {
 /// The sparse.wgsl pipelines (auto layouts: each entry point binds only what it uses).
 pub(crate) struct SparseKernels {
     residual: wgpu::ComputePipeline,
+    residual_vec4: wgpu::ComputePipeline,
     chunk_counts: wgpu::ComputePipeline,
     chunk_offsets: wgpu::ComputePipeline,
     atom_offsets: wgpu::ComputePipeline,
@@ -161,6 +162,7 @@ impl SparseKernels {
             let c = [("WG", WG as f64)];
             Ok(Self {
                 residual: compute_pipeline(gpu, &module, "residual_from_codes", &c),
+                residual_vec4: compute_pipeline(gpu, &module, "residual_from_codes_vec4", &c),
                 chunk_counts: compute_pipeline(gpu, &module, "chunk_counts", &c),
                 chunk_offsets: compute_pipeline(gpu, &module, "chunk_offsets", &c),
                 atom_offsets: compute_pipeline(gpu, &module, "atom_offsets", &[]),
@@ -349,17 +351,24 @@ impl Gpu {
         self.scoped(|| {
             let u = uniform_records.buffer();
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
+            // Four dimensions per invocation where rows are whole vec4s (see sparse.wgsl).
+            let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
+            let (residual_kernel, views, texels) = if vec4 {
+                (&kernels.residual_vec4, [13, 14, 15], n * d / 4)
+            } else {
+                (&kernels.residual, [3, 4, 5], n * d)
+            };
             let residual_groups = bind_windows(
                 self,
-                &kernels.residual,
+                residual_kernel,
                 &uniform_records,
                 &windows,
-                &[(4, &atoms.data.buffer)],
+                &[(views[1], &atoms.data.buffer)],
                 &[
                     (1, &codes.indices.buffer),
                     (2, &codes.values.buffer),
-                    (3, &samples.data.buffer),
-                    (5, &residual.data.buffer),
+                    (views[0], &samples.data.buffer),
+                    (views[2], &residual.data.buffer),
                 ],
             );
             let counts_group = bind(
@@ -401,9 +410,9 @@ impl Gpu {
                 timestamp_writes: None,
             });
             for group in &residual_groups {
-                pass.set_pipeline(&kernels.residual);
+                pass.set_pipeline(residual_kernel);
                 pass.set_bind_group(0, group, &[]);
-                let (x, y) = groups(self, n * d, WG as usize);
+                let (x, y) = groups(self, texels, WG as usize);
                 pass.dispatch_workgroups(x, y, 1);
             }
             let steps = [
