@@ -30,7 +30,11 @@
 // fold_vec4 and fold_rows_vec4 do the same reading the [·, d] matrices four floats at a time
 // through vec4 views of the same buffers (bindings 15–18): on llvmpipe each storage access is
 // a scalar load per SIMD lane, so this cuts the update's loads about fourfold; on a GPU each
-// invocation reads 16 contiguous bytes.
+// invocation reads 16 contiguous bytes. Compiled with READ_TEXTURES (CPU adapters), the same
+// entry points read the residual, the atoms and the iterates from texture copies instead
+// (bindings 19–21, refreshed by the host after every write): llvmpipe's texel fetch is an
+// unrolled gather, 3–10× faster than its lane-by-lane storage loads. The fold still writes
+// the residual buffer, which stays the truth.
 //
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 //
@@ -67,7 +71,12 @@ struct Params {
     atom_first: u32,
     atom_end: u32,
     atom_lead: u32,
-    _pad: u32,
+    // READ_TEXTURES: layer shifts of the residual's texture and of the atoms' and iterates'
+    // (see flat_texel).
+    residual_shift: u32,
+    atom_shift: u32,
+    _pad0: u32,
+    _pad1: vec2<u32>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -99,9 +108,22 @@ struct Params {
 @group(0) @binding(16) var<storage, read> iterate4: array<vec4<f32>>;
 @group(0) @binding(17) var<storage, read_write> residual4: array<vec4<f32>>;
 @group(0) @binding(18) var<storage, read_write> partials4: array<vec4<f32>>;
+// Texture copies of the residual [n, d], the atoms [K, d] and the iterates [K, d] for
+// READ_TEXTURES: each matrix's texels in a flat run, rows of 64 texels, layers of 2^shift rows.
+// The *_vec4 entry points bind them either way (1×1 stand-ins when READ_TEXTURES is false).
+@group(0) @binding(19) var residual_tex: texture_2d_array<f32>;
+@group(0) @binding(20) var atoms_tex: texture_2d_array<f32>;
+@group(0) @binding(21) var iterate_tex: texture_2d_array<f32>;
+
+override READ_TEXTURES: bool = false;
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;
+}
+
+// Whether workgroup r has a work item whose atom lies in this dispatch's window.
+fn item_in_window(r: u32) -> bool {
+    return r < params.item_len && in_window(items[params.item_start + r].x);
 }
 
 // Element index of atom j's row in the windowed [K, d] bindings (j in the window).
@@ -146,13 +168,10 @@ fn power_partial(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let r = linear_group(wid, groups);
-    if r >= params.item_len {
+    if !item_in_window(r) {
         return;
     }
     let item = items[params.item_start + r];
-    if !in_window(item.x) {
-        return;
-    }
     let row = atom_row(item.x);
     let dju = dot_atom_u(lid, row);
     var vx = 0.0;
@@ -263,13 +282,10 @@ fn power_project(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let r = linear_group(wid, groups);
-    if r >= params.item_len {
+    if !item_in_window(r) {
         return;
     }
     let item = items[params.item_start + r];
-    if !in_window(item.x) {
-        return;
-    }
     let row = atom_row(item.x);
     // params.iteration > 0 here: u_at reads d_new from `iterate`.
     let dj_new = dot_atom_u(lid, row);
@@ -279,18 +295,54 @@ fn power_project(
     }
 }
 
-// The vec4 twins of u_at, dot_atom_u and residual_dot_u; `row4` = atom_row / 4.
-fn u4_at(t: u32) -> vec4<f32> {
-    if params.iteration == 0u {
-        return atoms4[t];
+// Texel f of a matrix laid out flat in a texture (rows of 64 texels, layers of 2^shift rows).
+fn flat_texel(tex: texture_2d_array<f32>, f: u32, shift: u32) -> vec4<f32> {
+    let row = f >> 6u;
+    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift, 0);
+}
+
+// The vec4 entry points read texels through these: residual texel f (sample s's texel t at
+// s·d/4 + t), and the atoms' and iterates' texel `atom_texels(j) + t`.
+fn residual_texel(f: u32) -> vec4<f32> {
+    if READ_TEXTURES {
+        return flat_texel(residual_tex, f, params.residual_shift);
     }
-    return iterate4[t];
+    return residual4[f];
+}
+
+fn atom_texels(j: u32) -> u32 {
+    if READ_TEXTURES {
+        return j * (params.d / 4u);
+    }
+    return atom_row(j) / 4u;
+}
+
+fn atom_texel(f: u32) -> vec4<f32> {
+    if READ_TEXTURES {
+        return flat_texel(atoms_tex, f, params.atom_shift);
+    }
+    return atoms4[f];
+}
+
+fn iterate_texel(f: u32) -> vec4<f32> {
+    if READ_TEXTURES {
+        return flat_texel(iterate_tex, f, params.atom_shift);
+    }
+    return iterate4[f];
+}
+
+// The vec4 twins of u_at, dot_atom_u and residual_dot_u; `row4` = atom_texels(j).
+fn u4_at(f: u32) -> vec4<f32> {
+    if params.iteration == 0u {
+        return atom_texel(f);
+    }
+    return iterate_texel(f);
 }
 
 fn dot_atom_u4(lid: u32, row4: u32) -> f32 {
     var part = vec4<f32>(0.0);
     for (var t = lid; t < params.d / 4u; t += WG) {
-        part += atoms4[row4 + t] * u4_at(row4 + t);
+        part += atom_texel(row4 + t) * u4_at(row4 + t);
     }
     return wg_sum(lid, part.x + part.y + part.z + part.w);
 }
@@ -302,11 +354,11 @@ fn residual_dot_u4(sample: u32, row4: u32) -> f32 {
     // Split by iteration outside the loop so the loop body is a plain vec4 multiply-add.
     if params.iteration == 0u {
         for (var t = 0u; t < d4; t++) {
-            v += residual4[e + t] * atoms4[row4 + t];
+            v += residual_texel(e + t) * atom_texel(row4 + t);
         }
     } else {
         for (var t = 0u; t < d4; t++) {
-            v += residual4[e + t] * iterate4[row4 + t];
+            v += residual_texel(e + t) * iterate_texel(row4 + t);
         }
     }
     return v.x + v.y + v.z + v.w;
@@ -319,14 +371,11 @@ fn power_partial_vec4(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let r = linear_group(wid, groups);
-    if r >= params.item_len {
+    if !item_in_window(r) {
         return;
     }
     let item = items[params.item_start + r];
-    if !in_window(item.x) {
-        return;
-    }
-    let row4 = atom_row(item.x) / 4u;
+    let row4 = atom_texels(item.x);
     let dju = dot_atom_u4(lid, row4);
     var vx = 0.0;
     for (var q = item.y + lid; q < item.z; q += WG) {
@@ -340,9 +389,9 @@ fn power_partial_vec4(
     storageBarrier();
     let d4 = params.d / 4u;
     for (var t = lid; t < d4; t += WG) {
-        var acc = sum_vx * atoms4[row4 + t];
+        var acc = sum_vx * atom_texel(row4 + t);
         for (var q = item.y; q < item.z; q++) {
-            acc += slot_scratch[q].x * residual4[users[q].x * d4 + t];
+            acc += slot_scratch[q].x * residual_texel(users[q].x * d4 + t);
         }
         partials4[r * d4 + t] = acc;
     }
@@ -355,14 +404,11 @@ fn power_project_vec4(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let r = linear_group(wid, groups);
-    if r >= params.item_len {
+    if !item_in_window(r) {
         return;
     }
     let item = items[params.item_start + r];
-    if !in_window(item.x) {
-        return;
-    }
-    let row4 = atom_row(item.x) / 4u;
+    let row4 = atom_texels(item.x);
     let dj_new = dot_atom_u4(lid, row4);
     for (var q = item.y + lid; q < item.z; q += WG) {
         let user = users[q];
@@ -413,9 +459,9 @@ fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
         }
         let x_old = values[slot];
         let x_new = slot_scratch[slot].y;
-        let row4 = atom_row(j) / 4u;
+        let row4 = atom_texels(j);
         for (var t = first; t < end; t += step) {
-            residual4[e + t] += x_old * atoms4[row4 + t] - x_new * iterate4[row4 + t];
+            residual4[e + t] += x_old * atom_texel(row4 + t) - x_new * iterate_texel(row4 + t);
         }
     }
 }

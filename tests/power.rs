@@ -767,3 +767,52 @@ fn windowed_calls_match_whole(gpu: &Gpu, d: usize) {
     }
     assert!(whole.7[3] > 0.999 && whole.7[250] > 0.999);
 }
+
+/// The vec4 update kernels read the residual, the atoms and the iterates from storage buffers
+/// (GPUs) or from flat texture copies refreshed between dispatches (CPU adapters): the same f32
+/// arithmetic in the same order, so both agree bit for bit. Both are forced on one adapter:
+/// textures of at most 4 texels a side cannot hold a 64-texel row (storage reads); textures of
+/// 64 give layers of 64 rows (1279 samples of 96 texels: 1918 whole rows and a partial one in
+/// 30 layers). Two power iterations and atom memory, so the iterate copies are read too.
+#[test]
+fn storage_and_texture_reads_give_identical_updates() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut s = setup(gpu);
+    let n = 1279;
+    s.samples.truncate(n * s.d);
+    s.codes.n = n;
+    s.codes.indices.truncate(n * SLOTS);
+    s.codes.values.truncate(n * SLOTS);
+    s.codes.residual_energy.truncate(n);
+    let options = UpdateOptions {
+        atom_batch: 24,
+        power_iterations: 2,
+        seed: 5,
+        memory: 0.5,
+    };
+    let run = |gpu: &Gpu| {
+        let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
+        let memory = gpu.zeros(K, s.d).unwrap();
+        let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
+        for seed in [5, 6] {
+            let options = UpdateOptions { seed, ..options };
+            gpu.ksvd_update_with_memory(&mut atoms, &memory, &mut batch, &options)
+                .unwrap();
+        }
+        let (codes, residual) = gpu.read_codes_and_residual(&batch).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (
+            bits(&gpu.read_matrix(&atoms).unwrap()),
+            bits(&codes.values),
+            bits(&residual),
+        )
+    };
+    let default = run(gpu);
+    let storage = run(&gpu.with_max_texture_dimension(4));
+    let layered = run(&gpu.with_max_texture_dimension(64));
+    assert!(storage == default, "storage reads differ from the default");
+    assert!(
+        layered == default,
+        "layered texture reads differ from the default"
+    );
+}

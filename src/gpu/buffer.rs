@@ -470,6 +470,84 @@ pub(crate) fn texture_rows(
     Ok((shape, layer_rows.ilog2()))
 }
 
+/// Texels per row of a [`flat_texture`]: 64 rgba32float texels are 1 KiB, a multiple of the
+/// 256-byte row pitch that buffer-to-texture copies require.
+pub(crate) const FLAT_TEXELS: usize = 64;
+
+/// The shape (and layer shift) of a texture holding `texels` rgba32float texels in a flat run:
+/// texel f at column f % 64 of row f / 64, rows in layers of 2^shift (see [`texture_rows`]).
+/// Sides are powers of two, so every such texture is of one llvmpipe variant class. `None`
+/// where the device's textures cannot hold them.
+pub(crate) fn flat_texture(gpu: &Gpu, texels: usize) -> Option<(TextureShape, u32)> {
+    let rows = texels.div_ceil(FLAT_TEXELS);
+    let format = wgpu::TextureFormat::Rgba32Float;
+    let (shape, shift) = texture_rows(gpu, rows, FLAT_TEXELS, format, false).ok()?;
+    Some((
+        TextureShape {
+            height: 1 << shift,
+            ..shape
+        },
+        shift,
+    ))
+}
+
+/// Records the copy of the first `texels` vec4 texels of `buffer` into `texture`, laid out as
+/// [`flat_texture`] with layers of 2^`shift` rows: whole layers, the last layer's whole rows,
+/// then the last partial row.
+pub(crate) fn copy_flat(
+    encoder: &mut wgpu::CommandEncoder,
+    buffer: &wgpu::Buffer,
+    texels: usize,
+    texture: &wgpu::Texture,
+    shift: u32,
+) {
+    let row_bytes = (FLAT_TEXELS * 16) as u64;
+    let rows = (texels / FLAT_TEXELS) as u64;
+    let layer_rows = 1u64 << shift;
+    let (layers, last_rows) = (rows >> shift, rows & (layer_rows - 1));
+    let partial = (texels % FLAT_TEXELS) as u32;
+    // (first row, origin (row, layer), extent (width, rows, layers))
+    let copies = [
+        (0, (0, 0), (FLAT_TEXELS as u32, layer_rows, layers)),
+        (
+            layers * layer_rows,
+            (0, layers),
+            (FLAT_TEXELS as u32, last_rows, 1),
+        ),
+        (rows, (last_rows, layers), (partial, 1, 1)),
+    ];
+    for (first_row, (y, z), (width, height, depth)) in copies {
+        if width == 0 || height == 0 || depth == 0 {
+            continue;
+        }
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: first_row * row_bytes,
+                    bytes_per_row: Some(row_bytes as u32),
+                    rows_per_image: Some(layer_rows as u32),
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d {
+                    x: 0,
+                    y: y as u32,
+                    z: z as u32,
+                },
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width,
+                height: height as u32,
+                depth_or_array_layers: depth as u32,
+            },
+        );
+    }
+}
+
 /// A texture written by one kernel as a storage texture and read by the next with
 /// `textureLoad`, counted in [`Gpu::memory_peak`] like a buffer.
 pub(crate) struct GpuTexture {
@@ -524,7 +602,9 @@ impl ScratchTexture {
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
                 format: shape.format,
-                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::TEXTURE_BINDING,
+                usage: wgpu::TextureUsages::STORAGE_BINDING
+                    | wgpu::TextureUsages::TEXTURE_BINDING
+                    | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             }))
         })?;

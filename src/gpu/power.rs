@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::buffer::Scratch;
+use super::buffer::{copy_flat, flat_texture, Scratch, ScratchTexture, TextureShape};
 use super::sparse::{compute_pipeline, groups, CodeBuffers};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::coding::SparseCodes;
@@ -131,7 +131,9 @@ struct Params {
     atom_first: u32,
     atom_end: u32,
     atom_lead: u32,
-    _pad: u32,
+    residual_shift: u32,
+    atom_shift: u32,
+    _pad: [u32; 3],
 }
 
 pub(crate) struct PowerKernels {
@@ -141,13 +143,41 @@ pub(crate) struct PowerKernels {
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
-    /// The same reading the [·, d] matrices as vec4 (d a multiple of 4).
-    partial_vec4: wgpu::ComputePipeline,
-    project_vec4: wgpu::ComputePipeline,
-    fold_vec4: wgpu::ComputePipeline,
-    fold_rows_vec4: wgpu::ComputePipeline,
+    /// The vec4 entry points (d a multiple of 4) reading storage buffers.
+    vec4: Vec4Kernels,
+    /// The same reading texture copies (READ_TEXTURES), built on CPU adapters only.
+    textured: Option<Vec4Kernels>,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
+    /// READ_TEXTURES: copies of the residual, the atoms and the iterates, and the 1×1
+    /// stand-in the storage variant binds in their place.
+    residual_texture: ScratchTexture,
+    atom_texture: ScratchTexture,
+    iterate_texture: ScratchTexture,
+    stand_in: ScratchTexture,
+}
+
+/// The `*_vec4` entry points of power.wgsl under one value of READ_TEXTURES.
+struct Vec4Kernels {
+    partial: wgpu::ComputePipeline,
+    project: wgpu::ComputePipeline,
+    fold: wgpu::ComputePipeline,
+    fold_rows: wgpu::ComputePipeline,
+}
+
+impl Vec4Kernels {
+    fn new(gpu: &Gpu, module: &wgpu::ShaderModule, textures: bool) -> Self {
+        let c = [
+            ("WG", WG as f64),
+            ("READ_TEXTURES", f64::from(u8::from(textures))),
+        ];
+        Self {
+            partial: compute_pipeline(gpu, module, "power_partial_vec4", &c),
+            project: compute_pipeline(gpu, module, "power_project_vec4", &c),
+            fold: compute_pipeline(gpu, module, "fold_vec4", &c),
+            fold_rows: compute_pipeline(gpu, module, "fold_rows_vec4", &c),
+        }
+    }
 }
 
 impl PowerKernels {
@@ -167,11 +197,16 @@ impl PowerKernels {
                 fold: compute_pipeline(gpu, &module, "fold", &c),
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
-                partial_vec4: compute_pipeline(gpu, &module, "power_partial_vec4", &c),
-                project_vec4: compute_pipeline(gpu, &module, "power_project_vec4", &c),
-                fold_vec4: compute_pipeline(gpu, &module, "fold_vec4", &c),
-                fold_rows_vec4: compute_pipeline(gpu, &module, "fold_rows_vec4", &c),
+                vec4: Vec4Kernels::new(gpu, &module, false),
+                textured: gpu
+                    .adapter()
+                    .is_cpu()
+                    .then(|| Vec4Kernels::new(gpu, &module, true)),
                 partials: Scratch::default(),
+                residual_texture: ScratchTexture::default(),
+                atom_texture: ScratchTexture::default(),
+                iterate_texture: ScratchTexture::default(),
+                stand_in: ScratchTexture::default(),
             })
         })
     }
@@ -248,6 +283,22 @@ enum Kind {
     Fold,
     FoldRows,
     Commit,
+}
+
+/// One step of the atom-batch submission: a dispatch (record, kind, workgroups, window), or a
+/// refresh of a texture copy read by the READ_TEXTURES kernels.
+#[derive(Clone, Copy)]
+enum Step {
+    Run(usize, Kind, (u32, u32), usize),
+    Copy(Copied),
+}
+
+/// The matrix a [`Step::Copy`] copies into its texture.
+#[derive(Clone, Copy)]
+enum Copied {
+    Residual,
+    Atoms,
+    Iterate,
 }
 
 /// The update's work items: each atom's users (in user-list order) cut into runs of at most
@@ -570,10 +621,24 @@ impl Gpu {
         // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
         let texels = if vec4 { d / 4 } else { d };
+        // CPU adapters read the residual, atoms and iterates from flat texture copies (see
+        // power.wgsl) wherever the device's textures hold them: (shape, layer shift) of the
+        // residual's and of the atoms' (the iterates' alike).
+        let textures = match (&kernels.textured, vec4) {
+            (Some(_), true) => {
+                flat_texture(self, n * texels).zip(flat_texture(self, n_atoms * texels))
+            }
+            _ => None,
+        };
+        let copies = textures.is_some();
         let mut records: Vec<Params> = Vec::new();
-        // (record, kind, workgroups, window)
-        let mut dispatches: Vec<(usize, Kind, (u32, u32), usize)> = Vec::new();
-        let mut push = |params: Params, kind: Kind, groups: (u32, u32)| {
+        let mut steps: Vec<Step> = Vec::new();
+        // A dispatch of `kind` once per window of atom rows.
+        let push = |records: &mut Vec<Params>,
+                    steps: &mut Vec<Step>,
+                    params: Params,
+                    kind: Kind,
+                    groups: (u32, u32)| {
             for (w, &(first, end, window)) in windows.iter().enumerate() {
                 records.push(Params {
                     atom_first: first as u32,
@@ -581,9 +646,13 @@ impl Gpu {
                     atom_lead: window.first,
                     ..params
                 });
-                dispatches.push((records.len() - 1, kind, groups, w));
+                steps.push(Step::Run(records.len() - 1, kind, groups, w));
             }
         };
+        if copies {
+            steps.push(Step::Copy(Copied::Residual));
+            steps.push(Step::Copy(Copied::Atoms));
+        }
         let mut partial_rows = 1;
         let p = options.power_iterations;
         for start in (0..n_atoms).step_by(atom_batch) {
@@ -605,7 +674,9 @@ impl Gpu {
                 atom_first: 0,
                 atom_end: 0,
                 atom_lead: 0,
-                _pad: 0,
+                residual_shift: textures.map_or(0, |t| t.0 .1),
+                atom_shift: textures.map_or(0, |t| t.1 .1),
+                _pad: [0; 3],
             };
             let waves = plan.waves(start, len, wave_rows, d)?;
             partial_rows = waves
@@ -615,10 +686,15 @@ impl Gpu {
             if p == 0 {
                 // No power step: power_reduce copies d_j as d_new.
                 push(
+                    &mut records,
+                    &mut steps,
                     Params { last: 2, ..base },
                     Kind::Reduce,
                     groups(self, len, 1),
                 );
+                if copies {
+                    steps.push(Step::Copy(Copied::Iterate));
+                }
             }
             for iteration in 0..p {
                 for (atoms_range, item_range) in &waves {
@@ -631,20 +707,58 @@ impl Gpu {
                         item_len: item_range.len() as u32,
                         ..base
                     };
-                    push(wave, Kind::Partial, groups(self, item_range.len(), 1));
-                    push(wave, Kind::Reduce, groups(self, atoms_range.len(), 1));
+                    let (items, atoms) = (item_range.len(), atoms_range.len());
+                    push(
+                        &mut records,
+                        &mut steps,
+                        wave,
+                        Kind::Partial,
+                        groups(self, items, 1),
+                    );
+                    push(
+                        &mut records,
+                        &mut steps,
+                        wave,
+                        Kind::Reduce,
+                        groups(self, atoms, 1),
+                    );
+                }
+                if copies {
+                    steps.push(Step::Copy(Copied::Iterate));
                 }
             }
             // Every projection reads the residual before the batch, so all precede the fold.
-            push(base, Kind::Project, groups(self, base.item_len as usize, 1));
+            let items = base.item_len as usize;
+            push(
+                &mut records,
+                &mut steps,
+                base,
+                Kind::Project,
+                groups(self, items, 1),
+            );
             if fold_rows {
                 // dims_per_fold counts texels in fold_rows_vec4.
                 let folds = (n.div_ceil(64) as u32, texels.div_ceil(dims_per_fold) as u32);
-                push(base, Kind::FoldRows, folds);
+                push(&mut records, &mut steps, base, Kind::FoldRows, folds);
             } else {
-                push(base, Kind::Fold, groups(self, n, 1));
+                push(
+                    &mut records,
+                    &mut steps,
+                    base,
+                    Kind::Fold,
+                    groups(self, n, 1),
+                );
             }
-            push(base, Kind::Commit, groups(self, len, 1));
+            if copies && start + len < n_atoms {
+                steps.push(Step::Copy(Copied::Residual));
+            }
+            push(
+                &mut records,
+                &mut steps,
+                base,
+                Kind::Commit,
+                groups(self, len, 1),
+            );
         }
 
         let order_buf = self.upload(&order)?;
@@ -660,19 +774,44 @@ impl Gpu {
             self.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?;
         let partials = kernels.partials.get(self, partial_rows * d.max(1))?;
         let uniforms = self.uniform_records("power params", &records)?;
+        // The textures READ_TEXTURES reads, or the stand-in bound in their place.
+        let stand_in = TextureShape {
+            width: 1,
+            height: 1,
+            layers: 1,
+            format: wgpu::TextureFormat::Rgba32Float,
+        };
+        let texture_list = match textures {
+            Some(((residual, _), (atoms, _))) => [
+                kernels.residual_texture.get(self, residual)?,
+                kernels.atom_texture.get(self, atoms)?,
+                kernels.iterate_texture.get(self, atoms)?,
+            ],
+            None => {
+                let t = kernels.stand_in.get(self, stand_in)?;
+                [t.clone(), t.clone(), t]
+            }
+        };
+        let views = texture_list
+            .each_ref()
+            .map(|t| t.view(wgpu::TextureViewDimension::D2Array));
+        let vec4_kernels = match &kernels.textured {
+            Some(textured) if copies => textured,
+            _ => &kernels.vec4,
+        };
         let mut encoder = self.encoder("ksvd atom batches");
         self.scoped(|| {
             let c = &batch.codes;
             let pipeline = |kind: Kind| match (kind, vec4) {
                 (Kind::Partial, false) => &kernels.partial,
-                (Kind::Partial, true) => &kernels.partial_vec4,
+                (Kind::Partial, true) => &vec4_kernels.partial,
                 (Kind::Reduce, _) => &kernels.reduce,
                 (Kind::Project, false) => &kernels.project,
-                (Kind::Project, true) => &kernels.project_vec4,
+                (Kind::Project, true) => &vec4_kernels.project,
                 (Kind::Fold, false) => &kernels.fold,
-                (Kind::Fold, true) => &kernels.fold_vec4,
+                (Kind::Fold, true) => &vec4_kernels.fold,
                 (Kind::FoldRows, false) => &kernels.fold_rows,
-                (Kind::FoldRows, true) => &kernels.fold_rows_vec4,
+                (Kind::FoldRows, true) => &vec4_kernels.fold_rows,
                 (Kind::Commit, _) => &kernels.commit,
             };
             // The vec4 entry points bind the views 15–18 in place of 3, 9, 4 and 14.
@@ -730,31 +869,70 @@ impl Gpu {
                     ],
                 }
             };
-            let bind_groups: Vec<wgpu::BindGroup> = dispatches
-                .iter()
-                .map(|&(record, kind, _, w)| {
-                    let window = windows[w].2;
-                    let entries = std::iter::once((0, uniforms.binding(record))).chain(
-                        buffers(kind).into_iter().map(|(b, buffer)| {
-                            let resource = if matches!(b, 3 | 9 | 11) {
-                                super::buffer::binding(buffer, window)
-                            } else {
-                                buffer.as_entire_binding()
-                            };
-                            (view(kind, b), resource)
-                        }),
+            let textured = |kind: Kind| vec4 && !matches!(kind, Kind::Reduce | Kind::Commit);
+            let bind_group = |record: usize, kind: Kind, w: usize| {
+                let window = windows[w].2;
+                let entries = std::iter::once((0, uniforms.binding(record)))
+                    .chain(buffers(kind).into_iter().map(|(b, buffer)| {
+                        let resource = if matches!(b, 3 | 9 | 11) {
+                            super::buffer::binding(buffer, window)
+                        } else {
+                            buffer.as_entire_binding()
+                        };
+                        (view(kind, b), resource)
+                    }))
+                    .chain(
+                        views
+                            .iter()
+                            .zip(19..)
+                            // The fold writes the residual buffer and reads no residual texels.
+                            .filter(|&(_, b)| {
+                                textured(kind)
+                                    && !(b == 19 && matches!(kind, Kind::Fold | Kind::FoldRows))
+                            })
+                            .map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))),
                     );
-                    super::sparse::bind_resources(self, pipeline(kind), entries)
-                })
-                .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("atom batches"),
-                timestamp_writes: None,
-            });
-            for (&(_, kind, (x, y), _), group) in dispatches.iter().zip(&bind_groups) {
-                pass.set_pipeline(pipeline(kind));
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
+                super::sparse::bind_resources(self, pipeline(kind), entries)
+            };
+            // Runs of dispatches share a compute pass; the texture copies go between passes.
+            let shifts = textures.map_or((0, 0), |t| (t.0 .1, t.1 .1));
+            let mut i = 0;
+            while i < steps.len() {
+                if let Step::Copy(what) = steps[i] {
+                    let (buffer, rows, texture, shift) = match what {
+                        Copied::Residual => (&batch.residual.data.buffer, n, 0, shifts.0),
+                        Copied::Atoms => (&atoms.data.buffer, n_atoms, 1, shifts.1),
+                        Copied::Iterate => (&batch.iterate.data.buffer, n_atoms, 2, shifts.1),
+                    };
+                    let texture = &texture_list[texture].texture;
+                    copy_flat(&mut encoder, buffer, rows * texels, texture, shift);
+                    i += 1;
+                    continue;
+                }
+                let end = steps[i..]
+                    .iter()
+                    .position(|step| matches!(step, Step::Copy(_)))
+                    .map_or(steps.len(), |p| i + p);
+                let runs: Vec<(Kind, (u32, u32), wgpu::BindGroup)> = steps[i..end]
+                    .iter()
+                    .filter_map(|step| match *step {
+                        Step::Run(record, kind, groups, w) => {
+                            Some((kind, groups, bind_group(record, kind, w)))
+                        }
+                        Step::Copy(_) => None,
+                    })
+                    .collect();
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("atom batches"),
+                    timestamp_writes: None,
+                });
+                for (kind, (x, y), group) in &runs {
+                    pass.set_pipeline(pipeline(*kind));
+                    pass.set_bind_group(0, group, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                }
+                drop(pass);
+                i = end;
             }
             Ok(())
         })?;
@@ -821,6 +999,8 @@ mod tests {
         item_len,
         atom_first,
         atom_end,
-        atom_lead
+        atom_lead,
+        residual_shift,
+        atom_shift
     });
 }
