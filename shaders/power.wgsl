@@ -34,7 +34,8 @@
 // entry points read the residual, the atoms and the iterates from texture copies instead
 // (bindings 19–21, refreshed by the host after every write): llvmpipe's texel fetch is an
 // unrolled gather, 3–10× faster than its lane-by-lane storage loads. The fold still writes
-// the residual buffer, which stays the truth.
+// the residual buffer, which stays the truth. The vec4 folds find a sample's slots of the batch
+// in slot_order (written once per update by order_slots) instead of scanning all k.
 //
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 //
@@ -116,6 +117,11 @@ struct Params {
 @group(0) @binding(21) var iterate_tex: texture_2d_array<f32>;
 
 override READ_TEXTURES: bool = false;
+
+// [n, k]: each sample's slots ordered by the visiting position of their atom, empty slots last:
+// (position or 0xffffffff, flat slot). Written once per update by order_slots; the vec4 folds
+// find an atom batch's slots in it by binary search instead of scanning all k.
+@group(0) @binding(22) var<storage, read_write> slot_order: array<vec2<u32>>;
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;
@@ -444,17 +450,62 @@ fn fold_dims(s: u32, first: u32, end: u32, step: u32) {
     }
 }
 
-// fold_dims over texels t = first, first + step, … < end of the vec4 views.
+// The visiting position of the atom in a slot (0xffffffff for an empty slot).
+fn slot_key(slot: u32) -> u32 {
+    let jj = indices[slot];
+    if jj < 0 || u32(jj) >= params.n_atoms {
+        return 0xffffffffu;
+    }
+    return rank[u32(jj)];
+}
+
+// One invocation per slot: its place among its sample's slots ordered by (key, slot), a
+// counting sort of k entries (k iterations per invocation, no atomics).
+@compute @workgroup_size(64)
+fn order_slots(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let slot = gid.y * groups.x * 64u + gid.x;
+    if slot >= params.n * params.k {
+        return;
+    }
+    let first = slot - slot % params.k;
+    let key = slot_key(slot);
+    var place = 0u;
+    for (var other = first; other < first + params.k; other++) {
+        let other_key = slot_key(other);
+        if other_key < key || (other_key == key && other < slot) {
+            place++;
+        }
+    }
+    slot_order[first + place] = vec2<u32>(key, slot);
+}
+
+// fold_dims over texels t = first, first + step, … < end of the vec4 views, visiting only the
+// sample's slots of this batch: a binary search of slot_order for the batch's first position,
+// then its run of slots (so lanes of different samples rarely wait on each other's folds).
 fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
     let e = s * (params.d / 4u);
-    for (var i = 0u; i < params.k; i++) {
-        let slot = s * params.k + i;
-        let jj = indices[slot];
-        if jj < 0 || u32(jj) >= params.n_atoms {
-            continue;
+    let row = s * params.k;
+    var lo = 0u;
+    var hi = params.k;
+    while lo < hi {
+        let mid = (lo + hi) / 2u;
+        if slot_order[row + mid].x < params.start {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
         }
-        let j = u32(jj);
-        if !in_batch(j) || !in_window(j) {
+    }
+    for (var i = lo; i < params.k; i++) {
+        let entry = slot_order[row + i];
+        if entry.x >= params.start + params.len {
+            break;
+        }
+        let slot = entry.y;
+        let j = u32(indices[slot]);
+        if !in_window(j) {
             continue;
         }
         let x_old = values[slot];
@@ -502,15 +553,21 @@ fn fold_vec4(
     fold_texels(s, lid, params.d / 4u, WG);
 }
 
-// fold_rows with dims_per_fold counting texels of four dimensions.
+// Invocations per sample of fold_rows_vec4: one llvmpipe SIMD row (8 lanes of 256 bits) per
+// sample, so its lanes share the sample's slots and never wait on another sample's.
+const FOLD_LANES: u32 = 8u;
+
+// fold_rows with dims_per_fold counting texels of four dimensions, each chunk split over
+// FOLD_LANES invocations (texels t0 + lane, t0 + lane + FOLD_LANES, …).
 @compute @workgroup_size(64)
 fn fold_rows_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let s = gid.x;
+    let s = gid.x / FOLD_LANES;
     if s >= params.n {
         return;
     }
     let t0 = gid.y * params.dims_per_fold;
-    fold_texels(s, t0, min(t0 + params.dims_per_fold, params.d / 4u), 1u);
+    let end = min(t0 + params.dims_per_fold, params.d / 4u);
+    fold_texels(s, t0 + gid.x % FOLD_LANES, end, FOLD_LANES);
 }
 
 @compute @workgroup_size(WG)

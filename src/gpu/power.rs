@@ -143,12 +143,15 @@ pub(crate) struct PowerKernels {
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
+    order_slots: wgpu::ComputePipeline,
     /// The vec4 entry points (d a multiple of 4) reading storage buffers.
     vec4: Vec4Kernels,
     /// The same reading texture copies (READ_TEXTURES), built on CPU adapters only.
     textured: Option<Vec4Kernels>,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
+    /// [n, k] (visiting position, slot) pairs of order_slots.
+    slot_order: Scratch<u32>,
     /// READ_TEXTURES: copies of the residual, the atoms and the iterates, and the 1×1
     /// stand-in the storage variant binds in their place.
     residual_texture: ScratchTexture,
@@ -197,12 +200,14 @@ impl PowerKernels {
                 fold: compute_pipeline(gpu, &module, "fold", &c),
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
+                order_slots: compute_pipeline(gpu, &module, "order_slots", &c),
                 vec4: Vec4Kernels::new(gpu, &module, false),
                 textured: gpu
                     .adapter()
                     .is_cpu()
                     .then(|| Vec4Kernels::new(gpu, &module, true)),
                 partials: Scratch::default(),
+                slot_order: Scratch::default(),
                 residual_texture: ScratchTexture::default(),
                 atom_texture: ScratchTexture::default(),
                 iterate_texture: ScratchTexture::default(),
@@ -283,6 +288,8 @@ enum Kind {
     Fold,
     FoldRows,
     Commit,
+    /// order_slots: once per update, before the vec4 folds.
+    OrderSlots,
 }
 
 /// One step of the atom-batch submission: a dispatch (record, kind, workgroups, window), or a
@@ -604,7 +611,6 @@ impl Gpu {
         // CPU adapters fold one sample per invocation (see power.wgsl), its d dimensions split
         // so that the k-slot scan plus min(k, A) folded atoms stay under the loop cap.
         let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
-        let fold_rows = self.adapter().is_cpu() && n.div_ceil(64) <= max_groups;
         let dims_per_fold = match self.limits().max_loop_iterations {
             Some(cap) => {
                 let folded = k.min(atom_batch).max(1) as u64;
@@ -621,6 +627,9 @@ impl Gpu {
         // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
         let texels = if vec4 { d / 4 } else { d };
+        // fold_rows_vec4 gives each sample FOLD_LANES invocations.
+        let fold_lanes = if vec4 { 8 } else { 1 };
+        let fold_rows = self.adapter().is_cpu() && (n * fold_lanes).div_ceil(64) <= max_groups;
         // CPU adapters read the residual, atoms and iterates from flat texture copies (see
         // power.wgsl) wherever the device's textures hold them: (shape, layer shift) of the
         // residual's and of the atoms' (the iterates' alike).
@@ -652,6 +661,18 @@ impl Gpu {
         if copies {
             steps.push(Step::Copy(Copied::Residual));
             steps.push(Step::Copy(Copied::Atoms));
+        }
+        if vec4 {
+            // The vec4 folds find each batch's slots in the slots ordered by visiting position.
+            records.push(Params {
+                d: d as u32,
+                k: k as u32,
+                n: n as u32,
+                n_atoms: n_atoms as u32,
+                ..Params::zeroed()
+            });
+            let slots = groups(self, n * k, 64);
+            steps.push(Step::Run(records.len() - 1, Kind::OrderSlots, slots, 0));
         }
         let mut partial_rows = 1;
         let p = options.power_iterations;
@@ -738,7 +759,10 @@ impl Gpu {
             );
             if fold_rows {
                 // dims_per_fold counts texels in fold_rows_vec4.
-                let folds = (n.div_ceil(64) as u32, texels.div_ceil(dims_per_fold) as u32);
+                let folds = (
+                    (n * fold_lanes).div_ceil(64) as u32,
+                    texels.div_ceil(dims_per_fold) as u32,
+                );
                 push(&mut records, &mut steps, base, Kind::FoldRows, folds);
             } else {
                 push(
@@ -773,6 +797,7 @@ impl Gpu {
         let atom_items_buf =
             self.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?;
         let partials = kernels.partials.get(self, partial_rows * d.max(1))?;
+        let slot_order = kernels.slot_order.get(self, 2 * (n * k).max(1))?;
         let uniforms = self.uniform_records("power params", &records)?;
         // The textures READ_TEXTURES reads, or the stand-in bound in their place.
         let stand_in = TextureShape {
@@ -813,6 +838,7 @@ impl Gpu {
                 (Kind::FoldRows, false) => &kernels.fold_rows,
                 (Kind::FoldRows, true) => &vec4_kernels.fold_rows,
                 (Kind::Commit, _) => &kernels.commit,
+                (Kind::OrderSlots, _) => &kernels.order_slots,
             };
             // The vec4 entry points bind the views 15–18 in place of 3, 9, 4 and 14.
             let view = |kind: Kind, b: u32| match b {
@@ -849,14 +875,24 @@ impl Gpu {
                         (14, &partials.buffer),
                     ],
 
+                    // The scalar folds scan the slots by rank; the vec4 ones search slot_order.
                     Kind::Fold | Kind::FoldRows => vec![
-                        (2, &rank_buf.buffer),
+                        if vec4 {
+                            (22, &slot_order.buffer)
+                        } else {
+                            (2, &rank_buf.buffer)
+                        },
                         (3, &atoms.data.buffer),
                         (4, &batch.residual.data.buffer),
                         (5, &c.values.buffer),
                         (6, &c.indices.buffer),
                         (9, &batch.iterate.data.buffer),
                         (10, &batch.slot_scratch.buffer),
+                    ],
+                    Kind::OrderSlots => vec![
+                        (2, &rank_buf.buffer),
+                        (6, &c.indices.buffer),
+                        (22, &slot_order.buffer),
                     ],
                     Kind::Commit => vec![
                         (1, &order_buf.buffer),
@@ -869,7 +905,9 @@ impl Gpu {
                     ],
                 }
             };
-            let textured = |kind: Kind| vec4 && !matches!(kind, Kind::Reduce | Kind::Commit);
+            let textured = |kind: Kind| {
+                vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
+            };
             let bind_group = |record: usize, kind: Kind, w: usize| {
                 let window = windows[w].2;
                 let entries = std::iter::once((0, uniforms.binding(record)))
