@@ -45,6 +45,10 @@ fn main() -> dbksvd::Result<()> {
         sum(|b| b.host_s),
     );
     let epoch = &result.epochs[0];
+    let coder = match result.config.coder {
+        dbksvd::encode::Coder::Omp => "sparse coding (OMP)",
+        dbksvd::encode::Coder::Mp { .. } => "sparse coding (MP)",
+    };
     println!(
         "batch size {} ({} batches)",
         result.config.batch_size.unwrap_or_default(),
@@ -53,7 +57,7 @@ fn main() -> dbksvd::Result<()> {
     println!("phase                 seconds   share");
     for (name, s) in [
         ("products (GEMM)", gemm),
-        ("sparse coding (OMP)", coding),
+        (coder, coding),
         ("dictionary update", update),
         ("host waits", host),
         ("epoch end + stats", total - gemm - coding - update - host),
