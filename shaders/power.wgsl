@@ -301,12 +301,6 @@ fn power_project(
     }
 }
 
-// Texel f of a matrix laid out flat in a texture (rows of 64 texels, layers of 2^shift rows).
-fn flat_texel(tex: texture_2d_array<f32>, f: u32, shift: u32) -> vec4<f32> {
-    let row = f >> 6u;
-    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift, 0);
-}
-
 // The vec4 entry points read texels through these: residual texel f (sample s's texel t at
 // s·d/4 + t), and the atoms' and iterates' texel `atom_texels(j) + t`.
 fn residual_texel(f: u32) -> vec4<f32> {

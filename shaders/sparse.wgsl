@@ -5,7 +5,10 @@
 //                   dictionary fits one binding); later windows subtract from E.
 //                   residual_from_codes_vec4 does the same four dimensions per invocation when
 //                   d is a multiple of 4 (a quarter of the index, value and atom loads, which
-//                   llvmpipe issues one SIMD lane at a time)
+//                   llvmpipe issues one SIMD lane at a time); residual_from_codes_texels, for
+//                   CPU adapters, four texels per invocation with the atoms read from a texture
+//                   copy (a texel fetch instead of a storage load, and a quarter of the index and
+//                   value loads again)
 //   chunk_counts    per chunk of samples, how many slots name each atom
 //   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
 //   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
@@ -31,7 +34,8 @@ struct Params {
     atom_end: u32,
     atom_lead: u32,
     from_residual: u32,
-    _pad0: u32,
+    // residual_from_codes_texels: layer shift of the atoms' flat texture.
+    atom_shift: u32,
     _pad1: u32,
 }
 
@@ -60,6 +64,8 @@ struct Params {
 @group(0) @binding(13) var<storage, read> samples4: array<vec4<f32>>;
 @group(0) @binding(14) var<storage, read> atoms4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read_write> residual4: array<vec4<f32>>;
+// residual_from_codes_texels: a flat copy of all K atoms (see flat_texel).
+@group(0) @binding(16) var atoms_tex: texture_2d_array<f32>;
 
 // Global index of invocation `lid` of a 1-D grid of workgroups.
 fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
@@ -121,6 +127,64 @@ fn residual_from_codes_vec4(
         }
     }
     residual4[g] = e;
+}
+
+// Texels per invocation of residual_from_codes_texels.
+const RESIDUAL_TEXELS: u32 = 4u;
+
+@compute @workgroup_size(WG)
+fn residual_from_codes_texels(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let d4 = params.d / 4u;
+    let lanes = (d4 + RESIDUAL_TEXELS - 1u) / RESIDUAL_TEXELS;
+    let g = linear_id(wid, groups, lid);
+    if g >= params.n * lanes {
+        return;
+    }
+    let s = g / lanes;
+    let t0 = (g % lanes) * RESIDUAL_TEXELS;
+    // Texels past the row are clamped to its last (computed, not stored).
+    let t = min(vec4<u32>(t0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(d4 - 1u));
+    let e = s * d4;
+    var e0: vec4<f32>;
+    var e1: vec4<f32>;
+    var e2: vec4<f32>;
+    var e3: vec4<f32>;
+    if params.from_residual == 1u {
+        e0 = residual4[e + t.x];
+        e1 = residual4[e + t.y];
+        e2 = residual4[e + t.z];
+        e3 = residual4[e + t.w];
+    } else {
+        e0 = samples4[e + t.x];
+        e1 = samples4[e + t.y];
+        e2 = samples4[e + t.z];
+        e3 = samples4[e + t.w];
+    }
+    for (var i = 0u; i < params.k; i++) {
+        let j = indices[s * params.k + i];
+        if j >= 0 && u32(j) >= params.atom_first && u32(j) < params.atom_end {
+            let x = values[s * params.k + i];
+            let row = u32(j) * d4;
+            e0 -= x * flat_texel(atoms_tex, row + t.x, params.atom_shift);
+            e1 -= x * flat_texel(atoms_tex, row + t.y, params.atom_shift);
+            e2 -= x * flat_texel(atoms_tex, row + t.z, params.atom_shift);
+            e3 -= x * flat_texel(atoms_tex, row + t.w, params.atom_shift);
+        }
+    }
+    residual4[e + t.x] = e0;
+    if t0 + 1u < d4 {
+        residual4[e + t.y] = e1;
+    }
+    if t0 + 2u < d4 {
+        residual4[e + t.z] = e2;
+    }
+    if t0 + 3u < d4 {
+        residual4[e + t.w] = e3;
+    }
 }
 
 // First and one-past-last sample of a chunk.

@@ -769,8 +769,9 @@ fn windowed_calls_match_whole(gpu: &Gpu, d: usize) {
 }
 
 /// The vec4 update kernels read the residual, the atoms and the iterates from storage buffers
-/// (GPUs) or from flat texture copies refreshed between dispatches (CPU adapters): the same f32
-/// arithmetic in the same order, so both agree bit for bit. Both are forced on one adapter:
+/// (GPUs) or from flat texture copies refreshed between dispatches (CPU adapters), and the
+/// residual E = Y − X·D is computed from storage atoms or (residual_from_codes_texels) from a
+/// texture copy: the same f32 arithmetic in the same order, so both agree bit for bit. Both are forced on one adapter:
 /// textures of at most 4 texels a side cannot hold a 64-texel row (storage reads); textures of
 /// 64 give layers of 64 rows (1279 samples of 96 texels: 1918 whole rows and a partial one in
 /// 30 layers). Two power iterations and atom memory, so the iterate copies are read too.

@@ -28,3 +28,10 @@ fn wg_sum(lid: u32, x: f32) -> f32 {
 fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wid.y * groups.x + wid.x;
 }
+
+// Texel f of a matrix copied flat into a texture by the host (`buffer::copy_flat`): rows of 64
+// texels, layers of 2^shift rows.
+fn flat_texel(tex: texture_2d_array<f32>, f: u32, shift: u32) -> vec4<f32> {
+    let row = f >> 6u;
+    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift, 0);
+}

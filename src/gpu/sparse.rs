@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::buffer::ScratchTexture;
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
 
@@ -32,13 +33,17 @@ struct Params {
     atom_end: u32,
     atom_lead: u32,
     from_residual: u32,
-    _pad: [u32; 2],
+    atom_shift: u32,
+    _pad: u32,
 }
 
 /// The sparse.wgsl pipelines (auto layouts: each entry point binds only what it uses).
 pub(crate) struct SparseKernels {
     residual: wgpu::ComputePipeline,
     residual_vec4: wgpu::ComputePipeline,
+    /// residual_from_codes_texels and the flat copy of the atoms it reads (CPU adapters).
+    residual_texels: wgpu::ComputePipeline,
+    atom_texture: ScratchTexture,
     chunk_counts: wgpu::ComputePipeline,
     chunk_offsets: wgpu::ComputePipeline,
     atom_offsets: wgpu::ComputePipeline,
@@ -163,6 +168,8 @@ impl SparseKernels {
             Ok(Self {
                 residual: compute_pipeline(gpu, &module, "residual_from_codes", &c),
                 residual_vec4: compute_pipeline(gpu, &module, "residual_from_codes_vec4", &c),
+                residual_texels: compute_pipeline(gpu, &module, "residual_from_codes_texels", &c),
+                atom_texture: ScratchTexture::default(),
                 chunk_counts: compute_pipeline(gpu, &module, "chunk_counts", &c),
                 chunk_offsets: compute_pipeline(gpu, &module, "chunk_offsets", &c),
                 atom_offsets: compute_pipeline(gpu, &module, "atom_offsets", &[]),
@@ -261,7 +268,8 @@ impl Gpu {
             atom_end: 0,
             atom_lead: 0,
             from_residual: 0,
-            _pad: [0; 2],
+            atom_shift: 0,
+            _pad: 0,
         };
         self.scoped(|| {
             let uniforms = self.buffer_init(
@@ -330,6 +338,13 @@ impl Gpu {
         // One record per window of atom rows (the residual takes one dispatch each); the
         // transpose kernels read the shape from the first.
         let windows = super::buffer::row_windows(self, n_atoms, d);
+        // Four dimensions per invocation where rows are whole vec4s (see sparse.wgsl); on CPU
+        // adapters four texels of them, the atoms read from a flat texture copy where it fits.
+        let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
+        let flat = match vec4 && self.adapter().is_cpu() {
+            true => super::buffer::flat_texture(self, n_atoms * d / 4),
+            false => None,
+        };
         let records: Vec<Params> = windows
             .iter()
             .enumerate()
@@ -344,33 +359,63 @@ impl Gpu {
                 atom_end: end as u32,
                 atom_lead: window.first,
                 from_residual: u32::from(w > 0),
-                _pad: [0; 2],
+                atom_shift: flat.map_or(0, |f| f.1),
+                _pad: 0,
             })
             .collect();
         let uniform_records = self.uniform_records("sparse params", &records)?;
         self.scoped(|| {
             let u = uniform_records.buffer();
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
-            // Four dimensions per invocation where rows are whole vec4s (see sparse.wgsl).
-            let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
-            let (residual_kernel, views, texels) = if vec4 {
-                (&kernels.residual_vec4, [13, 14, 15], n * d / 4)
-            } else {
-                (&kernels.residual, [3, 4, 5], n * d)
+            let (residual_kernel, views, texels) = match (vec4, flat) {
+                (true, Some(_)) => (
+                    &kernels.residual_texels,
+                    [13, 14, 15],
+                    n * (d / 4).div_ceil(4),
+                ),
+                (true, None) => (&kernels.residual_vec4, [13, 14, 15], n * d / 4),
+                (false, _) => (&kernels.residual, [3, 4, 5], n * d),
             };
-            let residual_groups = bind_windows(
-                self,
-                residual_kernel,
-                &uniform_records,
-                &windows,
-                &[(views[1], &atoms.data.buffer)],
-                &[
-                    (1, &codes.indices.buffer),
-                    (2, &codes.values.buffer),
-                    (views[0], &samples.data.buffer),
-                    (views[2], &residual.data.buffer),
-                ],
-            );
+            let residual_groups = match flat {
+                Some((shape, shift)) => {
+                    let texture = kernels.atom_texture.get(self, shape)?;
+                    super::buffer::copy_flat(
+                        encoder,
+                        &atoms.data.buffer,
+                        n_atoms * d / 4,
+                        &texture.texture,
+                        shift,
+                    );
+                    let view = texture.view(wgpu::TextureViewDimension::D2Array);
+                    (0..windows.len())
+                        .map(|w| {
+                            let buffers = [
+                                (1, &codes.indices.buffer),
+                                (2, &codes.values.buffer),
+                                (13, &samples.data.buffer),
+                                (15, &residual.data.buffer),
+                            ];
+                            let entries = std::iter::once((0, uniform_records.binding(w)))
+                                .chain(buffers.map(|(b, buf)| (b, buf.as_entire_binding())))
+                                .chain([(16, wgpu::BindingResource::TextureView(&view))]);
+                            bind_resources(self, residual_kernel, entries)
+                        })
+                        .collect()
+                }
+                None => bind_windows(
+                    self,
+                    residual_kernel,
+                    &uniform_records,
+                    &windows,
+                    &[(views[1], &atoms.data.buffer)],
+                    &[
+                        (1, &codes.indices.buffer),
+                        (2, &codes.values.buffer),
+                        (views[0], &samples.data.buffer),
+                        (views[2], &residual.data.buffer),
+                    ],
+                ),
+            };
             let counts_group = bind(
                 self,
                 &kernels.chunk_counts,
@@ -457,7 +502,8 @@ mod tests {
         atom_first,
         atom_end,
         atom_lead,
-        from_residual
+        from_residual,
+        atom_shift
     });
 
     /// `unpack_codes` against the reference decoder on awkward shapes (n = 1 and a prime, k = 1
