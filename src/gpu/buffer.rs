@@ -491,60 +491,53 @@ pub(crate) fn flat_texture(gpu: &Gpu, texels: usize) -> Option<(TextureShape, u3
     ))
 }
 
-/// Records the copy of the first `texels` vec4 texels of `buffer` into `texture`, laid out as
-/// [`flat_texture`] with layers of 2^`shift` rows: whole layers, the last layer's whole rows,
-/// then the last partial row.
+/// Records the copy of vec4 texels `first .. first + count` of `buffer` into the same places of
+/// `texture`, laid out as [`flat_texture`] with layers of 2^`shift` rows: partial rows one by
+/// one, runs of whole rows one copy per layer they cross.
 pub(crate) fn copy_flat(
     encoder: &mut wgpu::CommandEncoder,
     buffer: &wgpu::Buffer,
-    texels: usize,
+    first: usize,
+    count: usize,
     texture: &wgpu::Texture,
     shift: u32,
 ) {
-    let row_bytes = (FLAT_TEXELS * 16) as u64;
-    let rows = (texels / FLAT_TEXELS) as u64;
-    let layer_rows = 1u64 << shift;
-    let (layers, last_rows) = (rows >> shift, rows & (layer_rows - 1));
-    let partial = (texels % FLAT_TEXELS) as u32;
-    // (first row, origin (row, layer), extent (width, rows, layers))
-    let copies = [
-        (0, (0, 0), (FLAT_TEXELS as u32, layer_rows, layers)),
-        (
-            layers * layer_rows,
-            (0, layers),
-            (FLAT_TEXELS as u32, last_rows, 1),
-        ),
-        (rows, (last_rows, layers), (partial, 1, 1)),
-    ];
-    for (first_row, (y, z), (width, height, depth)) in copies {
-        if width == 0 || height == 0 || depth == 0 {
-            continue;
-        }
+    let layer_rows = 1usize << shift;
+    let (mut f, end) = (first, first + count);
+    while f < end {
+        let (row, column) = (f / FLAT_TEXELS, f % FLAT_TEXELS);
+        let (width, rows) = if column != 0 || end - f < FLAT_TEXELS {
+            ((FLAT_TEXELS - column).min(end - f), 1)
+        } else {
+            let in_layer = layer_rows - row % layer_rows;
+            (FLAT_TEXELS, ((end - f) / FLAT_TEXELS).min(in_layer))
+        };
         encoder.copy_buffer_to_texture(
             wgpu::TexelCopyBufferInfo {
                 buffer,
                 layout: wgpu::TexelCopyBufferLayout {
-                    offset: first_row * row_bytes,
-                    bytes_per_row: Some(row_bytes as u32),
-                    rows_per_image: Some(layer_rows as u32),
+                    offset: 16 * f as u64,
+                    bytes_per_row: Some(16 * FLAT_TEXELS as u32),
+                    rows_per_image: None,
                 },
             },
             wgpu::TexelCopyTextureInfo {
                 texture,
                 mip_level: 0,
                 origin: wgpu::Origin3d {
-                    x: 0,
-                    y: y as u32,
-                    z: z as u32,
+                    x: column as u32,
+                    y: (row % layer_rows) as u32,
+                    z: (row / layer_rows) as u32,
                 },
                 aspect: wgpu::TextureAspect::All,
             },
             wgpu::Extent3d {
-                width,
-                height: height as u32,
-                depth_or_array_layers: depth as u32,
+                width: width as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
             },
         );
+        f += width * rows;
     }
 }
 

@@ -304,12 +304,16 @@ enum Step {
     Copy(Copied),
 }
 
-/// The matrix a [`Step::Copy`] copies into its texture.
+/// What a [`Step::Copy`] copies into its texture.
 #[derive(Clone, Copy)]
 enum Copied {
     Residual,
     Atoms,
-    Iterate,
+    /// The iterates of the atoms at visiting positions start .. start + len (only those change).
+    Iterate {
+        start: usize,
+        len: usize,
+    },
 }
 
 /// The update's work items: each atom's users (in user-list order) cut into runs of at most
@@ -718,7 +722,7 @@ impl Gpu {
                     groups(self, len, 1),
                 );
                 if copies {
-                    steps.push(Step::Copy(Copied::Iterate));
+                    steps.push(Step::Copy(Copied::Iterate { start, len }));
                 }
             }
             for iteration in 0..p {
@@ -749,7 +753,7 @@ impl Gpu {
                     );
                 }
                 if copies {
-                    steps.push(Step::Copy(Copied::Iterate));
+                    steps.push(Step::Copy(Copied::Iterate { start, len }));
                 }
             }
             // Every projection reads the residual before the batch, so all precede the fold.
@@ -941,13 +945,39 @@ impl Gpu {
             let mut i = 0;
             while i < steps.len() {
                 if let Step::Copy(what) = steps[i] {
-                    let (buffer, rows, texture, shift) = match what {
-                        Copied::Residual => (&batch.residual.data.buffer, n, 0, shifts.0),
-                        Copied::Atoms => (&atoms.data.buffer, n_atoms, 1, shifts.1),
-                        Copied::Iterate => (&batch.iterate.data.buffer, n_atoms, 2, shifts.1),
-                    };
-                    let texture = &texture_list[texture].texture;
-                    copy_flat(&mut encoder, buffer, rows * texels, texture, shift);
+                    let [residual_texture, atom_texture, iterate_texture] =
+                        texture_list.each_ref().map(|t| &t.texture);
+                    match what {
+                        Copied::Residual => copy_flat(
+                            &mut encoder,
+                            &batch.residual.data.buffer,
+                            0,
+                            n * texels,
+                            residual_texture,
+                            shifts.0,
+                        ),
+                        Copied::Atoms => copy_flat(
+                            &mut encoder,
+                            &atoms.data.buffer,
+                            0,
+                            n_atoms * texels,
+                            atom_texture,
+                            shifts.1,
+                        ),
+                        // Row by row: a batch's A rows, not all K (K/A times less at scale).
+                        Copied::Iterate { start, len } => {
+                            for &j in &order[start..start + len] {
+                                copy_flat(
+                                    &mut encoder,
+                                    &batch.iterate.data.buffer,
+                                    j as usize * texels,
+                                    texels,
+                                    iterate_texture,
+                                    shifts.1,
+                                );
+                            }
+                        }
+                    }
                     i += 1;
                     continue;
                 }

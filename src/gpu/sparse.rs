@@ -382,6 +382,7 @@ impl Gpu {
                     super::buffer::copy_flat(
                         encoder,
                         &atoms.data.buffer,
+                        0,
                         n_atoms * d / 4,
                         &texture.texture,
                         shift,
