@@ -20,8 +20,8 @@ const SHADER: &str = concat!(
     include_str!("../../shaders/include/workgroup.wgsl"),
     include_str!("../../shaders/power.wgsl")
 );
-/// Invocations per workgroup of the update kernels. 64 rather than 256: an item has a few
-/// hundred users at most in a training step and d/4 texels, so wider groups mostly idle, and
+/// Invocations per workgroup of the update kernels. 64 rather than 256: an item typically has
+/// tens to hundreds of users and d/4 texels (96 at d = 384), so wider groups mostly idle, and
 /// every workgroup sum pays a barrier per round (on llvmpipe a switch through every SIMD row
 /// of the group): step's update 1.23–1.37 → 1.04–1.15 s at B = 4096, K = 1536 on lavapipe.
 const WG: u32 = 64;
