@@ -849,13 +849,15 @@ impl Gpu {
                 (Kind::OrderSlots, _) => &kernels.order_slots,
             };
             // The vec4 entry points bind the views 15–18 in place of 3, 9, 4 and 14.
+            // Whether `kind` runs a vec4 entry point (which also binds the textures 19–21).
+            let vec4_kind = |kind: Kind| {
+                vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
+            };
             let view = |kind: Kind, b: u32| match b {
-                3 | 9 | 4 | 14 if vec4 && !matches!(kind, Kind::Reduce | Kind::Commit) => {
-                    [(3, 15), (9, 16), (4, 17), (14, 18)]
-                        .iter()
-                        .find(|v| v.0 == b)
-                        .map_or(b, |v| v.1)
-                }
+                3 if vec4_kind(kind) => 15,
+                9 if vec4_kind(kind) => 16,
+                4 if vec4_kind(kind) => 17,
+                14 if vec4_kind(kind) => 18,
                 _ => b,
             };
             // Bindings 3, 9 and 11 ([K, d]) are windowed.
@@ -913,9 +915,6 @@ impl Gpu {
                     ],
                 }
             };
-            let textured = |kind: Kind| {
-                vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
-            };
             let bind_group = |record: usize, kind: Kind, w: usize| {
                 let window = windows[w].2;
                 let entries = std::iter::once((0, uniforms.binding(record)))
@@ -933,7 +932,7 @@ impl Gpu {
                             .zip(19..)
                             // The fold writes the residual buffer and reads no residual texels.
                             .filter(|&(_, b)| {
-                                textured(kind)
+                                vec4_kind(kind)
                                     && !(b == 19 && matches!(kind, Kind::Fold | Kind::FoldRows))
                             })
                             .map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))),
