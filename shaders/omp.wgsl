@@ -55,6 +55,11 @@ struct Params {
     min_pivot: f32,
     // First word of the chosen-atom masks (⌈K/32⌉ words per sample) in `work`.
     mask: u32,
+    // Resident coders (omp_resident.wgsl): the greedy steps [first_step, last_step) this
+    // dispatch runs, and the α texels each invocation holds.
+    first_step: u32,
+    last_step: u32,
+    texels: u32,
     // First element of this job's rows inside the α, ‖y‖² and codes bindings (a job codes one
     // chunk of a larger batch's rows; bindings start at aligned offsets). pack_gram: x is the
     // first word of its G window inside the g_src binding, y the window's first G row.
@@ -349,10 +354,9 @@ fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     return true;
 }
 
-// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I]. With
-// `publish`, the change of each coefficient (the next sweep's update) goes to upd_out's row
-// `sample`.
-fn solve_coefficients(rec: u32, n: u32, publish: bool, sample: u32) -> f32 {
+// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I]. The change
+// of each coefficient (the α update of the next step) is left in tmp.
+fn solve_coefficients(rec: u32, n: u32) -> f32 {
     let tmp = tmp_at(rec);
     for (var t = 0u; t < n; t++) {
         work[tmp + t] = work[rhs_at(rec) + t];
@@ -362,10 +366,7 @@ fn solve_coefficients(rec: u32, n: u32, publish: bool, sample: u32) -> f32 {
     var fit = 0.0;
     for (var t = 0u; t < n; t++) {
         let g = wf(tmp + t);
-        if publish {
-            let delta = bitcast<u32>(g - wf(coef_at(rec) + t));
-            textureStore(upd_out, vec2<u32>(t, sample), vec4<u32>(work[sel_at(rec) + t], delta, 0u, 0u));
-        }
+        set_wf(tmp + t, g - wf(coef_at(rec) + t));
         set_wf(coef_at(rec) + t, g);
         fit += g * wf(rhs_at(rec) + t);
     }
@@ -415,56 +416,42 @@ fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
     return a0;
 }
 
-@compute @workgroup_size(64)
-fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let sample = sample_of(gid, groups);
-    let p = pick(sample);
-    if !p.live {
-        return;
-    }
-    let rec = p.rec;
-    let y2 = p.y2;
-    let a = p.a;
-    let j = p.j;
+// Batch-OMP's step for one sample: takes atom j (current correlation a) as its next atom, or
+// stops it. Returns the entries of the α update left in the record (atom sel[t], change tmp[t]),
+// 0 when the sample stopped.
+fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
     let s = work[rec + H_NSEL];
     if s >= params.max_atoms || j == 0xffffffffu
         || !worth_another_atom(wf(rec + H_ENERGY), y2, abs(a)) {
         stop_sample(rec);
-        return;
+        return 0u;
     }
     let a0 = alpha0(rec, a, j, s);
     if !cholesky_grow(rec, j, s) {
         stop_sample(rec);
-        return;
+        return 0u;
     }
     work[sel_at(rec) + s] = j;
     set_wf(rhs_at(rec) + s, a0);
     set_wf(coef_at(rec) + s, 0.0);
     // γ solves L·Lᵀ·γ = α⁰[I]; Δ = γ − γ_old drives the next sweep.
-    let fit = solve_coefficients(rec, s + 1u, true, sample);
+    let fit = solve_coefficients(rec, s + 1u);
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
     work[rec + H_NUPD] = s + 1u;
     let word = params.mask + sample * mask_words() + j / 32u;
     work[word] = work[word] | (1u << (j % 32u));
+    return s + 1u;
 }
 
-@compute @workgroup_size(64)
-fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let sample = sample_of(gid, groups);
-    let p = pick(sample);
-    if !p.live {
-        return;
-    }
-    let rec = p.rec;
-    let y2 = p.y2;
-    let a = p.a;
-    let j = p.j;
+// Matching pursuit's step for one sample: adds a·dⱼ (a the current correlation of atom j), or
+// stops the sample (false).
+fn mp_take(rec: u32, y2: f32, a: f32, j: u32) -> bool {
     let n_sel = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
     if j == 0xffffffffu || !worth_another_atom(energy, y2, abs(a)) {
         stop_sample(rec);
-        return;
+        return false;
     }
     var slot = n_sel;
     for (var t = 0u; t < n_sel; t++) {
@@ -475,16 +462,17 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if slot == n_sel {
         if n_sel == params.max_atoms {
             stop_sample(rec);
-            return;
+            return false;
         }
-        // α⁰[j], kept for the refit.
-        let a0 = alpha0(rec, a, j, n_sel);
-        // The refit's factor grows with the support; a small pivot keeps MP's coefficients.
-        if params.refit != 0u && work[rec + H_CHOL_OK] != 0u && !cholesky_grow(rec, j, n_sel) {
-            work[rec + H_CHOL_OK] = 0u;
+        // α⁰[j], kept for the refit, whose factor grows with the support; a small pivot keeps
+        // MP's coefficients. The resident coder (texels > 0) leaves both to resident_refit.
+        if params.texels == 0u {
+            set_wf(rhs_at(rec) + slot, alpha0(rec, a, j, n_sel));
+            if params.refit != 0u && work[rec + H_CHOL_OK] != 0u && !cholesky_grow(rec, j, n_sel) {
+                work[rec + H_CHOL_OK] = 0u;
+            }
         }
         work[sel_at(rec) + slot] = j;
-        set_wf(rhs_at(rec) + slot, a0);
         set_wf(coef_at(rec) + slot, 0.0);
         work[rec + H_NSEL] = n_sel + 1u;
     }
@@ -492,8 +480,31 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     // ‖r − a·dⱼ‖² = ‖r‖² − 2a·(dⱼ·r) + a²·G[j,j] with dⱼ·r = a.
     energy = max(energy - 2.0 * a * a + a * a * g_at(j, j), 0.0);
     set_wf(rec + H_ENERGY, energy);
-    textureStore(upd_out, vec2<u32>(0u, sample), vec4<u32>(j, bitcast<u32>(a), 0u, 0u));
     work[rec + H_NUPD] = 1u;
+    return true;
+}
+
+@compute @workgroup_size(64)
+fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    let p = pick(sample);
+    if !p.live {
+        return;
+    }
+    let n = omp_take(sample, p.rec, p.y2, p.a, p.j);
+    for (var t = 0u; t < n; t++) {
+        let atom = work[sel_at(p.rec) + t];
+        textureStore(upd_out, vec2<u32>(t, sample), vec4<u32>(atom, work[tmp_at(p.rec) + t], 0u, 0u));
+    }
+}
+
+@compute @workgroup_size(64)
+fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    let p = pick(sample);
+    if p.live && mp_take(p.rec, p.y2, p.a, p.j) {
+        textureStore(upd_out, vec2<u32>(0u, sample), vec4<u32>(p.j, bitcast<u32>(p.a), 0u, 0u));
+    }
 }
 
 @compute @workgroup_size(64)
@@ -506,7 +517,7 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let n = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
     if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] != 0u {
-        energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n, false, sample), 0.0);
+        energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n), 0.0);
     }
     let out = params.rows_first.z + sample * (2u * params.k + 1u);
     for (var t = 0u; t < params.k; t++) {

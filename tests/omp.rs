@@ -571,3 +571,36 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
         None => check_against_reference(gpu, n_atoms, d, 2, coding),
     }
 }
+
+/// Matching pursuit on CPU adapters with subgroups (lavapipe) keeps each sample's correlations
+/// in one subgroup's registers for many steps (omp_resident.wgsl); elsewhere, and with
+/// `without_subgroups`, it takes a sweep and a select dispatch per step. Both paths, and the
+/// resident one split into dispatches of two steps and refit factors of two rows (a small loop
+/// cap), against the reference: K = 1 and primes (texels past K, an interleaved last texel),
+/// one sample, k = 1 and k = d, with and without the refit.
+#[test]
+fn resident_and_portable_matching_pursuit_match_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    if gpu.adapter().name.contains("llvmpipe") {
+        // Else this test would check the portable path twice without saying so.
+        assert!(
+            gpu.limits().subgroup_size.is_some(),
+            "lavapipe offers subgroups: the resident coder must be exercised here"
+        );
+    }
+    let portable = gpu.without_subgroups();
+    let split = gpu.with_max_loop_iterations(700);
+    for (n_atoms, d, n, k) in [
+        (1, 5, 3, 1),
+        (13, 7, 1, 7),
+        (257, 31, 5, 16),
+        (61, 24, 4, 24),
+    ] {
+        for refit in [false, true] {
+            let coding = CodingOptions::mp(k, refit);
+            for g in [gpu, &portable, &split] {
+                check_against_reference(g, n_atoms, d, n, coding);
+            }
+        }
+    }
+}

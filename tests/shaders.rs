@@ -25,18 +25,43 @@ fn every_shader_parses_and_validates() {
                 .expect("the included helper file exists");
             source = helper + &source;
         }
+        // A shader that extends another family's file (`// extends: omp.wgsl`) is compiled
+        // after it and after what its `// host: ` line says the host defines, with subgroup
+        // operations (the host builds it only where the device offers them).
+        let mut subgroups = false;
+        if let Some(base) = source
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("// extends: "))
+        {
+            let base =
+                std::fs::read_to_string(dir.join(base.trim())).expect("the extended shader exists");
+            let host: String = source
+                .lines()
+                .filter_map(|l| l.strip_prefix("// host: "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            source = host + &base + &source;
+            subgroups = true;
+        }
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
             panic!("{}:\n{}", path.display(), e.emit_to_string(&source));
         });
         // What every WebGPU device supports, no native extras: naga's defaults plus the f16
         // packing builtins (core WGSL; only downlevel GL lacks them, a backend dbksvd does not use).
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default()
-                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| {
+        let mut capabilities = naga::valid::Capabilities::default()
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if subgroups {
+            capabilities |= naga::valid::Capabilities::SUBGROUP;
+        }
+        let mut validator =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+        if subgroups {
+            validator
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        }
+        let info = validator.validate(&module).unwrap_or_else(|e| {
             panic!("{}:\n{}", path.display(), e.emit_to_string(&source));
         });
         // Specialise each entry point with the overrides' defaults (what a pipeline does) and

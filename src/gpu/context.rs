@@ -145,6 +145,10 @@ pub struct DeviceLimits {
     /// invocation once 65 535 iterations have run in total, which gives wrong results without
     /// any error. dbksvd plans work below it (or returns `ExceedsLimit`); `None` elsewhere.
     pub max_loop_iterations: Option<u64>,
+    /// Invocations per subgroup, where the device runs subgroup operations
+    /// (`Features::SUBGROUP`) with one fixed subgroup size (lavapipe: 8); `None` elsewhere. On
+    /// CPU adapters the coders then keep each sample's correlations in one subgroup's registers.
+    pub subgroup_size: Option<u32>,
 }
 
 impl DeviceLimits {
@@ -206,6 +210,9 @@ pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     summary: AdapterSummary,
+    /// The device's fixed subgroup size when it runs subgroup operations, whatever a planning
+    /// view (`Gpu::without_subgroups`) says: pipelines are built once per device.
+    pub(crate) subgroup_size: Option<u32>,
     sink: Arc<ErrorSink>,
     /// Device memory held through dbksvd's buffers (see [`Gpu::memory_peak`]).
     pub(crate) memory: Arc<MemoryCounter>,
@@ -305,9 +312,10 @@ impl Gpu {
         // The WebGPU defaults (128 MiB bindings, 16 KiB workgroup memory) are far too small for
         // real dictionaries, so ask for everything the adapter offers.
         let required_limits = adapter.limits();
+        let subgroups = adapter.features() & wgpu::Features::SUBGROUP;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dbksvd"),
-            required_features: wgpu::Features::empty(),
+            required_features: subgroups,
             required_limits: required_limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -361,6 +369,9 @@ impl Gpu {
                 .to_lowercase()
                 .contains("llvmpipe")
                 .then_some(45_000),
+            subgroup_size: (!subgroups.is_empty()
+                && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
         };
         if let Some(cap) = options.max_binding_size {
             limits.check_cap(cap)?;
@@ -383,6 +394,7 @@ impl Gpu {
                 device,
                 queue,
                 summary,
+                subgroup_size: limits.subgroup_size,
                 sink,
                 memory: Arc::default(),
                 gemm: OnceLock::new(),
@@ -444,6 +456,18 @@ impl Gpu {
                 .max_loop_iterations
                 .map_or(iterations, |cap| cap.min(iterations)),
         );
+        Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        }
+    }
+
+    /// The same device, planning as if it had no subgroup operations: the coders take their
+    /// portable path (sweep and select dispatches per greedy step) on every adapter. Shares
+    /// pipelines and buffers with `self`; tests use it to check both paths on one adapter.
+    pub fn without_subgroups(&self) -> Self {
+        let mut limits = self.limits.clone();
+        limits.subgroup_size = None;
         Self {
             inner: Arc::clone(&self.inner),
             limits,

@@ -1,8 +1,11 @@
 //! Batched sparse coding (`shaders/omp.wgsl`): Batch-OMP and matching pursuit, one greedy step
 //! of the whole batch per pair of dispatches (`sweep`, then `select`), each sample's state in
-//! device memory between them.
+//! device memory between them. On CPU adapters with subgroup operations the resident coders
+//! (`shaders/omp_resident.wgsl`) run many steps per dispatch with α in registers instead.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 
@@ -14,6 +17,12 @@ use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../../shaders/omp.wgsl");
+/// The resident coder, compiled after omp.wgsl whose record and step functions it calls (and
+/// after the `RT` the host defines for each K).
+const RESIDENT_SHADER: &str = include_str!("../../shaders/omp_resident.wgsl");
+/// Most α texels one resident invocation holds (`RT` in omp_resident.wgsl): its compile time
+/// grows with them on llvmpipe (2 s at 48, 9 s at 128), so larger K take the portable path.
+const RESIDENT_TEXELS: usize = 64;
 
 /// Invocations per sweep workgroup.
 const WG: u32 = 64;
@@ -46,7 +55,9 @@ struct Params {
     min_correlation: f32,
     min_pivot: f32,
     mask: u32,
-    _pad: [u32; 3],
+    first_step: u32,
+    last_step: u32,
+    texels: u32,
     rows_first: [u32; 4],
 }
 
@@ -71,6 +82,72 @@ pub(crate) struct OmpKernels {
     updates: ScratchTexture,
     /// The pair of α textures the sweeps alternate between.
     alphas: [ScratchTexture; 2],
+    /// The resident MP coder by texels per invocation (`RT`), built on first use where the
+    /// device has one fixed subgroup size and is a CPU.
+    resident: Mutex<HashMap<usize, ResidentKernels>>,
+}
+
+/// `resident_mp` (one subgroup per sample) and `resident_refit` (one invocation per sample).
+#[derive(Clone)]
+struct ResidentKernels {
+    mp: wgpu::ComputePipeline,
+    refit: wgpu::ComputePipeline,
+}
+
+/// How a job runs the resident coder: each invocation's α texels, the greedy steps per
+/// dispatch and the refit's support rows per dispatch under the driver's loop cap.
+#[derive(Clone, Copy, Debug)]
+struct ResidentPlan {
+    texels: usize,
+    steps_per_dispatch: usize,
+    rows_per_refit: usize,
+}
+
+/// The resident plan for K = `n_atoms`, or `None` when the portable path must run: Batch-OMP,
+/// no fixed-size subgroups (or a planning view without them), not a CPU adapter, more atoms
+/// than a subgroup holds, or not one step under the loop cap.
+fn resident_plan(
+    gpu: &Gpu,
+    coder: Coder,
+    n_atoms: usize,
+    max_atoms: usize,
+) -> Option<ResidentPlan> {
+    let invocations = gpu.limits().subgroup_size? as usize;
+    if !matches!(coder, Coder::Mp { .. })
+        || !gpu.adapter().is_cpu()
+        || gpu.inner.subgroup_size != Some(invocations as u32)
+    {
+        return None;
+    }
+    // Rounded up to a multiple of 8, so that nearby K share a pipeline.
+    let texels = n_atoms
+        .div_ceil(TEXEL)
+        .div_ceil(invocations)
+        .next_multiple_of(8);
+    if texels > RESIDENT_TEXELS {
+        return None;
+    }
+    let t = texels as u64;
+    let k = max_atoms as u64;
+    // Per dispatch: α loaded and stored (4 atoms a texel), the support's slots marked.
+    let fixed = 9 * t + k + 8;
+    // Per step: the argmax over 4 atoms a texel, the update over the texels.
+    let per_step = 5 * t + 8;
+    // Per refit row s < k: α⁰[j] over the support, the Cholesky row (as `loop_iterations`).
+    let per_row = 4 * k + k * k / 2 + 8;
+    let (steps, rows) = match gpu.limits().max_loop_iterations {
+        Some(cap) if fixed + per_step > cap || per_row > cap => return None,
+        Some(cap) => (
+            ((cap - fixed) / per_step) as usize,
+            (cap / per_row) as usize,
+        ),
+        None => (usize::MAX, usize::MAX),
+    };
+    Some(ResidentPlan {
+        texels,
+        steps_per_dispatch: steps.max(1),
+        rows_per_refit: rows.max(1),
+    })
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
@@ -218,19 +295,56 @@ impl OmpKernels {
                 gram: ScratchTexture::default(),
                 updates: ScratchTexture::default(),
                 alphas: Default::default(),
+                resident: Mutex::default(),
             })
         })
     }
+}
+
+/// The resident coder with `texels` α texels per invocation, built on first use.
+fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, texels: usize) -> ResidentKernels {
+    let mut cache = kernels.resident.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(texels)
+        .or_insert_with(|| {
+            let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+            let module = gpu
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("omp_resident.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(source)),
+                });
+            let invocations = gpu.inner.subgroup_size.unwrap_or(1);
+            let constants = [("RWG", invocations as f64)];
+            ResidentKernels {
+                mp: super::sparse::compute_pipeline(gpu, &module, "resident_mp", &constants),
+                refit: super::sparse::compute_pipeline(gpu, &module, "resident_refit", &constants),
+            }
+        })
+        .clone()
 }
 
 /// The bind groups of one chunk of a coding job's rows.
 struct ChunkGroups {
     /// start, select, finish.
     state: wgpu::BindGroup,
-    /// The sweeps reading α texture 0 (writing 1), and 1 (writing 0).
-    sweeps: [wgpu::BindGroup; 2],
-    /// pack_alpha: α⁰ into α texture 0.
-    pack: wgpu::BindGroup,
+    path: ChunkPath,
+}
+
+/// The greedy steps' bind groups of one chunk, by path.
+enum ChunkPath {
+    /// The sweeps reading α texture 0 (writing 1), and 1 (writing 0); pack_alpha (α⁰ into α
+    /// texture 0).
+    Sweeps {
+        sweeps: [wgpu::BindGroup; 2],
+        pack: wgpu::BindGroup,
+    },
+    /// The resident coder's dispatches, one per range of steps, then the refit's, one per
+    /// range of support rows.
+    Resident {
+        steps: Vec<wgpu::BindGroup>,
+        refit: Vec<wgpu::BindGroup>,
+    },
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
@@ -273,9 +387,11 @@ pub(crate) fn check_coding_fits(
     options: &CodingOptions,
 ) -> Result<()> {
     let max_atoms = options.max_atoms(n_atoms, d).max(1);
+    // The resident coder's plan keeps its own dispatches under the cap.
+    let resident = resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
     gpu.check_loop_budget(
         &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
-        loop_iterations(options.coder, n_atoms, max_atoms),
+        loop_iterations(options.coder, n_atoms, max_atoms, resident),
     )?;
     if chunk_rows(gpu, n_atoms, options.k) == 0 {
         let limits = gpu.limits();
@@ -305,8 +421,9 @@ pub(crate) fn check_coding_fits(
 }
 
 /// Loop iterations one invocation executes in the heaviest dispatch of a coding job, counted as
-/// a loop-capped driver counts them: every iteration of every loop within the dispatch.
-fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
+/// a loop-capped driver counts them: every iteration of every loop within the dispatch. With
+/// `resident`, only start and finish count (the resident plan sizes its own dispatches).
+fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize, resident: bool) -> u64 {
     let k = max_atoms as u64;
     let parts = partials(n_atoms) as u64;
     let per = PER as u64;
@@ -323,6 +440,9 @@ fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize) -> u64 {
     };
     // Start clears the sample's chosen-atom mask.
     let start = mask_words(n_atoms) as u64;
+    if resident {
+        return finish.max(start);
+    }
     sweep.max(select).max(finish).max(start)
 }
 
@@ -443,10 +563,18 @@ impl Gpu {
             layers: 1,
             format: wgpu::TextureFormat::Rgba32Uint,
         };
-        let alphas = [
-            kernels.alphas[0].get(self, alpha_shape)?,
-            kernels.alphas[1].get(self, alpha_shape)?,
-        ];
+        let resident_kernels = resident_plan(self, options.coder, n_atoms, max_atoms)
+            .map(|plan| (plan, resident_kernels(self, kernels, plan.texels)));
+        let resident = resident_kernels.as_ref().map(|(plan, r)| (*plan, r));
+        // The resident coders keep α in registers and the `alpha` buffer; only the sweeps need
+        // the pair of α textures.
+        let alphas = match resident {
+            Some(_) => None,
+            None => Some([
+                kernels.alphas[0].get(self, alpha_shape)?,
+                kernels.alphas[1].get(self, alpha_shape)?,
+            ]),
+        };
         // G's rows go into the texture in windows of whole rows that fit one binding.
         let pack_chunks = super::buffer::ranges(
             n_atoms,
@@ -475,7 +603,9 @@ impl Gpu {
             min_correlation: options.min_correlation,
             min_pivot: options.min_pivot,
             mask: masks as u32,
-            _pad: [0; 3],
+            first_step: 0,
+            last_step: 0,
+            texels: 0,
             rows_first: [0; 4],
         };
         let mut records: Vec<Params> = pack_chunks
@@ -496,6 +626,32 @@ impl Gpu {
             ],
             ..base
         }));
+        // Resident: per chunk, a record per dispatch of steps, then per dispatch of refit rows,
+        // after the chunks' records.
+        let (step_ranges, refit_ranges) = match resident {
+            Some((plan, _)) => (
+                super::buffer::ranges(steps, plan.steps_per_dispatch),
+                match options.coder {
+                    Coder::Mp { refit: true } => {
+                        super::buffer::ranges(max_atoms, plan.rows_per_refit)
+                    }
+                    _ => Vec::new(),
+                },
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let chunk_records = records.len() - chunks.len();
+        for c in 0..chunks.len() {
+            for &(first, last) in step_ranges.iter().chain(&refit_ranges) {
+                records.push(Params {
+                    first_step: first as u32,
+                    last_step: last as u32,
+                    texels: resident.map_or(0, |(plan, _)| plan.texels as u32),
+                    ..records[chunk_records + c]
+                });
+            }
+        }
+        let per_chunk = step_ranges.len() + refit_ranges.len();
         let uniforms = self.uniform_records("omp params", &records)?;
 
         self.scoped(|| {
@@ -525,25 +681,26 @@ impl Gpu {
                     })
                 })
                 .collect();
-            let alpha_views = [
-                alphas[0].view(wgpu::TextureViewDimension::D2),
-                alphas[1].view(wgpu::TextureViewDimension::D2),
-            ];
-            let texture = |i: usize| wgpu::BindingResource::TextureView(&alpha_views[i]);
+            let alpha_views = alphas
+                .as_ref()
+                .map(|a| a.each_ref().map(|t| t.view(wgpu::TextureViewDimension::D2)));
             let groups: Vec<ChunkGroups> = chunks
                 .iter()
                 .enumerate()
                 .map(|(i, &(r0, r1))| {
                     let uniform = || entry(0, uniforms.binding(pack_chunks.len() + i));
                     let work = || entry(8, binding(&work.buffer, window(work_words, 0, 1, align)));
+                    let g_entry = || entry(1, wgpu::BindingResource::TextureView(&g_view));
+                    let norms = || entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align)));
+                    let alpha_rows = || binding(&alpha.data.buffer, window(n_atoms, r0, r1, align));
                     let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("omp state"),
                         layout: &kernels.state_layout,
                         entries: &[
                             uniform(),
-                            entry(1, wgpu::BindingResource::TextureView(&g_view)),
+                            g_entry(),
                             entry(3, wgpu::BindingResource::TextureView(&upd_view)),
-                            entry(6, binding(&y_norm2.buffer, window(1, r0, r1, align))),
+                            norms(),
                             entry(
                                 7,
                                 binding(&codes.buffer, window(code_words(k), r0, r1, align)),
@@ -551,38 +708,65 @@ impl Gpu {
                             work(),
                         ],
                     });
-                    // Sweep s reads α texture s mod 2 and writes the other.
-                    let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
-                        device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some("omp sweep"),
-                            layout: &kernels.sweep_layout,
-                            entries: &[
-                                uniform(),
-                                entry(1, wgpu::BindingResource::TextureView(&g_view)),
-                                entry(2, wgpu::BindingResource::TextureView(&upd_view)),
-                                work(),
-                                entry(12, texture(from)),
-                                entry(13, texture(to)),
-                            ],
-                        })
-                    });
-                    let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("omp pack_alpha"),
-                        layout: &kernels.pack_alpha.get_bind_group_layout(0),
-                        entries: &[
-                            uniform(),
-                            entry(
-                                5,
-                                binding(&alpha.data.buffer, window(n_atoms, r0, r1, align)),
-                            ),
-                            entry(13, texture(0)),
-                        ],
-                    });
-                    ChunkGroups {
-                        state,
-                        sweeps,
-                        pack,
-                    }
+                    let path = match (&alpha_views, resident) {
+                        (_, Some((_, kernels))) => {
+                            let first = chunk_records + chunks.len() + i * per_chunk;
+                            let group = |r: usize, pipeline: &wgpu::ComputePipeline| {
+                                let mut entries = vec![
+                                    entry(0, uniforms.binding(first + r)),
+                                    g_entry(),
+                                    work(),
+                                    entry(14, alpha_rows()),
+                                ];
+                                if r < step_ranges.len() {
+                                    entries.push(norms());
+                                }
+                                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                    label: Some("omp resident"),
+                                    layout: &pipeline.get_bind_group_layout(0),
+                                    entries: &entries,
+                                })
+                            };
+                            ChunkPath::Resident {
+                                steps: (0..step_ranges.len())
+                                    .map(|r| group(r, &kernels.mp))
+                                    .collect(),
+                                refit: (step_ranges.len()..per_chunk)
+                                    .map(|r| group(r, &kernels.refit))
+                                    .collect(),
+                            }
+                        }
+                        (Some(views), None) => {
+                            let texture = |i: usize| wgpu::BindingResource::TextureView(&views[i]);
+                            // Sweep s reads α texture s mod 2 and writes the other.
+                            let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
+                                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                    label: Some("omp sweep"),
+                                    layout: &kernels.sweep_layout,
+                                    entries: &[
+                                        uniform(),
+                                        g_entry(),
+                                        entry(2, wgpu::BindingResource::TextureView(&upd_view)),
+                                        work(),
+                                        entry(12, texture(from)),
+                                        entry(13, texture(to)),
+                                    ],
+                                })
+                            });
+                            let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: Some("omp pack_alpha"),
+                                layout: &kernels.pack_alpha.get_bind_group_layout(0),
+                                entries: &[
+                                    uniform(),
+                                    entry(5, alpha_rows()),
+                                    entry(13, texture(0)),
+                                ],
+                            });
+                            ChunkPath::Sweeps { sweeps, pack }
+                        }
+                        (None, None) => unreachable!("the portable path allocates its α textures"),
+                    };
+                    ChunkGroups { state, path }
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -597,23 +781,48 @@ impl Gpu {
             }
             for (&(r0, r1), group) in chunks.iter().zip(&groups) {
                 let per_sample = super::sparse::groups(self, r1 - r0, SAMPLE_WG as usize);
-                let sweeps = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
-                let texels = super::sparse::groups(self, (r1 - r0) * n_atoms.div_ceil(TEXEL), 64);
-                pass.set_pipeline(&kernels.pack_alpha);
-                pass.set_bind_group(0, &group.pack, &[]);
-                pass.dispatch_workgroups(texels.0, texels.1, 1);
+                if let ChunkPath::Sweeps { pack, .. } = &group.path {
+                    let texels =
+                        super::sparse::groups(self, (r1 - r0) * n_atoms.div_ceil(TEXEL), 64);
+                    pass.set_pipeline(&kernels.pack_alpha);
+                    pass.set_bind_group(0, pack, &[]);
+                    pass.dispatch_workgroups(texels.0, texels.1, 1);
+                }
                 pass.set_pipeline(&kernels.start);
                 pass.set_bind_group(0, &group.state, &[]);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
-                for step in 0..steps {
-                    pass.set_pipeline(sweep);
-                    pass.set_bind_group(0, &group.sweeps[step % 2], &[]);
-                    pass.dispatch_workgroups(sweeps.0, sweeps.1, 1);
-                    pass.set_pipeline(select);
-                    pass.set_bind_group(0, &group.state, &[]);
-                    pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                match (&group.path, resident) {
+                    (ChunkPath::Sweeps { sweeps, .. }, _) => {
+                        let workgroups = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
+                        for step in 0..steps {
+                            pass.set_pipeline(sweep);
+                            pass.set_bind_group(0, &sweeps[step % 2], &[]);
+                            pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+                            pass.set_pipeline(select);
+                            pass.set_bind_group(0, &group.state, &[]);
+                            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                        }
+                    }
+                    (ChunkPath::Resident { steps, refit }, Some((_, kernels))) => {
+                        // One workgroup (one subgroup) per sample.
+                        let workgroups = super::sparse::groups(self, r1 - r0, 1);
+                        pass.set_pipeline(&kernels.mp);
+                        for bind_group in steps {
+                            pass.set_bind_group(0, bind_group, &[]);
+                            pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+                        }
+                        pass.set_pipeline(&kernels.refit);
+                        for bind_group in refit {
+                            pass.set_bind_group(0, bind_group, &[]);
+                            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                        }
+                    }
+                    (ChunkPath::Resident { .. }, None) => {
+                        unreachable!("resident groups need kernels")
+                    }
                 }
                 pass.set_pipeline(&kernels.finish);
+                pass.set_bind_group(0, &group.state, &[]);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             }
             Ok(())
@@ -639,6 +848,9 @@ mod tests {
         min_correlation,
         min_pivot,
         mask,
+        first_step,
+        last_step,
+        texels,
         rows_first
     });
 
@@ -647,9 +859,9 @@ mod tests {
     /// not.
     #[test]
     fn loop_estimate_grows_with_k_squared_not_k_times_atoms() {
-        assert!(loop_iterations(Coder::Omp, 1536, 32) < 2_000);
-        assert!(loop_iterations(Coder::Omp, 16_384, 64) < 10_000);
-        assert!(loop_iterations(Coder::Mp { refit: true }, 16_384, 64) < 10_000);
-        assert!(loop_iterations(Coder::Omp, 16_384, 256) > 65_535);
+        assert!(loop_iterations(Coder::Omp, 1536, 32, false) < 2_000);
+        assert!(loop_iterations(Coder::Omp, 16_384, 64, false) < 10_000);
+        assert!(loop_iterations(Coder::Mp { refit: true }, 16_384, 64, false) < 10_000);
+        assert!(loop_iterations(Coder::Omp, 16_384, 256, false) > 65_535);
     }
 }

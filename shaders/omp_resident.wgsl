@@ -1,0 +1,167 @@
+// extends: omp.wgsl
+// host: const RT: u32 = 64u;
+// (needs subgroup operations; the host defines RT per K, see below)
+//
+// Resident matching pursuit for CPU adapters: each sample's correlations α stay in the private
+// memory of one subgroup for many greedy steps, instead of being read and written through
+// textures by a sweep dispatch per step.
+//
+// One workgroup of RWG invocations, exactly one subgroup, codes one sample. Invocation `lid`
+// holds the α texels q = t·RWG + lid for t < texels (interleaved, so the subgroup's loads of a
+// G row fall on neighbouring texels). Per step: the largest |α| of each invocation, the
+// subgroup's argmax (ties to the lowest index, as the reference), MP's step (`mp_take` of
+// omp.wgsl, run by invocation 0 on the record in `work`; the others learn its outcome through a
+// subgroup operation, so no barrier is needed), then α −= a·G[j, :]. A dispatch runs the steps
+// [first_step, last_step) that fit the driver's loop cap and stores α to `alpha_rw` for the
+// next; `resident_refit` then prepares the least-squares refit from the final α (one invocation
+// per sample). start and finish are omp.wgsl's.
+//
+// On llvmpipe this replaces per step a texture read and write of α and a second dispatch (the
+// MP kernel 2.5–3× faster at K = 1536). On a GPU the per-invocation arrays would not fit in
+// registers, so GPUs keep the sweep and select of omp.wgsl, and so does Batch-OMP, whose
+// per-step solves would run in one lane here.
+//
+// RT, the most α texels one invocation holds (K ≤ 4·RWG·RT), is a `const` the host defines
+// before this file for each K (a private array's size cannot be an override): LLVM's coroutine
+// lowering in llvmpipe compiles this kernel in about 2 s at RT = 48 and 9 s at RT = 128, and
+// did not finish in minutes at RT = 512.
+
+// [batch, K]: α of the job's samples: α⁰ = Y·Dᵀ on entry, the current α between dispatches.
+@group(0) @binding(14) var<storage, read_write> alpha_rw: array<u32>;
+
+// Invocations per workgroup: the adapter's subgroup size (llvmpipe: 8).
+override RWG: u32 = 8u;
+
+// This invocation's α texels.
+var<private> res_alpha: array<vec4<f32>, RT>;
+
+fn res_row(sample: u32) -> u32 {
+    return params.rows_first.x + sample * params.n_atoms;
+}
+
+fn res_load(lid: u32, sample: u32) {
+    let row = res_row(sample);
+    for (var t = 0u; t < params.texels; t++) {
+        let first = 4u * (t * RWG + lid);
+        var v = vec4<f32>();
+        for (var m = 0u; m < 4u; m++) {
+            if first + m < params.n_atoms {
+                v[m] = bitcast<f32>(alpha_rw[row + first + m]);
+            }
+        }
+        res_alpha[t] = v;
+    }
+}
+
+fn res_store(lid: u32, sample: u32) {
+    let row = res_row(sample);
+    for (var t = 0u; t < params.texels; t++) {
+        let first = 4u * (t * RWG + lid);
+        for (var m = 0u; m < 4u; m++) {
+            if first + m < params.n_atoms {
+                alpha_rw[row + first + m] = bitcast<u32>(res_alpha[t][m]);
+            }
+        }
+    }
+}
+
+// The sample's (signed α, atom) of largest |α|, ties to the lowest index; the same in every
+// invocation.
+fn res_argmax(lid: u32) -> vec2<u32> {
+    var best = -1.0;
+    var val = 0.0;
+    var idx = 0xffffffffu;
+    // Ascending atoms, strict `>`: each invocation keeps its lowest index among ties.
+    for (var t = 0u; t < params.texels; t++) {
+        let v = res_alpha[t];
+        let first = 4u * (t * RWG + lid);
+        for (var m = 0u; m < 4u; m++) {
+            if first + m < params.n_atoms && abs(v[m]) > best {
+                best = abs(v[m]);
+                val = v[m];
+                idx = first + m;
+            }
+        }
+    }
+    let top = subgroupMax(best);
+    var mine = 0xffffffffu;
+    if best == top {
+        mine = idx;
+    }
+    let j = subgroupMin(mine);
+    // Exactly one invocation holds atom j (all hold 0 when j is 0xffffffff); adding zeros is exact.
+    var part = 0.0;
+    if idx == j {
+        part = val;
+    }
+    return vec2<u32>(bitcast<u32>(subgroupAdd(part)), j);
+}
+
+// α −= a·G[j, :] over this invocation's texels.
+fn res_update(lid: u32, j: u32, a: f32) {
+    let width = (params.n_atoms + 3u) / 4u;
+    for (var t = 0u; t < params.texels; t++) {
+        let q = t * RWG + lid;
+        if q < width {
+            res_alpha[t] -= a * g_texel(j, q);
+        }
+    }
+}
+
+@compute @workgroup_size(RWG)
+fn resident_mp(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let sample = wid.y * groups.x + wid.x;
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    if work[rec + H_DONE] != 0u {
+        return;
+    }
+    let y2 = y_norm2[params.rows_first.y + sample];
+    res_load(lid, sample);
+    for (var step = params.first_step; step < params.last_step; step++) {
+        let best = res_argmax(lid);
+        let a = bitcast<f32>(best.x);
+        var taken = 0u;
+        if lid == 0u && mp_take(rec, y2, a, best.y) {
+            taken = 1u;
+        }
+        if subgroupMax(taken) == 0u {
+            // Stopped: α as it is, for the refit's right-hand side.
+            res_store(lid, sample);
+            return;
+        }
+        res_update(lid, best.y, a);
+    }
+    res_store(lid, sample);
+}
+
+// The refit's right-hand side α⁰[I] and Cholesky factor of G[I,I], rows [first_step,
+// last_step) of the support; one invocation per sample, after the last resident_mp. α⁰[j] is
+// recovered from the final α and coefficients, α = α⁰ − G[:,I]·x.
+@compute @workgroup_size(64)
+fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    let n = work[rec + H_NSEL];
+    let row = res_row(sample);
+    for (var s = params.first_step; s < min(params.last_step, n); s++) {
+        if work[rec + H_CHOL_OK] == 0u {
+            return;
+        }
+        let j = work[sel_at(rec) + s];
+        set_wf(rhs_at(rec) + s, alpha0(rec, bitcast<f32>(alpha_rw[row + j]), j, n));
+        // A small pivot keeps MP's coefficients, as in mp_take.
+        if !cholesky_grow(rec, j, s) {
+            work[rec + H_CHOL_OK] = 0u;
+        }
+    }
+}
