@@ -65,47 +65,60 @@ fn res_store(lid: u32, sample: u32) {
     }
 }
 
-// The sample's (signed α, atom) of largest |α|, ties to the lowest index; the same in every
-// invocation.
-fn res_argmax(lid: u32) -> vec2<u32> {
-    var best = -1.0;
-    var val = 0.0;
-    var idx = 0xffffffffu;
-    // Ascending atoms, strict `>`: each invocation keeps its lowest index among ties.
-    for (var t = 0u; t < params.texels; t++) {
-        let v = res_alpha[t];
-        let first = 4u * (t * RWG + lid);
-        for (var m = 0u; m < 4u; m++) {
-            if first + m < params.n_atoms && abs(v[m]) > best {
-                best = abs(v[m]);
-                val = v[m];
-                idx = first + m;
-            }
-        }
-    }
-    let top = subgroupMax(best);
-    var mine = 0xffffffffu;
-    if best == top {
-        mine = idx;
-    }
-    let j = subgroupMin(mine);
-    // Exactly one invocation holds atom j (all hold 0 when j is 0xffffffff); adding zeros is exact.
-    var part = 0.0;
-    if idx == j {
-        part = val;
-    }
-    return vec2<u32>(bitcast<u32>(subgroupAdd(part)), j);
+// An invocation's largest |α| over its atoms: the value and its atom, the lowest among ties
+// (atoms visited in ascending order, replaced only on a strict `>`).
+struct ResBest {
+    abs: f32,
+    val: f32,
+    idx: u32,
 }
 
-// α −= a·G[j, :] over this invocation's texels.
-fn res_update(lid: u32, j: u32, a: f32) {
+fn res_consider(b: ptr<function, ResBest>, v: vec4<f32>, first: u32) {
+    for (var m = 0u; m < 4u; m++) {
+        if first + m < params.n_atoms && abs(v[m]) > (*b).abs {
+            *b = ResBest(abs(v[m]), v[m], first + m);
+        }
+    }
+}
+
+fn res_best(lid: u32) -> ResBest {
+    var b = ResBest(-1.0, 0.0, 0xffffffffu);
+    for (var t = 0u; t < params.texels; t++) {
+        res_consider(&b, res_alpha[t], 4u * (t * RWG + lid));
+    }
+    return b;
+}
+
+// α −= a·G[j, :] over this invocation's texels, and its largest |α| after the update: one pass
+// over the private array per step rather than two.
+fn res_update_best(lid: u32, j: u32, a: f32) -> ResBest {
     let width = (params.n_atoms + 3u) / 4u;
+    var b = ResBest(-1.0, 0.0, 0xffffffffu);
     for (var t = 0u; t < params.texels; t++) {
         let q = t * RWG + lid;
         if q < width {
             res_alpha[t] -= a * g_texel(j, q);
         }
+        res_consider(&b, res_alpha[t], 4u * q);
     }
+    return b;
+}
+
+// The sample's (signed α, atom) of largest |α| from each invocation's best, ties to the lowest
+// index; the same in every invocation.
+fn res_pick(b: ResBest) -> vec2<u32> {
+    let top = subgroupMax(b.abs);
+    var mine = 0xffffffffu;
+    if b.abs == top {
+        mine = b.idx;
+    }
+    let j = subgroupMin(mine);
+    // Exactly one invocation holds atom j (all hold 0 when j is 0xffffffff); adding zeros is exact.
+    var part = 0.0;
+    if b.idx == j {
+        part = b.val;
+    }
+    return vec2<u32>(bitcast<u32>(subgroupAdd(part)), j);
 }
 
 @compute @workgroup_size(RWG)
@@ -124,8 +137,9 @@ fn resident_mp(
     }
     let y2 = y_norm2[params.rows_first.y + sample];
     res_load(lid, sample);
+    var mine = res_best(lid);
     for (var step = params.first_step; step < params.last_step; step++) {
-        let best = res_argmax(lid);
+        let best = res_pick(mine);
         let a = bitcast<f32>(best.x);
         var taken = 0u;
         if lid == 0u && mp_take(rec, y2, a, best.y) {
@@ -136,7 +150,7 @@ fn resident_mp(
             res_store(lid, sample);
             return;
         }
-        res_update(lid, best.y, a);
+        mine = res_update_best(lid, best.y, a);
     }
     res_store(lid, sample);
 }
