@@ -114,10 +114,7 @@ fn resident_plan(
     max_atoms: usize,
 ) -> Option<ResidentPlan> {
     let invocations = gpu.limits().subgroup_size? as usize;
-    if !matches!(coder, Coder::Mp { .. })
-        || !gpu.adapter().is_cpu()
-        || gpu.inner.subgroup_size != Some(invocations as u32)
-    {
+    if !matches!(coder, Coder::Mp { .. }) || !gpu.adapter().is_cpu() {
         return None;
     }
     // Rounded up to a multiple of 8, so that nearby K share a pipeline.
@@ -343,9 +340,18 @@ enum ChunkPath {
     /// The resident coder's dispatches, one per range of steps, then the refit's, one per
     /// range of support rows.
     Resident {
+        kernels: ResidentKernels,
         steps: Vec<wgpu::BindGroup>,
         refit: Vec<wgpu::BindGroup>,
     },
+}
+
+/// How a coding job runs its greedy steps: resident (its plan and pipelines), or by sweeps and
+/// selects over the pair of α textures.
+enum StepPath {
+    Resident(ResidentPlan, ResidentKernels),
+    /// Views of the pair of α textures (the scratch cache keeps the textures).
+    Sweeps([wgpu::TextureView; 2]),
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
@@ -564,17 +570,21 @@ impl Gpu {
             layers: 1,
             format: wgpu::TextureFormat::Rgba32Uint,
         };
-        let resident_kernels = resident_plan(self, options.coder, n_atoms, max_atoms)
-            .map(|plan| (plan, resident_kernels(self, kernels, plan.texels)));
-        let resident = resident_kernels.as_ref().map(|(plan, r)| (*plan, r));
-        // The resident coders keep α in registers and the `alpha` buffer; only the sweeps need
+        // The resident coder keeps α in registers and the `alpha` buffer; only the sweeps need
         // the pair of α textures.
-        let alphas = match resident {
-            Some(_) => None,
-            None => Some([
-                kernels.alphas[0].get(self, alpha_shape)?,
-                kernels.alphas[1].get(self, alpha_shape)?,
-            ]),
+        let path = match resident_plan(self, options.coder, n_atoms, max_atoms) {
+            Some(plan) => StepPath::Resident(plan, resident_kernels(self, kernels, plan.texels)),
+            None => {
+                let textures = [
+                    kernels.alphas[0].get(self, alpha_shape)?,
+                    kernels.alphas[1].get(self, alpha_shape)?,
+                ];
+                StepPath::Sweeps(
+                    textures
+                        .each_ref()
+                        .map(|t| t.view(wgpu::TextureViewDimension::D2)),
+                )
+            }
         };
         // G's rows go into the texture in windows of whole rows that fit one binding.
         let pack_chunks = super::buffer::ranges(
@@ -629,8 +639,8 @@ impl Gpu {
         }));
         // Resident: per chunk, a record per dispatch of steps, then per dispatch of refit rows,
         // after the chunks' records.
-        let (step_ranges, refit_ranges) = match resident {
-            Some((plan, _)) => (
+        let (step_ranges, refit_ranges) = match &path {
+            StepPath::Resident(plan, _) => (
                 super::buffer::ranges(steps, plan.steps_per_dispatch),
                 match options.coder {
                     Coder::Mp { refit: true } => {
@@ -639,7 +649,7 @@ impl Gpu {
                     _ => Vec::new(),
                 },
             ),
-            None => (Vec::new(), Vec::new()),
+            StepPath::Sweeps(_) => (Vec::new(), Vec::new()),
         };
         let chunk_records = records.len() - chunks.len();
         for c in 0..chunks.len() {
@@ -647,7 +657,10 @@ impl Gpu {
                 records.push(Params {
                     first_step: first as u32,
                     last_step: last as u32,
-                    texels: resident.map_or(0, |(plan, _)| plan.texels as u32),
+                    texels: match &path {
+                        StepPath::Resident(plan, _) => plan.texels as u32,
+                        StepPath::Sweeps(_) => 0,
+                    },
                     ..records[chunk_records + c]
                 });
             }
@@ -682,9 +695,6 @@ impl Gpu {
                     })
                 })
                 .collect();
-            let alpha_views = alphas
-                .as_ref()
-                .map(|a| a.each_ref().map(|t| t.view(wgpu::TextureViewDimension::D2)));
             let groups: Vec<ChunkGroups> = chunks
                 .iter()
                 .enumerate()
@@ -709,8 +719,8 @@ impl Gpu {
                             work(),
                         ],
                     });
-                    let path = match (&alpha_views, resident) {
-                        (_, Some((_, kernels))) => {
+                    let chunk_path = match &path {
+                        StepPath::Resident(_, kernels) => {
                             let first = chunk_records + chunks.len() + i * per_chunk;
                             let group = |r: usize, pipeline: &wgpu::ComputePipeline| {
                                 let mut entries = vec![
@@ -729,6 +739,7 @@ impl Gpu {
                                 })
                             };
                             ChunkPath::Resident {
+                                kernels: kernels.clone(),
                                 steps: (0..step_ranges.len())
                                     .map(|r| group(r, &kernels.mp))
                                     .collect(),
@@ -737,7 +748,7 @@ impl Gpu {
                                     .collect(),
                             }
                         }
-                        (Some(views), None) => {
+                        StepPath::Sweeps(views) => {
                             let texture = |i: usize| wgpu::BindingResource::TextureView(&views[i]);
                             // Sweep s reads α texture s mod 2 and writes the other.
                             let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
@@ -765,9 +776,11 @@ impl Gpu {
                             });
                             ChunkPath::Sweeps { sweeps, pack }
                         }
-                        (None, None) => unreachable!("the portable path allocates its α textures"),
                     };
-                    ChunkGroups { state, path }
+                    ChunkGroups {
+                        state,
+                        path: chunk_path,
+                    }
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -792,8 +805,8 @@ impl Gpu {
                 pass.set_pipeline(&kernels.start);
                 pass.set_bind_group(0, &group.state, &[]);
                 pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
-                match (&group.path, resident) {
-                    (ChunkPath::Sweeps { sweeps, .. }, _) => {
+                match &group.path {
+                    ChunkPath::Sweeps { sweeps, .. } => {
                         let workgroups = super::sparse::groups(self, (r1 - r0) * n_chunks, 1);
                         for step in 0..steps {
                             pass.set_pipeline(sweep);
@@ -804,7 +817,11 @@ impl Gpu {
                             pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
                         }
                     }
-                    (ChunkPath::Resident { steps, refit }, Some((_, kernels))) => {
+                    ChunkPath::Resident {
+                        kernels,
+                        steps,
+                        refit,
+                    } => {
                         // One workgroup (one subgroup) per sample.
                         let workgroups = super::sparse::groups(self, r1 - r0, 1);
                         pass.set_pipeline(&kernels.mp);
@@ -817,9 +834,6 @@ impl Gpu {
                             pass.set_bind_group(0, bind_group, &[]);
                             pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
                         }
-                    }
-                    (ChunkPath::Resident { .. }, None) => {
-                        unreachable!("resident groups need kernels")
                     }
                 }
                 pass.set_pipeline(&kernels.finish);
