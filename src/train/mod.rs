@@ -20,36 +20,33 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
-use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::data::ActivationSource;
 use crate::encode::CodingOptions;
 use crate::error::{Error, Result};
-use crate::export::{self, Dictionary};
-use crate::gpu::step::{StepBuffers, StepOutput};
-use crate::gpu::{Gpu, Matrix, UpdateOptions};
+use crate::export;
+use crate::gpu::step::StepBuffers;
+use crate::gpu::{Gpu, Matrix};
 
+mod batch;
 mod checkpoint;
 mod config;
 mod hygiene;
 mod init;
 mod metrics;
 mod plan;
+mod run;
 
-use checkpoint::{save_checkpoint, EpochSums, Position};
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
 pub use config::{Init, TrainConfig, DEFAULT_BATCH};
-use hygiene::epoch_end_hygiene;
 pub use init::init_from_samples;
-use metrics::epoch_metrics;
 pub use metrics::{
     evaluate, evaluate_prefix, BatchMetrics, EpochMetrics, Progress, Score, StopReason,
     TrainResult, DICTIONARY_FILE,
 };
-use plan::{allocate_parts, group_codings, resolve_batch, start, Start};
+use run::Run;
 
 type Callback<'a> = Box<dyn FnMut(&Progress) -> ControlFlow<()> + 'a>;
 
@@ -72,15 +69,6 @@ pub struct Trainer<'a> {
     resume: Option<PathBuf>,
     eval: Option<&'a dyn ActivationSource>,
     on_batch: Option<Callback<'a>>,
-}
-
-/// A batch read, centred and measured on the host.
-struct Prepared {
-    data: Vec<f32>,
-    /// ‖y‖² of each row as coded.
-    norms: Vec<f32>,
-    /// Σ‖y − ȳ‖² over the batch (ȳ the data mean).
-    variance: f64,
 }
 
 impl<'a> Trainer<'a> {
@@ -123,384 +111,33 @@ impl<'a> Trainer<'a> {
 
     /// Trains on `source` and returns the dictionary and its metrics.
     pub fn fit(mut self, source: &dyn ActivationSource) -> Result<TrainResult> {
-        let mut config = self.config.clone();
-        let (rows, d) = (source.rows(), source.dim());
-        config.validate_for(rows, d, &source.name())?;
-        let gpu = self.gpu;
-        let n_atoms = config.atoms;
-        let (groups, codings) = group_codings(&config)?;
-        // A resumed run without a batch size of its own goes on with the checkpoint's.
-        let checkpoint = match &self.resume {
-            Some(path) => Some((path, Checkpoint::load(path)?)),
-            None => None,
-        };
-        if let (None, Some((_, checkpoint))) = (config.batch_size, &checkpoint) {
-            config.batch_size = checkpoint.config.batch_size;
-        }
-        let batch_size = resolve_batch(gpu, &mut config, &groups, &codings, rows, d)?;
-        let Start {
-            atoms: atoms_host,
-            memory: memory_host,
-            mean: data_mean,
-            mut position,
-            mut epoch_usage,
-        } = start(source, &config, checkpoint)?;
-
-        // Where the run could continue from if it stops on an error: the last checkpoint.
-        let mut last_checkpoint: Option<(PathBuf, usize, usize)> = self
-            .resume
-            .clone()
-            .map(|path| (path, position.epoch, position.batch));
-        // Once there is a checkpoint to go back to, every error names it.
-        let checkpoint_dir = self.checkpoint_dir.clone();
-        let kept = |cause: Error, last: &Option<(PathBuf, usize, usize)>| match last {
-            Some(_) => training_error(cause, checkpoint_dir.as_deref(), last.clone()),
-            None => cause,
-        };
-        // One part per Matryoshka group (a plain run is one group): its atoms, memory, Gram
-        // scratch and step buffers, and its share of k.
-        let allocated = allocate_parts(
-            gpu,
-            &groups,
-            &codings,
-            &atoms_host,
-            &memory_host,
-            batch_size,
-        );
-        let mut parts = allocated.map_err(|cause| kept(cause, &last_checkpoint))?;
-        // Whether the epoch's latest batch ran in `short` (hygiene reads that batch's codes).
-        let mut last_was_short = false;
-        let order = config.order();
-        let batches_per_epoch = order.batches_per_epoch(rows);
-        let total = batches_per_epoch.saturating_mul(config.epochs);
-        let centre = config.center.then_some(data_mean.as_slice());
-        let started = Instant::now();
-        let seconds_before = position.seconds;
-        let elapsed = |started: &Instant| seconds_before + started.elapsed().as_secs_f64();
-        let mut stop = StopReason::Epochs;
-        let dictionary_of = |parts: &[Part], metadata| -> Result<Dictionary> {
-            Ok(Dictionary {
-                atoms: read_parts(gpu, parts, |p| &p.atoms)?,
-                n_atoms,
-                d,
-                mean: b_dec(&config, &data_mean),
-                metadata,
-            })
-        };
-
-        let mut run = || -> Result<()> {
-            'epochs: while position.epoch < config.epochs {
-                let epoch = position.epoch;
-                let mut rows_of = order.epoch(rows, epoch as u64)?;
-                if position.batch >= batches_per_epoch {
-                    return Err(Error::InvalidArgument(format!(
-                        "cannot resume at batch {} of epoch {epoch}: an epoch has {batches_per_epoch} batches",
-                        position.batch
-                    )));
-                }
-                // Resuming mid-epoch: skip the batches already trained on (indices only, no reads).
-                for _ in 0..position.batch {
-                    rows_of.next();
-                }
-                let epoch_started = Instant::now();
-                let mean_ref = data_mean.as_slice();
-                let mut stop_after_epoch = None;
-                let outcome = std::thread::scope(|scope| -> Result<Option<StopReason>> {
-                    let (tx, rx) = sync_channel::<Result<Prepared>>(1);
-                    scope.spawn(move || {
-                        for batch_rows in rows_of {
-                            let prepared = prepare(source, &batch_rows, centre, mean_ref);
-                            let failed = prepared.is_err();
-                            if tx.send(prepared).is_err() || failed {
-                                break;
-                            }
-                        }
-                    });
-                    loop {
-                        let waiting = Instant::now();
-                        let Ok(prepared) = rx.recv() else {
-                            return Ok(None);
-                        };
-                        let prepared = prepared?;
-                        let host_s = waiting.elapsed().as_secs_f64();
-                        let n = prepared.norms.len();
-                        last_was_short = n != parts[0].full.len();
-                        let out = train_batch(gpu, &mut parts, &config, &prepared, position.step)?;
-                        let (metrics, sums) = batch_metrics(&out, &prepared, host_s);
-                        let metrics = BatchMetrics {
-                            epoch,
-                            batch: position.batch,
-                            step: position.step,
-                            ..metrics
-                        };
-                        for (total, used) in epoch_usage.iter_mut().zip(&out.usage) {
-                            *total = total.saturating_add(*used);
-                        }
-                        position.sums.add(&sums);
-                        position.batch += 1;
-                        position.step += 1;
-                        position.batches.push(metrics);
-                        log::debug!(
-                            "epoch {epoch} batch {}: FVU {:.4}, L0 {:.2}, {} atoms unused",
-                            position.batch - 1,
-                            position.batches.last().unwrap().fvu,
-                            position.batches.last().unwrap().l0,
-                            position.batches.last().unwrap().unused_atoms
-                        );
-                        let mut wants_stop = None;
-                        if let Some(callback) = self.on_batch.as_mut() {
-                            let progress = Progress {
-                                batch: position.batches.last().unwrap(),
-                                done: position.step,
-                                total,
-                            };
-                            if callback(&progress).is_break() {
-                                wants_stop = Some(StopReason::Callback);
-                            }
-                        }
-                        if config
-                            .time_limit
-                            .is_some_and(|limit| elapsed(&started) >= limit.as_secs_f64())
-                        {
-                            wants_stop = Some(StopReason::TimeLimit);
-                        }
-                        let periodic = config
-                            .checkpoint_every
-                            .is_some_and(|every| position.step.is_multiple_of(every));
-                        let epoch_ends = position.batch == batches_per_epoch;
-                        if let Some(dir) = &self.checkpoint_dir {
-                            if (periodic || wants_stop.is_some()) && !epoch_ends {
-                                position.seconds = elapsed(&started);
-                                position.sums.seconds += epoch_started.elapsed().as_secs_f64();
-                                last_checkpoint = Some(save_checkpoint(
-                                    gpu,
-                                    dir,
-                                    &config,
-                                    &parts,
-                                    &data_mean,
-                                    &position,
-                                    &epoch_usage,
-                                )?);
-                                position.sums.seconds -= epoch_started.elapsed().as_secs_f64();
-                            }
-                        }
-                        if wants_stop.is_some() {
-                            if epoch_ends {
-                                // Finish the epoch (hygiene, metrics, checkpoint) first.
-                                stop_after_epoch = wants_stop;
-                            } else {
-                                return Ok(wants_stop);
-                            }
-                        }
-                    }
-                })?;
-                position.sums.seconds += epoch_started.elapsed().as_secs_f64();
-                if let Some(reason) = outcome {
-                    position.seconds = elapsed(&started);
-                    stop = reason;
-                    break 'epochs;
-                }
-
-                // Epoch end: atom hygiene within each group (not after the last epoch: freshly
-                // split atoms would be returned untrained), coherence, evaluation.
-                let hygiene_started = Instant::now();
-                let hygiene = epoch_end_hygiene(
-                    gpu,
-                    &mut parts,
-                    &epoch_usage,
-                    &config,
-                    epoch + 1 < config.epochs,
-                    last_was_short,
-                )?;
-                let coherence = mean_coherence(gpu, &parts)?;
-                let eval = match self.eval {
-                    Some(eval) => {
-                        let dictionary = dictionary_of(&parts, group_metadata(&config)?)?;
-                        // Scored as `encode` codes by default (OMP), whatever trains.
-                        let scoring = CodingOptions::omp(config.k).with_gram(config.gram);
-                        Some(evaluate(gpu, &dictionary, eval, scoring, batch_size)?)
-                    }
-                    None => None,
-                };
-                let sums = std::mem::take(&mut position.sums);
-                let seconds = sums.seconds + hygiene_started.elapsed().as_secs_f64();
-                let metrics = epoch_metrics(epoch, &sums, &hygiene, coherence, eval, seconds);
-                let previous = position.epochs.last().map(|e| e.fvu);
-                position.epochs.push(metrics);
-                position.epoch += 1;
-                position.batch = 0;
-                epoch_usage.iter_mut().for_each(|u| *u = 0);
-                position.seconds = elapsed(&started);
-                if let Some(dir) = &self.checkpoint_dir {
-                    last_checkpoint = Some(save_checkpoint(
-                        gpu,
-                        dir,
-                        &config,
-                        &parts,
-                        &data_mean,
-                        &position,
-                        &epoch_usage,
-                    )?);
-                }
-                if let Some(reason) = stop_after_epoch {
-                    stop = reason;
-                    break;
-                }
-                let fvu = position.epochs.last().unwrap().fvu;
-                if let (Some(tolerance), Some(previous)) = (config.tolerance, previous) {
-                    if previous - fvu < tolerance * previous {
-                        stop = StopReason::Converged;
-                        break;
-                    }
-                }
-                if config
-                    .time_limit
-                    .is_some_and(|limit| position.seconds >= limit.as_secs_f64())
-                    && position.epoch < config.epochs
-                {
-                    stop = StopReason::TimeLimit;
-                    break;
-                }
-            }
-            Ok(())
-        };
-        if let Err(cause) = run() {
-            return Err(training_error(
-                cause,
-                self.checkpoint_dir.as_deref(),
-                last_checkpoint,
-            ));
-        }
-
-        let mut metadata = group_metadata(&config)?;
-        metadata.insert("config".into(), json(&config)?);
-        if let Some(last) = position.epochs.last() {
-            metadata.insert("metrics".into(), json(last)?);
-        }
-        metadata.insert("dbksvd_version".into(), env!("CARGO_PKG_VERSION").into());
-        let dictionary =
-            dictionary_of(&parts, metadata).map_err(|cause| kept(cause, &last_checkpoint))?;
-        Ok(TrainResult {
-            dictionary,
-            config,
-            batches: position.batches,
-            epochs: position.epochs,
-            stop,
-            seconds: position.seconds,
-        })
-    }
-}
-
-/// Codes and updates every group on one prepared batch (each group on what the groups before it
-/// left: the device's residual after their updates); the steps' outputs combined, usage in atom
-/// order and L0 summed over the groups.
-fn train_batch(
-    gpu: &Gpu,
-    parts: &mut [Part],
-    config: &TrainConfig,
-    prepared: &Prepared,
-    step: usize,
-) -> Result<StepOutput> {
-    let n = prepared.norms.len();
-    let short = n != parts[0].full.len();
-    let mut input: Option<(Vec<f32>, Vec<f32>)> = None;
-    let mut out = StepOutput::default();
-    let mut usage = Vec::new();
-    let mut l0 = vec![0u32; n];
-    let count = parts.len();
-    for (g, part) in parts.iter_mut().enumerate() {
-        let d = part.atoms.cols();
-        let buffers = if !short {
-            &mut part.full
-        } else {
-            if part.short.as_ref().is_none_or(|b| b.len() != n) {
-                part.short = Some(gpu.step_buffers(n, d, part.coding.k, part.range.len())?);
-            }
-            part.short.as_mut().expect("just created")
-        };
-        let update = UpdateOptions {
-            atom_batch: config.atom_batch.min(part.range.len()),
-            power_iterations: config.power_iterations,
-            seed: update_seed(group_seed(config.seed, g), step),
-            memory: config.atom_memory,
-        };
-        let (data, norms) = match &input {
-            Some((data, norms)) => (data.as_slice(), norms.as_slice()),
-            None => (prepared.data.as_slice(), prepared.norms.as_slice()),
-        };
-        let step = gpu.train_step(
-            &mut part.atoms,
-            &part.memory,
-            &mut part.gram,
-            buffers,
-            data,
-            norms,
-            &part.coding,
-            &update,
-            config.profile,
+        // Plan: the configuration resolved against the data and the device, the start (fresh
+        // or from a checkpoint), each Matryoshka group's device state.
+        let mut run = Run::plan(
+            self.gpu,
+            &self.config,
+            source,
+            self.resume.as_deref(),
+            self.checkpoint_dir.clone(),
         )?;
-        if g + 1 < count {
-            let residual = gpu.read_residual(buffers.coded())?;
-            let norms = residual
-                .chunks_exact(d)
-                .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
-                .collect();
-            input = Some((residual, norms));
-        }
-        usage.extend_from_slice(&step.usage);
-        l0.iter_mut().zip(&step.l0).for_each(|(a, b)| *a += b);
-        out.gemm_s += step.gemm_s;
-        out.coding_s += step.coding_s;
-        out.update_s += step.update_s;
-        out.residual_energy = step.residual_energy;
-    }
-    out.usage = usage;
-    out.l0 = l0;
-    Ok(out)
-}
-
-/// One batch's metrics from its step output (epoch, batch and step left at 0 for the caller),
-/// and its share of the epoch sums.
-fn batch_metrics(out: &StepOutput, prepared: &Prepared, host_s: f64) -> (BatchMetrics, EpochSums) {
-    let n = prepared.norms.len();
-    let residual: f64 = out.residual_energy.iter().map(|&e| e as f64).sum();
-    let relative: f64 = out
-        .residual_energy
-        .iter()
-        .zip(&prepared.norms)
-        .map(|(&e, &y)| {
-            if y > 0.0 {
-                (e as f64 / y as f64).sqrt()
-            } else {
-                0.0
+        let mut epochs = || -> Result<StopReason> {
+            while run.position.epoch < run.config.epochs {
+                // Each batch: code, measure, update; a stop may come mid-epoch.
+                let (stopped, stop_asked) = run.train_epoch(source, &mut self.on_batch)?;
+                if let Some(reason) = stopped {
+                    return Ok(reason);
+                }
+                // Epoch end: hygiene, coherence, held-out score, metrics, checkpoint.
+                if let Some(reason) = run.end_epoch(self.eval, stop_asked)? {
+                    return Ok(reason);
+                }
             }
-        })
-        .sum();
-    let l0: f64 = out.l0.iter().map(|&l| l as f64).sum();
-    let metrics = BatchMetrics {
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        samples: n,
-        fvu: ratio(residual, prepared.variance),
-        relative_residual: relative / n as f64,
-        l0: l0 / n as f64,
-        unused_atoms: out.usage.iter().filter(|&&u| u == 0).count(),
-        gemm_s: out.gemm_s,
-        coding_s: out.coding_s,
-        update_s: out.update_s,
-        host_s,
-    };
-    let sums = EpochSums {
-        batches: 1,
-        samples: n,
-        residual,
-        variance: prepared.variance,
-        relative,
-        l0,
-        seconds: 0.0,
-    };
-    (metrics, sums)
+            Ok(StopReason::Epochs)
+        };
+        let stop = epochs().map_err(|cause| run.failed(cause))?;
+        // Outputs: the dictionary with its metadata, and the metrics.
+        run.finish(stop)
+    }
 }
 
 /// One Matryoshka group's share of the device state (the whole dictionary in a plain run).
@@ -610,44 +247,6 @@ fn b_dec(config: &TrainConfig, data_mean: &[f32]) -> Vec<f32> {
 
 fn json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::InvalidArgument(format!("JSON: {e}")))
-}
-
-/// Reads `rows` of `source`, centres them on `centre` if given, and measures them.
-fn prepare(
-    source: &dyn ActivationSource,
-    rows: &[usize],
-    centre: Option<&[f32]>,
-    data_mean: &[f32],
-) -> Result<Prepared> {
-    let d = source.dim();
-    let mut data = vec![0.0f32; rows.len() * d];
-    source.gather(rows, &mut data)?;
-    let mut variance = 0.0f64;
-    if let Some(mean) = centre {
-        for row in data.chunks_exact_mut(d) {
-            row.iter_mut().zip(mean).for_each(|(v, m)| *v -= m);
-        }
-    }
-    let norms = data
-        .chunks_exact(d)
-        .map(|row| {
-            let norm: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
-            variance += match centre {
-                Some(_) => norm,
-                None => row
-                    .iter()
-                    .zip(data_mean)
-                    .map(|(&v, &m)| (v as f64 - m as f64).powi(2))
-                    .sum(),
-            };
-            norm as f32
-        })
-        .collect();
-    Ok(Prepared {
-        data,
-        norms,
-        variance,
-    })
 }
 
 #[cfg(test)]

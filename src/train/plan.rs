@@ -10,10 +10,9 @@ use crate::encode::Groups;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
+use super::checkpoint::{EpochSums, Position};
 use super::init::normalised_dictionary;
-use super::{
-    init_from_samples, Checkpoint, EpochSums, Init, Part, Position, TrainConfig, DEFAULT_BATCH,
-};
+use super::{init_from_samples, Checkpoint, Init, Part, TrainConfig, DEFAULT_BATCH};
 
 /// The Matryoshka groups (one group of all atoms in a plain run) and each one's coding options
 /// (its share of k).
