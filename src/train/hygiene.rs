@@ -98,116 +98,35 @@ fn split_atoms(
     residual: &[f32],
     flagged: &[usize],
 ) -> Vec<usize> {
-    let n_atoms = atoms.len() / d;
-    let n = codes.n;
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let e: Vec<f64> = residual.iter().map(|&v| v as f64).collect();
-    let energy: Vec<f64> = e.chunks(d).map(|r| dot(r, r)).collect();
-    let mut users: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_atoms];
-    for s in 0..n {
-        for (j, x) in codes.row(s) {
-            if j < n_atoms {
-                users[j].push((s, x as f64));
-            }
-        }
-    }
-    let distortion: Vec<f64> = users
-        .iter()
-        .map(|u| u.iter().map(|&(s, _)| energy[s]).sum())
+    let batch = Batch::new(atoms.len() / d, d, codes, residual);
+    let mut candidates: Vec<usize> = (0..batch.users.len())
+        .filter(|j| !flagged.contains(j) && batch.users[*j].len() >= 2)
         .collect();
-    let mut candidates: Vec<usize> = (0..n_atoms)
-        .filter(|j| !flagged.contains(j) && users[*j].len() >= 2)
-        .collect();
+    let distortion = &batch.distortion;
     candidates.sort_by(|&a, &b| distortion[b].total_cmp(&distortion[a]).then(a.cmp(&b)));
     let mut candidates = candidates.into_iter();
-    let mut sample_taken = vec![false; n];
+    let mut sample_taken = vec![false; codes.n];
     let mut changed = Vec::new();
     // Samples are rebuilt (y = e + x·D) from the atoms the codes were made with.
     let original = atoms.to_vec();
-    let unit = |v: Vec<f64>| -> Option<Vec<f64>> {
-        let norm = dot(&v, &v).sqrt();
-        (norm > 0.0 && norm.is_finite()).then(|| v.into_iter().map(|x| x / norm).collect())
-    };
     for &target in flagged {
-        let mut done = false;
-        for source in candidates.by_ref() {
-            if distortion[source] <= 0.0 {
-                break;
-            }
-            let a: Vec<f64> = atoms[source * d..(source + 1) * d]
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let us = &users[source];
-            // Top principal direction of the users' residuals, by power iteration from the
-            // largest one.
-            let start = us
-                .iter()
-                .max_by(|p, q| energy[p.0].total_cmp(&energy[q.0]))
-                .map(|&(s, _)| e[s * d..(s + 1) * d].to_vec());
-            let Some(mut r) = start.and_then(unit) else {
-                continue;
-            };
-            for _ in 0..30 {
-                let mut w = vec![0.0; d];
-                for &(s, _) in us {
-                    let row = &e[s * d..(s + 1) * d];
-                    let t = dot(row, &r);
-                    w.iter_mut().zip(row).for_each(|(w, v)| *w += t * v);
-                }
-                match unit(w) {
-                    Some(w) => r = w,
-                    None => break,
-                }
-            }
-            let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
-            let (mut n_plus, mut n_minus) = (0, 0);
-            for &(s, x) in us {
-                let row = &e[s * d..(s + 1) * d];
-                let sign = x.signum();
-                let (sum, count) = if dot(row, &r) * x > 0.0 {
-                    (&mut plus, &mut n_plus)
-                } else {
-                    (&mut minus, &mut n_minus)
-                };
-                *count += 1;
-                for c in 0..d {
-                    sum[c] += sign * (x * a[c] + row[c]);
-                }
-            }
-            if n_plus == 0 || n_minus == 0 {
-                continue;
-            }
-            let (Some(plus), Some(minus)) = (unit(plus), unit(minus)) else {
-                continue;
-            };
-            for c in 0..d {
-                atoms[target * d + c] = plus[c] as f32;
-                atoms[source * d + c] = minus[c] as f32;
+        let split = candidates
+            .by_ref()
+            .take_while(|&source| distortion[source] > 0.0)
+            .find_map(|source| Some((source, batch.split(&atoms[source * d..][..d], source)?)));
+        if let Some((source, (plus, minus))) = split {
+            for (c, (plus, minus)) in plus.iter().zip(&minus).enumerate() {
+                atoms[target * d + c] = *plus as f32;
+                atoms[source * d + c] = *minus as f32;
             }
             changed.extend([target, source]);
-            done = true;
-            break;
-        }
-        if done {
             continue;
         }
         // Nothing to split: the worst-represented sample y = e + x·D, normalised.
-        let worst = (0..n)
-            .filter(|&s| !sample_taken[s] && energy[s] > 0.0)
-            .max_by(|&p, &q| energy[p].total_cmp(&energy[q]).then(q.cmp(&p)));
-        if let Some(s) = worst {
-            let mut y: Vec<f64> = e[s * d..(s + 1) * d].to_vec();
-            for (j, x) in codes.row(s) {
-                if j < n_atoms {
-                    for c in 0..d {
-                        y[c] += x as f64 * original[j * d + c] as f64;
-                    }
-                }
-            }
-            if let Some(y) = unit(y) {
-                for c in 0..d {
-                    atoms[target * d + c] = y[c] as f32;
+        if let Some(s) = batch.worst_sample(&sample_taken) {
+            if let Some(y) = unit(batch.sample(s, codes, &original)) {
+                for (c, v) in y.iter().enumerate() {
+                    atoms[target * d + c] = *v as f32;
                 }
                 changed.push(target);
             }
@@ -217,6 +136,123 @@ fn split_atoms(
     changed.sort_unstable();
     changed.dedup();
     changed
+}
+
+/// One batch's residual and codes, seen per atom.
+struct Batch {
+    d: usize,
+    /// The residual [n, d] in f64.
+    e: Vec<f64>,
+    /// ‖e_s‖² per sample.
+    energy: Vec<f64>,
+    /// Per atom, its users (sample, coefficient).
+    users: Vec<Vec<(usize, f64)>>,
+    /// Per atom, the residual energy of its users.
+    distortion: Vec<f64>,
+}
+
+impl Batch {
+    fn new(n_atoms: usize, d: usize, codes: &crate::encode::SparseCodes, residual: &[f32]) -> Self {
+        let e: Vec<f64> = residual.iter().map(|&v| v as f64).collect();
+        let energy: Vec<f64> = e.chunks(d).map(|r| dot(r, r)).collect();
+        let mut users: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_atoms];
+        for s in 0..codes.n {
+            for (j, x) in codes.row(s) {
+                if j < n_atoms {
+                    users[j].push((s, x as f64));
+                }
+            }
+        }
+        let distortion = users
+            .iter()
+            .map(|u| u.iter().map(|&(s, _)| energy[s]).sum())
+            .collect();
+        Self {
+            d,
+            e,
+            energy,
+            users,
+            distortion,
+        }
+    }
+
+    fn row(&self, s: usize) -> &[f64] {
+        &self.e[s * self.d..(s + 1) * self.d]
+    }
+
+    /// Atom `source` (`atom`) split in two along the top principal direction of its users'
+    /// residuals: each half the normalised signed mean of the samples (x·a + e) on its side.
+    /// None when the direction is undefined or one side is empty.
+    fn split(&self, atom: &[f32], source: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+        let users = &self.users[source];
+        // Power iteration from the largest residual.
+        let start = users
+            .iter()
+            .max_by(|p, q| self.energy[p.0].total_cmp(&self.energy[q.0]))
+            .map(|&(s, _)| self.row(s).to_vec());
+        let mut r = unit(start?)?;
+        for _ in 0..30 {
+            let mut w = vec![0.0; self.d];
+            for &(s, _) in users {
+                let row = self.row(s);
+                let t = dot(row, &r);
+                w.iter_mut().zip(row).for_each(|(w, v)| *w += t * v);
+            }
+            match unit(w) {
+                Some(w) => r = w,
+                None => break,
+            }
+        }
+        let (mut plus, mut minus) = (vec![0.0; self.d], vec![0.0; self.d]);
+        let (mut n_plus, mut n_minus) = (0, 0);
+        for &(s, x) in users {
+            let row = self.row(s);
+            let (sum, count) = if dot(row, &r) * x > 0.0 {
+                (&mut plus, &mut n_plus)
+            } else {
+                (&mut minus, &mut n_minus)
+            };
+            *count += 1;
+            for ((sum, &a), &e) in sum.iter_mut().zip(atom).zip(row) {
+                *sum += x.signum() * (x * a as f64 + e);
+            }
+        }
+        if n_plus == 0 || n_minus == 0 {
+            return None;
+        }
+        Some((unit(plus)?, unit(minus)?))
+    }
+
+    /// The sample with the most residual energy not yet taken (the lowest index on ties).
+    fn worst_sample(&self, taken: &[bool]) -> Option<usize> {
+        (0..taken.len())
+            .filter(|&s| !taken[s] && self.energy[s] > 0.0)
+            .max_by(|&p, &q| self.energy[p].total_cmp(&self.energy[q]).then(q.cmp(&p)))
+    }
+
+    /// Sample `s` rebuilt as e + x·D from the atoms its codes were made with.
+    fn sample(&self, s: usize, codes: &crate::encode::SparseCodes, atoms: &[f32]) -> Vec<f64> {
+        let mut y = self.row(s).to_vec();
+        for (j, x) in codes.row(s) {
+            if j < self.users.len() {
+                let atom = &atoms[j * self.d..(j + 1) * self.d];
+                y.iter_mut()
+                    .zip(atom)
+                    .for_each(|(y, &a)| *y += x as f64 * a as f64);
+            }
+        }
+        y
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `v` normalised, if its norm is positive and finite.
+fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
+    let norm = dot(&v, &v).sqrt();
+    (norm > 0.0 && norm.is_finite()).then(|| v.into_iter().map(|x| x / norm).collect())
 }
 
 /// Atoms to re-seed at an epoch's end: unused, or used fewer times than `fraction` of the mean.
