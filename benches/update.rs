@@ -55,12 +55,10 @@ fn main() -> dbksvd::Result<()> {
         for p in [1, 2, 4] {
             let mut atoms = gpu.matrix(n_atoms, d, encoder.atoms())?;
             let mut batch = gpu.coded_batch(samples, d, &codes, n_atoms)?;
-            let options = UpdateOptions {
-                atom_batch,
-                power_iterations: p,
-                seed: 1,
-                memory: 0.0,
-            };
+            let options = UpdateOptions::default()
+                .with_atom_batch(atom_batch)
+                .with_power_iterations(p)
+                .with_seed(1);
             let t = Instant::now();
             gpu.ksvd_update(&mut atoms, &mut batch, &options)?;
             let seconds = t.elapsed().as_secs_f64();

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use dbksvd::data::{self, ActivationSource};
 use dbksvd::encode::{CodingOptions, Groups};
-use dbksvd::export::Dictionary;
 use dbksvd::gpu::Gpu;
 use dbksvd::train::{evaluate, evaluate_prefix, TrainConfig, Trainer};
 
@@ -65,7 +64,6 @@ fn main() -> dbksvd::Result<()> {
         );
         dictionaries.push(result.dictionary);
     }
-    let d = held_out.dim();
     println!("| atoms | k | Matryoshka | plain |\n|---|---|---|---|");
     for prefix in 1..=groups.len() {
         let atoms = groups.ends()[prefix - 1];
@@ -75,13 +73,7 @@ fn main() -> dbksvd::Result<()> {
         let m = evaluate_prefix(&gpu, &dictionaries[0], &held_out, coding, 4096, prefix)?;
         // Plain: its first atoms, with as many nonzeros.
         let plain = &dictionaries[1];
-        let first = Dictionary {
-            atoms: plain.atoms[..atoms * d].to_vec(),
-            n_atoms: atoms,
-            d,
-            mean: plain.mean.clone(),
-            metadata: Default::default(),
-        };
+        let first = plain.first_atoms(atoms)?;
         let p = evaluate(&gpu, &first, &held_out, CodingOptions::omp(k_prefix), 4096)?;
         println!("| {atoms} | {k_prefix} | {:.4} | {:.4} |", m.fvu, p.fvu);
     }

@@ -38,7 +38,7 @@ fn main() -> dbksvd::Result<()> {
             e.epoch, e.fvu, e.dead_atoms, e.rare_atoms, e.purged
         );
     }
-    let fraction = recovered(&problem.atoms, &result.dictionary.atoms, spec.d, 0.99);
+    let fraction = recovered(&problem.atoms, result.dictionary.atoms(), spec.d, 0.99);
     println!(
         "recovered {:.1} % of {} planted atoms at |cos| ≥ 0.99 in {:.1} s on {}",
         100.0 * fraction,

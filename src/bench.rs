@@ -28,7 +28,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::encode::{CodingOptions, Encoder, EncoderOptions, GramPrecision, SparseCodes};
+use crate::encode::{
+    CodingOptions, EncodeOptions, Encoder, EncoderOptions, GramPrecision, SparseCodes,
+};
 use crate::error::{Error, Result};
 use crate::gpu::step::StepBuffers;
 use crate::gpu::{GemmParams, Gpu, Matrix, UpdateOptions};
@@ -338,7 +340,7 @@ pub enum Figure {
         /// B / seconds.
         samples_per_s: f64,
         /// Seconds of the coding kernel and the readback of the codes alone, from
-        /// [`Encoder::encode_profiled`].
+        /// a profiled [`Encoder::encode_with`].
         kernel_s: f64,
         /// Seconds of the upload and the correlations product in the same profiled run.
         correlations_s: f64,
@@ -788,7 +790,8 @@ impl<'a> Bench<'a> {
         let codes = runs
             .pop()
             .unwrap_or_else(|| unreachable!("timed runs at least once"));
-        let (_, profile) = encoder.encode_profiled(&data.samples)?;
+        let profiled = EncodeOptions::default().with_profile(true);
+        let profile = encoder.encode_with(&data.samples, profiled)?.profile;
         let figure = Figure::Coding {
             coder,
             samples: c.batch,

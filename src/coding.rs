@@ -37,6 +37,7 @@ pub enum Coder {
 
 /// Sparsity and stopping rules, shared by the GPU coders and [`crate::reference::omp`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct CodingOptions {
     /// The coder.
     pub coder: Coder,
@@ -71,10 +72,14 @@ impl CodingOptions {
         }
     }
 
-    /// Sets how G is stored for coding.
-    pub fn with_gram(mut self, gram: GramPrecision) -> Self {
-        self.gram = gram;
-        self
+    with_setters! {
+        with_gram => gram: GramPrecision,
+        with_min_correlation => min_correlation: f32,
+        with_min_pivot => min_pivot: f32,
+    }
+
+    with_setters! { option
+        with_tolerance => tolerance: f32,
     }
 
     /// Matching pursuit with at most `k` atoms.
@@ -83,12 +88,6 @@ impl CodingOptions {
             coder: Coder::Mp { refit },
             ..Self::omp(k)
         }
-    }
-
-    /// Sets the relative residual-energy tolerance.
-    pub fn tolerance(mut self, tolerance: f32) -> Self {
-        self.tolerance = Some(tolerance);
-        self
     }
 
     /// min(k, d, K): the most atoms a sample may use with K atoms of dimension d.

@@ -16,6 +16,7 @@
 
 use crate::coding::check_finite;
 pub use crate::coding::{Coder, CodingOptions, GramPrecision, SparseCodes};
+use crate::data::ActivationSource;
 use crate::error::{Error, Result};
 use crate::gpu::{omp, GemmParams, Gpu, Matrix};
 
@@ -169,8 +170,9 @@ impl Groups {
     }
 }
 
-/// How an [`Encoder`] codes and batches.
+/// How an [`Encoder`] codes and batches: [`EncoderOptions::new`] and the `with_*` setters.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct EncoderOptions {
     /// Coder, k and stopping rules.
     pub coding: CodingOptions,
@@ -189,9 +191,98 @@ impl EncoderOptions {
             memory_budget: 256 << 20,
         }
     }
+
+    with_setters! {
+        with_memory_budget => memory_budget: u64,
+    }
+
+    with_setters! { option
+        with_batch_size => batch_size: usize,
+    }
 }
 
-/// Wall-clock seconds per phase of [`Encoder::encode_profiled`], summed over batches.
+/// What an [`Encoder`] codes: rows in memory, or every row of an activation source, streamed
+/// in batches (a source larger than memory is read a batch at a time; the codes are kept).
+/// Slices, vectors and arrays of f32 and any [`ActivationSource`] convert into it.
+#[derive(Clone, Copy)]
+pub enum Samples<'s> {
+    /// Rows [n, d], row-major (n = length / d).
+    Rows(&'s [f32]),
+    /// Every row of a source, in order.
+    Source(&'s dyn ActivationSource),
+}
+
+impl<'s> From<&'s [f32]> for Samples<'s> {
+    fn from(rows: &'s [f32]) -> Self {
+        Samples::Rows(rows)
+    }
+}
+
+impl<'s> From<&'s Vec<f32>> for Samples<'s> {
+    fn from(rows: &'s Vec<f32>) -> Self {
+        Samples::Rows(rows)
+    }
+}
+
+impl<'s, const N: usize> From<&'s [f32; N]> for Samples<'s> {
+    fn from(rows: &'s [f32; N]) -> Self {
+        Samples::Rows(rows)
+    }
+}
+
+impl<'s, S: ActivationSource + 's> From<&'s S> for Samples<'s> {
+    fn from(source: &'s S) -> Self {
+        Samples::Source(source)
+    }
+}
+
+impl<'s> From<&'s dyn ActivationSource> for Samples<'s> {
+    fn from(source: &'s dyn ActivationSource) -> Self {
+        Samples::Source(source)
+    }
+}
+
+/// How [`Encoder::encode_with`] codes: [`EncodeOptions::default`] (every group, no timing)
+/// and the `with_*` setters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncodeOptions {
+    /// Code with the first `prefix` Matryoshka groups only: the codes keep all k slots, those
+    /// of later groups empty (index −1), and the residual energy is what the prefix leaves.
+    /// Without groups it must be 1. `None`: every group.
+    ///
+    /// Each group codes (with its own k, and the options' tolerance and floors applied to its
+    /// input) the residual of the support chosen so far, refitted by least squares over that
+    /// whole support; training passes each group the residual without that refit, which
+    /// measured the same (0.3045 against 0.3068 FVU at K = 512) at a host cost per batch.
+    pub prefix: Option<usize>,
+    /// Time the phases ([`Encoded::profile`]). Each batch is then submitted in two parts
+    /// (correlations, then coding) with a wait between, so it runs a little slower; for
+    /// benchmarks and diagnostics. Not for Matryoshka encoders (they code group by group).
+    pub profile: bool,
+}
+
+impl EncodeOptions {
+    with_setters! { option
+        with_prefix => prefix: usize,
+    }
+
+    with_setters! {
+        with_profile => profile: bool,
+    }
+}
+
+/// What [`Encoder::encode_with`] returns.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Encoded {
+    /// The codes, k slots per row.
+    pub codes: SparseCodes,
+    /// The phases' times when [`EncodeOptions::profile`] asked for them, else zeros.
+    pub profile: EncodeProfile,
+}
+
+/// Wall-clock seconds per phase of a profiled [`Encoder::encode_with`], summed over batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EncodeProfile {
     /// Host preparation and upload of the samples plus the correlations GEMM Y·Dᵀ.
@@ -455,20 +546,49 @@ impl Encoder {
         }
     }
 
-    /// Codes every row of `source` in order, streaming it in batches (a source larger than
-    /// memory is read a batch at a time; the codes, k slots per row, are kept). A source whose
-    /// dimension is not the dictionary's is an error naming both.
-    pub fn encode_source(&self, source: &dyn crate::data::ActivationSource) -> Result<SparseCodes> {
-        let all = self.groups.as_ref().map_or(1, |g| g.coders.len());
-        self.encode_source_prefix(source, all)
+    /// Codes `samples` (rows [n, d] in memory, or every row of an [`ActivationSource`]) with
+    /// every group, streaming batches through the GPU: one submission and one readback of the
+    /// codes per batch (per group, for a Matryoshka encoder). Rows whose length is not a
+    /// multiple of d, a source of another dimension, or a non-finite value are errors.
+    pub fn encode<'s>(&self, samples: impl Into<Samples<'s>>) -> Result<SparseCodes> {
+        Ok(self.encode_with(samples, EncodeOptions::default())?.codes)
     }
 
-    /// [`Encoder::encode_source`] with the first `prefix` Matryoshka groups only (see
-    /// [`Encoder::encode_prefix`]).
-    pub fn encode_source_prefix(
+    /// [`Encoder::encode`] with options: a Matryoshka prefix, phase timing.
+    pub fn encode_with<'s>(
         &self,
-        source: &dyn crate::data::ActivationSource,
+        samples: impl Into<Samples<'s>>,
+        options: EncodeOptions,
+    ) -> Result<Encoded> {
+        let count = self.groups.as_ref().map_or(1, |g| g.coders.len());
+        let prefix = options.prefix.unwrap_or(count);
+        if prefix == 0 || prefix > count {
+            return Err(Error::InvalidArgument(format!(
+                "a prefix of {prefix} groups: the encoder has {count}"
+            )));
+        }
+        if options.profile && self.groups.is_some() {
+            return Err(Error::InvalidArgument(
+                "profiling times one coding pass; a Matryoshka encoder codes group by group \
+                 (profile each group's dictionary instead)"
+                    .into(),
+            ));
+        }
+        let mut profile = EncodeProfile::default();
+        let timing = options.profile.then_some(&mut profile);
+        let codes = match samples.into() {
+            Samples::Rows(rows) => self.encode_rows(rows, prefix, timing)?,
+            Samples::Source(source) => self.encode_source(source, prefix, timing)?,
+        };
+        Ok(Encoded { codes, profile })
+    }
+
+    /// Every row of `source`, in batches the device holds.
+    fn encode_source(
+        &self,
+        source: &dyn ActivationSource,
         prefix: usize,
+        mut profile: Option<&mut EncodeProfile>,
     ) -> Result<SparseCodes> {
         if source.dim() != self.d {
             return Err(Error::ShapeMismatch {
@@ -488,7 +608,7 @@ impl Encoder {
         let batch = self.batch_size(source.rows())?;
         let order = crate::data::BatchOrder::sequential(batch);
         for part in crate::data::Batches::new(source, &order, 0)? {
-            let part = self.encode_prefix(&part?.data, prefix)?;
+            let part = self.encode_rows(&part?.data, prefix, profile.as_deref_mut())?;
             codes.n += part.n;
             codes.indices.extend(part.indices);
             codes.values.extend(part.values);
@@ -497,34 +617,16 @@ impl Encoder {
         Ok(codes)
     }
 
-    /// Codes `samples` [n, d] (row-major; n = samples.len() / d), streaming batches through the
-    /// GPU: one submission and one readback of the codes per batch (per group, for a
-    /// Matryoshka encoder).
-    pub fn encode(&self, samples: &[f32]) -> Result<SparseCodes> {
-        match &self.groups {
-            Some(groups) => self.encode_groups(samples, groups, groups.coders.len()),
-            None => self.encode_inner(samples, None),
-        }
-    }
-
-    /// Codes `samples` with the first `prefix` Matryoshka groups only: the codes keep all k
-    /// slots, those of later groups empty (index −1), and the residual energy is what is left
-    /// after the prefix. Without groups, `prefix` must be 1.
-    ///
-    /// Each group codes (with its own k, and the options' tolerance and floors applied to its
-    /// input) the residual of the support chosen so far, refitted by least squares over that
-    /// whole support; training passes each group the residual without that refit, which
-    /// measured the same (0.3045 against 0.3068 FVU at K = 512) at a host cost per batch.
-    pub fn encode_prefix(&self, samples: &[f32], prefix: usize) -> Result<SparseCodes> {
-        let count = self.groups.as_ref().map_or(1, |g| g.coders.len());
-        if prefix == 0 || prefix > count {
-            return Err(Error::InvalidArgument(format!(
-                "a prefix of {prefix} groups: the encoder has {count}"
-            )));
-        }
+    /// Rows in memory, with the first `prefix` groups.
+    fn encode_rows(
+        &self,
+        samples: &[f32],
+        prefix: usize,
+        profile: Option<&mut EncodeProfile>,
+    ) -> Result<SparseCodes> {
         match &self.groups {
             Some(groups) => self.encode_groups(samples, groups, prefix),
-            None => self.encode_inner(samples, None),
+            None => self.encode_inner(samples, profile),
         }
     }
 
@@ -611,22 +713,6 @@ impl Encoder {
             *energy = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32;
         }
         Ok(codes)
-    }
-
-    /// [`Encoder::encode`] that also times its phases. Each batch is submitted in two parts
-    /// (correlations, then coding) with a wait between, so it runs a little slower than `encode`;
-    /// use it for benchmarks and diagnostics.
-    pub fn encode_profiled(&self, samples: &[f32]) -> Result<(SparseCodes, EncodeProfile)> {
-        if self.groups.is_some() {
-            return Err(Error::InvalidArgument(
-                "profiling times one coding pass; a Matryoshka encoder codes group by group \
-                 (profile each group's dictionary instead)"
-                    .into(),
-            ));
-        }
-        let mut profile = EncodeProfile::default();
-        let codes = self.encode_inner(samples, Some(&mut profile))?;
-        Ok((codes, profile))
     }
 
     fn encode_inner(

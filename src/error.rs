@@ -120,6 +120,33 @@ pub enum Error {
         checkpoint_path: Option<std::path::PathBuf>,
     },
 
+    /// A file has no tensor of the name asked for.
+    #[error("{file}: no tensor `{tensor}` ({expected}); the file holds {present:?}")]
+    MissingTensor {
+        /// The file.
+        file: String,
+        /// The tensor asked for.
+        tensor: String,
+        /// What the tensor would hold, e.g. `[K, d]`.
+        expected: String,
+        /// The tensors the file holds.
+        present: Vec<String>,
+    },
+
+    /// JSON (a configuration, metadata, `cfg.json`) could not be written or read.
+    #[error("{what}: {source}")]
+    Json {
+        /// What was being written or read.
+        what: String,
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A bug in dbksvd, or a panic earlier in another thread that left shared state unusable.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -140,10 +140,10 @@ pub(crate) fn write_safetensors(
             TensorView::new(t.dtype, t.shape.clone(), &t.data).map(|view| (t.name.clone(), view))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Internal(format!("{}: a tensor view: {e}", path.display())))?;
     let metadata = (!metadata.is_empty()).then_some(metadata);
     let bytes = safetensors::serialize(views, metadata)
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::Internal(format!("{}: serialising: {e}", path.display())))?;
     write_atomic(path, &bytes)
 }
 
@@ -192,11 +192,14 @@ impl SafetensorsFile {
     fn raw(&self, name: &str, dtype: Dtype, expected: &str) -> Result<(Vec<usize>, Vec<u8>)> {
         let parsed = self.parsed()?;
         let view = parsed.tensor(name).map_err(|_| {
-            let mut names = parsed.names();
-            names.sort();
-            self.format_error(format!(
-                "no tensor `{name}` ({expected}); the file holds {names:?}"
-            ))
+            let mut present: Vec<String> = parsed.names().into_iter().map(String::from).collect();
+            present.sort();
+            Error::MissingTensor {
+                file: self.path.display().to_string(),
+                tensor: name.into(),
+                expected: expected.into(),
+                present,
+            }
         })?;
         if view.dtype() != dtype {
             return Err(self.format_error(format!(
@@ -253,21 +256,141 @@ pub const GROUPS_METADATA: &str = "matryoshka_groups";
 /// A trained dictionary: unit-norm atoms D [K, d] and the mean b_dec subtracted before coding,
 /// as stored in `dictionary.safetensors` (tensors `dictionary` and `mean`, F32) with its
 /// metadata (training configuration, final metrics, crate version).
+///
+/// ```
+/// # fn main() -> dbksvd::Result<()> {
+/// let atoms = vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8]; // K = 3 atoms of d = 2
+/// let dictionary = dbksvd::Dictionary::new(atoms, 2)?.with_mean(vec![0.5, 0.5])?;
+/// assert_eq!((dictionary.n_atoms(), dictionary.dim(), dictionary.k()), (3, 2, None));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dictionary {
     /// Atoms [K, d], row-major.
-    pub atoms: Vec<f32>,
+    pub(crate) atoms: Vec<f32>,
     /// K.
-    pub n_atoms: usize,
+    pub(crate) n_atoms: usize,
     /// d.
-    pub d: usize,
+    pub(crate) d: usize,
     /// b_dec \[d\] (zeros when trained without centring).
-    pub mean: Vec<f32>,
+    pub(crate) mean: Vec<f32>,
     /// Free-form string metadata (`config` and `metrics` are JSON).
-    pub metadata: HashMap<String, String>,
+    pub(crate) metadata: HashMap<String, String>,
 }
 
 impl Dictionary {
+    /// A dictionary of the atoms [K, d] (row-major, K = `atoms.len() / d`) as given, with a zero
+    /// mean and no metadata. Atoms must be finite and nonzero; they are coded as given
+    /// ([`Dictionary::encoder`] normalises them).
+    pub fn new(atoms: Vec<f32>, d: usize) -> Result<Self> {
+        if d == 0 || atoms.is_empty() || !atoms.len().is_multiple_of(d) {
+            return Err(Error::ShapeMismatch {
+                op: "dictionary (atoms vs dimension)".into(),
+                left: format!("[{} values]", atoms.len()),
+                right: format!("[K, {d}] with K ≥ 1"),
+            });
+        }
+        crate::coding::check_finite("dictionary", &atoms, d)?;
+        if let Some(row) = atoms
+            .chunks_exact(d)
+            .position(|a| a.iter().all(|&v| v == 0.0))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "atom {row} of the dictionary is zero: atoms must be nonzero"
+            )));
+        }
+        Ok(Self {
+            n_atoms: atoms.len() / d,
+            atoms,
+            d,
+            mean: vec![0.0; d],
+            metadata: HashMap::new(),
+        })
+    }
+
+    /// The same dictionary with `mean` (b_dec \[d\]) subtracted before coding.
+    pub fn with_mean(mut self, mean: Vec<f32>) -> Result<Self> {
+        if mean.len() != self.d {
+            return Err(Error::ShapeMismatch {
+                op: "dictionary mean (mean vs atoms)".into(),
+                left: format!("[{}]", mean.len()),
+                right: crate::error::shape(self.n_atoms, self.d),
+            });
+        }
+        crate::coding::check_finite("mean", &mean, self.d)?;
+        self.mean = mean;
+        Ok(self)
+    }
+
+    /// Its first `n` atoms as a dictionary of their own, with the same mean and no metadata
+    /// (a Matryoshka prefix, or a plain dictionary cut to the same size).
+    pub fn first_atoms(&self, n: usize) -> Result<Self> {
+        if n == 0 || n > self.n_atoms {
+            return Err(Error::InvalidArgument(format!(
+                "the first {n} atoms of a dictionary of K = {}",
+                self.n_atoms
+            )));
+        }
+        Ok(Self {
+            atoms: self.atoms[..n * self.d].to_vec(),
+            n_atoms: n,
+            d: self.d,
+            mean: self.mean.clone(),
+            metadata: HashMap::new(),
+        })
+    }
+
+    /// The atoms D [K, d], row-major.
+    pub fn atoms(&self) -> &[f32] {
+        &self.atoms
+    }
+
+    /// Number of atoms K.
+    pub fn n_atoms(&self) -> usize {
+        self.n_atoms
+    }
+
+    /// The dimension d of atoms and samples.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// b_dec \[d\], subtracted before coding (zeros when trained without centring).
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// The string metadata stored with the dictionary (`config` and `metrics` are JSON).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    /// The same dictionary with metadata `key` set to `value` (stored by [`Dictionary::save`]).
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The configuration it was trained with, when it records one.
+    pub fn config(&self) -> Result<Option<crate::train::TrainConfig>> {
+        self.metadata
+            .get("config")
+            .map(|text| {
+                serde_json::from_str(text).map_err(|source| Error::Json {
+                    what: "dictionary metadata `config`".into(),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// The k (nonzeros per sample) it was trained with, when it records its configuration
+    /// (read on its own, so a configuration from another version still gives its k).
+    pub fn k(&self) -> Option<usize> {
+        let config: serde_json::Value = serde_json::from_str(self.metadata.get("config")?).ok()?;
+        config.get("k")?.as_u64().map(|k| k as usize)
+    }
+
     /// Writes the dictionary to `path` (atomically).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let mut metadata = self.metadata.clone();
@@ -314,7 +437,7 @@ impl Dictionary {
                     file.format_error(format!("tensor `mean` has shape {shape:?}; expected [{d}]"))
                 )
             }
-            Err(Error::Format { message, .. }) if message.starts_with("no tensor") => vec![0.0; d],
+            Err(Error::MissingTensor { .. }) => vec![0.0; d],
             Err(e) => return Err(e),
         };
         Ok(Self {
@@ -331,10 +454,9 @@ impl Dictionary {
         let Some(text) = self.metadata.get(GROUPS_METADATA) else {
             return Ok(None);
         };
-        let groups: Groups = serde_json::from_str(text).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "metadata `{GROUPS_METADATA}` = {text:?} is not a list of group ends: {e}"
-            ))
+        let groups: Groups = serde_json::from_str(text).map_err(|source| Error::Json {
+            what: format!("metadata `{GROUPS_METADATA}` = {text:?} (a list of group ends)"),
+            source,
         })?;
         if groups.n_atoms() != self.n_atoms {
             return Err(Error::InvalidArgument(format!(
@@ -462,8 +584,10 @@ pub fn write_saelens(
             "dbksvd_matryoshka_groups": dictionary.groups()?.map(|g| g.ends().to_vec()),
         },
     });
-    let text = serde_json::to_string_pretty(&cfg)
-        .map_err(|e| Error::InvalidArgument(format!("cfg.json: {e}")))?;
+    let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json {
+        what: "cfg.json".into(),
+        source,
+    })?;
     write_atomic(&dir.join("cfg.json"), text.as_bytes())
 }
 

@@ -28,6 +28,27 @@
 //! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
 //! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`).
 
+/// `with_*` setters for a configuration's public fields, each returning the configuration
+/// (`option` setters wrap the value in `Some`).
+macro_rules! with_setters {
+    ($($setter:ident => $field:ident: $ty:ty),* $(,)?) => {$(
+        #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+        #[must_use]
+        pub fn $setter(mut self, value: $ty) -> Self {
+            self.$field = value;
+            self
+        }
+    )*};
+    (option $($setter:ident => $field:ident: $ty:ty),* $(,)?) => {$(
+        #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ") to `Some(value)`.")]
+        #[must_use]
+        pub fn $setter(mut self, value: $ty) -> Self {
+            self.$field = Some(value);
+            self
+        }
+    )*};
+}
+
 pub mod bench;
 pub mod check;
 pub mod coding;

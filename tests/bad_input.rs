@@ -493,15 +493,7 @@ fn tiny_dictionary(dir: &Path, d: usize) -> PathBuf {
     let path = dir.join(format!("dict-{d}.safetensors"));
     let mut atoms = values(8, d);
     atoms.iter_mut().for_each(|v| *v += 0.1);
-    Dictionary {
-        atoms,
-        n_atoms: 8,
-        d,
-        mean: vec![0.0; d],
-        metadata: Default::default(),
-    }
-    .save(&path)
-    .unwrap();
+    Dictionary::new(atoms, d).unwrap().save(&path).unwrap();
     path
 }
 
@@ -544,7 +536,7 @@ fn dictionary_of_the_wrong_dimension_is_refused() {
     let loaded = Dictionary::load(&dict).unwrap();
     let encoder = loaded.encoder(gpu, CodingOptions::omp(2)).unwrap();
     let source = ActivationFile::open(&data).unwrap();
-    let err = encoder.encode_source(&source).unwrap_err();
+    let err = encoder.encode(&source).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
     names(&err.to_string(), &["acts.safetensors", "d = 6", "d = 5"]);
 }
@@ -673,13 +665,21 @@ macro_rules! config_case {
 
 config_case!(
     config_k_zero,
-    TrainConfig { k: 0, ..base() },
+    {
+        let mut config = base();
+        config.k = 0;
+        config
+    },
     &["--atoms", "8", "--k", "0"],
     &["k = 0"]
 );
 config_case!(
     config_k_above_atoms,
-    TrainConfig { k: 9, ..base() },
+    {
+        let mut config = base();
+        config.k = 9;
+        config
+    },
     &["--atoms", "8", "--k", "9"],
     &["k = 9", "K = 8"]
 );
@@ -703,56 +703,38 @@ config_case!(
 );
 config_case!(
     config_batch_zero,
-    TrainConfig {
-        batch_size: Some(0),
-        ..base()
-    },
+    base().with_batch_size(0),
     &["--atoms", "8", "--k", "2", "--batch", "0"],
     &["batch size"]
 );
 config_case!(
     config_atom_batch_zero,
-    TrainConfig {
-        atom_batch: 0,
-        ..base()
-    },
+    base().with_atom_batch(0),
     &["--atoms", "8", "--k", "2", "--atom-batch", "0"],
     &["atom batch"]
 );
 config_case!(
     config_atom_batch_above_atoms,
-    TrainConfig {
-        atom_batch: 9,
-        ..base()
-    },
+    base().with_atom_batch(9),
     &["--atoms", "8", "--k", "2", "--atom-batch", "9"],
     &["atom batch A = 9", "K = 8"]
 );
 config_case!(
     config_epochs_zero,
-    TrainConfig {
-        epochs: 0,
-        ..base()
-    },
+    base().with_epochs(0),
     &["--atoms", "8", "--k", "2", "--epochs", "0"],
     &["epochs"]
 );
 
 config_case!(
     config_fewer_nonzeros_than_matryoshka_groups,
-    TrainConfig {
-        groups: Some(Groups::doubling(2, 8).unwrap()),
-        ..base()
-    },
+    base().with_groups(Groups::doubling(2, 8).unwrap()),
     &["--atoms", "8", "--k", "2", "--matryoshka", "2"],
     &["k = 2", "3 Matryoshka groups"]
 );
 config_case!(
     config_matryoshka_groups_not_ending_at_atoms,
-    TrainConfig {
-        groups: Some(Groups::new(vec![3, 6]).unwrap()),
-        ..base()
-    },
+    base().with_groups(Groups::new(vec![3, 6]).unwrap()),
     &["--atoms", "8", "--k", "2", "--matryoshka", "3,6"],
     &["end at 6", "K = 8"]
 );
@@ -777,10 +759,9 @@ fn config_matryoshka_groups_that_do_not_parse_or_nest() {
     assert!(Groups::new(vec![4, 2, 8]).is_err() && Groups::doubling(0, 8).is_err());
     // Encoding with more groups than the dictionary has, or a prefix of a plain one.
     let dict = tiny_dictionary(dir.path(), 6);
-    let mut grouped = Dictionary::load(&dict).unwrap();
-    grouped
-        .metadata
-        .insert(GROUPS_METADATA.into(), "[2,4,8]".into());
+    let grouped = Dictionary::load(&dict)
+        .unwrap()
+        .with_metadata(GROUPS_METADATA, "[2,4,8]");
     let grouped_path = dir.path().join("grouped.safetensors");
     grouped.save(&grouped_path).unwrap();
     names(
@@ -792,9 +773,7 @@ fn config_matryoshka_groups_that_do_not_parse_or_nest() {
         &["a prefix of 2 groups", "has 1"],
     );
     // Groups in the metadata that do not fit the dictionary.
-    grouped
-        .metadata
-        .insert(GROUPS_METADATA.into(), "[2,4,9]".into());
+    let grouped = grouped.with_metadata(GROUPS_METADATA, "[2,4,9]");
     grouped.save(&grouped_path).unwrap();
     names(
         &encode_error(&grouped_path, &data, &["--k", "4"]),

@@ -189,8 +189,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     let a = Dictionary::load(whole.join(DICTIONARY_FILE)).unwrap();
     let b = Dictionary::load(killed.join(DICTIONARY_FILE)).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert!(bits(&a.atoms) == bits(&b.atoms), "the dictionaries differ");
-    assert_eq!(bits(&a.mean), bits(&b.mean));
+    assert!(
+        bits(a.atoms()) == bits(b.atoms()),
+        "the dictionaries differ"
+    );
+    assert_eq!(bits(a.mean()), bits(b.mean()));
     let timed = ["gemm_s", "coding_s", "update_s", "host_s", "seconds"];
     for csv in ["trace.csv", "epochs.csv"] {
         assert_eq!(

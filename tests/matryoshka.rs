@@ -106,19 +106,13 @@ fn prefix_fvu(
 ) -> f64 {
     let score = match dictionary.groups().unwrap() {
         Some(_) => {
-            let coding = CodingOptions::omp(dictionary_k(dictionary));
+            let coding = CodingOptions::omp(dictionary.k().unwrap());
             evaluate_prefix(gpu, dictionary, source, coding, 4096, prefix)
                 .unwrap()
                 .fvu
         }
         None => {
-            let first = Dictionary {
-                atoms: dictionary.atoms[..atoms * dictionary.d].to_vec(),
-                n_atoms: atoms,
-                d: dictionary.d,
-                mean: dictionary.mean.clone(),
-                metadata: Default::default(),
-            };
+            let first = dictionary.first_atoms(atoms).unwrap();
             evaluate(gpu, &first, source, CodingOptions::omp(k), 4096)
                 .unwrap()
                 .fvu
@@ -126,11 +120,6 @@ fn prefix_fvu(
     };
     assert!(score.is_finite());
     score
-}
-
-fn dictionary_k(dictionary: &Dictionary) -> usize {
-    let config: serde_json::Value = serde_json::from_str(&dictionary.metadata["config"]).unwrap();
-    config["k"].as_u64().unwrap() as usize
 }
 
 /// The comparison's dictionaries: K atoms, k nonzeros, Matryoshka groups from `SMALLEST`
@@ -162,7 +151,7 @@ fn every_prefix_reconstructs_and_the_whole_stays_close_to_plain() {
     let matryoshka = train(gpu, &train_rows, Some(groups.clone()));
     let plain = train(gpu, &train_rows, None);
     assert_eq!(
-        matryoshka.dictionary.metadata[GROUPS_METADATA],
+        matryoshka.dictionary.metadata()[GROUPS_METADATA],
         serde_json::to_string(groups.ends()).unwrap()
     );
     assert!(plain.dictionary.groups().unwrap().is_none());
@@ -365,7 +354,7 @@ fn one_epoch_by_groups_matches_the_reference() {
     let mut reference = ReferenceRun::new(config, &start, d, mean);
     let report = reference.epoch(source.data(), 0);
     let fvu = result.epochs[0].fvu;
-    let worst = common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
+    let worst = common::assert_atoms_agree(result.dictionary.atoms(), &reference.atoms, d, 0.999);
     eprintln!(
         "worst atom cos {worst:.6}; FVU {fvu} vs reference {}",
         report.fvu
@@ -384,7 +373,7 @@ fn one_epoch_by_groups_matches_the_reference() {
     plain.seed = 5;
     plain.init = Init::Dictionary(start);
     let plain = Trainer::new(gpu, plain).fit(&source).unwrap();
-    assert!(plain.dictionary.atoms != result.dictionary.atoms);
+    assert!(plain.dictionary.atoms() != result.dictionary.atoms());
 }
 
 /// Planted data (d = 32, 40 atoms, k = 3) in `rows` samples, and a grouped configuration
@@ -443,7 +432,7 @@ fn grouped_hygiene_and_short_batches_match_the_reference() {
     let report = reference.epoch(source.data(), 0);
     assert_eq!(report.dead.len(), first.dead_atoms + first.rare_atoms);
     reference.epoch(source.data(), 1);
-    common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
+    common::assert_atoms_agree(result.dictionary.atoms(), &reference.atoms, d, 0.999);
 }
 
 /// A grouped run stopped mid-epoch and resumed from its checkpoint ends with exactly the atoms
@@ -473,8 +462,8 @@ fn a_grouped_run_resumes_bit_identically() {
         .resume_from(dir.path().join(CHECKPOINT_FILE))
         .fit(&source)
         .unwrap();
-    assert!(resumed.dictionary.atoms == whole.dictionary.atoms);
-    assert_eq!(resumed.dictionary.metadata[GROUPS_METADATA], "[10,20,40]");
+    assert!(resumed.dictionary.atoms() == whole.dictionary.atoms());
+    assert_eq!(resumed.dictionary.metadata()[GROUPS_METADATA], "[10,20,40]");
     config.groups = Some(Groups::new(vec![20, 40]).unwrap());
     let err = Trainer::new(gpu, config)
         .resume_from(dir.path().join(CHECKPOINT_FILE))

@@ -256,7 +256,7 @@ fn tolerance_stop_matches_reference_counts() {
     let (atoms, samples, d) = minilm();
     // A tolerance that stops about half the samples early.
     let tolerance = 0.3;
-    let coding = CodingOptions::omp(16).tolerance(tolerance);
+    let coding = CodingOptions::omp(16).with_tolerance(tolerance);
     let Some((codes, reference)) = compare_real(coding) else {
         return;
     };
@@ -306,10 +306,7 @@ fn batching_does_not_change_codes() {
     let Some(gpu) = common::gpu() else { return };
     let coding = CodingOptions::omp(8);
     let whole = one_batch(gpu, &atoms, &samples, d, coding);
-    let options = EncoderOptions {
-        batch_size: Some(97),
-        ..EncoderOptions::new(coding)
-    };
+    let options = EncoderOptions::new(coding).with_batch_size(97);
     let batched = Encoder::new(gpu, &atoms, 512, d, options).unwrap();
     assert_eq!(batched.batch_size(1024).unwrap(), 97);
     assert_eq!(batched.encode(&samples).unwrap(), whole);

@@ -133,12 +133,10 @@ fn sequential_update_matches_the_exact_reference() {
     let Some(gpu) = common::gpu() else { return };
     matches_reference(
         gpu,
-        &UpdateOptions {
-            atom_batch: 1,
-            power_iterations: 400,
-            seed: 11,
-            memory: 0.0,
-        },
+        &UpdateOptions::default()
+            .with_atom_batch(1)
+            .with_power_iterations(400)
+            .with_seed(11),
     );
 }
 
@@ -149,12 +147,10 @@ fn batched_update_matches_the_batched_reference() {
     let Some(gpu) = common::gpu() else { return };
     matches_reference(
         gpu,
-        &UpdateOptions {
-            atom_batch: 16,
-            power_iterations: 400,
-            seed: 4,
-            memory: 0.0,
-        },
+        &UpdateOptions::default()
+            .with_atom_batch(16)
+            .with_power_iterations(400)
+            .with_seed(4),
     );
 }
 
@@ -188,12 +184,11 @@ fn updates_with_memory_match_the_reference() {
                     K,
                 )
                 .unwrap();
-            let options = UpdateOptions {
-                atom_batch: 16,
-                power_iterations: 400,
-                seed: step as u64,
-                memory: gamma,
-            };
+            let options = UpdateOptions::default()
+                .with_atom_batch(16)
+                .with_power_iterations(400)
+                .with_seed(step as u64)
+                .with_memory(gamma);
             gpu.ksvd_update_with_memory(&mut atoms, &memory, &mut batch, &options)
                 .unwrap();
         }
@@ -259,12 +254,10 @@ fn sequential_update_never_increases_the_residual() {
     let before = residual_energy(&s, &s.atoms, &s.codes);
     let y2: f64 = s.samples.iter().map(|&v| v as f64 * v as f64).sum();
     for p in [1, 3] {
-        let options = UpdateOptions {
-            atom_batch: 1,
-            power_iterations: p,
-            seed: 3,
-            memory: 0.0,
-        };
+        let options = UpdateOptions::default()
+            .with_atom_batch(1)
+            .with_power_iterations(p)
+            .with_seed(3);
         let (atoms, codes, _) = gpu_update(gpu, &s, &options);
         let after = residual_energy(&s, &atoms, &codes);
         eprintln!("A = 1, p = {p}: ‖Y − XD‖² {before:.1} → {after:.1}");
@@ -282,12 +275,10 @@ fn batched_updates_keep_unit_atoms_and_finite_codes() {
     let s = setup(gpu);
     let before = residual_energy(&s, &s.atoms, &s.codes);
     for a in [16, K] {
-        let options = UpdateOptions {
-            atom_batch: a,
-            power_iterations: 2,
-            seed: 5,
-            memory: 0.0,
-        };
+        let options = UpdateOptions::default()
+            .with_atom_batch(a)
+            .with_power_iterations(2)
+            .with_seed(5);
         let (atoms, codes, _) = gpu_update(gpu, &s, &options);
         for (j, atom) in atoms.chunks(s.d).enumerate() {
             let norm: f32 = atom.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -310,12 +301,10 @@ fn batched_updates_keep_unit_atoms_and_finite_codes() {
 fn transpose_equals_host_lists_and_runs_are_bit_identical() {
     let Some(gpu) = common::gpu() else { return };
     let s = setup(gpu);
-    let options = UpdateOptions {
-        atom_batch: 32,
-        power_iterations: 2,
-        seed: 9,
-        memory: 0.0,
-    };
+    let options = UpdateOptions::default()
+        .with_atom_batch(32)
+        .with_power_iterations(2)
+        .with_seed(9);
     let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
     let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
     gpu.ksvd_update(&mut atoms, &mut batch, &options).unwrap();
@@ -412,12 +401,10 @@ fn a_planted_duplicate_is_purged() {
         .ksvd_update(
             &mut atoms,
             &mut batch,
-            &UpdateOptions {
-                atom_batch: K,
-                power_iterations: 0,
-                seed: 1,
-                memory: 0.0,
-            },
+            &UpdateOptions::default()
+                .with_atom_batch(K)
+                .with_power_iterations(0)
+                .with_seed(1),
         )
         .unwrap();
     let loser = if usage[4] >= usage[9] { 9 } else { 4 };
@@ -474,12 +461,10 @@ fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
     }
     let mut dict = gpu.matrix(n_atoms, d, encoder.atoms()).unwrap();
     let mut batch = gpu.coded_batch(&samples, d, &codes, n_atoms).unwrap();
-    let options = UpdateOptions {
-        atom_batch: 32,
-        power_iterations: 1,
-        seed: 3,
-        memory: 0.0,
-    };
+    let options = UpdateOptions::default()
+        .with_atom_batch(32)
+        .with_power_iterations(1)
+        .with_seed(3);
     gpu.ksvd_update(&mut dict, &mut batch, &options).unwrap();
     let new_atoms = gpu.read_matrix(&dict).unwrap();
     let new_codes = gpu.read_codes(&batch).unwrap();
@@ -565,12 +550,10 @@ fn an_atom_used_by_every_sample_spreads_over_workgroups() {
     let run = |gpu: &Gpu, p: usize| -> (Vec<f32>, SparseCodes) {
         let mut dict = gpu.matrix(n_atoms, d, &atoms).unwrap();
         let mut batch = gpu.coded_batch(&samples, d, &codes, n_atoms).unwrap();
-        let options = UpdateOptions {
-            atom_batch: 4,
-            power_iterations: p,
-            seed: 5,
-            memory: 0.0,
-        };
+        let options = UpdateOptions::default()
+            .with_atom_batch(4)
+            .with_power_iterations(p)
+            .with_seed(5);
         let usage = gpu.ksvd_update(&mut dict, &mut batch, &options).unwrap();
         assert_eq!(usage[0] as usize, n);
         (
@@ -679,12 +662,11 @@ fn windowed_calls_match_whole(gpu: &Gpu, d: usize) {
         .unwrap();
     assert!((K * d * 4) as u64 > 6 * small.limits().planned_binding_size);
 
-    let options = UpdateOptions {
-        atom_batch: 16,
-        power_iterations: 2,
-        seed: 9,
-        memory: 0.5,
-    };
+    let options = UpdateOptions::default()
+        .with_atom_batch(16)
+        .with_power_iterations(2)
+        .with_seed(9)
+        .with_memory(0.5);
     // Two updates carrying the memory, then a refit without power steps (d_new = d_j), then
     // re-seeding and the duplicate search with a planted copy.
     let run = |gpu: &Gpu| {
@@ -693,16 +675,13 @@ fn windowed_calls_match_whole(gpu: &Gpu, d: usize) {
         let mut batch = gpu.coded_batch(&samples, d, &codes, K).unwrap();
         let mut usage = Vec::new();
         for seed in [9, 10] {
-            let options = UpdateOptions { seed, ..options };
+            let options = options.with_seed(seed);
             usage.push(
                 gpu.ksvd_update_with_memory(&mut dict, &memory, &mut batch, &options)
                     .unwrap(),
             );
         }
-        let refit = UpdateOptions {
-            power_iterations: 0,
-            ..options
-        };
+        let refit = options.with_power_iterations(0);
         gpu.ksvd_update(&mut dict, &mut batch, &refit).unwrap();
         let updated = gpu.read_matrix(&dict).unwrap();
         let (after, residual) = gpu.read_codes_and_residual(&batch).unwrap();
@@ -791,18 +770,17 @@ fn storage_and_texture_reads_give_identical_updates() {
     s.codes.indices.truncate(n * SLOTS);
     s.codes.values.truncate(n * SLOTS);
     s.codes.residual_energy.truncate(n);
-    let options = UpdateOptions {
-        atom_batch: 24,
-        power_iterations: 2,
-        seed: 5,
-        memory: 0.5,
-    };
+    let options = UpdateOptions::default()
+        .with_atom_batch(24)
+        .with_power_iterations(2)
+        .with_seed(5)
+        .with_memory(0.5);
     let run = |gpu: &Gpu| {
         let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
         let memory = gpu.zeros(K, s.d).unwrap();
         let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
         for seed in [5, 6] {
-            let options = UpdateOptions { seed, ..options };
+            let options = options.with_seed(seed);
             gpu.ksvd_update_with_memory(&mut atoms, &memory, &mut batch, &options)
                 .unwrap();
         }

@@ -44,7 +44,7 @@ fn planted_dictionary_is_recovered() {
     config.batch_size = Some(2048);
     config.seed = 3;
     let result = Trainer::new(gpu, config).fit(&source).unwrap();
-    let fraction = synthetic::recovered(&truth, &result.dictionary.atoms, d, 0.99);
+    let fraction = synthetic::recovered(&truth, result.dictionary.atoms(), d, 0.99);
     let fvu: Vec<String> = result
         .epochs
         .iter()
@@ -61,7 +61,7 @@ fn planted_dictionary_is_recovered() {
     );
     assert!(fraction >= 0.99, "recovered only {:.1} %", 100.0 * fraction);
     // Unit atoms, and the last epoch explains nearly everything (noise is 1e-4 of the energy).
-    for atom in result.dictionary.atoms.chunks(d) {
+    for atom in result.dictionary.atoms().chunks(d) {
         let norm: f32 = atom.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "atom norm {norm}");
     }
@@ -127,7 +127,7 @@ fn one_epoch_matches_the_reference() {
         result.batches.iter().map(|b| b.fvu).collect::<Vec<_>>()
     );
     assert!(report.dead.is_empty() && report.purged.is_empty());
-    let worst = common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
+    let worst = common::assert_atoms_agree(result.dictionary.atoms(), &reference.atoms, d, 0.999);
     // The FVUs of the codes agree as well (f32 coding against f64).
     assert!(
         (epoch.fvu - report.fvu).abs() <= 1e-3 * report.fvu.max(1e-3),
@@ -177,10 +177,11 @@ fn resume_is_bit_identical() {
             .fit(&source)
             .unwrap();
         assert_eq!(
-            resumed.dictionary.atoms, whole.dictionary.atoms,
+            resumed.dictionary.atoms(),
+            whole.dictionary.atoms(),
             "atoms differ after stopping at batch {stop_at}"
         );
-        assert_eq!(resumed.dictionary.mean, whole.dictionary.mean);
+        assert_eq!(resumed.dictionary.mean(), whole.dictionary.mean());
         let without_times = |b: &dbksvd::train::BatchMetrics| {
             (
                 b.epoch,
@@ -227,7 +228,7 @@ fn the_same_seed_gives_bit_identical_dictionaries() {
     config.batch_size = Some(160);
     config.seed = 5;
     let bits = |r: &dbksvd::train::TrainResult| {
-        let atoms = r.dictionary.atoms.iter().map(|v| v.to_bits());
+        let atoms = r.dictionary.atoms().iter().map(|v| v.to_bits());
         atoms
             .chain(r.batches.iter().map(|b| (b.fvu as f32).to_bits()))
             .collect::<Vec<u32>>()
@@ -299,94 +300,36 @@ fn bad_configurations_are_errors() {
     good.validate().unwrap();
     let cases: Vec<(TrainConfig, &str)> = vec![
         (
-            TrainConfig {
-                atoms: 0,
-                ..good.clone()
+            {
+                let mut config = good.clone();
+                config.atoms = 0;
+                config
             },
             "atoms",
         ),
         (
-            TrainConfig {
-                k: 65,
-                ..good.clone()
+            {
+                let mut config = good.clone();
+                config.k = 65;
+                config
             },
             "k = 65",
         ),
+        (good.clone().with_epochs(0), "epochs"),
+        (good.clone().with_batch_size(0), "batch size"),
+        (good.clone().with_atom_batch(0), "atom batch"),
+        (good.clone().with_power_iterations(0), "power iterations"),
+        (good.clone().with_shuffle_window(0), "shuffle window"),
+        (good.clone().with_atom_memory(1.0), "atom memory"),
+        (good.clone().with_atom_memory(f32::NAN), "atom memory"),
+        (good.clone().with_checkpoint_every(0), "checkpoint"),
         (
-            TrainConfig {
-                epochs: 0,
-                ..good.clone()
-            },
-            "epochs",
-        ),
-        (
-            TrainConfig {
-                batch_size: Some(0),
-                ..good.clone()
-            },
-            "batch size",
-        ),
-        (
-            TrainConfig {
-                atom_batch: 0,
-                ..good.clone()
-            },
-            "atom batch",
-        ),
-        (
-            TrainConfig {
-                power_iterations: 0,
-                ..good.clone()
-            },
-            "power iterations",
-        ),
-        (
-            TrainConfig {
-                shuffle_window: 0,
-                ..good.clone()
-            },
-            "shuffle window",
-        ),
-        (
-            TrainConfig {
-                atom_memory: 1.0,
-                ..good.clone()
-            },
-            "atom memory",
-        ),
-        (
-            TrainConfig {
-                atom_memory: f32::NAN,
-                ..good.clone()
-            },
-            "atom memory",
-        ),
-        (
-            TrainConfig {
-                checkpoint_every: Some(0),
-                ..good.clone()
-            },
-            "checkpoint",
-        ),
-        (
-            TrainConfig {
-                duplicate_threshold: 1.0,
-                ..good.clone()
-            },
+            good.clone().with_duplicate_threshold(1.0),
             "duplicate threshold",
         ),
+        (good.clone().with_tolerance(f64::NAN), "tolerance"),
         (
-            TrainConfig {
-                tolerance: Some(f64::NAN),
-                ..good.clone()
-            },
-            "tolerance",
-        ),
-        (
-            TrainConfig {
-                time_limit: Some(std::time::Duration::ZERO),
-                ..good.clone()
-            },
+            good.clone().with_time_limit(std::time::Duration::ZERO),
             "time limit",
         ),
     ];
@@ -423,12 +366,13 @@ fn outputs_load_back_and_follow_saelens() {
         .unwrap();
 
     let loaded = Dictionary::load(dir.path().join("dictionary.safetensors")).unwrap();
-    assert_eq!(loaded.atoms, result.dictionary.atoms);
-    assert_eq!(loaded.mean, result.dictionary.mean);
-    let config: serde_json::Value = serde_json::from_str(&loaded.metadata["config"]).unwrap();
-    assert_eq!(config["k"], 3);
+    assert_eq!(loaded.atoms(), result.dictionary.atoms());
+    assert_eq!(loaded.mean(), result.dictionary.mean());
+    assert_eq!(loaded.k(), Some(3));
+    assert_eq!(loaded.config().unwrap().unwrap().k, 3);
     assert!(
-        loaded.metadata.contains_key("metrics") && loaded.metadata.contains_key("dbksvd_version")
+        loaded.metadata().contains_key("metrics")
+            && loaded.metadata().contains_key("dbksvd_version")
     );
     // An encoder from the loaded file codes like the trained one.
     let encoder = loaded
@@ -496,7 +440,7 @@ fn outputs_load_back_and_follow_saelens() {
     let (pos, neg) = w.split_at(16 * 384);
     assert!(pos.iter().zip(neg).all(|(a, b)| *a == -*b));
     let b: Vec<f32> = bytemuck::pod_collect_to_vec(weights.tensor("b_dec").unwrap().data());
-    assert_eq!(b, result.dictionary.mean);
+    assert_eq!(b, result.dictionary.mean());
 
     let trace = std::fs::read_to_string(dir.path().join("trace.csv")).unwrap();
     assert_eq!(trace.lines().count(), 1 + result.batches.len());
@@ -524,7 +468,7 @@ fn hygiene_matches_the_reference() {
     let report = reference.epoch(source.data(), 0);
     assert_eq!(report.dead.len(), first.dead_atoms + first.rare_atoms);
     reference.epoch(source.data(), 1);
-    common::assert_atoms_agree(&result.dictionary.atoms, &reference.atoms, d, 0.999);
+    common::assert_atoms_agree(result.dictionary.atoms(), &reference.atoms, d, 0.999);
 }
 
 /// `Gpu::coherence` against the f64 reference on awkward shapes (K = 1, 7, 67; d = 3, 13).

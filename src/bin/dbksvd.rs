@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use dbksvd::bench::{Bench, BenchConfig, Format, Phase};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
-use dbksvd::encode::{Coder, CodingOptions, GramPrecision, Groups};
+use dbksvd::encode::{Coder, CodingOptions, EncodeOptions, GramPrecision, Groups};
 use dbksvd::export::{self, Dictionary, SaeLensNames};
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
 use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
@@ -457,17 +457,17 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
     config.seed = args.seed;
     if let Some(path) = &args.init {
         let start = Dictionary::load(path)?;
-        if start.n_atoms != config.atoms || start.d != source.dim() {
+        if start.n_atoms() != config.atoms || start.dim() != source.dim() {
             return Err(Error::ShapeMismatch {
                 op: format!(
                     "--init {} (its atoms vs --atoms and the data)",
                     path.display()
                 ),
-                left: format!("K = {}, d = {}", start.n_atoms, start.d),
+                left: format!("K = {}, d = {}", start.n_atoms(), start.dim()),
                 right: format!("K = {}, d = {}", config.atoms, source.dim()),
             });
         }
-        config.init = Init::Dictionary(start.atoms);
+        config.init = Init::Dictionary(start.atoms().to_vec());
     }
     // Configuration and data errors come before the device is opened.
     config.validate_for(source.rows(), source.dim(), &source.name())?;
@@ -561,18 +561,12 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
     let dictionary = Dictionary::load(&args.dict)?;
     let k = match args.k {
         Some(k) => k,
-        None => dictionary
-            .metadata
-            .get("config")
-            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-            .and_then(|c| c.get("k").and_then(|k| k.as_u64()))
-            .map(|k| k as usize)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "{} does not record its k; pass --k",
-                    args.dict.display()
-                ))
-            })?,
+        None => dictionary.k().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} does not record its k; pass --k",
+                args.dict.display()
+            ))
+        })?,
     };
     if args.data.data.is_empty() {
         return Err(Error::InvalidArgument("encode needs --data".into()));
@@ -584,7 +578,7 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
     }
     .with_gram(args.gram.into());
     coding.validate()?;
-    if source.dim() != dictionary.d {
+    if source.dim() != dictionary.dim() {
         return Err(Error::ShapeMismatch {
             op: format!(
                 "encoding {} with {} (data vs dictionary)",
@@ -592,14 +586,17 @@ fn encode(args: &EncodeArgs) -> dbksvd::Result<bool> {
                 args.dict.display()
             ),
             left: format!("d = {}", source.dim()),
-            right: format!("d = {}", dictionary.d),
+            right: format!("d = {}", dictionary.dim()),
         });
     }
     let gpu = Gpu::with_options(&args.device.options()?)?;
     let encoder = dictionary.encoder(&gpu, coding)?;
     let codes = match args.groups {
-        Some(prefix) => encoder.encode_source_prefix(source.as_ref(), prefix)?,
-        None => encoder.encode_source(source.as_ref())?,
+        Some(prefix) => {
+            let options = EncodeOptions::default().with_prefix(prefix);
+            encoder.encode_with(source.as_ref(), options)?.codes
+        }
+        None => encoder.encode(source.as_ref())?,
     };
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("dictionary".into(), args.dict.display().to_string());

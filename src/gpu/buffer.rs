@@ -397,7 +397,7 @@ impl<T: Pod> Scratch<T> {
         let mut cached = self
             .0
             .lock()
-            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
+            .map_err(|_| Error::Internal("scratch cache poisoned by a panic".into()))?;
         if let Some(buffer) = cached.as_ref().filter(|b| b.len() >= len) {
             return Ok(buffer.share());
         }
@@ -571,7 +571,7 @@ impl ScratchTexture {
         let mut cached = self
             .0
             .lock()
-            .map_err(|_| Error::InvalidArgument("scratch cache poisoned by a panic".into()))?;
+            .map_err(|_| Error::Internal("scratch cache poisoned by a panic".into()))?;
         let fits = |t: &&Arc<GpuTexture>| {
             TextureShape {
                 height: shape.height,

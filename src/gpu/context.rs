@@ -433,6 +433,7 @@ impl Gpu {
         })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The same device, planning with 2D textures of at most `texels` per side (at least 4), as
     /// a small GPU would: the coders then read G as a texture of several layers. Shares
     /// pipelines and buffers with `self`; tests use it to exercise the layered path.
@@ -445,6 +446,7 @@ impl Gpu {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The same device, planning as if its driver ran at most `iterations` loop iterations per
     /// invocation (as llvmpipe does at 65 535): the kernels split their work under it or refuse
     /// it. Shares pipelines and buffers with `self`; tests use it to exercise the splitting paths
@@ -462,6 +464,7 @@ impl Gpu {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The same device, planning as if it had no subgroup operations: the coders take their
     /// portable path (sweep and select dispatches per greedy step) on every adapter. Shares
     /// pipelines and buffers with `self`; tests use it to check both paths on one adapter.

@@ -322,6 +322,7 @@ enum Plan {
 }
 
 impl Plan {
+    #[cfg(any(test, feature = "testing"))]
     fn len(&self) -> usize {
         match self {
             Plan::Buffers(blocks) => blocks.len(),
@@ -602,6 +603,7 @@ impl Gpu {
         self.submit(encoder)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// How many dispatch blocks `gemm` splits this product into: 1 when every operand fits one
     /// binding, more under a small binding limit (or cap). Checks shapes like `gemm`.
     pub fn gemm_blocks(

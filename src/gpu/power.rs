@@ -26,8 +26,9 @@ const SHADER: &str = concat!(
 /// of the group): step's update 1.23–1.37 → 1.04–1.15 s at B = 4096, K = 1536 on lavapipe.
 const WG: u32 = 64;
 
-/// Parameters of one dictionary update.
+/// Parameters of one dictionary update: [`UpdateOptions::default`] and the `with_*` setters.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct UpdateOptions {
     /// Atoms updated in parallel from the same residual (A), at most K (larger values act as K).
     /// 1 is sequential KSVD (exact as p grows); K
@@ -42,6 +43,15 @@ pub struct UpdateOptions {
     /// Weight γ ∈ [0, 1) of the atom memory (see [`Gpu::ksvd_update_with_memory`]); 0 is plain
     /// KSVD, where each atom fits the current batch alone.
     pub memory: f32,
+}
+
+impl UpdateOptions {
+    with_setters! {
+        with_atom_batch => atom_batch: usize,
+        with_power_iterations => power_iterations: usize,
+        with_seed => seed: u64,
+        with_memory => memory: f32,
+    }
 }
 
 impl Default for UpdateOptions {
@@ -272,6 +282,7 @@ impl CodedBatch {
         self.n_atoms
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Samples, residual, indices and values.
     pub(crate) fn buffers(&self) -> (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer) {
         (
@@ -1010,6 +1021,7 @@ impl Gpu {
         self.submit(encoder)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The batch's codes with their current (updated) coefficients, and each row's residual
     /// energy ‖y − x·D‖² from the device's residual as of the last update.
     pub fn read_codes(&self, batch: &CodedBatch) -> Result<SparseCodes> {
@@ -1040,6 +1052,7 @@ impl Gpu {
         self.read_matrix(&batch.residual)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The per-atom user lists of the last update: `start` [K + 1] and (sample, slot) pairs in
     /// list order, where slot = sample·k + t.
     pub fn read_users(&self, batch: &CodedBatch) -> Result<UserLists> {

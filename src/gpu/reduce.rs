@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{row_windows, Window};
+#[cfg(any(test, feature = "testing"))]
 use super::power::CodedBatch;
 use super::sparse::{bind_windows, compute_pipeline, groups};
 use super::{GemmParams, Gpu, Matrix};
@@ -46,10 +47,13 @@ fn per_window(windows: &[(usize, usize, Window)], base: Params) -> Vec<Params> {
 }
 
 pub(crate) struct ReduceKernels {
+    #[cfg(any(test, feature = "testing"))]
     residual_norms: wgpu::ComputePipeline,
     mark_duplicates: wgpu::ComputePipeline,
     coherence: wgpu::ComputePipeline,
+    #[cfg(any(test, feature = "testing"))]
     remove_users: wgpu::ComputePipeline,
+    #[cfg(any(test, feature = "testing"))]
     reseed: wgpu::ComputePipeline,
 }
 
@@ -64,10 +68,13 @@ impl ReduceKernels {
                 });
             let c = [("WG", WG as f64)];
             Ok(Self {
+                #[cfg(any(test, feature = "testing"))]
                 residual_norms: compute_pipeline(gpu, &module, "residual_norms", &c),
                 mark_duplicates: compute_pipeline(gpu, &module, "mark_duplicates", &c),
                 coherence: compute_pipeline(gpu, &module, "coherence", &c),
+                #[cfg(any(test, feature = "testing"))]
                 remove_users: compute_pipeline(gpu, &module, "remove_users", &c),
+                #[cfg(any(test, feature = "testing"))]
                 reseed: compute_pipeline(gpu, &module, "reseed", &c),
             })
         })
@@ -88,6 +95,7 @@ impl Gpu {
         self.cached(&self.inner.reduce, ReduceKernels::new)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Re-seeds the atoms `which` with the normalised samples of `batch` that are worst
     /// represented (largest ‖y − x·D‖², each sample at most once), as KSVD-Box does for unused
     /// atoms. Codes using those atoms are removed first (their part goes back into the residual).
@@ -114,6 +122,7 @@ impl Gpu {
         self.replace_flagged(atoms, batch, &flags, flagged)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Purges near-duplicates: atom j is re-seeded (as in [`Gpu::reseed_atoms`]) when
     /// |cos(d_i, d_j)| > `threshold` for an atom i with more users (`usage`, e.g. from
     /// [`Gpu::ksvd_update`]; equal usage: the lower index is kept). KSVD-Box uses 0.99.
@@ -251,6 +260,7 @@ impl Gpu {
         Ok(encoder)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Removes the `flagged` atoms marked in `flags` from the codes and re-seeds them.
     fn replace_flagged(
         &self,

@@ -20,7 +20,16 @@ pub enum Init {
 }
 
 /// Everything that defines a training run.
+///
+/// Built with [`TrainConfig::new`] and the `with_*` setters (the fields stay public for reading
+/// and for code that sets them one by one):
+///
+/// ```
+/// let config = dbksvd::TrainConfig::new(1536, 32).with_epochs(4).with_batch_size(8192);
+/// assert_eq!((config.atoms, config.epochs, config.batch_size), (1536, 4, Some(8192)));
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// Atoms K.
     pub atoms: usize,
@@ -118,6 +127,30 @@ impl TrainConfig {
             rare_atom_fraction: 0.05,
             profile: false,
         }
+    }
+
+    with_setters! {
+        with_epochs => epochs: usize,
+        with_atom_batch => atom_batch: usize,
+        with_power_iterations => power_iterations: usize,
+        with_atom_memory => atom_memory: f32,
+        with_coder => coder: Coder,
+        with_gram => gram: GramPrecision,
+        with_init => init: Init,
+        with_center => center: bool,
+        with_seed => seed: u64,
+        with_shuffle_window => shuffle_window: usize,
+        with_duplicate_threshold => duplicate_threshold: f32,
+        with_rare_atom_fraction => rare_atom_fraction: f64,
+        with_profile => profile: bool,
+    }
+
+    with_setters! { option
+        with_batch_size => batch_size: usize,
+        with_groups => groups: Groups,
+        with_time_limit => time_limit: Duration,
+        with_tolerance => tolerance: f64,
+        with_checkpoint_every => checkpoint_every: usize,
     }
 
     /// Checks every field on its own (the data's dimension is checked by [`Trainer::fit`](super::Trainer::fit)).
@@ -238,9 +271,13 @@ impl TrainConfig {
         ];
         let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
-            _ => Err(Error::InvalidArgument(
-                "configuration is not serialisable".into(),
+            Ok(_) => Err(Error::Internal(
+                "a configuration is not a JSON object".into(),
             )),
+            Err(source) => Err(Error::Json {
+                what: "the training configuration".into(),
+                source,
+            }),
         };
         let (mine, theirs) = (as_map(self)?, as_map(other)?);
         for (name, value) in &mine {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ActivationSource, BatchOrder};
-use crate::encode::CodingOptions;
+use crate::encode::{CodingOptions, EncodeOptions};
 use crate::error::{Error, Result};
 use crate::export::{self, Dictionary};
 use crate::gpu::Gpu;
@@ -227,7 +227,7 @@ pub fn evaluate(
 }
 
 /// [`evaluate`] with the first `prefix` Matryoshka groups of `dictionary` only (see
-/// [`crate::encode::Encoder::encode_prefix`]); 1 for a plain dictionary.
+/// [`crate::encode::EncodeOptions::prefix`]); 1 for a plain dictionary.
 pub fn evaluate_prefix(
     gpu: &Gpu,
     dictionary: &Dictionary,
@@ -258,7 +258,8 @@ pub fn evaluate_prefix(
     let order = BatchOrder::sequential(batch_size.max(1));
     for batch in crate::data::Batches::new(source, &order, 0)? {
         let batch = batch?;
-        let codes = encoder.encode_prefix(&batch.data, prefix)?;
+        let options = EncodeOptions::default().with_prefix(prefix);
+        let codes = encoder.encode_with(&batch.data, options)?.codes;
         let approx = encoder.reconstruct(&codes)?;
         for (i, (y, y_hat)) in batch
             .data

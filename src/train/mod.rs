@@ -246,7 +246,10 @@ fn b_dec(config: &TrainConfig, data_mean: &[f32]) -> Vec<f32> {
 }
 
 fn json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::InvalidArgument(format!("JSON: {e}")))
+    serde_json::to_string(value).map_err(|source| Error::Json {
+        what: format!("writing {}", std::any::type_name::<T>()),
+        source,
+    })
 }
 
 #[cfg(test)]
