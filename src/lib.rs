@@ -23,8 +23,10 @@
 //! Layout, from the bottom: [`error`] holds the one error enum; [`coding`] what sparse coding is
 //! asked for and returns (options, codes); [`gpu`] owns every wgpu type (context, buffers, one
 //! module per shader family) and imports nothing above it;
-//! [`data`] streams activation files; [`train`] is the DB-KSVD driver; [`encode`] the sparse-coding
-//! API; [`export`] the file formats (dictionary, checkpoints, codes, SAELens, traces);
+//! [`data`] streams activation files; [`files`] writes files atomically and reads safetensors;
+//! [`encode`] is the sparse-coding API; [`dictionary`] the trained dictionary and its file;
+//! [`train`] the DB-KSVD driver; [`export`] what a run leaves for others (codes, SAELens,
+//! the run's outputs and trace);
 //! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
 //! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`).
 
@@ -53,18 +55,20 @@ pub mod bench;
 pub mod check;
 pub mod coding;
 pub mod data;
+pub mod dictionary;
 pub mod encode;
 pub mod error;
 pub mod export;
+pub mod files;
 pub mod gpu;
 pub mod reference;
 pub mod train;
 
 pub use coding::{CodingOptions, SparseCodes};
 pub use data::ActivationFile;
-pub use encode::Encoder;
+pub use dictionary::Dictionary;
+pub use encode::{EncodeOptions, Encoder, EncoderOptions};
 pub use error::{Error, Result};
-pub use export::Dictionary;
 pub use gpu::Gpu;
 pub use train::{TrainConfig, Trainer};
 

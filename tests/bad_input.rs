@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::files::{self, Tensor};
 use dbksvd::data::{self, ActivationFile, ActivationSource, InMemory};
+use dbksvd::dictionary::{Dictionary, GROUPS_METADATA};
 use dbksvd::encode::Groups;
 use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
-use dbksvd::export::{Dictionary, GROUPS_METADATA};
 use dbksvd::train::{TrainConfig, Trainer, CHECKPOINT_FILE};
 use dbksvd::Error;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dbksvd::export::{self, Dictionary};
 use dbksvd::train::{Checkpoint, CHECKPOINT_FILE, DICTIONARY_FILE};
+use dbksvd::{files, Dictionary};
 
 const SLICE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -107,7 +107,7 @@ fn every_file_loads(out: &Path) -> Vec<PathBuf> {
             if path.is_dir() {
                 assert_eq!(name, "sae", "unexpected folder {}", path.display());
                 stack.push(path);
-            } else if export::is_temporary(&name) {
+            } else if files::is_temporary(&name) {
                 temporaries.push(path);
             } else {
                 match name.as_str() {

@@ -4,8 +4,8 @@
 mod common;
 
 use dbksvd::data::{ActivationSource, InMemory};
+use dbksvd::dictionary::{Dictionary, GROUPS_METADATA};
 use dbksvd::encode::{CodingOptions, Groups};
-use dbksvd::export::{Dictionary, GROUPS_METADATA};
 use dbksvd::train::{evaluate, evaluate_prefix, TrainConfig, TrainResult, Trainer};
 
 #[test]

@@ -10,9 +10,11 @@ use dbksvd::bench::{Bench, BenchConfig, Format, Phase};
 use dbksvd::check::gemm_self_check;
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
 use dbksvd::encode::{Coder, CodingOptions, EncodeOptions, GramPrecision, Groups};
-use dbksvd::export::{self, Dictionary, SaeLensNames};
+use dbksvd::export::{self, SaeLensNames};
+use dbksvd::files;
 use dbksvd::gpu::{list_adapters, Gpu, GpuOptions};
 use dbksvd::train::{Init, TrainConfig, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
+use dbksvd::Dictionary;
 use dbksvd::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -408,7 +410,7 @@ const SAE_OUTPUTS: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
 
 /// Files and folders `dbksvd train` writes into its output folder (temporaries included).
 fn ours(name: &str) -> bool {
-    name == "sae" || OUTPUTS.contains(&name) || export::is_temporary_of(name, &OUTPUTS)
+    name == "sae" || OUTPUTS.contains(&name) || files::is_temporary_of(name, &OUTPUTS)
 }
 
 fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
@@ -530,13 +532,13 @@ fn train(args: &TrainArgs) -> dbksvd::Result<bool> {
         trainer = trainer.evaluate_on(eval.as_ref());
     }
     // Temporaries of an earlier run killed while writing are ours and useless.
-    export::remove_temporaries(&args.out, &OUTPUTS)?;
-    export::remove_temporaries(&args.out.join("sae"), &SAE_OUTPUTS)?;
+    files::remove_temporaries(&args.out, &OUTPUTS)?;
+    files::remove_temporaries(&args.out.join("sae"), &SAE_OUTPUTS)?;
     let result = trainer.fit(&source);
     // The error line must not share the terminal line with the bar.
     bar.finish_and_clear();
     let result = result?;
-    result.write_outputs(&args.out, &SaeLensNames::default())?;
+    export::write_outputs(&result, &args.out, &SaeLensNames::default())?;
     if let Some(last) = result.epochs.last() {
         println!(
             "done ({:?}) after {} epochs, {:.1} s: FVU {:.4}, L0 {:.2}, {} dead atoms (re-seeded), coherence {:.3}{}",

@@ -1028,7 +1028,7 @@ impl Gpu {
         Ok(self.read_codes_and_residual(batch)?.0)
     }
 
-    /// [`Gpu::read_codes`] and [`Gpu::read_residual`] with one readback of the residual.
+    /// The codes of `batch` (indices and values, k slots per row) and its residual [B, d].
     pub fn read_codes_and_residual(&self, batch: &CodedBatch) -> Result<(SparseCodes, Vec<f32>)> {
         let indices = self.read(&batch.codes.indices)?;
         let values = self.read(&batch.codes.values)?;

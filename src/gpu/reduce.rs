@@ -140,7 +140,8 @@ impl Gpu {
         self.replace_flagged(atoms, batch, &flags, flagged.len())
     }
 
-    /// The atoms [`Gpu::purge_duplicates`] would re-seed, without changing anything.
+    /// The atoms the epoch-end purge re-seeds: those whose |cos| with a more used atom exceeds
+    /// `threshold`. Changes nothing.
     pub fn duplicate_atoms(
         &self,
         atoms: &Matrix,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::export::{self, SafetensorsFile, Tensor};
+use crate::files::{write_safetensors, SafetensorsFile, Tensor};
 use crate::gpu::Gpu;
 
 use super::{json, read_parts, BatchMetrics, EpochMetrics, Part, TrainConfig};
@@ -207,7 +207,7 @@ pub(super) fn save_checkpoint(
     metadata.insert("config".to_string(), json(config)?);
     metadata.insert("position".to_string(), json(position)?);
     let path = dir.join(CHECKPOINT_FILE);
-    export::write_safetensors(
+    write_safetensors(
         &path,
         &[
             Tensor::f32("dictionary", shape.clone(), &host_atoms),

@@ -1,14 +1,12 @@
 //! What a run reports: per-batch and per-epoch metrics, held-out scores, the result and the
 //! files written from it.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::data::{ActivationSource, BatchOrder};
+use crate::dictionary::Dictionary;
 use crate::encode::{CodingOptions, EncodeOptions};
 use crate::error::{Error, Result};
-use crate::export::{self, Dictionary};
 use crate::gpu::Gpu;
 
 use super::checkpoint::EpochSums;
@@ -129,85 +127,6 @@ pub struct Progress<'a> {
     pub done: usize,
     /// Batches in the whole run.
     pub total: usize,
-}
-
-impl TrainResult {
-    /// Writes the run's outputs into `dir` (created if needed), each file atomically:
-    /// `dictionary.safetensors`, `sae/` (SAELens `matching_pursuit`, see
-    /// [`export::write_saelens`]), `trace.csv` (per batch), `epochs.csv` and `trace.svg`.
-    pub fn write_outputs(&self, dir: &Path, names: &export::SaeLensNames) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        self.dictionary.save(dir.join(DICTIONARY_FILE))?;
-        export::write_saelens(
-            &dir.join("sae"),
-            &self.dictionary,
-            self.config.k,
-            0.0,
-            names,
-        )?;
-        let mut csv = String::from(
-            "step,epoch,batch,samples,fvu,relative_residual,l0,unused_atoms,gemm_s,coding_s,update_s,host_s\n",
-        );
-        for b in &self.batches {
-            csv += &format!(
-                "{},{},{},{},{:.6},{:.6},{:.3},{},{:.4},{:.4},{:.4},{:.4}\n",
-                b.step,
-                b.epoch,
-                b.batch,
-                b.samples,
-                b.fvu,
-                b.relative_residual,
-                b.l0,
-                b.unused_atoms,
-                b.gemm_s,
-                b.coding_s,
-                b.update_s,
-                b.host_s
-            );
-        }
-        export::write_csv(&dir.join("trace.csv"), &csv)?;
-        let mut csv = String::from(
-            "epoch,batches,samples,fvu,relative_residual,l0,dead_atoms,rare_atoms,reseeded,duplicates,purged,coherence,eval_fvu,eval_l0,seconds\n",
-        );
-        for e in &self.epochs {
-            csv += &format!(
-                "{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{:.4},{},{},{:.2}\n",
-                e.epoch,
-                e.batches,
-                e.samples,
-                e.fvu,
-                e.relative_residual,
-                e.l0,
-                e.dead_atoms,
-                e.rare_atoms,
-                e.reseeded,
-                e.duplicates,
-                e.purged,
-                e.coherence,
-                e.eval.map_or(String::new(), |s| format!("{:.6}", s.fvu)),
-                e.eval.map_or(String::new(), |s| format!("{:.3}", s.l0)),
-                e.seconds
-            );
-        }
-        export::write_csv(&dir.join("epochs.csv"), &csv)?;
-        let points: Vec<export::TracePoint> = self
-            .batches
-            .iter()
-            .map(|b| export::TracePoint {
-                step: b.step,
-                epoch: b.epoch,
-                fvu: b.fvu,
-                unused_atoms: b.unused_atoms,
-            })
-            .collect();
-        export::write_atomic(
-            &dir.join("trace.svg"),
-            export::trace_svg(&points).as_bytes(),
-        )
-    }
 }
 
 /// The dictionary's file name in an output folder.

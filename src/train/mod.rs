@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::data::ActivationSource;
+use crate::dictionary::GROUPS_METADATA;
 use crate::encode::CodingOptions;
 use crate::error::{Error, Result};
-use crate::export;
 use crate::gpu::step::StepBuffers;
 use crate::gpu::{Gpu, Matrix};
 
@@ -186,7 +186,7 @@ pub(crate) fn group_seed(seed: u64, g: usize) -> u64 {
 fn group_metadata(config: &TrainConfig) -> Result<std::collections::HashMap<String, String>> {
     let mut metadata = std::collections::HashMap::new();
     if let Some(groups) = &config.groups {
-        metadata.insert(export::GROUPS_METADATA.into(), json(groups)?);
+        metadata.insert(GROUPS_METADATA.into(), json(groups)?);
     }
     Ok(metadata)
 }

@@ -15,9 +15,9 @@ use super::{
     TrainConfig,
 };
 use crate::data::ActivationSource;
+use crate::dictionary::Dictionary;
 use crate::encode::CodingOptions;
 use crate::error::{Error, Result};
-use crate::export::Dictionary;
 use crate::gpu::Gpu;
 
 /// The last checkpoint written (or resumed from): its path, epoch and batch.

@@ -1,0 +1,139 @@
+//! What a run leaves for others: sparse codes, the SAELens folder and a training run's outputs
+//! (dictionary, SAELens folder, per-batch and per-epoch CSV traces, the trace plot). Every file
+//! is written atomically (see [`crate::files`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::dictionary::Dictionary;
+use crate::encode::SparseCodes;
+use crate::error::{Error, Result};
+use crate::files::{write_atomic, write_safetensors, Tensor};
+use crate::train::{TrainResult, DICTIONARY_FILE};
+
+mod trace;
+
+pub use trace::{trace_svg, write_trace_csv};
+
+/// Writes a training run's outputs into `dir` (created if needed), each file atomically:
+/// `dictionary.safetensors`, `sae/` (SAELens `matching_pursuit`, see [`write_saelens`]),
+/// `trace.csv` (per batch), `epochs.csv` and `trace.svg`.
+pub fn write_outputs(result: &TrainResult, dir: &Path, names: &SaeLensNames) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    result.dictionary.save(dir.join(DICTIONARY_FILE))?;
+    write_saelens(
+        &dir.join("sae"),
+        &result.dictionary,
+        result.config.k,
+        0.0,
+        names,
+    )?;
+    write_trace_csv(dir, &result.batches, &result.epochs)?;
+    let svg = trace_svg(&result.batches, &result.epochs, result.config.atoms)?;
+    write_atomic(&dir.join("trace.svg"), svg.as_bytes())
+}
+
+/// Writes sparse codes as safetensors: `indices` I32 [N, k] (−1 for empty slots) and `values`
+/// F32 [N, k], plus `residual_energy` F32 \[N\] (‖y − ŷ‖² of each row).
+pub fn write_codes(
+    path: impl AsRef<Path>,
+    codes: &SparseCodes,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    write_safetensors(
+        path.as_ref(),
+        &[
+            Tensor::i32("indices", vec![codes.n, codes.k], &codes.indices),
+            Tensor::f32("values", vec![codes.n, codes.k], &codes.values),
+            Tensor::f32("residual_energy", vec![codes.n], &codes.residual_energy),
+        ],
+        metadata,
+    )
+}
+
+/// The SAELens release whose config layout [`write_saelens`] follows (6.26.0 introduced the
+/// `matching_pursuit` architecture; checked against 6.54.12).
+pub const SAELENS_VERSION: &str = "6.26.0";
+
+/// Names for the SAELens metadata block.
+#[derive(Clone, Debug, Default)]
+pub struct SaeLensNames {
+    /// `metadata.model_name` (e.g. `sentence-transformers/all-MiniLM-L6-v2`).
+    pub model_name: Option<String>,
+    /// `metadata.hook_name` (e.g. `blocks.4.hook_resid_post`).
+    pub hook_name: Option<String>,
+}
+
+/// Writes `dir/sae_weights.safetensors` and `dir/cfg.json` so that SAELens'
+/// `SAE.load_from_disk(dir)` loads the dictionary as its `matching_pursuit` architecture.
+///
+/// SAELens' matching pursuit applies ReLU to the correlations, so its codes are non-negative.
+/// To keep signed codes the decoder is W_dec = [D; −D] (d_sae = 2K): atom j with coefficient
+/// −c is atom K + j with +c. b_dec is the mean (subtracted from the input first). The encoder
+/// runs at most `k` iterations and stops a row when its residual norm (absolute, after
+/// subtracting b_dec) falls below `residual_threshold` (0 disables the test).
+pub fn write_saelens(
+    dir: &Path,
+    dictionary: &Dictionary,
+    k: usize,
+    residual_threshold: f32,
+    names: &SaeLensNames,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (n_atoms, d) = (dictionary.n_atoms, dictionary.d);
+    let mut w_dec = Vec::with_capacity(2 * n_atoms * d);
+    // SAELens' update is a projection only for unit rows.
+    for atom in dictionary.atoms.chunks_exact(d) {
+        let norm = atom
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt();
+        let norm = if norm > 0.0 { norm } else { 1.0 };
+        w_dec.extend(atom.iter().map(|&v| (v as f64 / norm) as f32));
+    }
+    let positive = w_dec.clone();
+    w_dec.extend(positive.iter().map(|v| -v));
+    write_safetensors(
+        &dir.join("sae_weights.safetensors"),
+        &[
+            Tensor::f32("W_dec", vec![2 * n_atoms, d], &w_dec),
+            Tensor::f32("b_dec", vec![d], &dictionary.mean),
+        ],
+        HashMap::new(),
+    )?;
+    let cfg = serde_json::json!({
+        "architecture": "matching_pursuit",
+        "d_in": d,
+        "d_sae": 2 * n_atoms,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "residual_threshold": residual_threshold as f64,
+        "max_iterations": k,
+        "stop_on_duplicate_support": true,
+        "metadata": {
+            "sae_lens_version": SAELENS_VERSION,
+            "sae_lens_training_version": SAELENS_VERSION,
+            "model_name": names.model_name,
+            "hook_name": names.hook_name,
+            "dbksvd_version": env!("CARGO_PKG_VERSION"),
+            "dbksvd_note": "W_dec = [D; -D]: signed dbksvd codes as non-negative SAELens codes",
+            // Group g holds atoms ends[g-1]..ends[g], SAELens features j and d_sae/2 + j.
+            "dbksvd_matryoshka_groups": dictionary.groups()?.map(|g| g.ends().to_vec()),
+        },
+    });
+    let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json {
+        what: "cfg.json".into(),
+        source,
+    })?;
+    write_atomic(&dir.join("cfg.json"), text.as_bytes())
+}
