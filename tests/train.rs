@@ -511,7 +511,12 @@ fn loading_the_wrong_file_is_an_error() {
         &not_dictionary,
     )
     .unwrap();
-    let err = Dictionary::load(&not_dictionary).unwrap_err().to_string();
+    let err = Dictionary::load(&not_dictionary).unwrap_err();
+    assert!(
+        matches!(&err, dbksvd::Error::MissingTensor { tensor, .. } if tensor == "dictionary"),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.contains("acts.safetensors") && err.contains("no tensor `dictionary`"),
         "{err}"
