@@ -1,0 +1,352 @@
+//! Planning an update's atom batches: the layout decided once per update (visiting order,
+//! work items, windows, vec4 and texture paths) and the steps (dispatches and texture copies)
+//! it records; `recorder.rs` binds and encodes them.
+
+use bytemuck::Zeroable;
+
+use super::items::WorkItems;
+use super::recorder::Recorder;
+use super::{atom_order, update_loop_iterations, CodedBatch, Params, PowerKernels, UpdateOptions};
+use crate::error::{Error, Result};
+use crate::gpu::buffer::{flat_texture, TextureShape, Window};
+use crate::gpu::sparse::groups;
+use crate::gpu::{Gpu, Matrix};
+
+/// The kinds of dispatch of one atom batch (see power.wgsl).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Kind {
+    Partial,
+    Reduce,
+    Project,
+    Fold,
+    FoldRows,
+    Commit,
+    /// order_slots: once per update, before the vec4 folds.
+    OrderSlots,
+}
+
+/// One step of the atom-batch submission: a dispatch (record, kind, workgroups, window), or a
+/// refresh of a texture copy read by the READ_TEXTURES kernels.
+#[derive(Clone, Copy)]
+pub(super) enum Step {
+    Run(usize, Kind, (u32, u32), usize),
+    Copy(Copied),
+}
+
+/// What a [`Step::Copy`] copies into its texture.
+#[derive(Clone, Copy)]
+pub(super) enum Copied {
+    Residual,
+    Atoms,
+    /// The iterates of the atoms at visiting positions start .. start + len (only those change).
+    Iterate {
+        start: usize,
+        len: usize,
+    },
+}
+
+/// What one update records, decided before anything is: the atoms' visiting order and ranks,
+/// their users cut into work items, the windows of atom rows, and the kernels' variants.
+pub(super) struct Layout {
+    pub(super) n_atoms: usize,
+    pub(super) d: usize,
+    /// Samples and slots of the coded batch.
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) atom_batch: usize,
+    pub(super) order: Vec<u32>,
+    pub(super) rank: Vec<u32>,
+    pub(super) plan: WorkItems,
+    /// Rows of partial sums one binding holds (a wave's items).
+    pub(super) wave_rows: usize,
+    /// Dimensions (texels in fold_rows_vec4) one fold invocation covers under the loop cap.
+    pub(super) dims_per_fold: usize,
+    /// The [K, d] matrices' windows of atom rows: (first atom, end, binding window).
+    pub(super) windows: Vec<(usize, usize, Window)>,
+    /// Rows read as vec4 (d a multiple of 4, every window starting on a whole vec4).
+    pub(super) vec4: bool,
+    /// Texels per row: d / 4 with vec4, else d.
+    pub(super) texels: usize,
+    /// Invocations per sample in fold_rows_vec4.
+    pub(super) fold_lanes: usize,
+    /// CPU adapters fold one sample per SIMD row (fold_rows).
+    pub(super) fold_rows: bool,
+    /// The flat texture copies of the residual and of the atoms (and iterates), with their layer
+    /// shifts, where READ_TEXTURES kernels read them.
+    pub(super) textures: Option<((TextureShape, u32), (TextureShape, u32))>,
+}
+
+/// The steps of one update and the uniform record of each dispatch.
+#[derive(Default)]
+pub(super) struct Steps {
+    pub(super) records: Vec<Params>,
+    pub(super) steps: Vec<Step>,
+    /// The most partial-sum rows one wave needs.
+    pub(super) partial_rows: usize,
+}
+
+impl Gpu {
+    /// Submits the power-iteration atom batches of an update whose residual and user lists are
+    /// already on the device (recorded by `record_residual_and_transpose`), `usage` being the
+    /// user counts read back from them. Does not wait.
+    pub(crate) fn submit_atom_batches(
+        &self,
+        atoms: &Matrix,
+        memory: &Matrix,
+        batch: &CodedBatch,
+        options: &UpdateOptions,
+        usage: &[u32],
+    ) -> Result<()> {
+        check_memory(atoms, memory, options)?;
+        let kernels = self.power_kernels()?;
+        let layout = self.update_layout(atoms, batch, options, usage, kernels)?;
+        let steps = layout.steps(self, options)?;
+        let recorder = Recorder::new(self, &layout, &steps, kernels, atoms, memory, batch)?;
+        let mut encoder = self.encoder("ksvd atom batches");
+        self.scoped(|| {
+            recorder.record(&mut encoder, &steps.steps);
+            Ok(())
+        })?;
+        self.submit(encoder)
+    }
+
+    fn update_layout(
+        &self,
+        atoms: &Matrix,
+        batch: &CodedBatch,
+        options: &UpdateOptions,
+        usage: &[u32],
+        kernels: &PowerKernels,
+    ) -> Result<Layout> {
+        let (n_atoms, d) = (atoms.rows(), atoms.cols());
+        let atom_batch = options.atom_batch.clamp(1, n_atoms.max(1));
+        let order = atom_order(n_atoms, options.seed);
+        let mut rank = vec![0u32; n_atoms];
+        for (position, &j) in order.iter().enumerate() {
+            rank[j as usize] = position as u32;
+        }
+        let (n, k) = (batch.codes.n, batch.codes.k);
+        let item_users = self.update_item_users(d)?;
+        let most_users = usage.iter().copied().max().unwrap_or(0) as u64;
+        self.check_loop_budget(
+            &format!("the update of an atom with {most_users} users at d = {d}"),
+            update_loop_iterations(most_users, d, item_users),
+        )?;
+        let plan = WorkItems::plan(&order, usage, item_users);
+        // Partial sums of one wave of atoms share one binding; a batch whose items need more
+        // runs in several waves (its atoms are independent until the fold).
+        let binding = self
+            .limits()
+            .planned_binding_size
+            .min(self.limits().max_buffer_size);
+        let wave_rows = (binding / (4 * d.max(1) as u64)).max(1) as usize;
+        // CPU adapters fold one sample per invocation (see power.wgsl), its d dimensions split
+        // so that the k-slot scan plus min(k, A) folded atoms stay under the loop cap.
+        let dims_per_fold = match self.limits().max_loop_iterations {
+            Some(cap) => {
+                let folded = k.min(atom_batch).max(1) as u64;
+                (cap.saturating_sub(k as u64 + 8) / folded).clamp(1, d.max(1) as u64) as usize
+            }
+            None => d.max(1),
+        };
+        // The [K, d] matrices (atoms, iterates, memory) are bound one window of atom rows at a
+        // time: every dispatch runs once per window, each skipping the other windows' atoms
+        // (one window, the whole dictionary, wherever it fits one binding).
+        let windows = crate::gpu::buffer::row_windows(self, n_atoms, d);
+        // Whole rows are whole vec4s when d is a multiple of 4 and every window's first row
+        // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
+        let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
+        let texels = if vec4 { d / 4 } else { d };
+        // fold_rows_vec4 gives each sample FOLD_LANES invocations.
+        let fold_lanes = if vec4 { 8 } else { 1 };
+        let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
+        let fold_rows = self.adapter().is_cpu() && (n * fold_lanes).div_ceil(64) <= max_groups;
+        // CPU adapters read the residual, atoms and iterates from flat texture copies (see
+        // power.wgsl) wherever the device's textures hold them.
+        let textures = match (&kernels.textured, vec4) {
+            (Some(_), true) => {
+                flat_texture(self, n * texels).zip(flat_texture(self, n_atoms * texels))
+            }
+            _ => None,
+        };
+        Ok(Layout {
+            n_atoms,
+            d,
+            n,
+            k,
+            atom_batch,
+            order,
+            rank,
+            plan,
+            wave_rows,
+            dims_per_fold,
+            windows,
+            vec4,
+            texels,
+            fold_lanes,
+            fold_rows,
+            textures,
+        })
+    }
+}
+
+/// The atom memory must match the atoms and γ lie in [0, 1).
+fn check_memory(atoms: &Matrix, memory: &Matrix, options: &UpdateOptions) -> Result<()> {
+    if memory.rows() != atoms.rows() || memory.cols() != atoms.cols() {
+        return Err(Error::ShapeMismatch {
+            op: "dictionary update (atom memory vs atoms)".into(),
+            left: memory.shape(),
+            right: atoms.shape(),
+        });
+    }
+    if !(options.memory.is_finite() && (0.0..1.0).contains(&options.memory)) {
+        return Err(Error::InvalidArgument(format!(
+            "atom memory γ = {} must lie in [0, 1)",
+            options.memory
+        )));
+    }
+    Ok(())
+}
+
+impl Layout {
+    /// Whether the READ_TEXTURES kernels run (their textures refreshed by copies).
+    pub(super) fn copies(&self) -> bool {
+        self.textures.is_some()
+    }
+
+    /// Every step of the update, atom batch after atom batch.
+    fn steps(&self, gpu: &Gpu, options: &UpdateOptions) -> Result<Steps> {
+        let mut steps = Steps {
+            partial_rows: 1,
+            ..Steps::default()
+        };
+        if self.copies() {
+            steps.steps.push(Step::Copy(Copied::Residual));
+            steps.steps.push(Step::Copy(Copied::Atoms));
+        }
+        if self.vec4 {
+            // The vec4 folds find each batch's slots in the slots ordered by visiting position.
+            steps.records.push(Params {
+                d: self.d as u32,
+                k: self.k as u32,
+                n: self.n as u32,
+                n_atoms: self.n_atoms as u32,
+                ..Params::zeroed()
+            });
+            let slots = groups(gpu, self.n * self.k, 64);
+            let record = steps.records.len() - 1;
+            steps
+                .steps
+                .push(Step::Run(record, Kind::OrderSlots, slots, 0));
+        }
+        for start in (0..self.n_atoms).step_by(self.atom_batch) {
+            self.atom_batch_steps(gpu, &mut steps, start, options)?;
+        }
+        Ok(steps)
+    }
+
+    /// The uniforms shared by the dispatches of the atom batch at visiting positions
+    /// `start..start + len`.
+    fn base_params(&self, start: usize, len: usize, options: &UpdateOptions) -> Params {
+        Params {
+            start: start as u32,
+            len: len as u32,
+            d: self.d as u32,
+            k: self.k as u32,
+            n: self.n as u32,
+            n_atoms: self.n_atoms as u32,
+            // power_project reads d_new from `iterate` (iteration > 0).
+            iteration: options.power_iterations.max(1) as u32,
+            last: 0,
+            decay: options.memory,
+            dims_per_fold: self.dims_per_fold as u32,
+            item_start: self.plan.first(start) as u32,
+            item_len: (self.plan.first(start + len) - self.plan.first(start)) as u32,
+            atom_first: 0,
+            atom_end: 0,
+            atom_lead: 0,
+            residual_shift: self.textures.map_or(0, |t| t.0 .1),
+            atom_shift: self.textures.map_or(0, |t| t.1 .1),
+            _pad: [0; 3],
+        }
+    }
+
+    /// One atom batch: p power iterations (partial sums and their reduction, wave by wave),
+    /// the projections, the fold of the new atoms into the residual, the commit.
+    fn atom_batch_steps(
+        &self,
+        gpu: &Gpu,
+        steps: &mut Steps,
+        start: usize,
+        options: &UpdateOptions,
+    ) -> Result<()> {
+        let len = self.atom_batch.min(self.n_atoms - start);
+        let base = self.base_params(start, len, options);
+        let waves = self.plan.waves(start, len, self.wave_rows, self.d)?;
+        steps.partial_rows = waves
+            .iter()
+            .map(|w| w.1.len())
+            .fold(steps.partial_rows, usize::max);
+        let p = options.power_iterations;
+        if p == 0 {
+            // No power step: power_reduce copies d_j as d_new.
+            let params = Params { last: 2, ..base };
+            self.push(steps, params, Kind::Reduce, groups(gpu, len, 1));
+            if self.copies() {
+                steps.steps.push(Step::Copy(Copied::Iterate { start, len }));
+            }
+        }
+        for iteration in 0..p {
+            for (atoms_range, item_range) in &waves {
+                let wave = Params {
+                    start: atoms_range.start as u32,
+                    len: atoms_range.len() as u32,
+                    iteration: iteration as u32,
+                    last: u32::from(iteration + 1 == p),
+                    item_start: item_range.start as u32,
+                    item_len: item_range.len() as u32,
+                    ..base
+                };
+                let (items, atoms) = (item_range.len(), atoms_range.len());
+                self.push(steps, wave, Kind::Partial, groups(gpu, items, 1));
+                self.push(steps, wave, Kind::Reduce, groups(gpu, atoms, 1));
+            }
+            if self.copies() {
+                steps.steps.push(Step::Copy(Copied::Iterate { start, len }));
+            }
+        }
+        // Every projection reads the residual before the batch, so all precede the fold.
+        let items = base.item_len as usize;
+        self.push(steps, base, Kind::Project, groups(gpu, items, 1));
+        if self.fold_rows {
+            // dims_per_fold counts texels in fold_rows_vec4.
+            let folds = (
+                (self.n * self.fold_lanes).div_ceil(64) as u32,
+                self.texels.div_ceil(self.dims_per_fold) as u32,
+            );
+            self.push(steps, base, Kind::FoldRows, folds);
+        } else {
+            self.push(steps, base, Kind::Fold, groups(gpu, self.n, 1));
+        }
+        if self.copies() && start + len < self.n_atoms {
+            steps.steps.push(Step::Copy(Copied::Residual));
+        }
+        self.push(steps, base, Kind::Commit, groups(gpu, len, 1));
+        Ok(())
+    }
+
+    /// A dispatch of `kind` once per window of atom rows.
+    fn push(&self, steps: &mut Steps, params: Params, kind: Kind, groups: (u32, u32)) {
+        for (w, &(first, end, window)) in self.windows.iter().enumerate() {
+            steps.records.push(Params {
+                atom_first: first as u32,
+                atom_end: end as u32,
+                atom_lead: window.first,
+                ..params
+            });
+            steps
+                .steps
+                .push(Step::Run(steps.records.len() - 1, kind, groups, w));
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Binding and encoding an update's planned steps.
+
+use std::sync::Arc;
+
+use super::record::{Copied, Kind, Layout, Step, Steps};
+use super::{CodedBatch, PowerKernels, Vec4Kernels};
+use crate::error::Result;
+use crate::gpu::buffer::{copy_flat, GpuTexture, TextureShape, UniformRecords};
+use crate::gpu::{Gpu, GpuBuffer, Matrix};
+
+/// Everything the update's dispatches bind, and how each kind binds it.
+pub(super) struct Recorder<'a> {
+    gpu: &'a Gpu,
+    layout: &'a Layout,
+    kernels: &'a PowerKernels,
+    /// The vec4 pipelines: those reading textures where the copies exist.
+    vec4_kernels: &'a Vec4Kernels,
+    atoms: &'a Matrix,
+    memory: &'a Matrix,
+    batch: &'a CodedBatch,
+    order: GpuBuffer<u32>,
+    rank: GpuBuffer<u32>,
+    items: GpuBuffer<u32>,
+    atom_items: GpuBuffer<u32>,
+    partials: GpuBuffer<f32>,
+    slot_order: GpuBuffer<u32>,
+    uniforms: UniformRecords,
+    /// The residual, atom and iterate textures READ_TEXTURES reads (a stand-in without them).
+    textures: [Arc<GpuTexture>; 3],
+    views: [wgpu::TextureView; 3],
+}
+
+impl<'a> Recorder<'a> {
+    pub(super) fn new(
+        gpu: &'a Gpu,
+        layout: &'a Layout,
+        steps: &Steps,
+        kernels: &'a PowerKernels,
+        atoms: &'a Matrix,
+        memory: &'a Matrix,
+        batch: &'a CodedBatch,
+    ) -> Result<Self> {
+        let plan = &layout.plan;
+        // A batch without users still binds one (unread) item.
+        let items: &[[u32; 4]] = if plan.items.is_empty() {
+            &[[0; 4]]
+        } else {
+            &plan.items
+        };
+        let (n, k, d) = (layout.n, layout.k, layout.d);
+        let textures = match layout.textures {
+            Some(((residual, _), (atoms, _))) => [
+                kernels.residual_texture.get(gpu, residual)?,
+                kernels.atom_texture.get(gpu, atoms)?,
+                kernels.iterate_texture.get(gpu, atoms)?,
+            ],
+            None => {
+                let stand_in = TextureShape {
+                    width: 1,
+                    height: 1,
+                    layers: 1,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                };
+                let t = kernels.stand_in.get(gpu, stand_in)?;
+                [t.clone(), t.clone(), t]
+            }
+        };
+        let views = textures
+            .each_ref()
+            .map(|t| t.view(wgpu::TextureViewDimension::D2Array));
+        let vec4_kernels = match &kernels.textured {
+            Some(textured) if layout.copies() => textured,
+            _ => &kernels.vec4,
+        };
+        Ok(Self {
+            gpu,
+            layout,
+            kernels,
+            vec4_kernels,
+            atoms,
+            memory,
+            batch,
+            order: gpu.upload(&layout.order)?,
+            rank: gpu.upload(&layout.rank)?,
+            items: gpu.upload(bytemuck::cast_slice::<[u32; 4], u32>(items))?,
+            atom_items: gpu.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?,
+            partials: kernels.partials.get(gpu, steps.partial_rows * d.max(1))?,
+            slot_order: kernels.slot_order.get(gpu, 2 * (n * k).max(1))?,
+            uniforms: gpu.uniform_records("power params", &steps.records)?,
+            textures,
+            views,
+        })
+    }
+
+    fn pipeline(&self, kind: Kind) -> &wgpu::ComputePipeline {
+        let (kernels, vec4) = (self.kernels, self.vec4_kernels);
+        match (kind, self.layout.vec4) {
+            (Kind::Partial, false) => &kernels.partial,
+            (Kind::Partial, true) => &vec4.partial,
+            (Kind::Reduce, _) => &kernels.reduce,
+            (Kind::Project, false) => &kernels.project,
+            (Kind::Project, true) => &vec4.project,
+            (Kind::Fold, false) => &kernels.fold,
+            (Kind::Fold, true) => &vec4.fold,
+            (Kind::FoldRows, false) => &kernels.fold_rows,
+            (Kind::FoldRows, true) => &vec4.fold_rows,
+            (Kind::Commit, _) => &kernels.commit,
+            (Kind::OrderSlots, _) => &kernels.order_slots,
+        }
+    }
+
+    /// Whether `kind` runs a vec4 entry point (which also binds the textures 19–21).
+    fn vec4_kind(&self, kind: Kind) -> bool {
+        self.layout.vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
+    }
+
+    /// The binding a buffer meant for binding `b` takes: the vec4 entry points bind the views
+    /// 15–18 in place of 3, 9, 4 and 14.
+    fn slot(&self, kind: Kind, b: u32) -> u32 {
+        match b {
+            3 if self.vec4_kind(kind) => 15,
+            9 if self.vec4_kind(kind) => 16,
+            4 if self.vec4_kind(kind) => 17,
+            14 if self.vec4_kind(kind) => 18,
+            _ => b,
+        }
+    }
+
+    /// The buffers `kind` binds, by binding number (3, 9 and 11, the [K, d] ones, windowed).
+    fn buffers(&self, kind: Kind) -> Vec<(u32, &wgpu::Buffer)> {
+        let (c, batch) = (&self.batch.codes, self.batch);
+        match kind {
+            // power_partial reads what power_project does and writes the partial sums.
+            Kind::Partial | Kind::Project => vec![
+                (3, &self.atoms.data.buffer),
+                (4, &batch.residual.data.buffer),
+                (5, &c.values.buffer),
+                (8, &c.users.buffer),
+                (9, &batch.iterate.data.buffer),
+                (10, &batch.slot_scratch.buffer),
+                (12, &self.items.buffer),
+            ]
+            .into_iter()
+            .chain((kind == Kind::Partial).then_some((14, &self.partials.buffer)))
+            .collect(),
+            Kind::Reduce => vec![
+                (1, &self.order.buffer),
+                (3, &self.atoms.data.buffer),
+                (9, &batch.iterate.data.buffer),
+                (11, &self.memory.data.buffer),
+                (13, &self.atom_items.buffer),
+                (14, &self.partials.buffer),
+            ],
+            // The scalar folds scan the slots by rank; the vec4 ones search slot_order.
+            Kind::Fold | Kind::FoldRows => vec![
+                if self.layout.vec4 {
+                    (22, &self.slot_order.buffer)
+                } else {
+                    (2, &self.rank.buffer)
+                },
+                (3, &self.atoms.data.buffer),
+                (4, &batch.residual.data.buffer),
+                (5, &c.values.buffer),
+                (6, &c.indices.buffer),
+                (9, &batch.iterate.data.buffer),
+                (10, &batch.slot_scratch.buffer),
+            ],
+            Kind::OrderSlots => vec![
+                (2, &self.rank.buffer),
+                (6, &c.indices.buffer),
+                (22, &self.slot_order.buffer),
+            ],
+            Kind::Commit => vec![
+                (1, &self.order.buffer),
+                (3, &self.atoms.data.buffer),
+                (5, &c.values.buffer),
+                (7, &c.user_start.buffer),
+                (8, &c.users.buffer),
+                (9, &batch.iterate.data.buffer),
+                (10, &batch.slot_scratch.buffer),
+            ],
+        }
+    }
+
+    fn bind_group(&self, record: usize, kind: Kind, w: usize) -> wgpu::BindGroup {
+        let window = self.layout.windows[w].2;
+        let buffers = self.buffers(kind).into_iter().map(|(b, buffer)| {
+            let resource = if matches!(b, 3 | 9 | 11) {
+                crate::gpu::buffer::binding(buffer, window)
+            } else {
+                buffer.as_entire_binding()
+            };
+            (self.slot(kind, b), resource)
+        });
+        // The fold writes the residual buffer and reads no residual texels.
+        let textures = self.views.iter().zip(19..).filter(move |&(_, b)| {
+            self.vec4_kind(kind) && !(b == 19 && matches!(kind, Kind::Fold | Kind::FoldRows))
+        });
+        let entries = std::iter::once((0, self.uniforms.binding(record)))
+            .chain(buffers)
+            .chain(textures.map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))));
+        crate::gpu::sparse::bind_resources(self.gpu, self.pipeline(kind), entries)
+    }
+
+    /// Records `steps`: runs of dispatches share a compute pass; the texture copies go between
+    /// passes.
+    pub(super) fn record(&self, encoder: &mut wgpu::CommandEncoder, steps: &[Step]) {
+        let mut i = 0;
+        while i < steps.len() {
+            if let Step::Copy(what) = steps[i] {
+                self.copy(encoder, what);
+                i += 1;
+                continue;
+            }
+            let end = steps[i..]
+                .iter()
+                .position(|step| matches!(step, Step::Copy(_)))
+                .map_or(steps.len(), |p| i + p);
+            let runs: Vec<(Kind, (u32, u32), wgpu::BindGroup)> = steps[i..end]
+                .iter()
+                .filter_map(|step| match *step {
+                    Step::Run(record, kind, groups, w) => {
+                        Some((kind, groups, self.bind_group(record, kind, w)))
+                    }
+                    Step::Copy(_) => None,
+                })
+                .collect();
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("atom batches"),
+                timestamp_writes: None,
+            });
+            for (kind, (x, y), group) in &runs {
+                pass.set_pipeline(self.pipeline(*kind));
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+            drop(pass);
+            i = end;
+        }
+    }
+
+    /// Refreshes a texture copy from its buffer.
+    fn copy(&self, encoder: &mut wgpu::CommandEncoder, what: Copied) {
+        let layout = self.layout;
+        let (residual_shift, atom_shift) = layout.textures.map_or((0, 0), |t| (t.0 .1, t.1 .1));
+        let [residual, atoms, iterates] = self.textures.each_ref().map(|t| &t.texture);
+        let texels = layout.texels;
+        match what {
+            Copied::Residual => copy_flat(
+                encoder,
+                &self.batch.residual.data.buffer,
+                0,
+                layout.n * texels,
+                residual,
+                residual_shift,
+            ),
+            Copied::Atoms => copy_flat(
+                encoder,
+                &self.atoms.data.buffer,
+                0,
+                layout.n_atoms * texels,
+                atoms,
+                atom_shift,
+            ),
+            // Row by row: a batch's A rows, not all K (K/A times less at scale).
+            Copied::Iterate { start, len } => {
+                for &j in &layout.order[start..start + len] {
+                    copy_flat(
+                        encoder,
+                        &self.batch.iterate.data.buffer,
+                        j as usize * texels,
+                        texels,
+                        iterates,
+                        atom_shift,
+                    );
+                }
+            }
+        }
+    }
+}
