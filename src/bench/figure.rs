@@ -1,0 +1,227 @@
+//! One measured figure of `dbksvd bench` and how it prints.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// One measured figure. Serialised (see [`Bench::figure_line`]) as a JSON object whose `phase`
+/// names the variant and whose fields are the variant's.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum Figure {
+    /// A matrix product C [m, n] = A [m, inner] · B [n, inner]ᵀ.
+    Products {
+        /// `gram` (D·Dᵀ) or `correlations` (Y·Dᵀ).
+        product: &'static str,
+        /// Rows of C.
+        m: usize,
+        /// Columns of C.
+        n: usize,
+        /// The inner dimension (d).
+        inner: usize,
+        /// Seconds per product.
+        seconds: f64,
+        /// 2·m·n·inner / seconds, in 10⁹ per second.
+        gflop_per_s: f64,
+        /// Timed runs averaged.
+        runs: usize,
+        /// Peak device memory of the phase (bytes).
+        peak_bytes: u64,
+    },
+    /// Sparse coding of the batch through [`Encoder::encode`] (samples uploaded, correlations,
+    /// coding kernel, codes read back).
+    Coding {
+        /// `omp` or `mp`.
+        coder: &'static str,
+        /// Samples coded per run (B).
+        samples: usize,
+        /// Seconds per run.
+        seconds: f64,
+        /// B / seconds.
+        samples_per_s: f64,
+        /// Seconds of the coding kernel and the readback of the codes alone, from
+        /// a profiled [`Encoder::encode_with`].
+        kernel_s: f64,
+        /// Seconds of the upload and the correlations product in the same profiled run.
+        correlations_s: f64,
+        /// Mean nonzeros per sample.
+        mean_l0: f64,
+        /// Timed runs averaged.
+        runs: usize,
+        /// Peak device memory of the phase (bytes).
+        peak_bytes: u64,
+    },
+    /// One KSVD dictionary update of the coded batch ([`Gpu::ksvd_update`]).
+    Update {
+        /// Atoms updated in parallel (the trainer's default).
+        atom_batch: usize,
+        /// Power iterations per atom (the trainer's default).
+        power_iterations: usize,
+        /// Seconds per update.
+        seconds: f64,
+        /// Timed runs averaged.
+        runs: usize,
+        /// Peak device memory of the phase (bytes).
+        peak_bytes: u64,
+    },
+    /// One whole training step as the trainer runs it: upload, products, coding, residual and
+    /// the dictionary update with atom memory.
+    Step {
+        /// Seconds per step.
+        seconds: f64,
+        /// Of which: products, coding, residual and the metrics readback.
+        coding_s: f64,
+        /// Of which: the dictionary update.
+        update_s: f64,
+        /// B / seconds.
+        samples_per_s: f64,
+        /// Timed runs averaged.
+        runs: usize,
+        /// Peak device memory of the phase (bytes).
+        peak_bytes: u64,
+    },
+    /// The most device memory dbksvd held in any phase ([`Gpu::memory_peak`]).
+    Memory {
+        /// Bytes.
+        peak_bytes: u64,
+        /// The phase that reached it.
+        during: &'static str,
+    },
+    /// One epoch of `samples` at the measured step time: step seconds × N / B (host reading
+    /// and epoch-end re-seeding not included).
+    Projection {
+        /// Samples N.
+        samples: u64,
+        /// Training steps of B samples: N / B.
+        steps: f64,
+        /// Seconds for the epoch.
+        seconds: f64,
+    },
+}
+
+/// `seconds` in the unit that reads best.
+fn duration(seconds: f64) -> String {
+    match seconds {
+        s if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        s if s < 1.0 => format!("{:.2} ms", s * 1e3),
+        s if s < 120.0 => format!("{s:.3} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.2} h", s / 3600.0),
+    }
+}
+
+/// `1 run`, `20 runs`.
+fn timed_runs(runs: usize) -> String {
+    match runs {
+        1 => "1 run".into(),
+        n => format!("{n} runs"),
+    }
+}
+
+/// `bytes` in KiB, MiB or GiB.
+fn bytes(bytes: u64) -> String {
+    let kib = bytes as f64 / 1024.0;
+    match kib {
+        k if k < 1024.0 => format!("{k:.1} KiB"),
+        k if k < 1024.0 * 1024.0 => format!("{:.1} MiB", k / 1024.0),
+        k => format!("{:.2} GiB", k / (1024.0 * 1024.0)),
+    }
+}
+
+/// The human-readable line of a figure.
+impl fmt::Display for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Figure::Products {
+                product,
+                m,
+                n,
+                inner,
+                seconds,
+                gflop_per_s,
+                runs,
+                peak_bytes,
+            } => {
+                let what = if product == "gram" {
+                    "Gram D·Dᵀ"
+                } else {
+                    "correlations Y·Dᵀ"
+                };
+                write!(
+                    f,
+                    "{what:<18} [{m}, {inner}]·[{inner}, {n}]: {gflop_per_s:.1} GFLOP/s ({} per \
+                     product, {}, peak {})",
+                    duration(seconds),
+                    timed_runs(runs),
+                    bytes(peak_bytes)
+                )
+            }
+            Figure::Coding {
+                coder,
+                samples,
+                seconds,
+                samples_per_s,
+                kernel_s,
+                correlations_s,
+                mean_l0,
+                runs,
+                peak_bytes,
+            } => write!(
+                f,
+                "coding {:<11} {samples_per_s:.0} samples/s ({} per {samples}; kernel {}, \
+                 correlations {}; mean L0 {mean_l0:.2}; {}, peak {})",
+                coder.to_uppercase(),
+                duration(seconds),
+                duration(kernel_s),
+                duration(correlations_s),
+                timed_runs(runs),
+                bytes(peak_bytes)
+            ),
+            Figure::Update {
+                atom_batch,
+                power_iterations,
+                seconds,
+                runs,
+                peak_bytes,
+            } => write!(
+                f,
+                "update             {} per dictionary update (A = {atom_batch}, p = \
+                 {power_iterations}; {}, peak {})",
+                duration(seconds),
+                timed_runs(runs),
+                bytes(peak_bytes)
+            ),
+            Figure::Step {
+                seconds,
+                coding_s,
+                update_s,
+                samples_per_s,
+                runs,
+                peak_bytes,
+            } => write!(
+                f,
+                "step               {} per training step, {samples_per_s:.0} samples/s \
+                 (coding {}, update {}; {}, peak {})",
+                duration(seconds),
+                duration(coding_s),
+                duration(update_s),
+                timed_runs(runs),
+                bytes(peak_bytes)
+            ),
+            Figure::Memory { peak_bytes, during } => write!(
+                f,
+                "peak device memory {} (during {during}; dbksvd's buffers)",
+                bytes(peak_bytes)
+            ),
+            Figure::Projection {
+                samples,
+                steps,
+                seconds,
+            } => write!(
+                f,
+                "projection         {} per epoch of {samples} samples ({steps:.0} steps)",
+                duration(seconds)
+            ),
+        }
+    }
+}
