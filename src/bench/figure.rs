@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// One measured figure. Serialised (see [`Bench::figure_line`]) as a JSON object whose `phase`
+/// One measured figure. Serialised (see [`super::Bench::figure_line`]) as a JSON object whose `phase`
 /// names the variant and whose fields are the variant's.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "phase", rename_all = "lowercase")]
@@ -28,7 +28,7 @@ pub enum Figure {
         /// Peak device memory of the phase (bytes).
         peak_bytes: u64,
     },
-    /// Sparse coding of the batch through [`Encoder::encode`] (samples uploaded, correlations,
+    /// Sparse coding of the batch through [`crate::Encoder::encode`] (samples uploaded, correlations,
     /// coding kernel, codes read back).
     Coding {
         /// `omp` or `mp`.
@@ -40,7 +40,7 @@ pub enum Figure {
         /// B / seconds.
         samples_per_s: f64,
         /// Seconds of the coding kernel and the readback of the codes alone, from
-        /// a profiled [`Encoder::encode_with`].
+        /// a profiled [`crate::Encoder::encode_with`].
         kernel_s: f64,
         /// Seconds of the upload and the correlations product in the same profiled run.
         correlations_s: f64,
@@ -51,7 +51,7 @@ pub enum Figure {
         /// Peak device memory of the phase (bytes).
         peak_bytes: u64,
     },
-    /// One KSVD dictionary update of the coded batch ([`Gpu::ksvd_update`]).
+    /// One KSVD dictionary update of the coded batch ([`crate::Gpu::ksvd_update`]).
     Update {
         /// Atoms updated in parallel (the trainer's default).
         atom_batch: usize,
@@ -80,7 +80,7 @@ pub enum Figure {
         /// Peak device memory of the phase (bytes).
         peak_bytes: u64,
     },
-    /// The most device memory dbksvd held in any phase ([`Gpu::memory_peak`]).
+    /// The most device memory dbksvd held in any phase ([`crate::Gpu::memory_peak`]).
     Memory {
         /// Bytes.
         peak_bytes: u64,

@@ -218,6 +218,8 @@ fn least_squares(atoms: &[f32], d: usize, y: &[f32], indices: &[i32]) -> Option<
 }
 
 impl Encoder {
+    /// Codes `samples` with the first `prefix` groups, each on what the groups before it leave,
+    /// the support refitted jointly after each (see [`super::EncodeOptions::prefix`]).
     pub(super) fn encode_groups(
         &self,
         samples: &[f32],
