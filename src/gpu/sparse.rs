@@ -310,22 +310,8 @@ impl Gpu {
         codes: &CodeBuffers,
         residual: &Matrix,
     ) -> Result<()> {
+        check_residual_shapes(samples, atoms, codes, residual)?;
         let (n, d, k, n_atoms) = (codes.n, atoms.cols(), codes.k, atoms.rows());
-        if samples.rows() != n
-            || samples.cols() != d
-            || residual.rows() != n
-            || residual.cols() != d
-        {
-            return Err(Error::ShapeMismatch {
-                op: format!(
-                    "residual of {n} coded samples (samples and residual vs [n, d] from codes \
-                     and atoms {})",
-                    atoms.shape()
-                ),
-                left: format!("{} and {}", samples.shape(), residual.shape()),
-                right: crate::error::shape(n, d),
-            });
-        }
         let n_chunks = n.div_ceil(CHUNK as usize).max(1);
         // atom_offsets is one invocation over all atoms; the chunk kernels walk a chunk's slots.
         self.check_loop_budget(
@@ -363,94 +349,26 @@ impl Gpu {
                 _pad: 0,
             })
             .collect();
-        let uniform_records = self.uniform_records("sparse params", &records)?;
+        let job = ResidualJob {
+            gpu: self,
+            kernels,
+            uniforms: self.uniform_records("sparse params", &records)?,
+            windows,
+            flat,
+            samples,
+            atoms,
+            codes,
+            residual,
+        };
+        let (residual_kernel, texels) = match (vec4, flat) {
+            (true, Some(_)) => (&kernels.residual_texels, n * (d / 4).div_ceil(4)),
+            (true, None) => (&kernels.residual_vec4, n * d / 4),
+            (false, _) => (&kernels.residual, n * d),
+        };
         self.scoped(|| {
-            let u = uniform_records.buffer();
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
-            let (residual_kernel, views, texels) = match (vec4, flat) {
-                (true, Some(_)) => (
-                    &kernels.residual_texels,
-                    [13, 14, 15],
-                    n * (d / 4).div_ceil(4),
-                ),
-                (true, None) => (&kernels.residual_vec4, [13, 14, 15], n * d / 4),
-                (false, _) => (&kernels.residual, [3, 4, 5], n * d),
-            };
-            let residual_groups = match flat {
-                Some((shape, shift)) => {
-                    let texture = kernels.atom_texture.get(self, shape)?;
-                    super::buffer::copy_flat(
-                        encoder,
-                        &atoms.data.buffer,
-                        0,
-                        n_atoms * d / 4,
-                        &texture.texture,
-                        shift,
-                    );
-                    let view = texture.view(wgpu::TextureViewDimension::D2Array);
-                    (0..windows.len())
-                        .map(|w| {
-                            let buffers = [
-                                (1, &codes.indices.buffer),
-                                (2, &codes.values.buffer),
-                                (13, &samples.data.buffer),
-                                (15, &residual.data.buffer),
-                            ];
-                            let entries = std::iter::once((0, uniform_records.binding(w)))
-                                .chain(buffers.map(|(b, buf)| (b, buf.as_entire_binding())))
-                                .chain([(16, wgpu::BindingResource::TextureView(&view))]);
-                            bind_resources(self, residual_kernel, entries)
-                        })
-                        .collect()
-                }
-                None => bind_windows(
-                    self,
-                    residual_kernel,
-                    &uniform_records,
-                    &windows,
-                    &[(views[1], &atoms.data.buffer)],
-                    &[
-                        (1, &codes.indices.buffer),
-                        (2, &codes.values.buffer),
-                        (views[0], &samples.data.buffer),
-                        (views[2], &residual.data.buffer),
-                    ],
-                ),
-            };
-            let counts_group = bind(
-                self,
-                &kernels.chunk_counts,
-                &[
-                    (0, u),
-                    (1, &codes.indices.buffer),
-                    (6, &codes.counts.buffer),
-                ],
-            );
-            let offsets_group = bind(
-                self,
-                &kernels.chunk_offsets,
-                &[
-                    (0, u),
-                    (6, &codes.counts.buffer),
-                    (7, &codes.user_start.buffer),
-                ],
-            );
-            let atoms_group = bind(
-                self,
-                &kernels.atom_offsets,
-                &[(0, u), (7, &codes.user_start.buffer)],
-            );
-            let scatter_group = bind(
-                self,
-                &kernels.scatter,
-                &[
-                    (0, u),
-                    (1, &codes.indices.buffer),
-                    (6, &codes.counts.buffer),
-                    (7, &codes.user_start.buffer),
-                    (8, &codes.users.buffer),
-                ],
-            );
+            let residual_groups = job.residual_groups(encoder, residual_kernel, vec4)?;
+            let transpose = job.transpose_steps(n_chunks);
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("residual and transpose"),
                 timestamp_writes: None,
@@ -461,31 +379,161 @@ impl Gpu {
                 let (x, y) = groups(self, texels, WG as usize);
                 pass.dispatch_workgroups(x, y, 1);
             }
-            let steps = [
-                (
-                    &kernels.chunk_counts,
-                    &counts_group,
-                    groups(self, n_chunks, WG as usize),
-                ),
-                (
-                    &kernels.chunk_offsets,
-                    &offsets_group,
-                    groups(self, n_atoms, WG as usize),
-                ),
-                (&kernels.atom_offsets, &atoms_group, (1, 1)),
-                (
-                    &kernels.scatter,
-                    &scatter_group,
-                    groups(self, n_chunks, WG as usize),
-                ),
-            ];
-            for (pipeline, group, (x, y)) in steps {
+            for (pipeline, group, (x, y)) in &transpose {
                 pass.set_pipeline(pipeline);
                 pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
+                pass.dispatch_workgroups(*x, *y, 1);
             }
             Ok(())
         })
+    }
+}
+
+/// Samples and residual are [n, d], n from the codes and d from the atoms.
+fn check_residual_shapes(
+    samples: &Matrix,
+    atoms: &Matrix,
+    codes: &CodeBuffers,
+    residual: &Matrix,
+) -> Result<()> {
+    let (n, d) = (codes.n, atoms.cols());
+    if samples.rows() != n || samples.cols() != d || residual.rows() != n || residual.cols() != d {
+        return Err(Error::ShapeMismatch {
+            op: format!(
+                "residual of {n} coded samples (samples and residual vs [n, d] from codes \
+                 and atoms {})",
+                atoms.shape()
+            ),
+            left: format!("{} and {}", samples.shape(), residual.shape()),
+            right: crate::error::shape(n, d),
+        });
+    }
+    Ok(())
+}
+
+/// The residual E = Y − X·D and the code transpose of one coded batch, planned.
+struct ResidualJob<'a> {
+    gpu: &'a Gpu,
+    kernels: &'a SparseKernels,
+    uniforms: super::buffer::UniformRecords,
+    /// Windows of atom rows: the residual runs once per window.
+    windows: Vec<(usize, usize, super::buffer::Window)>,
+    /// The atoms' flat texture copy (shape, layer shift) the texel kernel reads, if any.
+    flat: Option<(super::buffer::TextureShape, u32)>,
+    samples: &'a Matrix,
+    atoms: &'a Matrix,
+    codes: &'a CodeBuffers,
+    residual: &'a Matrix,
+}
+
+impl ResidualJob<'_> {
+    /// The residual kernel's bind group per window; with a flat texture, its copy of the atoms
+    /// is recorded first.
+    fn residual_groups(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &wgpu::ComputePipeline,
+        vec4: bool,
+    ) -> Result<Vec<wgpu::BindGroup>> {
+        let (gpu, codes) = (self.gpu, self.codes);
+        let Some((shape, shift)) = self.flat else {
+            let views = if vec4 { [13, 14, 15] } else { [3, 4, 5] };
+            return Ok(bind_windows(
+                gpu,
+                kernel,
+                &self.uniforms,
+                &self.windows,
+                &[(views[1], &self.atoms.data.buffer)],
+                &[
+                    (1, &codes.indices.buffer),
+                    (2, &codes.values.buffer),
+                    (views[0], &self.samples.data.buffer),
+                    (views[2], &self.residual.data.buffer),
+                ],
+            ));
+        };
+        let texture = self.kernels.atom_texture.get(gpu, shape)?;
+        let texels = self.atoms.rows() * self.atoms.cols() / 4;
+        let atoms = &self.atoms.data.buffer;
+        super::buffer::copy_flat(encoder, atoms, 0, texels, &texture.texture, shift);
+        let view = texture.view(wgpu::TextureViewDimension::D2Array);
+        Ok((0..self.windows.len())
+            .map(|w| {
+                let buffers = [
+                    (1, &codes.indices.buffer),
+                    (2, &codes.values.buffer),
+                    (13, &self.samples.data.buffer),
+                    (15, &self.residual.data.buffer),
+                ];
+                let entries = std::iter::once((0, self.uniforms.binding(w)))
+                    .chain(buffers.map(|(b, buf)| (b, buf.as_entire_binding())))
+                    .chain([(16, wgpu::BindingResource::TextureView(&view))]);
+                bind_resources(gpu, kernel, entries)
+            })
+            .collect())
+    }
+
+    /// The transpose's dispatches in order: per-chunk counts, per-atom offsets within chunks,
+    /// atom offsets, scatter into the user lists.
+    fn transpose_steps(
+        &self,
+        n_chunks: usize,
+    ) -> Vec<(&wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))> {
+        let (gpu, kernels, codes) = (self.gpu, self.kernels, self.codes);
+        let u = self.uniforms.buffer();
+        let per_chunk = groups(gpu, n_chunks, WG as usize);
+        vec![
+            (
+                &kernels.chunk_counts,
+                bind(
+                    gpu,
+                    &kernels.chunk_counts,
+                    &[
+                        (0, u),
+                        (1, &codes.indices.buffer),
+                        (6, &codes.counts.buffer),
+                    ],
+                ),
+                per_chunk,
+            ),
+            (
+                &kernels.chunk_offsets,
+                bind(
+                    gpu,
+                    &kernels.chunk_offsets,
+                    &[
+                        (0, u),
+                        (6, &codes.counts.buffer),
+                        (7, &codes.user_start.buffer),
+                    ],
+                ),
+                groups(gpu, self.atoms.rows(), WG as usize),
+            ),
+            (
+                &kernels.atom_offsets,
+                bind(
+                    gpu,
+                    &kernels.atom_offsets,
+                    &[(0, u), (7, &codes.user_start.buffer)],
+                ),
+                (1, 1),
+            ),
+            (
+                &kernels.scatter,
+                bind(
+                    gpu,
+                    &kernels.scatter,
+                    &[
+                        (0, u),
+                        (1, &codes.indices.buffer),
+                        (6, &codes.counts.buffer),
+                        (7, &codes.user_start.buffer),
+                        (8, &codes.users.buffer),
+                    ],
+                ),
+                per_chunk,
+            ),
+        ]
     }
 }
 
