@@ -65,6 +65,10 @@ pub(crate) enum Need {
     Samples,
 }
 
+/// One bound on the batch: the largest batch it allows, the limit's name and value, what it
+/// bounds and what one sample needs of it.
+type Bound = (u64, &'static str, u64, String, Need);
+
 /// The largest training batch a device takes, and the limit that bounds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BatchFit {
@@ -149,6 +153,8 @@ impl Gpu {
         self.check_row_fits(rows, cols)
     }
 
+    /// The largest batch a training step takes and the limit that bounds it (see
+    /// [`Gpu::max_train_batch`]).
     pub(crate) fn train_batch_fit(
         &self,
         n_atoms: usize,
@@ -156,14 +162,33 @@ impl Gpu {
         coding: &CodingOptions,
     ) -> Result<BatchFit> {
         let k = coding.k;
-        let limits = self.limits();
-        let binding = limits.planned_binding_size.min(limits.max_buffer_size);
         // What does not depend on the batch: atoms, atom memory and power iterates [K, d] and
         // the Gram matrix [K, K] (each one buffer, bound in windows of rows), the coding kernel.
         self.check_matrix_fits(n_atoms, d, "dictionary")?;
         self.check_matrix_fits(n_atoms, n_atoms, "Gram matrix")?;
         super::omp::check_coding_fits(self, n_atoms, d, coding)?;
+        let (largest, limit_name, limit, bound_by, need) = self
+            .batch_bounds(n_atoms, d, k)?
+            .into_iter()
+            .min_by_key(|b| b.0)
+            .expect("bounds are never empty");
+        let fit = BatchFit {
+            largest: usize::try_from(largest).unwrap_or(usize::MAX),
+            limit_name,
+            limit,
+            bound_by,
+            need,
+        };
+        if fit.largest == 0 {
+            return Err(fit.exceeded(1, 1, 1, (n_atoms, d, k)));
+        }
+        Ok(fit)
+    }
 
+    /// Every bound on the batch: (largest batch, limit name, limit, what it bounds, need).
+    fn batch_bounds(&self, n_atoms: usize, d: usize, k: usize) -> Result<Vec<Bound>> {
+        let limits = self.limits();
+        let binding = limits.planned_binding_size.min(limits.max_buffer_size);
         let align = limits.binding_alignment();
         let chunk = super::sparse::CHUNK as u64;
         let bytes = |largest: u64, what: &str, per_sample: u64, fixed: u64| {
@@ -236,28 +261,7 @@ impl Gpu {
                 },
             ));
         }
-        let (largest, limit_name, limit, bound_by, need) = bounds
-            .into_iter()
-            .min_by_key(|b| b.0)
-            .expect("bounds are never empty");
-        let largest = usize::try_from(largest).unwrap_or(usize::MAX);
-        if largest == 0 {
-            return Err(BatchFit {
-                largest,
-                limit_name,
-                limit,
-                bound_by,
-                need,
-            }
-            .exceeded(1, 1, 1, (n_atoms, d, k)));
-        }
-        Ok(BatchFit {
-            largest,
-            limit_name,
-            limit,
-            bound_by,
-            need,
-        })
+        Ok(bounds)
     }
 
     /// Buffers for batches of `n` samples of dimension `d`, `k` slots, `n_atoms` atoms.
@@ -297,36 +301,17 @@ impl Gpu {
         update: &UpdateOptions,
         profile: bool,
     ) -> Result<StepOutput> {
-        let (n_atoms, d, n) = (atoms.rows(), atoms.cols(), buffers.n);
-        if samples.len() != n * d || norms.len() != n {
-            return Err(Error::DataLength {
-                what: format!("training step samples (and {} norms)", norms.len()),
-                rows: n,
-                cols: d,
-                expected: n * d,
-                actual: samples.len(),
-            });
-        }
-        if gram.rows() != n_atoms || gram.cols() != n_atoms {
-            return Err(Error::ShapeMismatch {
-                op: "training step (Gram scratch vs atoms)".into(),
-                left: gram.shape(),
-                right: atoms.shape(),
-            });
-        }
+        check_step(atoms, gram, buffers, samples, norms)?;
+        let (n_atoms, n) = (atoms.rows(), buffers.n);
         let mut out = StepOutput::default();
+        // Products and coding: one submission (two with `profile`), the metrics read back.
         let started = Instant::now();
         self.write(&buffers.coded.samples.data, samples)?;
         self.write(&buffers.norms, norms)?;
         let mut encoder = self.encoder("training step: coding");
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, gram)?;
-        self.record_gemm(
-            &mut encoder,
-            &GemmParams::abt(),
-            &buffers.coded.samples,
-            atoms,
-            &mut buffers.alpha,
-        )?;
+        let (y, alpha) = (&buffers.coded.samples, &mut buffers.alpha);
+        self.record_gemm(&mut encoder, &GemmParams::abt(), y, atoms, alpha)?;
         if profile {
             self.submit(encoder)?;
             self.wait()?;
@@ -334,8 +319,36 @@ impl Gpu {
             encoder = self.encoder("training step: coding");
         }
         let coding_started = Instant::now();
+        self.record_coding(&mut encoder, atoms, gram, buffers, coding)?;
+        let words = self.submit_and_read(encoder, &buffers.readback, n_atoms + 1 + 2 * n)?;
+        out.coding_s = coding_started.elapsed().as_secs_f64();
+        out.usage = words[..=n_atoms].windows(2).map(|w| w[1] - w[0]).collect();
+        for pair in words[n_atoms + 1..].chunks_exact(2) {
+            out.residual_energy.push(f32::from_bits(pair[0]).max(0.0));
+            out.l0.push(f32::from_bits(pair[1]) as u32);
+        }
+        // The update, from the residual and user lists the coding left on the device.
+        let update_started = Instant::now();
+        self.submit_atom_batches(atoms, memory, &buffers.coded, update, &out.usage)?;
+        self.wait()?;
+        out.update_s = update_started.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// Records the coding of the batch whose correlations `buffers.alpha` hold, the unpacking
+    /// of its codes, its residual and user lists, and the copies of the user counts and row
+    /// metrics (‖e‖², L0) into the readback buffer.
+    fn record_coding(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        atoms: &Matrix,
+        gram: &Matrix,
+        buffers: &StepBuffers,
+        coding: &CodingOptions,
+    ) -> Result<()> {
+        let (n_atoms, d, n) = (atoms.rows(), atoms.cols(), buffers.n);
         self.record_sparse_code(
-            &mut encoder,
+            encoder,
             d,
             gram,
             &buffers.alpha,
@@ -345,12 +358,12 @@ impl Gpu {
             &buffers.words,
         )?;
         self.record_unpack_codes(
-            &mut encoder,
+            encoder,
             &buffers.words,
             &buffers.coded.codes,
             &buffers.row_stats,
         )?;
-        self.record_batch_residual(&mut encoder, atoms, &buffers.coded)?;
+        self.record_batch_residual(encoder, atoms, &buffers.coded)?;
         self.scoped(|| {
             encoder.copy_buffer_to_buffer(
                 &buffers.coded.codes.user_start.buffer,
@@ -369,19 +382,34 @@ impl Gpu {
                 );
             }
             Ok(())
-        })?;
-        let words = self.submit_and_read(encoder, &buffers.readback, n_atoms + 1 + 2 * n)?;
-        out.coding_s = coding_started.elapsed().as_secs_f64();
-        out.usage = words[..=n_atoms].windows(2).map(|w| w[1] - w[0]).collect();
-        for pair in words[n_atoms + 1..].chunks_exact(2) {
-            out.residual_energy.push(f32::from_bits(pair[0]).max(0.0));
-            out.l0.push(f32::from_bits(pair[1]) as u32);
-        }
-
-        let update_started = Instant::now();
-        self.submit_atom_batches(atoms, memory, &buffers.coded, update, &out.usage)?;
-        self.wait()?;
-        out.update_s = update_started.elapsed().as_secs_f64();
-        Ok(out)
+        })
     }
+}
+
+/// The step's samples and norms hold the batch; the Gram scratch is [K, K].
+fn check_step(
+    atoms: &Matrix,
+    gram: &Matrix,
+    buffers: &StepBuffers,
+    samples: &[f32],
+    norms: &[f32],
+) -> Result<()> {
+    let (n_atoms, d, n) = (atoms.rows(), atoms.cols(), buffers.n);
+    if samples.len() != n * d || norms.len() != n {
+        return Err(Error::DataLength {
+            what: format!("training step samples (and {} norms)", norms.len()),
+            rows: n,
+            cols: d,
+            expected: n * d,
+            actual: samples.len(),
+        });
+    }
+    if gram.rows() != n_atoms || gram.cols() != n_atoms {
+        return Err(Error::ShapeMismatch {
+            op: "training step (Gram scratch vs atoms)".into(),
+            left: gram.shape(),
+            right: atoms.shape(),
+        });
+    }
+    Ok(())
 }
