@@ -13,6 +13,7 @@
 pub mod buffer;
 pub mod context;
 pub mod gemm;
+pub(crate) mod layout;
 pub(crate) mod omp;
 pub mod power;
 pub mod reduce;

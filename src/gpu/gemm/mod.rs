@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, ranges, rows_per_window, window, ScratchTexture};
+use super::layout::{bind_group_layout, entry, pipeline_in_layout, storage, texture, uniform};
 use super::{Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -179,103 +180,66 @@ impl GemmKernels {
         }
 
         gpu.scoped(|| {
-            let device = gpu.device();
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some("gemm.wgsl"),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-            };
-            let module = device.create_shader_module(desc);
-            let storage = |binding, read_only| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
-            let uniform = wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
-            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("gemm"),
-                entries: &[
-                    uniform,
-                    storage(1, true),
-                    storage(2, true),
-                    storage(3, false),
+            let module = gpu
+                .device()
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("gemm.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
+                });
+            let layout = bind_group_layout(
+                gpu,
+                "gemm",
+                &[
+                    entry(0, uniform()),
+                    entry(1, storage(true)),
+                    entry(2, storage(true)),
+                    entry(3, storage(false)),
                 ],
-            });
-            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("gemm"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-            let pipeline = |entry: &str, transposed: bool, wg: (u32, u32)| {
+            );
+            let pipeline = |name: &str, transposed: bool| {
                 let constants = [
-                    ("WG_X", wg.0 as f64),
-                    ("WG_Y", wg.1 as f64),
+                    ("WG_X", WG_X as f64),
+                    ("WG_Y", WG_Y as f64),
                     ("TILE_K", TILE_K as f64),
                     ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
                 ];
-                super::sparse::compute_pipeline_in(
+                pipeline_in_layout(gpu, &module, name, &layout, &constants)
+            };
+            // Texel path: C in a storage buffer, A and B in textures.
+            let float = wgpu::TextureSampleType::Float { filterable: false };
+            let layers = texture(float, wgpu::TextureViewDimension::D2Array);
+            let texel_layout = bind_group_layout(
+                gpu,
+                "gemm texel",
+                &[
+                    entry(0, uniform()),
+                    entry(3, storage(false)),
+                    entry(4, layers),
+                    entry(5, layers),
+                ],
+            );
+            let texel_constants = [("TX", TX as f64), ("TY", TY as f64)];
+            Ok(Self {
+                texel: pipeline_in_layout(
                     gpu,
                     &module,
-                    entry,
-                    Some(&pipeline_layout),
-                    &constants,
-                )
-            };
-            let texture = |binding| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Texture {
-                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
-                    view_dimension: wgpu::TextureViewDimension::D2Array,
-                    multisampled: false,
-                },
-                count: None,
-            };
-            let texel_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("gemm texel"),
-                entries: &[uniform, storage(3, false), texture(4), texture(5)],
-            });
-            let texel_pipeline_layout =
-                device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some("gemm texel"),
-                    bind_group_layouts: &[Some(&texel_layout)],
-                    immediate_size: 0,
-                });
-            let texel = super::sparse::compute_pipeline_in(
-                gpu,
-                &module,
-                "gemm_texel",
-                Some(&texel_pipeline_layout),
-                &[("TX", TX as f64), ("TY", TY as f64)],
-            );
-            Ok(Self {
+                    "gemm_texel",
+                    &texel_layout,
+                    &texel_constants,
+                ),
                 texel_layout,
-                texel,
                 pack: super::sparse::compute_pipeline(gpu, &module, "pack_texels", &[]),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
                 tiled: Pipelines {
-                    abt: pipeline("gemm", true, (WG_X, WG_Y)),
-                    ab: pipeline("gemm", false, (WG_X, WG_Y)),
+                    abt: pipeline("gemm", true),
+                    ab: pipeline("gemm", false),
                     tile_m: WG_Y * TM,
                     tile_n: WG_X * TN,
                 },
                 naive: Pipelines {
-                    abt: pipeline("gemm_naive", true, (WG_X, WG_Y)),
-                    ab: pipeline("gemm_naive", false, (WG_X, WG_Y)),
+                    abt: pipeline("gemm_naive", true),
+                    ab: pipeline("gemm_naive", false),
                     tile_m: WG_Y,
                     tile_n: WG_X,
                 },

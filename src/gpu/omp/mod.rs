@@ -10,6 +10,9 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{rows_per_window, texture_rows, Scratch, ScratchTexture, TextureShape};
+use super::layout::{
+    bind_group_layout, entry, pipeline_in_layout, storage, texture, uniform, written_texture,
+};
 use super::Gpu;
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -192,90 +195,42 @@ impl OmpKernels {
                 label: Some("omp.wgsl"),
                 source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
             });
-            let entry = |binding, ty| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty,
-                count: None,
-            };
-            let buffer = |ty| wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            };
-            let uniform = buffer(wgpu::BufferBindingType::Uniform);
-            let read = buffer(wgpu::BufferBindingType::Storage { read_only: true });
-            let write = buffer(wgpu::BufferBindingType::Storage { read_only: false });
-            let g_texture = wgpu::BindingType::Texture {
-                sample_type: wgpu::TextureSampleType::Float { filterable: false },
-                view_dimension: wgpu::TextureViewDimension::D2Array,
-                multisampled: false,
-            };
-            let state_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("omp state"),
-                entries: &[
-                    entry(0, uniform),
+            let g_texture = texture(
+                wgpu::TextureSampleType::Float { filterable: false },
+                wgpu::TextureViewDimension::D2Array,
+            );
+            let uints = texture(
+                wgpu::TextureSampleType::Uint,
+                wgpu::TextureViewDimension::D2,
+            );
+            // start, select and finish: the state; the sweeps: α textures in and out.
+            let state_layout = bind_group_layout(
+                gpu,
+                "omp state",
+                &[
+                    entry(0, uniform()),
                     entry(1, g_texture),
-                    entry(
-                        3,
-                        wgpu::BindingType::StorageTexture {
-                            access: wgpu::StorageTextureAccess::WriteOnly,
-                            format: wgpu::TextureFormat::Rg32Uint,
-                            view_dimension: wgpu::TextureViewDimension::D2,
-                        },
-                    ),
-                    entry(6, read),
-                    entry(7, write),
-                    entry(8, write),
+                    entry(3, written_texture(wgpu::TextureFormat::Rg32Uint)),
+                    entry(6, storage(true)),
+                    entry(7, storage(false)),
+                    entry(8, storage(false)),
                 ],
-            });
-            let sweep_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("omp sweep"),
-                entries: &[
-                    entry(0, uniform),
+            );
+            let sweep_layout = bind_group_layout(
+                gpu,
+                "omp sweep",
+                &[
+                    entry(0, uniform()),
                     entry(1, g_texture),
-                    entry(
-                        2,
-                        wgpu::BindingType::Texture {
-                            sample_type: wgpu::TextureSampleType::Uint,
-                            view_dimension: wgpu::TextureViewDimension::D2,
-                            multisampled: false,
-                        },
-                    ),
-                    entry(8, write),
-                    entry(
-                        12,
-                        wgpu::BindingType::Texture {
-                            sample_type: wgpu::TextureSampleType::Uint,
-                            view_dimension: wgpu::TextureViewDimension::D2,
-                            multisampled: false,
-                        },
-                    ),
-                    entry(
-                        13,
-                        wgpu::BindingType::StorageTexture {
-                            access: wgpu::StorageTextureAccess::WriteOnly,
-                            format: wgpu::TextureFormat::Rgba32Uint,
-                            view_dimension: wgpu::TextureViewDimension::D2,
-                        },
-                    ),
+                    entry(2, uints),
+                    entry(8, storage(false)),
+                    entry(12, uints),
+                    entry(13, written_texture(wgpu::TextureFormat::Rgba32Uint)),
                 ],
-            });
+            );
             let constants = [("WG", WG as f64)];
-            let pipeline = |layout: &wgpu::BindGroupLayout, entry: &str| {
-                let pipeline_layout =
-                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: Some(entry),
-                        bind_group_layouts: &[Some(layout)],
-                        immediate_size: 0,
-                    });
-                super::sparse::compute_pipeline_in(
-                    gpu,
-                    &module,
-                    entry,
-                    Some(&pipeline_layout),
-                    &constants,
-                )
+            let pipeline = |layout: &wgpu::BindGroupLayout, name: &str| {
+                pipeline_in_layout(gpu, &module, name, layout, &constants)
             };
             Ok(Self {
                 start: pipeline(&state_layout, "start"),
