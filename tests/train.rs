@@ -360,7 +360,11 @@ fn outputs_load_back_and_follow_saelens() {
     let mut config = TrainConfig::new(16, 3);
     config.epochs = 2;
     config.batch_size = Some(100);
-    let result = Trainer::new(gpu, config).fit(&source).unwrap();
+    let held = minilm(100);
+    let result = Trainer::new(gpu, config)
+        .evaluate_on(&held)
+        .fit(&source)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     export::write_outputs(&result, dir.path(), &SaeLensNames::default()).unwrap();
 
@@ -444,6 +448,23 @@ fn outputs_load_back_and_follow_saelens() {
     assert_eq!(trace.lines().count(), 1 + result.batches.len());
     let svg = std::fs::read_to_string(dir.path().join("trace.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("epoch 1"));
+    // The plot shows the held-out score beside the training FVU, against samples seen.
+    for label in [
+        "held-out FVU",
+        "training FVU",
+        "samples seen",
+        "re-seeded",
+        "dead",
+    ] {
+        assert!(svg.contains(label), "trace.svg lacks `{label}`");
+    }
+    let epochs = std::fs::read_to_string(dir.path().join("epochs.csv")).unwrap();
+    let header: Vec<&str> = epochs.lines().next().unwrap().split(',').collect();
+    let column = header.iter().position(|&h| h == "eval_fvu").unwrap();
+    for row in epochs.lines().skip(1) {
+        let eval: f64 = row.split(',').nth(column).unwrap().parse().unwrap();
+        assert!(eval > 0.0 && eval < 1.0, "{row}");
+    }
     // No temporary files are left behind.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();

@@ -174,83 +174,117 @@ fn draw(
     let root = SVGBackend::with_string(svg, (960, 720)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(360);
-
-    // FVU: training per batch, held-out per epoch.
-    let held_out: Vec<(f64, f64)> = epochs
-        .iter()
-        .zip(&ends)
-        .filter_map(|(e, &x)| e.eval.map(|s| (x as f64, s.fvu)))
-        .collect();
-    let fvu_max = batches
-        .iter()
-        .map(|b| b.fvu)
-        .chain(held_out.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max);
-    let mut chart = panel(&top, "FVU", x_max, nice_max(fvu_max), true)?;
-    let training = seen.iter().zip(batches).map(|(&x, b)| (x as f64, b.fvu));
-    chart
-        .draw_series(LineSeries::new(training, TRAINING.stroke_width(2)))?
-        .label("training FVU (each batch)")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], TRAINING.stroke_width(2)));
-    if !held_out.is_empty() {
-        chart
-            .draw_series(LineSeries::new(held_out.clone(), HELD_OUT.stroke_width(2)))?
-            .label("held-out FVU (epoch end)")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], HELD_OUT.stroke_width(2)));
-        chart.draw_series(
-            held_out
-                .iter()
-                .map(|&p| Circle::new(p, 4, HELD_OUT.filled())),
-        )?;
-    }
-    epoch_lines(&mut chart, &ends, nice_max(fvu_max))?;
-    legend(&mut chart)?;
-
-    // Atoms: unused per batch; dead and re-seeded per epoch.
-    let dead: Vec<(f64, f64)> = epochs
-        .iter()
-        .zip(&ends)
-        .map(|(e, &x)| (x as f64, e.dead_atoms as f64))
-        .collect();
-    let reseeded: Vec<(f64, f64)> = epochs
-        .iter()
-        .zip(&ends)
-        .map(|(e, &x)| (x as f64, (e.reseeded + e.purged) as f64))
-        .collect();
-    let atoms_max = batches
-        .iter()
-        .map(|b| b.unused_atoms as f64)
-        .chain(dead.iter().chain(&reseeded).map(|p| p.1))
-        .fold(4.0f64, f64::max);
-    let title = format!("atoms (of K = {atoms})");
-    let mut chart = panel(&bottom, &title, x_max, nice_max(atoms_max), false)?;
-    let unused = seen
-        .iter()
-        .zip(batches)
-        .map(|(&x, b)| (x as f64, b.unused_atoms as f64));
-    chart
-        .draw_series(LineSeries::new(unused, UNUSED.stroke_width(2)))?
-        .label("unused in the batch")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], UNUSED.stroke_width(2)));
-    chart
-        .draw_series(
-            dead.iter()
-                .map(|&p| Cross::new(p, 5, UNUSED.stroke_width(2))),
-        )?
-        .label("dead in the epoch")
-        .legend(|(x, y)| Cross::new((x + 10, y), 5, UNUSED.stroke_width(2)));
-    chart
-        .draw_series(
-            reseeded
-                .iter()
-                .map(|&p| TriangleMarker::new(p, 5, RESEEDED.filled())),
-        )?
-        .label("re-seeded at its end (rare, dead, duplicates)")
-        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, RESEEDED.filled()));
-    epoch_lines(&mut chart, &ends, nice_max(atoms_max))?;
-    legend(&mut chart)?;
+    let trace = Trace {
+        batches,
+        epochs,
+        seen: &seen,
+        ends: &ends,
+        x_max,
+    };
+    trace.fvu_panel(&top)?;
+    trace.atoms_panel(&bottom, atoms)?;
     root.present()?;
     Ok(())
+}
+
+/// A run's metrics placed on the samples-seen axis.
+struct Trace<'a> {
+    batches: &'a [BatchMetrics],
+    epochs: &'a [EpochMetrics],
+    /// Samples seen after each batch, and at each epoch's end.
+    seen: &'a [u64],
+    ends: &'a [u64],
+    x_max: f64,
+}
+
+type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+
+impl Trace<'_> {
+    /// FVU: training per batch, held-out per epoch.
+    fn fvu_panel(&self, area: &Area<'_>) -> Drawn {
+        let held_out: Vec<(f64, f64)> = self
+            .epochs
+            .iter()
+            .zip(self.ends)
+            .filter_map(|(e, &x)| e.eval.map(|s| (x as f64, s.fvu)))
+            .collect();
+        let fvu_max = self
+            .batches
+            .iter()
+            .map(|b| b.fvu)
+            .chain(held_out.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max);
+        let mut chart = panel(area, "FVU", self.x_max, nice_max(fvu_max), true)?;
+        let training = self
+            .seen
+            .iter()
+            .zip(self.batches)
+            .map(|(&x, b)| (x as f64, b.fvu));
+        chart
+            .draw_series(LineSeries::new(training, TRAINING.stroke_width(2)))?
+            .label("training FVU (each batch)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], TRAINING.stroke_width(2)));
+        if !held_out.is_empty() {
+            chart
+                .draw_series(LineSeries::new(held_out.clone(), HELD_OUT.stroke_width(2)))?
+                .label("held-out FVU (epoch end)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], HELD_OUT.stroke_width(2)));
+            chart.draw_series(
+                held_out
+                    .iter()
+                    .map(|&p| Circle::new(p, 4, HELD_OUT.filled())),
+            )?;
+        }
+        epoch_lines(&mut chart, self.ends, nice_max(fvu_max))?;
+        legend(&mut chart)
+    }
+
+    /// Atoms: unused per batch; dead and re-seeded per epoch, out of K = `atoms`.
+    fn atoms_panel(&self, area: &Area<'_>, atoms: usize) -> Drawn {
+        let at_ends = |count: fn(&EpochMetrics) -> usize| -> Vec<(f64, f64)> {
+            self.epochs
+                .iter()
+                .zip(self.ends)
+                .map(|(e, &x)| (x as f64, count(e) as f64))
+                .collect()
+        };
+        let dead = at_ends(|e| e.dead_atoms);
+        let reseeded = at_ends(|e| e.reseeded + e.purged);
+        let atoms_max = self
+            .batches
+            .iter()
+            .map(|b| b.unused_atoms as f64)
+            .chain(dead.iter().chain(&reseeded).map(|p| p.1))
+            .fold(4.0f64, f64::max);
+        let title = format!("atoms (of K = {atoms})");
+        let mut chart = panel(area, &title, self.x_max, nice_max(atoms_max), false)?;
+        let unused = self
+            .seen
+            .iter()
+            .zip(self.batches)
+            .map(|(&x, b)| (x as f64, b.unused_atoms as f64));
+        chart
+            .draw_series(LineSeries::new(unused, UNUSED.stroke_width(2)))?
+            .label("unused in the batch")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], UNUSED.stroke_width(2)));
+        chart
+            .draw_series(
+                dead.iter()
+                    .map(|&p| Cross::new(p, 5, UNUSED.stroke_width(2))),
+            )?
+            .label("dead in the epoch")
+            .legend(|(x, y)| Cross::new((x + 10, y), 5, UNUSED.stroke_width(2)));
+        chart
+            .draw_series(
+                reseeded
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 5, RESEEDED.filled())),
+            )?
+            .label("re-seeded at its end (rare, dead, duplicates)")
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 5, RESEEDED.filled()));
+        epoch_lines(&mut chart, self.ends, nice_max(atoms_max))?;
+        legend(&mut chart)
+    }
 }
 
 type Panel<'a, 'b> = ChartContext<
