@@ -24,6 +24,27 @@ pub(crate) struct ErrorSink {
     lost: Mutex<Option<String>>,
 }
 
+impl ErrorSink {
+    /// A sink that records `device`'s uncaptured errors and its loss.
+    fn attach(device: &wgpu::Device) -> Arc<Self> {
+        let sink = Arc::new(ErrorSink::default());
+        let errors = Arc::clone(&sink);
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("uncaptured GPU error: {e}");
+            if let Ok(mut errors) = errors.uncaptured.lock() {
+                errors.push(e);
+            }
+        }));
+        let lost = Arc::clone(&sink);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut lost) = lost.lost.lock() {
+                *lost = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        sink
+    }
+}
+
 pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
@@ -144,53 +165,8 @@ impl Gpu {
             reason: e.to_string(),
         })?;
 
-        let sink = Arc::new(ErrorSink::default());
-        {
-            let sink = Arc::clone(&sink);
-            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-                log::error!("uncaptured GPU error: {e}");
-                if let Ok(mut errors) = sink.uncaptured.lock() {
-                    errors.push(e);
-                }
-            }));
-        }
-        {
-            let sink = Arc::clone(&sink);
-            device.set_device_lost_callback(move |reason, message| {
-                if let Ok(mut lost) = sink.lost.lock() {
-                    *lost = Some(format!("{reason:?}: {message}"));
-                }
-            });
-        }
-
-        let granted = device.limits();
-        // Element indices in the shaders are u32: a binding past 2^32 bytes could not be addressed
-        // with headroom, so plan below that whatever the device grants.
-        let index_cap = (u32::MAX as u64) & !255;
-        let mut limits = DeviceLimits {
-            max_storage_buffer_binding_size: granted.max_storage_buffer_binding_size,
-            planned_binding_size: granted.max_storage_buffer_binding_size.min(index_cap),
-            max_buffer_size: granted.max_buffer_size,
-            max_compute_workgroup_storage_size: granted.max_compute_workgroup_storage_size,
-            max_compute_invocations_per_workgroup: granted.max_compute_invocations_per_workgroup,
-            max_compute_workgroups_per_dimension: granted.max_compute_workgroups_per_dimension,
-            min_storage_buffer_offset_alignment: granted.min_storage_buffer_offset_alignment,
-            min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
-            max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
-            max_texture_dimension_2d: granted.max_texture_dimension_2d,
-            max_texture_array_layers: granted.max_texture_array_layers,
-            // gallivm's LP_MAX_TGSI_LOOP_ITERATIONS is 65 535; plan for 45 000 so that the
-            // kernels' iteration estimates may be off by 30 % (measured: a GEMM estimated at
-            // 59 800 iterations was already truncated).
-            max_loop_iterations: summary
-                .name
-                .to_lowercase()
-                .contains("llvmpipe")
-                .then_some(45_000),
-            subgroup_size: (!subgroups.is_empty()
-                && info.subgroup_min_size == info.subgroup_max_size)
-                .then_some(info.subgroup_min_size),
-        };
+        let sink = ErrorSink::attach(&device);
+        let mut limits = DeviceLimits::granted(&device.limits(), &summary, &info, subgroups);
         if let Some(cap) = options.max_binding_size {
             limits.check_cap(cap)?;
             limits.planned_binding_size = limits.planned_binding_size.min(cap & !3);
@@ -224,7 +200,6 @@ impl Gpu {
             limits,
         })
     }
-
     /// Destroys the device, as a driver reset or a lost GPU would: every later call on this
     /// context (and its clones) returns [`Error::DeviceLost`] instead of hanging. Device memory
     /// is freed at once. For testing fault handling, and for giving the GPU back early.

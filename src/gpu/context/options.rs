@@ -190,3 +190,41 @@ impl Gpu {
         }
     }
 }
+
+impl DeviceLimits {
+    /// The limits dbksvd plans with on a device granted `granted`.
+    pub(super) fn granted(
+        granted: &wgpu::Limits,
+        summary: &AdapterSummary,
+        info: &wgpu::AdapterInfo,
+        subgroups: wgpu::Features,
+    ) -> Self {
+        // Element indices in the shaders are u32: a binding past 2^32 bytes could not be
+        // addressed with headroom, so plan below that whatever the device grants.
+        let index_cap = (u32::MAX as u64) & !255;
+        Self {
+            max_storage_buffer_binding_size: granted.max_storage_buffer_binding_size,
+            planned_binding_size: granted.max_storage_buffer_binding_size.min(index_cap),
+            max_buffer_size: granted.max_buffer_size,
+            max_compute_workgroup_storage_size: granted.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: granted.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: granted.max_compute_workgroups_per_dimension,
+            min_storage_buffer_offset_alignment: granted.min_storage_buffer_offset_alignment,
+            min_uniform_buffer_offset_alignment: granted.min_uniform_buffer_offset_alignment,
+            max_storage_buffers_per_shader_stage: granted.max_storage_buffers_per_shader_stage,
+            max_texture_dimension_2d: granted.max_texture_dimension_2d,
+            max_texture_array_layers: granted.max_texture_array_layers,
+            // gallivm's LP_MAX_TGSI_LOOP_ITERATIONS is 65 535; plan for 45 000 so that the
+            // kernels' iteration estimates may be off by 30 % (measured: a GEMM estimated at
+            // 59 800 iterations was already truncated).
+            max_loop_iterations: summary
+                .name
+                .to_lowercase()
+                .contains("llvmpipe")
+                .then_some(45_000),
+            subgroup_size: (!subgroups.is_empty()
+                && info.subgroup_min_size == info.subgroup_max_size)
+                .then_some(info.subgroup_min_size),
+        }
+    }
+}
