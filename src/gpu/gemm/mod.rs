@@ -391,19 +391,8 @@ impl Gpu {
         } else {
             Some(kernels.a_texels.get(self, plan.a.0)?)
         };
-        // Packs of whole rows that fit one binding, per operand.
         let most = rows_per_window(k, limits.planned_binding_size, align).max(1);
-        let mut packs: Vec<(&Matrix, bool, usize, usize)> = ranges(b.rows(), most)
-            .into_iter()
-            .map(|(r0, r1)| (b, false, r0, r1))
-            .collect();
-        if !same {
-            packs.extend(
-                ranges(a.rows(), most)
-                    .into_iter()
-                    .map(|(r0, r1)| (a, true, r0, r1)),
-            );
-        }
+        let packs = texel_packs(a, b, same, most);
         let mut params: Vec<BlockParams> = packs
             .iter()
             .map(|&(_, is_a, r0, r1)| BlockParams {
@@ -427,6 +416,7 @@ impl Gpu {
                 .as_ref()
                 .map_or_else(|| b_tex.view(array), |t| t.view(array));
             let entry = |binding, resource| wgpu::BindGroupEntry { binding, resource };
+            // pack_texels per pack of rows, into A's texture or B's.
             let pack_groups: Vec<wgpu::BindGroup> = packs
                 .iter()
                 .enumerate()
@@ -478,6 +468,28 @@ impl Gpu {
             Ok(())
         })
     }
+}
+
+/// The row packs `pack_texels` writes into the textures: (matrix, is A, first row, end) per
+/// window of at most `most` whole rows, B's first; A's only when it is not B.
+fn texel_packs<'m>(
+    a: &'m Matrix,
+    b: &'m Matrix,
+    same: bool,
+    most: usize,
+) -> Vec<(&'m Matrix, bool, usize, usize)> {
+    let mut packs: Vec<(&Matrix, bool, usize, usize)> = ranges(b.rows(), most)
+        .into_iter()
+        .map(|(r0, r1)| (b, false, r0, r1))
+        .collect();
+    if !same {
+        packs.extend(
+            ranges(a.rows(), most)
+                .into_iter()
+                .map(|(r0, r1)| (a, true, r0, r1)),
+        );
+    }
+    packs
 }
 
 #[cfg(test)]
