@@ -200,6 +200,20 @@ impl SparseCodes {
     }
 }
 
+impl SparseCodes {
+    /// Appends the rows of packed code words (k indices, k value bits, the residual energy's
+    /// bits per row: see `gpu::omp::code_words`).
+    pub(crate) fn push_words(&mut self, words: &[u32]) {
+        let k = self.k;
+        for row in words.chunks(2 * k + 1) {
+            self.indices.extend(row[..k].iter().map(|&w| w as i32));
+            self.values
+                .extend(row[k..2 * k].iter().map(|&w| f32::from_bits(w)));
+            self.residual_energy.push(f32::from_bits(row[2 * k]));
+        }
+    }
+}
+
 /// The first non-finite value of a row-major [rows, cols] slice, as an error.
 pub(crate) fn check_finite(what: &str, data: &[f32], cols: usize) -> Result<()> {
     if let Some(pos) = data.iter().position(|v| !v.is_finite()) {

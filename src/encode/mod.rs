@@ -467,18 +467,7 @@ impl Encoder {
             let started = std::time::Instant::now();
             let rows = batch.min(n - start);
             let chunk = &samples[start * d..(start + rows) * d];
-            for (r, sample) in chunk.chunks(d).enumerate() {
-                let dst = &mut host[r * d..(r + 1) * d];
-                match &self.mean {
-                    Some(mean) => {
-                        for ((o, v), m) in dst.iter_mut().zip(sample).zip(mean) {
-                            *o = v - m;
-                        }
-                    }
-                    None => dst.copy_from_slice(sample),
-                }
-                host_norms[r] = dst.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32;
-            }
+            self.centre_into(chunk, &mut host, &mut host_norms);
             gpu.write(&y.data, &host[..rows * d])?;
             gpu.write(&norms, &host_norms[..rows])?;
 
@@ -514,15 +503,27 @@ impl Encoder {
                 p.coding_s += coding_started.elapsed().as_secs_f64();
                 p.batches += 1;
             }
-            for row in words_out.chunks(words) {
-                codes.indices.extend(row[..k].iter().map(|&w| w as i32));
-                codes
-                    .values
-                    .extend(row[k..2 * k].iter().map(|&w| f32::from_bits(w)));
-                codes.residual_energy.push(f32::from_bits(row[2 * k]));
-            }
+            codes.push_words(&words_out);
         }
         Ok(codes)
+    }
+
+    /// `samples` (whole rows) minus the mean, into the front of `host`, and their squared
+    /// norms into the front of `norms`.
+    fn centre_into(&self, samples: &[f32], host: &mut [f32], norms: &mut [f32]) {
+        let d = self.d;
+        for (r, sample) in samples.chunks(d).enumerate() {
+            let dst = &mut host[r * d..(r + 1) * d];
+            match &self.mean {
+                Some(mean) => {
+                    for ((o, v), m) in dst.iter_mut().zip(sample).zip(mean) {
+                        *o = v - m;
+                    }
+                }
+                None => dst.copy_from_slice(sample),
+            }
+            norms[r] = dst.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32;
+        }
     }
 
     /// x·D (+ mean) for every row of `codes`: [n, d].
