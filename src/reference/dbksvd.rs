@@ -338,44 +338,8 @@ fn split_atoms(state: &mut KsvdState, flagged: &[usize]) -> Vec<usize> {
                 ranked = Vec::new().into_iter();
                 break;
             }
-            let us = &users[source];
-            let most = us
-                .iter()
-                .max_by(|p, q| energy[p.0].total_cmp(&energy[q.0]))
-                .map(|&(s, _)| row(s).to_vec());
-            let Some(mut r) = most.and_then(unit) else {
-                continue;
-            };
-            for _ in 0..30 {
-                let mut w = vec![0.0; d];
-                for &(s, _) in us {
-                    let t = dot(row(s), &r);
-                    w.iter_mut().zip(row(s)).for_each(|(w, v)| *w += t * v);
-                }
-                match unit(w) {
-                    Some(w) => r = w,
-                    None => break,
-                }
-            }
             let a = &coded_atoms[source * d..(source + 1) * d];
-            let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
-            let (mut n_plus, mut n_minus) = (0, 0);
-            for &(s, x) in us {
-                let first = dot(row(s), &r) * x > 0.0;
-                let (sum, count) = if first {
-                    (&mut plus, &mut n_plus)
-                } else {
-                    (&mut minus, &mut n_minus)
-                };
-                *count += 1;
-                for c in 0..d {
-                    sum[c] += x.signum() * (x * a[c] + row(s)[c]);
-                }
-            }
-            if n_plus == 0 || n_minus == 0 {
-                continue;
-            }
-            let (Some(plus), Some(minus)) = (unit(plus), unit(minus)) else {
+            let Some((plus, minus)) = split(&e, d, &energy, &users[source], a) else {
                 continue;
             };
             state.atoms[target * d..(target + 1) * d].copy_from_slice(&plus);
@@ -392,16 +356,7 @@ fn split_atoms(state: &mut KsvdState, flagged: &[usize]) -> Vec<usize> {
         );
         if let Some(s) = worst {
             taken[s] = true;
-            let mut y = row(s).to_vec();
-            for t in 0..state.k {
-                let j = state.indices[s * state.k + t];
-                if j >= 0 {
-                    let x = state.values[s * state.k + t];
-                    let atom = &coded_atoms[j as usize * d..(j as usize + 1) * d];
-                    y.iter_mut().zip(atom).for_each(|(y, a)| *y += x * a);
-                }
-            }
-            if let Some(y) = unit(y) {
+            if let Some(y) = unit(sample(state, row(s), s, &coded_atoms)) {
                 state.atoms[target * d..(target + 1) * d].copy_from_slice(&y);
                 changed.push(target);
             }
@@ -410,4 +365,67 @@ fn split_atoms(state: &mut KsvdState, flagged: &[usize]) -> Vec<usize> {
     changed.sort_unstable();
     changed.dedup();
     changed
+}
+
+/// Step 2 of [`split_atoms`] for one atom `a` and its `users` (sample, coefficient): the two
+/// unit halves, or `None` when the direction is undefined or one side is empty.
+fn split(
+    e: &[f64],
+    d: usize,
+    energy: &[f64],
+    users: &[(usize, f64)],
+    a: &[f64],
+) -> Option<(Vec<f64>, Vec<f64>)> {
+    let row = |s: usize| &e[s * d..(s + 1) * d];
+    // r: the top principal direction of the users' residuals, from the most energetic one.
+    let most = users
+        .iter()
+        .max_by(|p, q| energy[p.0].total_cmp(&energy[q.0]))
+        .map(|&(s, _)| row(s).to_vec());
+    let mut r = unit(most?)?;
+    for _ in 0..30 {
+        let mut w = vec![0.0; d];
+        for &(s, _) in users {
+            let t = dot(row(s), &r);
+            w.iter_mut().zip(row(s)).for_each(|(w, v)| *w += t * v);
+        }
+        match unit(w) {
+            Some(w) => r = w,
+            None => break,
+        }
+    }
+    let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
+    let (mut n_plus, mut n_minus) = (0, 0);
+    for &(s, x) in users {
+        let first = dot(row(s), &r) * x > 0.0;
+        let (sum, count) = if first {
+            (&mut plus, &mut n_plus)
+        } else {
+            (&mut minus, &mut n_minus)
+        };
+        *count += 1;
+        for c in 0..d {
+            sum[c] += x.signum() * (x * a[c] + row(s)[c]);
+        }
+    }
+    if n_plus == 0 || n_minus == 0 {
+        return None;
+    }
+    Some((unit(plus)?, unit(minus)?))
+}
+
+/// Sample `s` rebuilt as y = e_s + x_s·D from its residual row `e_s` and the atoms it was coded
+/// with.
+fn sample(state: &KsvdState, e_s: &[f64], s: usize, coded_atoms: &[f64]) -> Vec<f64> {
+    let d = state.d;
+    let mut y = e_s.to_vec();
+    for t in 0..state.k {
+        let j = state.indices[s * state.k + t];
+        if j >= 0 {
+            let x = state.values[s * state.k + t];
+            let atom = &coded_atoms[j as usize * d..(j as usize + 1) * d];
+            y.iter_mut().zip(atom).for_each(|(y, a)| *y += x * a);
+        }
+    }
+    y
 }
