@@ -30,6 +30,9 @@
 //! [`mod@reference`] is the f64 CPU oracle for every kernel and for the whole algorithm;
 //! [`mod@bench`] measures a device on synthetic data (`dbksvd bench`).
 
+// Every public item says what it does (`cargo clippy -- -D warnings` makes a gap an error).
+#![warn(missing_docs)]
+
 /// `with_*` setters for a configuration's public fields, each returning the configuration
 /// (`option` setters wrap the value in `Some`).
 macro_rules! with_setters {
