@@ -76,7 +76,7 @@ pub fn write_trace_csv(
             host_s: b.host_s,
         });
     write_csv(&dir.join("trace.csv"), rows)?;
-    let ends = epoch_ends(batches, epochs);
+    let ends = epoch_ends(batches, &seen, epochs);
     let rows = epochs.iter().zip(ends).map(|(e, samples_seen)| EpochRow {
         epoch: e.epoch,
         batches: e.batches,
@@ -99,14 +99,14 @@ pub fn write_trace_csv(
 }
 
 fn write_csv<R: Serialize>(path: &Path, rows: impl Iterator<Item = R>) -> Result<()> {
-    let failed = |e: csv::Error| Error::Internal(format!("{}: writing CSV: {e}", path.display()));
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::Internal(format!("{}: writing CSV: {e}", path.display()))
+    };
     let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        writer.serialize(row).map_err(failed)?;
+        writer.serialize(row).map_err(|e| failed(&e))?;
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|e| Error::Internal(format!("{}: writing CSV: {e}", path.display())))?;
+    let bytes = writer.into_inner().map_err(|e| failed(&e))?;
     write_atomic(path, &bytes)
 }
 
@@ -121,15 +121,15 @@ fn samples_seen(batches: &[BatchMetrics]) -> Vec<u64> {
         .collect()
 }
 
-/// Samples seen at the end of each epoch (its last batch's count).
-fn epoch_ends(batches: &[BatchMetrics], epochs: &[EpochMetrics]) -> Vec<u64> {
-    let seen = samples_seen(batches);
+/// Samples seen at the end of each epoch (its last batch's count), `seen` being
+/// [`samples_seen`] of `batches`.
+fn epoch_ends(batches: &[BatchMetrics], seen: &[u64], epochs: &[EpochMetrics]) -> Vec<u64> {
     epochs
         .iter()
         .map(|e| {
             batches
                 .iter()
-                .zip(&seen)
+                .zip(seen)
                 .filter(|(b, _)| b.epoch == e.epoch)
                 .map(|(_, &s)| s)
                 .max()
@@ -168,7 +168,7 @@ fn draw(
     atoms: usize,
 ) -> Drawn {
     let seen = samples_seen(batches);
-    let ends = epoch_ends(batches, epochs);
+    let ends = epoch_ends(batches, &seen, epochs);
     // A little room right of the last epoch's markers.
     let x_max = seen.last().copied().unwrap_or(1).max(1) as f64 * 1.02;
     let root = SVGBackend::with_string(svg, (960, 720)).into_drawing_area();
