@@ -8,6 +8,8 @@
 //! - [`power`]: the double-batched KSVD dictionary update of `shaders/power.wgsl`;
 //! - [`reduce`]: atom replacement (re-seeding, duplicate purge) and coherence of
 //!   `shaders/reduce.wgsl`;
+//! - [`split`]: the epoch-end re-seeding that splits the atoms carrying the most residual, of
+//!   `shaders/split.wgsl`;
 //! - `step`: one training step composed from the above (two submissions per sample batch).
 
 pub mod buffer;
@@ -18,6 +20,7 @@ pub(crate) mod omp;
 pub mod power;
 pub mod reduce;
 pub(crate) mod sparse;
+pub mod split;
 pub(crate) mod step;
 #[cfg(test)]
 pub(crate) mod uniform_layout;

@@ -53,7 +53,6 @@ pub(crate) struct ReduceKernels {
     coherence: wgpu::ComputePipeline,
     #[cfg(any(test, feature = "testing"))]
     remove_users: wgpu::ComputePipeline,
-    #[cfg(any(test, feature = "testing"))]
     reseed: wgpu::ComputePipeline,
 }
 
@@ -74,7 +73,6 @@ impl ReduceKernels {
                 coherence: compute_pipeline(gpu, &module, "coherence", &c),
                 #[cfg(any(test, feature = "testing"))]
                 remove_users: compute_pipeline(gpu, &module, "remove_users", &c),
-                #[cfg(any(test, feature = "testing"))]
                 reseed: compute_pipeline(gpu, &module, "reseed", &c),
             })
         })
@@ -117,9 +115,9 @@ impl Gpu {
             }
             flags[j] = 1;
         }
-        let flagged = flags.iter().filter(|&&f| f != 0).count();
+        let flagged: Vec<usize> = (0..n_atoms).filter(|&j| flags[j] != 0).collect();
         let flags = self.upload(&flags)?;
-        self.replace_flagged(atoms, batch, &flags, flagged)
+        self.replace_flagged(atoms, batch, &flags, &flagged)
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -137,7 +135,7 @@ impl Gpu {
         if flagged.is_empty() {
             return Ok(Vec::new());
         }
-        self.replace_flagged(atoms, batch, &flags, flagged.len())
+        self.replace_flagged(atoms, batch, &flags, &flagged)
     }
 
     /// The atoms the epoch-end purge re-seeds: those whose |cos| with a more used atom exceeds
@@ -262,13 +260,14 @@ impl Gpu {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    /// Removes the `flagged` atoms marked in `flags` from the codes and re-seeds them.
+    /// Removes the `flagged` atoms (ascending, also marked in `flags`) from the codes and
+    /// re-seeds them.
     fn replace_flagged(
         &self,
         atoms: &mut Matrix,
         batch: &mut CodedBatch,
         flags: &super::GpuBuffer<u32>,
-        flagged: usize,
+        flagged: &[usize],
     ) -> Result<Vec<Reseeded>> {
         let n_atoms = atoms.rows();
         if n_atoms != batch.n_atoms() || atoms.cols() != batch.dim() {
@@ -279,23 +278,17 @@ impl Gpu {
             });
         }
         let (n, d) = (batch.len(), batch.dim());
-        // One workgroup walks every atom and, per flagged one, every sample.
-        let per_atom = (n.div_ceil(WG as usize) + 3 * d.div_ceil(WG as usize) + 20) as u64;
-        self.check_loop_budget(
-            &format!("re-seeding {flagged} atoms from {n} samples"),
-            n_atoms as u64 + per_atom * flagged as u64,
-        )?;
         let kernels = self.reduce_kernels()?;
         let norms = self.zeroed::<f32>(n.max(1))?;
         let chosen = self.zeroed::<u32>(n_atoms)?;
-        if flagged == 0 {
+        if flagged.is_empty() {
             return Ok(Vec::new());
         }
         let mut encoder = self.encoder("reseed atoms");
         // The residual must match the current atoms and codes.
         self.record_batch_residual(&mut encoder, atoms, batch)?;
-        // The atoms are bound one window of rows at a time: removal and re-seeding take one
-        // dispatch per window, in order (re-seeding walks the atoms in ascending order).
+        // The atoms are bound one window of rows at a time: removal takes one dispatch per
+        // window.
         let windows = row_windows(self, n_atoms, d);
         let base = Params {
             n: n as u32,
@@ -304,31 +297,16 @@ impl Gpu {
             n_atoms: n_atoms as u32,
             ..Params::zeroed()
         };
-        let records = per_window(&windows, base);
-        let uniforms = self.uniform_records("reduce params", &records)?;
+        let uniforms = self.uniform_records("reduce params", &per_window(&windows, base))?;
         self.scoped(|| {
-            let (samples, residual, indices, values) = batch.buffers();
-            let atoms = [(2, &atoms.data.buffer)];
+            let (_, residual, indices, values) = batch.buffers();
             let remove = bind_windows(
                 self,
                 &kernels.remove_users,
                 &uniforms,
                 &windows,
-                &atoms,
+                &[(2, &atoms.data.buffer)],
                 &[(3, residual), (4, indices), (5, values), (6, &flags.buffer)],
-            );
-            let reseed = bind_windows(
-                self,
-                &kernels.reseed,
-                &uniforms,
-                &windows,
-                &atoms,
-                &[
-                    (1, samples),
-                    (6, &flags.buffer),
-                    (7, &norms.buffer),
-                    (8, &chosen.buffer),
-                ],
             );
             let norms_group = super::sparse::bind(
                 self,
@@ -336,7 +314,7 @@ impl Gpu {
                 &[(0, uniforms.buffer()), (3, residual), (7, &norms.buffer)],
             );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("reseed atoms"),
+                label: Some("remove the flagged atoms' users"),
                 timestamp_writes: None,
             });
             let (x, y) = groups(self, n, 1);
@@ -348,24 +326,142 @@ impl Gpu {
             pass.set_pipeline(&kernels.residual_norms);
             pass.set_bind_group(0, &norms_group, &[]);
             pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })?;
+        let seeds = Seeds {
+            samples: &batch.samples,
+            norms: &norms,
+            flags,
+            chosen: &chosen,
+        };
+        self.record_reseed(&mut encoder, atoms, &seeds, flagged)?;
+        let chosen = self.submit_and_read(encoder, &chosen, n_atoms)?;
+        Ok(reseeded(&chosen))
+    }
+
+    /// Records `reseed`: the `flagged` atoms (ascending; marked in `seeds.flags`), in order,
+    /// each take the normalised row of `seeds.samples` with the largest `seeds.norms` not yet
+    /// taken (taken norms become −1); `seeds.chosen` [K] gets each atom's sample or u32::MAX.
+    /// The atoms are walked one window of rows at a time and, under a driver's loop cap, in
+    /// ranges holding few enough flagged atoms for one invocation: one dispatch per range.
+    pub(crate) fn record_reseed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        atoms: &Matrix,
+        seeds: &Seeds,
+        flagged: &[usize],
+    ) -> Result<()> {
+        let (n_atoms, d, n) = (atoms.rows(), atoms.cols(), seeds.samples.rows());
+        // Per flagged atom the workgroup scans every sample and writes one row.
+        let per_atom = (n.div_ceil(WG as usize) + 3 * d.div_ceil(WG as usize) + 20) as u64;
+        let windows = row_windows(self, n_atoms, d);
+        let cap = self.limits().max_loop_iterations;
+        let mut ranges = Vec::new();
+        let mut records = Vec::new();
+        for &(first, end, window) in &windows {
+            for (r0, r1) in reseed_ranges(first, end, flagged, per_atom, cap) {
+                self.check_loop_budget(
+                    &format!("re-seeding atoms {r0}..{r1} from {n} samples"),
+                    (r1 - r0) as u64 + per_atom * count_in(flagged, r0, r1) as u64,
+                )?;
+                ranges.push((r0, r1, window));
+                records.push(Params {
+                    n: n as u32,
+                    d: d as u32,
+                    n_atoms: n_atoms as u32,
+                    atom_first: r0 as u32,
+                    atom_end: r1 as u32,
+                    atom_lead: window.first + ((r0 - first) * d) as u32,
+                    ..Params::zeroed()
+                });
+            }
+        }
+        let kernels = self.reduce_kernels()?;
+        let uniforms = self.uniform_records("reseed params", &records)?;
+        self.scoped(|| {
+            let groups = bind_windows(
+                self,
+                &kernels.reseed,
+                &uniforms,
+                &ranges,
+                &[(2, &atoms.data.buffer)],
+                &[
+                    (1, &seeds.samples.data.buffer),
+                    (6, &seeds.flags.buffer),
+                    (7, &seeds.norms.buffer),
+                    (8, &seeds.chosen.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("reseed atoms"),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&kernels.reseed);
-            for group in &reseed {
+            for group in &groups {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(1, 1, 1);
             }
             Ok(())
-        })?;
-        let chosen = self.submit_and_read(encoder, &chosen, n_atoms)?;
-        Ok(chosen
-            .iter()
-            .enumerate()
-            .filter(|(_, &s)| s != u32::MAX)
-            .map(|(atom, &s)| Reseeded {
-                atom,
-                sample: s as usize,
-            })
-            .collect())
+        })
     }
+}
+
+/// What `reseed` draws from: the samples [n, d], their residual energies (consumed: taken ones
+/// become −1), the atoms' flags [K] and where each atom's chosen sample goes [K].
+pub(crate) struct Seeds<'a> {
+    pub(crate) samples: &'a Matrix,
+    pub(crate) norms: &'a super::GpuBuffer<f32>,
+    pub(crate) flags: &'a super::GpuBuffer<u32>,
+    pub(crate) chosen: &'a super::GpuBuffer<u32>,
+}
+
+/// The atoms `reseed` gave a sample, from its `chosen` [K].
+pub(crate) fn reseeded(chosen: &[u32]) -> Vec<Reseeded> {
+    chosen
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s != u32::MAX)
+        .map(|(atom, &s)| Reseeded {
+            atom,
+            sample: s as usize,
+        })
+        .collect()
+}
+
+/// Flagged atoms (ascending) in `r0..r1`.
+fn count_in(flagged: &[usize], r0: usize, r1: usize) -> usize {
+    flagged.partition_point(|&j| j < r1) - flagged.partition_point(|&j| j < r0)
+}
+
+/// `first..end` cut into consecutive ranges whose walk (one step per atom, `per_atom` per flagged
+/// one) stays under `cap`; the whole range without a cap.
+fn reseed_ranges(
+    first: usize,
+    end: usize,
+    flagged: &[usize],
+    per_atom: u64,
+    cap: Option<u64>,
+) -> Vec<(usize, usize)> {
+    let Some(cap) = cap else {
+        return vec![(first, end)];
+    };
+    let mut ranges = Vec::new();
+    let mut r0 = first;
+    let mut cost = 0;
+    for j in first..end {
+        let step = 1 + if flagged.binary_search(&j).is_ok() {
+            per_atom
+        } else {
+            0
+        };
+        if cost + step > cap && j > r0 {
+            ranges.push((r0, j));
+            (r0, cost) = (j, 0);
+        }
+        cost += step;
+    }
+    ranges.push((r0, end));
+    ranges
 }
 
 #[cfg(test)]

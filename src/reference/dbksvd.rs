@@ -13,7 +13,7 @@
 //!         usage += atoms used by X_g
 //!     within each group: flag atoms with usage 0 or below rare_atom_fraction of the mean, and near-duplicates
 //!     (|cos| > threshold with a more used atom); re-seed them by splitting the atoms whose
-//!     users carry the most residual (split_atoms below), on the epoch's last batch
+//!     users carry the most residual (reference::split), on the epoch's last batch
 //! ```
 //!
 //! No hygiene after the last epoch (as the trainer). The power method runs to convergence here, so compare against a trainer run with enough
@@ -53,10 +53,6 @@ pub struct ReferenceEpoch {
     pub dead: Vec<usize>,
     /// Atoms re-seeded as near-duplicates.
     pub purged: Vec<usize>,
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 impl ReferenceRun {
@@ -225,7 +221,7 @@ impl ReferenceRun {
     }
 
     /// Epoch-end hygiene within each group on the epoch's last batch: rare and duplicate atoms
-    /// re-seeded by [`split_atoms`], their memory cleared.
+    /// re-seeded by [`split_atoms`](super::split::split_atoms), their memory cleared.
     fn hygiene(
         &mut self,
         groups: &Groups,
@@ -255,7 +251,7 @@ impl ReferenceRun {
             let mut flagged: Vec<usize> = dead.iter().chain(&purged).copied().collect();
             flagged.sort_unstable();
             if !flagged.is_empty() {
-                for j in split_atoms(&mut state, &flagged) {
+                for j in super::split::split_atoms(&mut state, &flagged) {
                     self.memory[(start + j) * d..(start + j + 1) * d].fill(0.0);
                 }
             }
@@ -283,149 +279,4 @@ fn rare_atoms(usage: &[u32], fraction: f64) -> Vec<usize> {
     (0..usage.len())
         .filter(|&j| usage[j] == 0 || (usage[j] as f64) < fraction * mean)
         .collect()
-}
-
-/// `v / ‖v‖`, or `None` for a zero or non-finite norm.
-fn unit(v: Vec<f64>) -> Option<Vec<f64>> {
-    let norm = dot(&v, &v).sqrt();
-    (norm > 0.0 && norm.is_finite()).then(|| v.into_iter().map(|x| x / norm).collect())
-}
-
-/// Re-seeds the `flagged` atoms (ascending) of `state` from its codes and residual; returns the
-/// atoms changed, ascending. The rule, written here apart from the trainer's:
-///
-/// 1. Rank the other atoms with at least two users by their users' residual energy Σ‖e_s‖²,
-///    most first (ties: lower index); each is tried at most once, in that order.
-/// 2. For a flagged atom, take the next ranked atom a with positive energy: r = the top
-///    principal direction of its users' residuals (30 power steps from the most energetic
-///    one). Users with (e_s·r)·x_s > 0 form one group, the rest the other; the flagged atom
-///    becomes the unit mean of sign(x_s)·(x_s·a + e_s) over the first group, a the same over
-///    the second. An atom whose users all fall in one group, or whose residuals are zero, is
-///    skipped.
-/// 3. When no ranked atom is left, the flagged atom becomes the unit sample y_s = e_s + x_s·D
-///    (atoms as coded) with the largest ‖e_s‖² not yet taken (ties: lower index).
-fn split_atoms(state: &mut KsvdState, flagged: &[usize]) -> Vec<usize> {
-    let (d, n) = (state.d, state.n_samples());
-    let coded_atoms = state.atoms.clone();
-    let e = state.residual();
-    let row = |s: usize| &e[s * d..(s + 1) * d];
-    let energy: Vec<f64> = (0..n).map(|s| dot(row(s), row(s))).collect();
-    // Per atom: (sample, coefficient) of its users.
-    let users: Vec<Vec<(usize, f64)>> = state
-        .users()
-        .into_iter()
-        .map(|u| {
-            u.into_iter()
-                .map(|(s, t)| (s, state.values[s * state.k + t]))
-                .collect()
-        })
-        .collect();
-    let load: Vec<f64> = users
-        .iter()
-        .map(|u| u.iter().map(|&(s, _)| energy[s]).sum())
-        .collect();
-    let mut ranked: Vec<usize> = (0..users.len())
-        .filter(|j| !flagged.contains(j) && users[*j].len() >= 2)
-        .collect();
-    ranked.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
-    let mut ranked = ranked.into_iter();
-    let mut taken = vec![false; n];
-    let mut changed = Vec::new();
-    'flagged: for &target in flagged {
-        while let Some(source) = ranked.next() {
-            if load[source] <= 0.0 {
-                // The rest carry no residual either.
-                ranked = Vec::new().into_iter();
-                break;
-            }
-            let a = &coded_atoms[source * d..(source + 1) * d];
-            let Some((plus, minus)) = split(&e, d, &energy, &users[source], a) else {
-                continue;
-            };
-            state.atoms[target * d..(target + 1) * d].copy_from_slice(&plus);
-            state.atoms[source * d..(source + 1) * d].copy_from_slice(&minus);
-            changed.extend([target, source]);
-            continue 'flagged;
-        }
-        let worst = (0..n).filter(|&s| !taken[s] && energy[s] > 0.0).fold(
-            None,
-            |best: Option<usize>, s| match best {
-                Some(b) if energy[b] >= energy[s] => Some(b),
-                _ => Some(s),
-            },
-        );
-        if let Some(s) = worst {
-            taken[s] = true;
-            if let Some(y) = unit(sample(state, row(s), s, &coded_atoms)) {
-                state.atoms[target * d..(target + 1) * d].copy_from_slice(&y);
-                changed.push(target);
-            }
-        }
-    }
-    changed.sort_unstable();
-    changed.dedup();
-    changed
-}
-
-/// Step 2 of [`split_atoms`] for one atom `a` and its `users` (sample, coefficient): the two
-/// unit halves, or `None` when the direction is undefined or one side is empty.
-fn split(
-    e: &[f64],
-    d: usize,
-    energy: &[f64],
-    users: &[(usize, f64)],
-    a: &[f64],
-) -> Option<(Vec<f64>, Vec<f64>)> {
-    let row = |s: usize| &e[s * d..(s + 1) * d];
-    // r: the top principal direction of the users' residuals, from the most energetic one.
-    let most = users
-        .iter()
-        .max_by(|p, q| energy[p.0].total_cmp(&energy[q.0]))
-        .map(|&(s, _)| row(s).to_vec());
-    let mut r = unit(most?)?;
-    for _ in 0..30 {
-        let mut w = vec![0.0; d];
-        for &(s, _) in users {
-            let t = dot(row(s), &r);
-            w.iter_mut().zip(row(s)).for_each(|(w, v)| *w += t * v);
-        }
-        match unit(w) {
-            Some(w) => r = w,
-            None => break,
-        }
-    }
-    let (mut plus, mut minus) = (vec![0.0; d], vec![0.0; d]);
-    let (mut n_plus, mut n_minus) = (0, 0);
-    for &(s, x) in users {
-        let first = dot(row(s), &r) * x > 0.0;
-        let (sum, count) = if first {
-            (&mut plus, &mut n_plus)
-        } else {
-            (&mut minus, &mut n_minus)
-        };
-        *count += 1;
-        for c in 0..d {
-            sum[c] += x.signum() * (x * a[c] + row(s)[c]);
-        }
-    }
-    if n_plus == 0 || n_minus == 0 {
-        return None;
-    }
-    Some((unit(plus)?, unit(minus)?))
-}
-
-/// Sample `s` rebuilt as y = e_s + x_s·D from its residual row `e_s` and the atoms it was coded
-/// with.
-fn sample(state: &KsvdState, e_s: &[f64], s: usize, coded_atoms: &[f64]) -> Vec<f64> {
-    let d = state.d;
-    let mut y = e_s.to_vec();
-    for t in 0..state.k {
-        let j = state.indices[s * state.k + t];
-        if j >= 0 {
-            let x = state.values[s * state.k + t];
-            let atom = &coded_atoms[j as usize * d..(j as usize + 1) * d];
-            y.iter_mut().zip(atom).for_each(|(y, a)| *y += x * a);
-        }
-    }
-    y
 }

@@ -8,5 +8,6 @@ pub mod gemm;
 pub mod omp;
 pub mod power;
 pub mod reduce;
+pub mod split;
 
 pub use gemm::{gemm, gemm_abs};

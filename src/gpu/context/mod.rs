@@ -10,6 +10,7 @@ use crate::gpu::omp::OmpKernels;
 use crate::gpu::power::PowerKernels;
 use crate::gpu::reduce::ReduceKernels;
 use crate::gpu::sparse::SparseKernels;
+use crate::gpu::split::SplitKernels;
 
 mod options;
 mod views;
@@ -60,6 +61,7 @@ pub(crate) struct GpuInner {
     pub(crate) sparse: OnceLock<SparseKernels>,
     pub(crate) power: OnceLock<PowerKernels>,
     pub(crate) reduce: OnceLock<ReduceKernels>,
+    pub(crate) split: OnceLock<SplitKernels>,
 }
 
 /// A GPU device ready to run dbksvd's kernels.
@@ -196,6 +198,7 @@ impl Gpu {
                 sparse: OnceLock::new(),
                 power: OnceLock::new(),
                 reduce: OnceLock::new(),
+                split: OnceLock::new(),
             }),
             limits,
         })

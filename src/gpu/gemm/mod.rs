@@ -155,30 +155,34 @@ pub(crate) struct GemmKernels {
     b_texels: ScratchTexture,
 }
 
+/// The tiled kernel's workgroup (invocations and tile bytes) fits the device.
+fn check_workgroup(limits: &super::DeviceLimits) -> Result<()> {
+    let invocations = WG_X * WG_Y;
+    if invocations > limits.max_compute_invocations_per_workgroup {
+        return Err(Error::ExceedsLimit {
+            what: "gemm workgroup (invocations)".into(),
+            requested: invocations as u64,
+            limit_name: "max_compute_invocations_per_workgroup",
+            limit: limits.max_compute_invocations_per_workgroup as u64,
+            largest_batch: None,
+        });
+    }
+    let shared = (TILE_K * (WG_Y * TM + WG_X * TN) * 4) as u64;
+    if shared > limits.max_compute_workgroup_storage_size as u64 {
+        return Err(Error::ExceedsLimit {
+            what: "gemm tiles (workgroup bytes)".into(),
+            requested: shared,
+            limit_name: "max_compute_workgroup_storage_size",
+            limit: limits.max_compute_workgroup_storage_size as u64,
+            largest_batch: None,
+        });
+    }
+    Ok(())
+}
+
 impl GemmKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
-        let limits = gpu.limits();
-        let invocations = WG_X * WG_Y;
-        if invocations > limits.max_compute_invocations_per_workgroup {
-            return Err(Error::ExceedsLimit {
-                what: "gemm workgroup (invocations)".into(),
-                requested: invocations as u64,
-                limit_name: "max_compute_invocations_per_workgroup",
-                limit: limits.max_compute_invocations_per_workgroup as u64,
-                largest_batch: None,
-            });
-        }
-        let shared = (TILE_K * (WG_Y * TM + WG_X * TN) * 4) as u64;
-        if shared > limits.max_compute_workgroup_storage_size as u64 {
-            return Err(Error::ExceedsLimit {
-                what: "gemm tiles (workgroup bytes)".into(),
-                requested: shared,
-                limit_name: "max_compute_workgroup_storage_size",
-                limit: limits.max_compute_workgroup_storage_size as u64,
-                largest_batch: None,
-            });
-        }
-
+        check_workgroup(gpu.limits())?;
         gpu.scoped(|| {
             let module = gpu
                 .device()
@@ -393,19 +397,7 @@ impl Gpu {
         };
         let most = rows_per_window(k, limits.planned_binding_size, align).max(1);
         let packs = texel_packs(a, b, same, most);
-        let mut params: Vec<BlockParams> = packs
-            .iter()
-            .map(|&(_, is_a, r0, r1)| BlockParams {
-                m: (r1 - r0) as u32,
-                k: k as u32,
-                lda: k as u32,
-                a_offset: window(k, r0, r1, align).first,
-                c_offset: r0 as u32,
-                a_layer_shift: if is_a { plan.a.1 } else { plan.b.1 },
-                ..BlockParams::zeroed()
-            })
-            .collect();
-        params.extend(plan.blocks.iter().map(|blk| blk.params));
+        let params = texel_params(&packs, plan, k, align);
         let uniforms = self.uniform_records("gemm texel params", &params)?;
 
         self.scoped(|| {
@@ -468,6 +460,30 @@ impl Gpu {
             Ok(())
         })
     }
+}
+
+/// The uniform records of a texel product: one per row pack (`pack_texels`), then one per
+/// block of C.
+fn texel_params(
+    packs: &[(&Matrix, bool, usize, usize)],
+    plan: &TexelPlan,
+    k: usize,
+    align: u64,
+) -> Vec<BlockParams> {
+    let mut params: Vec<BlockParams> = packs
+        .iter()
+        .map(|&(_, is_a, r0, r1)| BlockParams {
+            m: (r1 - r0) as u32,
+            k: k as u32,
+            lda: k as u32,
+            a_offset: window(k, r0, r1, align).first,
+            c_offset: r0 as u32,
+            a_layer_shift: if is_a { plan.a.1 } else { plan.b.1 },
+            ..BlockParams::zeroed()
+        })
+        .collect();
+    params.extend(plan.blocks.iter().map(|blk| blk.params));
+    params
 }
 
 /// The row packs `pack_texels` writes into the textures: (matrix, is A, first row, end) per

@@ -119,7 +119,13 @@ pub(super) fn plan_texels(
     Ok(TexelPlan { a, b, blocks })
 }
 
-pub(super) fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Plan> {
+/// The product's shape (m, n, k) and name, once its operands agree with it and each other.
+fn check_operands(
+    op: &GemmParams,
+    a: &Matrix,
+    b: &Matrix,
+    c: &Matrix,
+) -> Result<(usize, usize, usize, &'static str)> {
     let (m, k) = (a.rows(), a.cols());
     let (n, b_inner) = match op.product {
         Product::ABt => (b.rows(), b.cols()),
@@ -154,6 +160,11 @@ pub(super) fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matri
             op.alpha, op.beta
         )));
     }
+    Ok((m, n, k, name))
+}
+
+pub(super) fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matrix) -> Result<Plan> {
+    let (m, n, k, name) = check_operands(op, a, b, c)?;
     if m == 0 || n == 0 {
         return Ok(Plan::Buffers(Vec::new()));
     }

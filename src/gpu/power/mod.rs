@@ -241,7 +241,7 @@ pub struct CodedBatch {
     d: usize,
     n_atoms: usize,
     pub(crate) samples: Matrix,
-    residual: Matrix,
+    pub(crate) residual: Matrix,
     pub(crate) codes: CodeBuffers,
     /// [K, d] power iterates.
     iterate: Matrix,
@@ -480,6 +480,7 @@ impl Gpu {
         Ok(self.read_codes_and_residual(batch)?.0)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The codes of `batch` (indices and values, k slots per row) and its residual [B, d].
     pub fn read_codes_and_residual(&self, batch: &CodedBatch) -> Result<(SparseCodes, Vec<f32>)> {
         let indices = self.read(&batch.codes.indices)?;
