@@ -128,6 +128,20 @@ fn bytes(bytes: u64) -> String {
     }
 }
 
+/// What a product figure measures.
+fn product_name(product: &str) -> &'static str {
+    if product == "gram" {
+        "Gram D·Dᵀ"
+    } else {
+        "correlations Y·Dᵀ"
+    }
+}
+
+/// The runs timed and the peak memory, as every timed figure ends.
+fn cost(runs: usize, peak_bytes: u64) -> String {
+    format!("{}, peak {}", timed_runs(runs), bytes(peak_bytes))
+}
+
 /// The human-readable line of a figure.
 impl fmt::Display for Figure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -141,21 +155,14 @@ impl fmt::Display for Figure {
                 gflop_per_s,
                 runs,
                 peak_bytes,
-            } => {
-                let what = if product == "gram" {
-                    "Gram D·Dᵀ"
-                } else {
-                    "correlations Y·Dᵀ"
-                };
-                write!(
-                    f,
-                    "{what:<18} [{m}, {inner}]·[{inner}, {n}]: {gflop_per_s:.1} GFLOP/s ({} per \
-                     product, {}, peak {})",
-                    duration(seconds),
-                    timed_runs(runs),
-                    bytes(peak_bytes)
-                )
-            }
+            } => write!(
+                f,
+                "{:<18} [{m}, {inner}]·[{inner}, {n}]: {gflop_per_s:.1} GFLOP/s ({} per product, \
+                 {})",
+                product_name(product),
+                duration(seconds),
+                cost(runs, peak_bytes)
+            ),
             Figure::Coding {
                 coder,
                 samples,
@@ -169,13 +176,12 @@ impl fmt::Display for Figure {
             } => write!(
                 f,
                 "coding {:<11} {samples_per_s:.0} samples/s ({} per {samples}; kernel {}, \
-                 correlations {}; mean L0 {mean_l0:.2}; {}, peak {})",
+                 correlations {}; mean L0 {mean_l0:.2}; {})",
                 coder.to_uppercase(),
                 duration(seconds),
                 duration(kernel_s),
                 duration(correlations_s),
-                timed_runs(runs),
-                bytes(peak_bytes)
+                cost(runs, peak_bytes)
             ),
             Figure::Update {
                 atom_batch,
@@ -186,10 +192,9 @@ impl fmt::Display for Figure {
             } => write!(
                 f,
                 "update             {} per dictionary update (A = {atom_batch}, p = \
-                 {power_iterations}; {}, peak {})",
+                 {power_iterations}; {})",
                 duration(seconds),
-                timed_runs(runs),
-                bytes(peak_bytes)
+                cost(runs, peak_bytes)
             ),
             Figure::Step {
                 seconds,
@@ -201,12 +206,11 @@ impl fmt::Display for Figure {
             } => write!(
                 f,
                 "step               {} per training step, {samples_per_s:.0} samples/s \
-                 (coding {}, update {}; {}, peak {})",
+                 (coding {}, update {}; {})",
                 duration(seconds),
                 duration(coding_s),
                 duration(update_s),
-                timed_runs(runs),
-                bytes(peak_bytes)
+                cost(runs, peak_bytes)
             ),
             Figure::Memory { peak_bytes, during } => write!(
                 f,

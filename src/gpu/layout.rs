@@ -1,6 +1,8 @@
-//! Bind-group layouts and pipelines written out in one place: the entry kinds the shaders
-//! declare (uniforms, storage buffers, sampled and storage textures) and a pipeline under an
-//! explicit layout.
+//! Bind-group layouts, pipelines and bind groups written out in one place: the entry kinds the
+//! shaders declare (uniforms, storage buffers, sampled and storage textures), pipelines under a
+//! derived or explicit layout, bind groups from (binding, buffer) pairs, and dispatch sizes.
+
+use super::Gpu;
 
 /// Layout entry `binding` of type `ty`, visible to compute.
 pub(crate) fn entry(binding: u32, ty: wgpu::BindingType) -> wgpu::BindGroupLayoutEntry {
@@ -53,7 +55,7 @@ pub(crate) fn written_texture(format: wgpu::TextureFormat) -> wgpu::BindingType 
 
 /// A bind-group layout of `entries`.
 pub(crate) fn bind_group_layout(
-    gpu: &super::Gpu,
+    gpu: &Gpu,
     label: &str,
     entries: &[wgpu::BindGroupLayoutEntry],
 ) -> wgpu::BindGroupLayout {
@@ -67,7 +69,7 @@ pub(crate) fn bind_group_layout(
 /// The pipeline of `entry` under the one bind-group layout `layout` (for entry points that
 /// share a layout, so their bind groups are interchangeable).
 pub(crate) fn pipeline_in_layout(
-    gpu: &super::Gpu,
+    gpu: &Gpu,
     module: &wgpu::ShaderModule,
     entry: &str,
     layout: &wgpu::BindGroupLayout,
@@ -80,5 +82,109 @@ pub(crate) fn pipeline_in_layout(
             bind_group_layouts: &[Some(layout)],
             immediate_size: 0,
         });
-    super::sparse::compute_pipeline_in(gpu, module, entry, Some(&pipeline_layout), constants)
+    compute_pipeline_in(gpu, module, entry, Some(&pipeline_layout), constants)
+}
+
+/// The pipeline of `entry` with the bind group layout wgpu derives from the shader.
+pub(crate) fn compute_pipeline(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    compute_pipeline_in(gpu, module, entry, None, constants)
+}
+
+/// The pipeline of `entry` under `layout` (derived from the shader when `None`). Workgroup
+/// memory is not zeroed: every kernel writes its workgroup variables before reading them.
+pub(crate) fn compute_pipeline_in(
+    gpu: &Gpu,
+    module: &wgpu::ShaderModule,
+    entry: &str,
+    layout: Option<&wgpu::PipelineLayout>,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
+    gpu.device()
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout,
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+}
+
+/// A bind group for `pipeline` from (binding, buffer) pairs, whole buffers.
+pub(crate) fn bind(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    bind_resources(
+        gpu,
+        pipeline,
+        entries
+            .iter()
+            .map(|&(binding, buffer)| (binding, buffer.as_entire_binding())),
+    )
+}
+
+/// A bind group for `pipeline` from (binding, resource) pairs: whole buffers, windows, records.
+pub(crate) fn bind_resources<'a>(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    entries: impl IntoIterator<Item = (u32, wgpu::BindingResource<'a>)>,
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = entries
+        .into_iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
+        .collect();
+    gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// One bind group per row window for a kernel dispatched once per window (see
+/// [`super::buffer::row_windows`]): record w of `uniforms` at binding 0, the `windowed` buffers
+/// (matrices of the same row shape) bound at window w, the `whole` buffers entire.
+pub(crate) fn bind_windows(
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    uniforms: &super::buffer::UniformRecords,
+    windows: &[(usize, usize, super::buffer::Window)],
+    windowed: &[(u32, &wgpu::Buffer)],
+    whole: &[(u32, &wgpu::Buffer)],
+) -> Vec<wgpu::BindGroup> {
+    windows
+        .iter()
+        .enumerate()
+        .map(|(w, &(_, _, window))| {
+            let entries = std::iter::once((0, uniforms.binding(w)))
+                .chain(
+                    windowed
+                        .iter()
+                        .map(|&(b, buffer)| (b, super::buffer::binding(buffer, window))),
+                )
+                .chain(
+                    whole
+                        .iter()
+                        .map(|&(b, buffer)| (b, buffer.as_entire_binding())),
+                );
+            bind_resources(gpu, pipeline, entries)
+        })
+        .collect()
+}
+
+/// Workgroups (x, y) covering `items` items at `per_group` items per workgroup.
+pub(crate) fn groups(gpu: &Gpu, items: usize, per_group: usize) -> (u32, u32) {
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let total = items.div_ceil(per_group).max(1);
+    let x = total.min(max);
+    (x as u32, total.div_ceil(x) as u32)
 }

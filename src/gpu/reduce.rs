@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{row_windows, Window};
+use super::layout::{bind_windows, compute_pipeline, groups};
 #[cfg(any(test, feature = "testing"))]
 use super::power::CodedBatch;
-use super::sparse::{bind_windows, compute_pipeline, groups};
 use super::{GemmParams, Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -308,7 +308,7 @@ impl Gpu {
                 &[(2, &atoms.data.buffer)],
                 &[(3, residual), (4, indices), (5, values), (6, &flags.buffer)],
             );
-            let norms_group = super::sparse::bind(
+            let norms_group = super::layout::bind(
                 self,
                 &kernels.residual_norms,
                 &[(0, uniforms.buffer()), (3, residual), (7, &norms.buffer)],

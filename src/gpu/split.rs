@@ -8,9 +8,9 @@ use std::collections::VecDeque;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::layout::{bind, compute_pipeline, groups};
 use super::power::CodedBatch;
 use super::reduce::{reseeded, Seeds};
-use super::sparse::{bind, compute_pipeline, groups};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
 

@@ -232,7 +232,7 @@ impl GemmKernels {
                     &texel_constants,
                 ),
                 texel_layout,
-                pack: super::sparse::compute_pipeline(gpu, &module, "pack_texels", &[]),
+                pack: super::layout::compute_pipeline(gpu, &module, "pack_texels", &[]),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
                 tiled: Pipelines {
@@ -448,7 +448,7 @@ impl Gpu {
             });
             pass.set_pipeline(&kernels.pack);
             for (&(_, _, r0, r1), group) in packs.iter().zip(&pack_groups) {
-                let texels = super::sparse::groups(self, (r1 - r0) * k.div_ceil(4), 64);
+                let texels = super::layout::groups(self, (r1 - r0) * k.div_ceil(4), 64);
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(texels.0, texels.1, 1);
             }

@@ -239,9 +239,9 @@ impl OmpKernels {
                 select_omp: pipeline(&state_layout, "select_omp"),
                 select_mp: pipeline(&state_layout, "select_mp"),
                 finish: pipeline(&state_layout, "finish"),
-                pack_f32: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f32", &[]),
-                pack_f16: super::sparse::compute_pipeline(gpu, &module, "pack_gram_f16", &[]),
-                pack_alpha: super::sparse::compute_pipeline(gpu, &module, "pack_alpha", &[]),
+                pack_f32: super::layout::compute_pipeline(gpu, &module, "pack_gram_f32", &[]),
+                pack_f16: super::layout::compute_pipeline(gpu, &module, "pack_gram_f16", &[]),
+                pack_alpha: super::layout::compute_pipeline(gpu, &module, "pack_alpha", &[]),
                 state_layout,
                 sweep_layout,
                 work: Scratch::default(),
@@ -270,8 +270,8 @@ fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, texels: usize) -> ResidentK
             let invocations = gpu.inner.subgroup_size.unwrap_or(1);
             let constants = [("RWG", invocations as f64)];
             ResidentKernels {
-                mp: super::sparse::compute_pipeline(gpu, &module, "resident_mp", &constants),
-                refit: super::sparse::compute_pipeline(gpu, &module, "resident_refit", &constants),
+                mp: super::layout::compute_pipeline(gpu, &module, "resident_mp", &constants),
+                refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
             }
         })
         .clone()

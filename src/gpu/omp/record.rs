@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::buffer::{
     binding, ranges, rows_per_window, window, GpuTexture, TextureShape, UniformRecords,
 };
-use crate::gpu::sparse::groups;
+use crate::gpu::layout::groups;
 use crate::gpu::{Gpu, GpuBuffer, Matrix};
 
 impl Gpu {

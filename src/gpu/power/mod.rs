@@ -10,7 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::buffer::{Scratch, ScratchTexture};
-use super::sparse::{compute_pipeline, CodeBuffers};
+use super::layout::compute_pipeline;
+use super::sparse::CodeBuffers;
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::coding::SparseCodes;
 use crate::error::{Error, Result};

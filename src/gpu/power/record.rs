@@ -9,7 +9,7 @@ use super::recorder::Recorder;
 use super::{atom_order, update_loop_iterations, CodedBatch, Params, PowerKernels, UpdateOptions};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{flat_texture, TextureShape, Window};
-use crate::gpu::sparse::groups;
+use crate::gpu::layout::groups;
 use crate::gpu::{Gpu, Matrix};
 
 /// The kinds of dispatch of one atom batch (see power.wgsl).

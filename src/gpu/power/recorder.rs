@@ -199,7 +199,7 @@ impl<'a> Recorder<'a> {
         let entries = std::iter::once((0, self.uniforms.binding(record)))
             .chain(buffers)
             .chain(textures.map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))));
-        crate::gpu::sparse::bind_resources(self.gpu, self.pipeline(kind), entries)
+        crate::gpu::layout::bind_resources(self.gpu, self.pipeline(kind), entries)
     }
 
     /// Records `steps`: runs of dispatches share a compute pass; the texture copies go between
