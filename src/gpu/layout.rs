@@ -188,3 +188,16 @@ pub(crate) fn groups(gpu: &Gpu, items: usize, per_group: usize) -> (u32, u32) {
     let x = total.min(max);
     (x as u32, total.div_ceil(x) as u32)
 }
+
+/// The compute module of WGSL `source`, labelled with its file name.
+pub(crate) fn shader_module(
+    gpu: &Gpu,
+    file: &str,
+    source: impl Into<std::borrow::Cow<'static, str>>,
+) -> wgpu::ShaderModule {
+    gpu.device()
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        })
+}

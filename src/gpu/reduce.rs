@@ -1,8 +1,6 @@
 //! Atom replacement (`shaders/reduce.wgsl`): re-seeding atoms with the worst-represented samples
 //! and purging near-duplicate atoms, on the GPU from the batch already there.
 
-use std::borrow::Cow;
-
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{row_windows, Window};
@@ -59,12 +57,7 @@ pub(crate) struct ReduceKernels {
 impl ReduceKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         gpu.scoped(|| {
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("reduce.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-                });
+            let module = super::layout::shader_module(gpu, "reduce.wgsl", SHADER);
             let c = [("WG", WG as f64)];
             Ok(Self {
                 #[cfg(any(test, feature = "testing"))]

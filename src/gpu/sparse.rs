@@ -1,8 +1,6 @@
 //! Kernels on fixed-width codes (`shaders/sparse.wgsl`): the residual E = Y − X·D and the
 //! transpose of the codes into per-atom user lists.
 
-use std::borrow::Cow;
-
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::ScratchTexture;
@@ -55,12 +53,7 @@ pub(crate) struct SparseKernels {
 impl SparseKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         gpu.scoped(|| {
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("sparse.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-                });
+            let module = super::layout::shader_module(gpu, "sparse.wgsl", SHADER);
             let c = [("WG", WG as f64)];
             Ok(Self {
                 residual: compute_pipeline(gpu, &module, "residual_from_codes", &c),

@@ -3,7 +3,6 @@
 //! there. Only per-atom figures come back (user counts, residual loads, whether each split
 //! held, the samples chosen); the codes and the residual stay on the device.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use bytemuck::{Pod, Zeroable};
@@ -54,12 +53,7 @@ pub(crate) struct SplitKernels {
 impl SplitKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         gpu.scoped(|| {
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("split.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-                });
+            let module = super::layout::shader_module(gpu, "split.wgsl", SHADER);
             let c = [("WG", WG as f64)];
             let pipeline = |entry| compute_pipeline(gpu, &module, entry, &c);
             Ok(Self {

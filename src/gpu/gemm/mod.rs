@@ -9,8 +9,6 @@
 //! textures (rows of k/4 rgba32float texels, in layers) and each invocation reads its 8 rows of A
 //! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows.
 
-use std::borrow::Cow;
-
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, ranges, rows_per_window, window, ScratchTexture};
@@ -184,12 +182,7 @@ impl GemmKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         check_workgroup(gpu.limits())?;
         gpu.scoped(|| {
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("gemm.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-                });
+            let module = super::layout::shader_module(gpu, "gemm.wgsl", SHADER);
             let layout = bind_group_layout(
                 gpu,
                 "gemm",

@@ -3,7 +3,6 @@
 //! device memory between them. On CPU adapters with subgroup operations the resident coders
 //! (`shaders/omp_resident.wgsl`) run many steps per dispatch with α in registers instead.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -190,11 +189,7 @@ impl OmpKernels {
             });
         }
         gpu.scoped(|| {
-            let device = gpu.device();
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("omp.wgsl"),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-            });
+            let module = super::layout::shader_module(gpu, "omp.wgsl", SHADER);
             let g_texture = texture(
                 wgpu::TextureSampleType::Float { filterable: false },
                 wgpu::TextureViewDimension::D2Array,
@@ -261,12 +256,7 @@ fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, texels: usize) -> ResidentK
         .entry(texels)
         .or_insert_with(|| {
             let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("omp_resident.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(source)),
-                });
+            let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
             let invocations = gpu.inner.subgroup_size.unwrap_or(1);
             let constants = [("RWG", invocations as f64)];
             ResidentKernels {

@@ -2,8 +2,6 @@
 //! atoms in a seeded random order, in batches of `atom_batch` that update in parallel from the
 //! same residual (Jacobi), batches one after another (Gauss–Seidel).
 
-use std::borrow::Cow;
-
 use bytemuck::{Pod, Zeroable};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -205,12 +203,7 @@ impl Vec4Kernels {
 impl PowerKernels {
     pub(crate) fn new(gpu: &Gpu) -> Result<Self> {
         gpu.scoped(|| {
-            let module = gpu
-                .device()
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("power.wgsl"),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(SHADER)),
-                });
+            let module = super::layout::shader_module(gpu, "power.wgsl", SHADER);
             let c = [("WG", WG as f64)];
             Ok(Self {
                 partial: compute_pipeline(gpu, &module, "power_partial", &c),
