@@ -182,6 +182,65 @@ fn train_resume_and_encode_from_the_command_line() {
     );
 }
 
+/// `export` writes the SAELens folder of a trained dictionary with the SAEBench metadata the
+/// flags give (`train` takes the same flags for its own `sae` folder).
+#[test]
+fn export_writes_the_saelens_folder_with_saebench_metadata() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let names = [
+        "--model-name",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "--hook-name",
+        "blocks.4.hook_resid_post",
+        "--context-size",
+        "256",
+        "--prepend-bos",
+        "true",
+    ];
+    let cfg = |folder: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(folder.join("cfg.json")).unwrap()).unwrap()
+    };
+    let mut args = vec![
+        "train", "--data", SLICE, "--rows", "0:300", "--atoms", "16", "--k", "2", "--epochs", "1",
+        "--out",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(&names);
+    let trained = dbksvd(&args);
+    assert!(trained.status.success(), "{}", text(&trained));
+    let meta = &cfg(&out.join("sae"))["metadata"];
+    assert_eq!(meta["hook_layer"], 4, "{meta}");
+    assert_eq!(meta["context_size"], 256);
+
+    let export = dir.path().join("export");
+    let dict = out.join("dictionary.safetensors");
+    let mut args = vec![
+        "export",
+        "--dict",
+        dict.to_str().unwrap(),
+        "--k",
+        "5",
+        "--out",
+    ];
+    args.push(export.to_str().unwrap());
+    args.extend_from_slice(&names[..4]);
+    let exported = dbksvd(&args);
+    assert!(exported.status.success(), "{}", text(&exported));
+    let cfg = cfg(&export);
+    assert_eq!(cfg["max_iterations"], 5);
+    let meta = &cfg["metadata"];
+    assert_eq!(meta["model_name"], "sentence-transformers/all-MiniLM-L6-v2");
+    assert_eq!(
+        (&meta["hook_layer"], &meta["context_size"]),
+        (&serde_json::json!(4), &serde_json::Value::Null)
+    );
+    assert!(export.join("sae_weights.safetensors").exists());
+}
+
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();

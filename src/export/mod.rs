@@ -58,13 +58,71 @@ pub fn write_codes(
 /// `matching_pursuit` architecture; checked against 6.54.12).
 pub const SAELENS_VERSION: &str = "6.26.0";
 
-/// Names for the SAELens metadata block.
-#[derive(Clone, Debug, Default)]
+/// Where the activations came from, for the SAELens metadata block: what SAEBench reads to run
+/// the model and hook the dictionary in (each `null` in `cfg.json` when not given).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SaeLensNames {
     /// `metadata.model_name` (e.g. `sentence-transformers/all-MiniLM-L6-v2`).
     pub model_name: Option<String>,
-    /// `metadata.hook_name` (e.g. `blocks.4.hook_resid_post`).
+    /// `metadata.hook_name` (e.g. `blocks.4.hook_resid_post`); `metadata.hook_layer` is read
+    /// from it (`blocks.N.…`).
     pub hook_name: Option<String>,
+    /// `metadata.context_size`: tokens per sequence the activations were taken from.
+    pub context_size: Option<u64>,
+    /// `metadata.prepend_bos`: whether those sequences started with BOS.
+    pub prepend_bos: Option<bool>,
+}
+
+impl SaeLensNames {
+    /// The layer in a TransformerLens hook name `blocks.N.…`.
+    pub fn hook_layer(&self) -> Option<u64> {
+        let rest = self.hook_name.as_deref()?.strip_prefix("blocks.")?;
+        rest.split('.').next()?.parse().ok()
+    }
+}
+
+/// Files a training run writes into its output folder (beside the `sae` folder).
+pub const RUN_OUTPUTS: [&str; 5] = [
+    DICTIONARY_FILE,
+    crate::train::CHECKPOINT_FILE,
+    "trace.csv",
+    "trace.svg",
+    "epochs.csv",
+];
+
+/// Files a run writes into `sae`.
+pub const SAE_OUTPUTS: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
+
+/// Readies `dir` for a training run's outputs: refuses a folder holding files dbksvd did not
+/// write (unless `force`), and removes the temporaries of an earlier run killed while writing.
+pub fn prepare_output_folder(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() && !force {
+        let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let ours = |name: &str| {
+            name == "sae"
+                || RUN_OUTPUTS.contains(&name)
+                || crate::files::is_temporary_of(name, &RUN_OUTPUTS)
+        };
+        let foreign: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !ours(name))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "output folder {} holds files dbksvd did not write ({}); choose another folder \
+                 or allow it (--force, force=True)",
+                dir.display(),
+                foreign.join(", ")
+            )));
+        }
+    }
+    crate::files::remove_temporaries(dir, &RUN_OUTPUTS)?;
+    crate::files::remove_temporaries(&dir.join("sae"), &SAE_OUTPUTS)?;
+    Ok(())
 }
 
 /// Writes `dir/sae_weights.safetensors` and `dir/cfg.json` so that SAELens'
@@ -125,6 +183,10 @@ pub fn write_saelens(
             "sae_lens_training_version": SAELENS_VERSION,
             "model_name": names.model_name,
             "hook_name": names.hook_name,
+            "hook_layer": names.hook_layer(),
+            "hook_head_index": null,
+            "context_size": names.context_size,
+            "prepend_bos": names.prepend_bos,
             "dbksvd_version": env!("CARGO_PKG_VERSION"),
             "dbksvd_note": "W_dec = [D; -D]: signed dbksvd codes as non-negative SAELens codes",
             // Group g holds atoms ends[g-1]..ends[g], SAELens features j and d_sae/2 + j.

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use dbksvd::data::{self, ActivationFile, ActivationSource, RowRange, Shards};
 use dbksvd::encode::{Coder, GramPrecision, Groups};
+use dbksvd::export::SaeLensNames;
 use dbksvd::gpu::GpuOptions;
-use dbksvd::Error;
+use dbksvd::{Dictionary, Error};
 
 /// The bundled default: 4096 rows of MiniLM layer-4 activations.
 pub(crate) const DEFAULT_DATA: &str = "data/minilm_rustbook_L4_small.safetensors";
@@ -119,7 +120,53 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) force: bool,
     #[command(flatten)]
+    pub(crate) names: NameArgs,
+    #[command(flatten)]
     pub(crate) device: DeviceArgs,
+}
+
+/// Where the activations came from, written into the SAELens folder's metadata for SAEBench.
+#[derive(Args)]
+pub(crate) struct NameArgs {
+    /// Model the activations came from (metadata.model_name).
+    #[arg(long)]
+    pub(crate) model_name: Option<String>,
+    /// TransformerLens hook they were taken at, e.g. blocks.4.hook_resid_post (metadata.hook_name;
+    /// hook_layer is read from it).
+    #[arg(long)]
+    pub(crate) hook_name: Option<String>,
+    /// Tokens per sequence they were taken from (metadata.context_size).
+    #[arg(long)]
+    pub(crate) context_size: Option<u64>,
+    /// Whether those sequences started with BOS (metadata.prepend_bos).
+    #[arg(long)]
+    pub(crate) prepend_bos: Option<bool>,
+}
+
+impl NameArgs {
+    pub(crate) fn names(&self) -> SaeLensNames {
+        SaeLensNames {
+            model_name: self.model_name.clone(),
+            hook_name: self.hook_name.clone(),
+            context_size: self.context_size,
+            prepend_bos: self.prepend_bos,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// A dictionary.safetensors written by `dbksvd train`.
+    #[arg(long)]
+    pub(crate) dict: PathBuf,
+    /// Output folder for SAELens (`cfg.json`, `sae_weights.safetensors`).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Most iterations of SAELens' encoder (default: the k the dictionary was trained with).
+    #[arg(long)]
+    pub(crate) k: Option<usize>,
+    #[command(flatten)]
+    pub(crate) names: NameArgs,
 }
 
 #[derive(Args)]
@@ -301,4 +348,18 @@ pub(crate) fn coder(arg: CoderArg) -> Coder {
         CoderArg::Omp => Coder::Omp,
         CoderArg::Mp => Coder::Mp { refit: true },
     }
+}
+
+/// `k` when given, else the k `dictionary` (loaded from `path`) was trained with.
+pub(crate) fn dictionary_k(
+    dictionary: &Dictionary,
+    path: &Path,
+    k: Option<usize>,
+) -> dbksvd::Result<usize> {
+    k.or(dictionary.k()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{} does not record its k; pass --k",
+            path.display()
+        ))
+    })
 }

@@ -5,19 +5,11 @@ use dbksvd::export;
 use dbksvd::gpu::Gpu;
 use dbksvd::{Dictionary, Error};
 
-use crate::args::{coder, open_data, EncodeArgs};
+use crate::args::{coder, dictionary_k, open_data, EncodeArgs};
 
 pub(crate) fn run(args: &EncodeArgs) -> dbksvd::Result<bool> {
     let dictionary = Dictionary::load(&args.dict)?;
-    let k = match args.k {
-        Some(k) => k,
-        None => dictionary.k().ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{} does not record its k; pass --k",
-                args.dict.display()
-            ))
-        })?,
-    };
+    let k = dictionary_k(&dictionary, &args.dict, args.k)?;
     if args.data.data.is_empty() {
         return Err(Error::InvalidArgument("encode needs --data".into()));
     }

@@ -8,9 +8,10 @@ mod args;
 mod bench;
 mod devices;
 mod encode;
+mod export;
 mod train;
 
-use args::{BenchArgs, DeviceArgs, EncodeArgs, TrainArgs};
+use args::{BenchArgs, DeviceArgs, EncodeArgs, ExportArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +29,11 @@ enum Command {
     /// List GPU adapters, open one, print its limits and check the matrix kernels against the CPU.
     Devices(DeviceArgs),
     /// Train a dictionary; writes OUT/dictionary.safetensors, OUT/sae (SAELens), traces.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Sparse-code activations with a trained dictionary; writes indices and values.
     Encode(EncodeArgs),
+    /// Write the SAELens folder (and SAEBench metadata) of a trained dictionary.
+    Export(ExportArgs),
     /// Measure this GPU at a size on synthetic data: products, coding, update, step, memory.
     Bench(BenchArgs),
 }
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => devices::run(args),
         Command::Train(args) => train::run(args),
         Command::Encode(args) => encode::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

@@ -4,34 +4,16 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use dbksvd::data::ActivationSource;
-use dbksvd::export::{self, SaeLensNames};
-use dbksvd::files;
+use dbksvd::export;
 use dbksvd::gpu::Gpu;
-use dbksvd::train::{Init, TrainConfig, TrainResult, Trainer, CHECKPOINT_FILE, DICTIONARY_FILE};
+use dbksvd::train::{Init, TrainConfig, TrainResult, Trainer, CHECKPOINT_FILE};
 use dbksvd::{Dictionary, Error};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{coder, matryoshka_groups, open_data, DataArgs, TrainArgs};
 
-/// Files `dbksvd train` writes into its output folder, beside the `sae` folder.
-const OUTPUTS: [&str; 5] = [
-    DICTIONARY_FILE,
-    CHECKPOINT_FILE,
-    "trace.csv",
-    "trace.svg",
-    "epochs.csv",
-];
-
-/// Files it writes into `sae`.
-const SAE_OUTPUTS: [&str; 2] = ["cfg.json", "sae_weights.safetensors"];
-
-/// Files and folders `dbksvd train` writes into its output folder (temporaries included).
-fn ours(name: &str) -> bool {
-    name == "sae" || OUTPUTS.contains(&name) || files::is_temporary_of(name, &OUTPUTS)
-}
-
 pub(crate) fn run(args: &TrainArgs) -> dbksvd::Result<bool> {
-    check_out_folder(args)?;
+    export::prepare_output_folder(&args.out, args.force)?;
     let source = open_data(&args.data)?;
     let config = config(args, source.as_ref())?;
     // Configuration and data errors come before the device is opened.
@@ -76,41 +58,14 @@ pub(crate) fn run(args: &TrainArgs) -> dbksvd::Result<bool> {
     if let Some(eval) = &eval {
         trainer = trainer.evaluate_on(eval.as_ref());
     }
-    // Temporaries of an earlier run killed while writing are ours and useless.
-    files::remove_temporaries(&args.out, &OUTPUTS)?;
-    files::remove_temporaries(&args.out.join("sae"), &SAE_OUTPUTS)?;
     let result = trainer.fit(source.as_ref());
     // The error line must not share the terminal line with the bar.
     bar.finish_and_clear();
     let result = result?;
-    export::write_outputs(&result, &args.out, &SaeLensNames::default())?;
+    export::write_outputs(&result, &args.out, &args.names.names())?;
     print_result(&result);
     println!("wrote {}", args.out.display());
     Ok(true)
-}
-
-/// `--out` may hold only what dbksvd writes, unless `--force`.
-fn check_out_folder(args: &TrainArgs) -> dbksvd::Result<()> {
-    if !args.out.exists() || args.force {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(&args.out).map_err(|source| Error::Io {
-        path: args.out.clone(),
-        source,
-    })?;
-    let foreign: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !ours(name))
-        .collect();
-    if !foreign.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "--out {} holds files dbksvd did not write ({}); choose another folder or pass --force",
-            args.out.display(),
-            foreign.join(", ")
-        )));
-    }
-    Ok(())
 }
 
 /// The training configuration the flags ask for (`--init` checked against `source`).
