@@ -34,5 +34,5 @@ print(d)
 print(f"training FVU {d.metrics[-1]['fvu']:.4f}, held-out FVU {d.fvu(held_out):.4f}")
 indices, values = d.encode(held_out[:4])
 print("atoms of the first held-out row:", indices[0], values[0].round(3))
-d.to_saelens("out/python-quickstart/export", model_name="sentence-transformers/all-MiniLM-L6-v2",
+d.to_saelens("out/python-quickstart-sae", model_name="sentence-transformers/all-MiniLM-L6-v2",
              hook_name="blocks.4.hook_resid_post", context_size=256, prepend_bos=True)

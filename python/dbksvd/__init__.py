@@ -8,7 +8,7 @@ most k nonzeros per row of X (Valentin et al., arXiv 2505.18441), on Vulkan, Met
     d = dbksvd.train(acts, atoms=4096, k=32, epochs=5, out="run1")  # acts: [N, d] array or files
     indices, values = d.encode(acts[:100])                          # int32 / float32 [100, 32]
     print(d.fvu(acts[:1000]))
-    d.to_saelens("run1/sae-export", model_name="gpt2", hook_name="blocks.8.hook_resid_pre")
+    d.to_saelens("run1-sae", model_name="gpt2", hook_name="blocks.8.hook_resid_pre")
 
 Every call releases the GIL while the GPU works and takes ``adapter=`` (a substring of the
 adapter's name) and ``backend=`` (``"vulkan"``, ``"metal"``, ``"dx12"``).
@@ -120,7 +120,8 @@ def _data(data: Data, what: str) -> Union[np.ndarray, list]:
 
 
 class _Progress:
-    """A progress bar: tqdm when installed, else one plain line rewritten on stderr."""
+    """A progress bar: tqdm when installed, else one plain line rewritten on stderr (when it is
+    a terminal: a log file gets no carriage-return lines)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -132,6 +133,7 @@ class _Progress:
                 self.bar = tqdm(total=0, unit="batch", leave=False)
             except ImportError:
                 self.bar = None
+                self.enabled = sys.stderr.isatty()
 
     def update(self, done: int, total: int, metrics: dict) -> None:
         if not self.enabled:

@@ -185,6 +185,26 @@ def test_a_raising_callback_stops_and_the_checkpoint_resumes_bit_identically(
         dbksvd.train(acts, ATOMS, K, out=out, **FAST)
 
 
+def test_ctrl_c_stops_at_the_next_batch_and_keeps_the_checkpoint(acts, gpu, tmp_path):
+    import signal
+
+    seen = []
+
+    def interrupt_at_3(metrics):
+        seen.append(metrics["done"])
+        if metrics["done"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        dbksvd.train(acts, ATOMS, K, out=out, callback=interrupt_at_3, **FAST)
+    assert seen[-1] <= 4, seen
+    assert (out / "checkpoint.safetensors").exists()
+    whole = dbksvd.train(acts, ATOMS, K, **FAST)
+    resumed = dbksvd.train(acts, ATOMS, K, out=out, resume=True, **FAST)
+    assert np.array_equal(bits(whole.atoms), bits(resumed.atoms))
+
+
 def test_to_saelens_writes_the_saebench_fields(acts, trained, tmp_path):
     folder = tmp_path / "sae"
     trained.to_saelens(
@@ -229,6 +249,14 @@ def test_the_estimator_follows_scikit_learn(acts, gpu):
     assert np.allclose(back, model.inverse_transform((indices, values)), atol=1e-4)
     assert model.get_params()["n_components"] == ATOMS
     assert model.set_params(k=2).k == 2
+
+
+def test_matryoshka_groups_train_and_code_by_prefix(acts, gpu):
+    d = dbksvd.train(acts, ATOMS, K, matryoshka=8, **FAST)
+    assert d.groups == [8, 16, 32]
+    indices, _ = d.encode(acts[:20], groups=1)
+    used = indices[indices >= 0]
+    assert used.size > 0 and (used < 8).all()
 
 
 def test_devices_name_adapters_and_limits():

@@ -101,7 +101,7 @@ impl BenchConfig {
         }
     }
 
-    /// Checks the sizes on their own (what the device holds is checked by [`Bench::new`]).
+    /// Checks the sizes on their own (what the device holds is checked by [`Bench::new`](super::Bench::new)).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidArgument(what));
         for (name, value) in [
@@ -138,7 +138,7 @@ impl Default for BenchConfig {
     }
 }
 
-/// How [`Bench`] writes its lines.
+/// How [`Bench`](super::Bench) writes its lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// One human-readable line per figure.

@@ -90,7 +90,7 @@ fn timed<T>(
 
 impl<'a> Bench<'a> {
     /// Checks `config` and that the device holds its batch for the phases that code or update
-    /// (an [`Error::ExceedsLimit`] naming the largest batch that fits when it does not).
+    /// (an [`Error::ExceedsLimit`](crate::Error::ExceedsLimit) naming the largest batch that fits when it does not).
     pub fn new(gpu: &'a Gpu, config: BenchConfig) -> Result<Self> {
         config.validate()?;
         let (n_atoms, d, k, n) = (config.atoms, config.dim, config.k, config.batch);
@@ -152,7 +152,7 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// The line of `figure`: its [`Display`](fmt::Display) text, or its JSON object with the
+    /// The line of `figure`: its [`Display`](std::fmt::Display) text, or its JSON object with the
     /// sizes (`dim`, `atoms`, `k`, `batch`) and the `adapter` name added.
     pub fn figure_line(&self, figure: &Figure, format: Format) -> String {
         match format {
