@@ -10,12 +10,13 @@ venv=$root/target/python-venv
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade pip maturin pytest numpy
+"$venv/bin/python" -m pip install --quiet --upgrade pip maturin pytest numpy ml_dtypes
 export CARGO_TARGET_DIR=$root/target
 # The build backend runs the maturin installed above.
 export PATH=$venv/bin:$PATH
-# The binary the CLI comparison runs (cargo test has built it; this is a no-op then).
-cargo build --quiet --bin dbksvd
+# The binary the CLI comparison runs, built as `cargo test` builds it (a no-op after it; a
+# plain `cargo build` would compile wgpu again without the tests' features).
+cargo test --quiet --no-run --test cli
 MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
     --no-build-isolation --force-reinstall --no-deps ./python
 DBKSVD_BIN=$root/target/debug/dbksvd "$venv/bin/python" -m pytest -q python/tests "$@"

@@ -221,15 +221,21 @@ impl PyDictionary {
     }
 }
 
-fn coding(coder: &str, k: usize) -> PyResult<CodingOptions> {
-    let coding = match coder {
-        "omp" => CodingOptions::omp(k),
-        "mp" => CodingOptions::mp(k, true),
-        other => {
-            return Err(raise(Error::InvalidArgument(format!(
-                "coder {other:?}: expected \"omp\" or \"mp\""
-            ))))
-        }
+/// The coder `name` asks for: `"omp"`, or `"mp"` (matching pursuit with refit).
+fn coder(name: &str) -> Result<Coder, Error> {
+    match name {
+        "omp" => Ok(Coder::Omp),
+        "mp" => Ok(Coder::Mp { refit: true }),
+        other => Err(Error::InvalidArgument(format!(
+            "coder {other:?}: expected \"omp\" or \"mp\""
+        ))),
+    }
+}
+
+fn coding(name: &str, k: usize) -> PyResult<CodingOptions> {
+    let coding = match coder(name).map_err(raise)? {
+        Coder::Omp => CodingOptions::omp(k),
+        Coder::Mp { refit } => CodingOptions::mp(k, refit),
     };
     coding.validate().map_err(raise)?;
     Ok(coding)
@@ -274,15 +280,7 @@ impl TrainOptions {
             .with_atom_memory(self.memory)
             .with_center(self.center)
             .with_seed(self.seed)
-            .with_coder(match self.coder.as_str() {
-                "omp" => Coder::Omp,
-                "mp" => Coder::Mp { refit: true },
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "coder {other:?}: expected \"omp\" or \"mp\""
-                    )))
-                }
-            });
+            .with_coder(coder(&self.coder)?);
         config.batch_size = self.batch;
         config.time_limit = self
             .time_limit
@@ -292,11 +290,11 @@ impl TrainOptions {
                 })
             })
             .transpose()?;
-        config.groups = match self.matryoshka.as_deref() {
-            None => None,
-            Some([smallest]) => Some(Groups::doubling(*smallest, self.atoms)?),
-            Some(ends) => Some(Groups::new(ends.to_vec())?),
-        };
+        config.groups = self
+            .matryoshka
+            .as_deref()
+            .map(|numbers| Groups::from_spec(numbers, self.atoms))
+            .transpose()?;
         Ok(config)
     }
 

@@ -40,6 +40,15 @@ impl Groups {
         Ok(Self { ends })
     }
 
+    /// Groups as a user gives them (`--matryoshka`, `matryoshka=`): one number is the smallest
+    /// group of [`Groups::doubling`] up to `n_atoms`, several are the groups' ends.
+    pub fn from_spec(numbers: &[usize], n_atoms: usize) -> Result<Self> {
+        match numbers {
+            [smallest] => Self::doubling(*smallest, n_atoms),
+            ends => Self::new(ends.to_vec()),
+        }
+    }
+
     /// Groups of m, m, 2m, 4m, … atoms (ends m, 2m, 4m, …, as KSVD.jl's `MatryoshkaLoop` with
     /// m = 2^log2min) up to `n_atoms`, the last group taking the atoms left: for any K, not
     /// only powers of two (K = 1000, m = 64: ends 64, 128, 256, 512, 1000).

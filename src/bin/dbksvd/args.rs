@@ -337,10 +337,7 @@ pub(crate) fn matryoshka_groups(spec: &str, n_atoms: usize) -> dbksvd::Result<Gr
         .split(',')
         .map(|n| n.trim().parse::<usize>().map_err(|_| bad()))
         .collect::<dbksvd::Result<Vec<_>>>()?;
-    match numbers[..] {
-        [smallest] => Groups::doubling(smallest, n_atoms),
-        _ => Groups::new(numbers),
-    }
+    Groups::from_spec(&numbers, n_atoms)
 }
 
 pub(crate) fn coder(arg: CoderArg) -> Coder {
