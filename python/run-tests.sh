@@ -14,9 +14,9 @@ fi
 export CARGO_TARGET_DIR=$root/target
 # The build backend runs the maturin installed above.
 export PATH=$venv/bin:$PATH
-# The binary the CLI comparison runs, built as `cargo test` builds it (a no-op after it; a
-# plain `cargo build` would compile wgpu again without the tests' features).
-cargo test --quiet --no-run --test cli
+# The binary the CLI comparison runs, built exactly as `cargo test` builds it (a no-op after it;
+# other target selections resolve features differently and compile wgpu again).
+cargo test --quiet --no-run
 MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
     --no-build-isolation --force-reinstall --no-deps ./python
 DBKSVD_BIN=$root/target/debug/dbksvd "$venv/bin/python" -m pytest -q python/tests "$@"
