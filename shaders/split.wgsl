@@ -5,7 +5,6 @@
 // energetic one), then two unit halves, the means of sign(x_s)·(x_s·a + e_s) over the users with
 // (e_s·r)·x_s > 0 and over the rest.
 //
-//   split_energy      ‖e_s‖² per sample, one workgroup per sample
 //   split_load        Σ ‖e_s‖² over a slice of an atom's users, one invocation per (atom, slice)
 //   split_start       r ← the unit residual row of the candidate's most energetic user; the
 //                     candidate is dropped where that row is zero. One workgroup per candidate
@@ -25,7 +24,6 @@
 
 struct Params {
     d: u32,
-    n_samples: u32,
     n_atoms: u32,
     // Candidates of this round, chunks of their users, and users in all.
     n_cands: u32,
@@ -34,13 +32,14 @@ struct Params {
     // split_load: users per slice, and slices per atom.
     chunk: u32,
     slices: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 // [n, d] the batch's residual.
 @group(0) @binding(1) var<storage, read> residual: array<f32>;
-// [n] ‖e_s‖².
-@group(0) @binding(2) var<storage, read_write> energy: array<f32>;
+// [n] ‖e_s‖² (reduce.wgsl's residual_norms).
+@group(0) @binding(2) var<storage, read> energy: array<f32>;
 // Per-atom user lists (sparse.wgsl's transpose): (sample, flat slot) pairs, grouped by atom.
 @group(0) @binding(3) var<storage, read> users: array<u32>;
 // [n·k] coefficients by flat slot.
@@ -84,27 +83,6 @@ fn chunk_sum(cand: vec4<u32>, side: u32, i: u32) -> f32 {
         sum += partial[(m * 2u + side) * params.d + i];
     }
     return sum;
-}
-
-@compute @workgroup_size(WG)
-fn split_energy(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let s = linear_group(wid, groups);
-    if s >= params.n_samples {
-        return;
-    }
-    var part = 0.0;
-    for (var i = lid; i < params.d; i += WG) {
-        let e = residual[s * params.d + i];
-        part += e * e;
-    }
-    let total = wg_sum(lid, part);
-    if lid == 0u {
-        energy[s] = total;
-    }
 }
 
 @compute @workgroup_size(WG)

@@ -45,7 +45,6 @@ fn per_window(windows: &[(usize, usize, Window)], base: Params) -> Vec<Params> {
 }
 
 pub(crate) struct ReduceKernels {
-    #[cfg(any(test, feature = "testing"))]
     residual_norms: wgpu::ComputePipeline,
     mark_duplicates: wgpu::ComputePipeline,
     coherence: wgpu::ComputePipeline,
@@ -60,7 +59,6 @@ impl ReduceKernels {
             let module = super::layout::shader_module(gpu, "reduce.wgsl", SHADER);
             let c = [("WG", WG as f64)];
             Ok(Self {
-                #[cfg(any(test, feature = "testing"))]
                 residual_norms: compute_pipeline(gpu, &module, "residual_norms", &c),
                 mark_duplicates: compute_pipeline(gpu, &module, "mark_duplicates", &c),
                 coherence: compute_pipeline(gpu, &module, "coherence", &c),
@@ -301,11 +299,6 @@ impl Gpu {
                 &[(2, &atoms.data.buffer)],
                 &[(3, residual), (4, indices), (5, values), (6, &flags.buffer)],
             );
-            let norms_group = super::layout::bind(
-                self,
-                &kernels.residual_norms,
-                &[(0, uniforms.buffer()), (3, residual), (7, &norms.buffer)],
-            );
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("remove the flagged atoms' users"),
                 timestamp_writes: None,
@@ -316,11 +309,9 @@ impl Gpu {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(x, y, 1);
             }
-            pass.set_pipeline(&kernels.residual_norms);
-            pass.set_bind_group(0, &norms_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
             Ok(())
         })?;
+        self.record_row_energy(&mut encoder, &batch.residual, &norms)?;
         let seeds = Seeds {
             samples: &batch.samples,
             norms: &norms,
@@ -330,6 +321,43 @@ impl Gpu {
         self.record_reseed(&mut encoder, atoms, &seeds, flagged)?;
         let chosen = self.submit_and_read(encoder, &chosen, n_atoms)?;
         Ok(reseeded(&chosen))
+    }
+
+    /// Records ‖e_s‖² of every row of `residual` [n, d] into `energy` [n] (`residual_norms`).
+    pub(crate) fn record_row_energy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        residual: &Matrix,
+        energy: &super::GpuBuffer<f32>,
+    ) -> Result<()> {
+        let (n, d) = (residual.rows(), residual.cols());
+        let kernels = self.reduce_kernels()?;
+        let params = Params {
+            n: n as u32,
+            d: d as u32,
+            ..Params::zeroed()
+        };
+        let uniforms = self.uniform_records("row energy params", &[params])?;
+        self.scoped(|| {
+            let group = super::layout::bind(
+                self,
+                &kernels.residual_norms,
+                &[
+                    (0, uniforms.buffer()),
+                    (3, &residual.data.buffer),
+                    (7, &energy.buffer),
+                ],
+            );
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("row energy"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&kernels.residual_norms);
+            pass.set_bind_group(0, &group, &[]);
+            let (x, y) = groups(self, n, 1);
+            pass.dispatch_workgroups(x, y, 1);
+            Ok(())
+        })
     }
 
     /// Records `reseed`: the `flagged` atoms (ascending; marked in `seeds.flags`), in order,

@@ -30,17 +30,16 @@ pub const POWER_STEPS: usize = 30;
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct Params {
     d: u32,
-    n_samples: u32,
     n_atoms: u32,
     n_cands: u32,
     n_chunks: u32,
     n_users: u32,
     chunk: u32,
     slices: u32,
+    _pad0: u32,
 }
 
 pub(crate) struct SplitKernels {
-    energy: wgpu::ComputePipeline,
     load: wgpu::ComputePipeline,
     start: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
@@ -57,7 +56,6 @@ impl SplitKernels {
             let c = [("WG", WG as f64)];
             let pipeline = |entry| compute_pipeline(gpu, &module, entry, &c);
             Ok(Self {
-                energy: pipeline("split_energy"),
                 load: pipeline("split_load"),
                 start: pipeline("split_start"),
                 project: pipeline("split_project"),
@@ -243,31 +241,13 @@ impl Gpu {
         let energy = self.zeroed::<f32>(n)?;
         let mut params = Params {
             d: d as u32,
-            n_samples: n as u32,
             n_atoms: n_atoms as u32,
             chunk: CHUNK as u32,
             ..Params::zeroed()
         };
         let mut encoder = self.encoder("split: residual and energies");
         self.record_batch_residual(&mut encoder, atoms, batch)?;
-        let uniforms = self.uniform_records("split params", &[params])?;
-        self.scoped(|| {
-            let group = bind(
-                self,
-                &kernels.energy,
-                &[
-                    (0, uniforms.buffer()),
-                    (1, &batch.residual.data.buffer),
-                    (2, &energy.buffer),
-                ],
-            );
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&kernels.energy);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n, 1);
-            pass.dispatch_workgroups(x, y, 1);
-            Ok(())
-        })?;
+        self.record_row_energy(&mut encoder, &batch.residual, &energy)?;
         let user_start = self.submit_and_read(encoder, &batch.codes.user_start, n_atoms + 1)?;
         // Each atom's users in slices of CHUNK, one invocation each; the host adds the slices.
         let most = (0..n_atoms)
@@ -347,13 +327,13 @@ impl Gpu {
         };
         let params = Params {
             d: d as u32,
-            n_samples: batch.len() as u32,
             n_atoms: atoms.rows() as u32,
             n_cands: c as u32,
             n_chunks: plan.n_chunks as u32,
             n_users: plan.n_users as u32,
             chunk: CHUNK as u32,
             slices: 0,
+            _pad0: 0,
         };
         let uniforms = self.uniform_records("split params", &[params])?;
         let mut encoder = self.encoder("split atoms");
@@ -529,7 +509,6 @@ mod tests {
 
     crate::gpu::uniform_layout::params_mirror_test!(Params {
         d,
-        n_samples,
         n_atoms,
         n_cands,
         n_chunks,
