@@ -43,8 +43,6 @@ struct Params {
 @group(0) @binding(9) var<storage, read> gram: array<f32>;
 @group(0) @binding(10) var<storage, read> usage: array<u32>;
 
-// reseed's argmax pairs `red` (workgroup.wgsl) with these indices.
-var<workgroup> red_idx: array<u32, WG>;
 var<workgroup> flag: u32;
 
 fn in_window(j: u32) -> bool {
@@ -173,25 +171,12 @@ fn reseed(@builtin(local_invocation_index) lid: u32) {
                 best_s = s;
             }
         }
-        red[lid] = best;
-        red_idx[lid] = best_s;
-        workgroupBarrier();
-        for (var half = WG / 2u; half > 0u; half /= 2u) {
-            if lid < half {
-                let o = red[lid + half];
-                let oi = red_idx[lid + half];
-                if o > red[lid] || (o == red[lid] && oi < red_idx[lid]) {
-                    red[lid] = o;
-                    red_idx[lid] = oi;
-                }
-            }
-            workgroupBarrier();
-        }
+        let worst = wg_argmax(lid, best, best_s, true);
+        let s = worst.index;
         if lid == 0u {
             // Nothing left to explain (every residual zero or every sample used): keep the atom.
-            flag = select(0u, 1u, red[0] > 0.0);
+            flag = select(0u, 1u, worst.value > 0.0);
         }
-        let s = red_idx[0];
         if workgroupUniformLoad(&flag) == 0u {
             continue;
         }

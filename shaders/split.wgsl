@@ -64,9 +64,6 @@ struct Params {
 // [K, slices] Σ ‖e_s‖² over each slice of each atom's users.
 @group(0) @binding(13) var<storage, read_write> load: array<f32>;
 
-// split_start's argmax pairs `red` (workgroup.wgsl) with these positions.
-var<workgroup> red_pos: array<u32, WG>;
-
 // A norm that can divide: positive and finite.
 fn usable(norm: f32) -> bool {
     return norm > 0.0 && norm <= 3.4028235e38;
@@ -125,22 +122,7 @@ fn split_start(
             best_u = u;
         }
     }
-    red[lid] = best;
-    red_pos[lid] = best_u;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lid < half {
-            let o = red[lid + half];
-            let ou = red_pos[lid + half];
-            if o > red[lid] || (o == red[lid] && ou > red_pos[lid]) {
-                red[lid] = o;
-                red_pos[lid] = ou;
-            }
-        }
-        workgroupBarrier();
-    }
-    let s = users[2u * (cand.x + red_pos[0])];
-    workgroupBarrier();
+    let s = users[2u * (cand.x + wg_argmax(lid, best, best_u, false).index)];
     var part = 0.0;
     for (var i = lid; i < params.d; i += WG) {
         let e = residual[s * params.d + i];

@@ -1,5 +1,5 @@
 // Helpers shared by the kernel families whose workgroups are one-dimensional (power.wgsl,
-// reduce.wgsl, sparse.wgsl). Not a shader of its own: a shader whose first line is
+// reduce.wgsl, sparse.wgsl, split.wgsl). Not a shader of its own: a shader whose first line is
 // `// include: workgroup.wgsl` is compiled with this file prepended (the host module's `SHADER`
 // is `concat!` of the two `include_str!`s), and tests/shaders.rs validates it the same way.
 
@@ -21,6 +21,38 @@ fn wg_sum(lid: u32, x: f32) -> f32 {
     let total = red[0];
     workgroupBarrier();
     return total;
+}
+
+// wg_argmax's indices, paired with `red`.
+var<workgroup> red_idx: array<u32, WG>;
+
+struct ArgMax {
+    value: f32,
+    index: u32,
+}
+
+// The largest `value` over the workgroup and its `index`, returned to every invocation; among
+// equal values the lower index wins when `lower_wins`, else the higher. Every invocation must
+// call it.
+fn wg_argmax(lid: u32, value: f32, index: u32, lower_wins: bool) -> ArgMax {
+    red[lid] = value;
+    red_idx[lid] = index;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lid < half {
+            let o = red[lid + half];
+            let oi = red_idx[lid + half];
+            let tie = select(oi > red_idx[lid], oi < red_idx[lid], lower_wins);
+            if o > red[lid] || (o == red[lid] && tie) {
+                red[lid] = o;
+                red_idx[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    let best = ArgMax(red[0], red_idx[0]);
+    workgroupBarrier();
+    return best;
 }
 
 // Index of this workgroup in a grid of groups.x × groups.y (dispatches wider than the
