@@ -218,9 +218,11 @@ fn naive_kernel_matches_reference() {
 fn row_block_splitting_under_a_small_binding_cap() {
     let Some(gpu) = common::gpu() else { return };
     let cases = [
-        (4096u64, (127usize, 129usize, 257usize)),
+        // 15 rows of A or B per binding: 81 block pairs (4 KiB made 1 849 and took 20 s).
+        (16 * 1024u64, (127usize, 129usize, 257usize)),
         (4096, (17, 33, 65)),
-        (256 * 1024, (512, 1536, 384)),
+        // A transformer-width inner dimension, cut into 15 blocks of B.
+        (64 * 1024, (130, 600, 384)),
     ];
     for (cap, (m, n, inner)) in cases {
         let small = gpu.with_max_binding_size(cap).unwrap();
