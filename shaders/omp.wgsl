@@ -94,9 +94,9 @@ struct Params {
 
 // Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
 override WG: u32 = 64u;
-// Atoms per sweep invocation: two G texels, held in two vec4 registers. Mirrored by `PER` in
-// src/gpu/omp.rs.
-const PER: u32 = 8u;
+// Atoms per sweep invocation: four G texels, held in four vec4 registers, so each update entry
+// is fetched once per four G texels. Mirrored by `PER` in src/gpu/omp/mod.rs.
+const PER: u32 = 16u;
 
 // Record layout (words): header, then k-long arrays, then the packed Cholesky factor.
 const H_NSEL: u32 = 0u; // atoms chosen
@@ -196,25 +196,30 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
         return;
     }
     let last = params.n_atoms - 1u;
-    // This invocation's atoms j = first .. first + 7: two whole texels of α and of G (K is
-    // padded to a multiple of 4 there). Texels past K read anything and are not written;
+    // This invocation's atoms j = first .. first + PER − 1: PER / 4 whole texels of α and of G
+    // (K is padded to a multiple of 4 there). Texels past K read anything and are not written;
     // their atoms are discarded.
     let first = chunk * WG * PER + lid * PER;
     let qa = first / 4u;
     var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample), 0));
     var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample), 0));
-    // Bits of the chosen atoms among these 8 (a mask word covers 32 atoms).
+    var vc = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 2u, sample), 0));
+    var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample), 0));
+    // Bits of the chosen atoms among these PER (a mask word covers 32 atoms).
     let chosen = work[params.mask + sample * mask_words() + first / 32u] >> (first % 32u);
     let q = min(first, last) / 4u;
     let mask = (1u << params.layer_shift) - 1u;
     for (var t = 0u; t < n; t++) {
-        // (atom, Δ) of the update's entry t; MP has one entry, its atom.
+        // (atom, Δ) of the update's entry t; MP has one entry, its atom. Each update entry is
+        // fetched once for PER atoms: on llvmpipe every fetch is a gather of the lanes.
         let u = textureLoad(upd_in, vec2<u32>(t, sample), 0).xy;
         let dt = bitcast<f32>(u.y);
         let at = vec2<u32>(q, u.x & mask);
         let layer = u.x >> params.layer_shift;
         va -= textureLoad(g_tex, at, layer, 0) * dt;
         vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer, 0) * dt;
+        vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer, 0) * dt;
+        vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer, 0) * dt;
     }
     // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
     var best_abs = -1.0;
@@ -225,8 +230,12 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
         var v: f32;
         if m < 4u {
             v = va[m];
-        } else {
+        } else if m < 8u {
             v = vb[m - 4u];
+        } else if m < 12u {
+            v = vc[m - 8u];
+        } else {
+            v = vd[m - 12u];
         }
         if j <= last && (chosen & (1u << m)) == 0u {
             if abs(v) > best_abs {
@@ -239,6 +248,8 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     // α as updated goes to the other texture of the pair, which the next sweep reads.
     textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
     textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
+    textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
+    textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
     let at = params.parts + 2u * ((sample * params.n_chunks + chunk) * WG + lid);
     work[at] = bitcast<u32>(best_val);
     work[at + 1u] = best_idx;
