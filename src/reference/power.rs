@@ -13,6 +13,10 @@
 //! With an atom memory m_j (weight γ) the direction is instead the fixed point of
 //! u = (E_ΩᵀE_Ω·u + γ·m_j)/‖…‖, iterated to convergence from d_j, and m_j becomes
 //! E_ΩᵀE_Ω·u + γ·m_j: the converged twin of the GPU's power steps with memory.
+//!
+//! [`KsvdState::update_with_power_steps`] instead runs exactly the GPU's p power steps per atom
+//! (unconverged where the top singular values are close), so the GPU can be checked at the step
+//! counts training uses, to rounding.
 
 /// Dense state of the reference update: samples, dictionary and fixed-width codes, all f64.
 #[derive(Clone, Debug)]
@@ -103,6 +107,29 @@ impl KsvdState {
         memory: &mut [f64],
         gamma: f64,
     ) -> Vec<u32> {
+        self.update_batches(batches, memory, gamma, None)
+    }
+
+    /// [`KsvdState::update_with_memory`] with exactly `p` power steps per atom instead of the
+    /// converged direction: the GPU's recurrence (see [`KsvdState::power_steps`]), so the GPU can
+    /// be checked at the step counts it runs, unconverged atoms included.
+    pub fn update_with_power_steps(
+        &mut self,
+        batches: &[Vec<usize>],
+        memory: &mut [f64],
+        gamma: f64,
+        p: usize,
+    ) -> Vec<u32> {
+        self.update_batches(batches, memory, gamma, Some(p))
+    }
+
+    fn update_batches(
+        &mut self,
+        batches: &[Vec<usize>],
+        memory: &mut [f64],
+        gamma: f64,
+        steps: Option<usize>,
+    ) -> Vec<u32> {
         let d = self.d;
         let users = self.users();
         let mut e = self.residual();
@@ -113,10 +140,10 @@ impl KsvdState {
                 .map(|&j| {
                     let m = &mut memory[j * d..(j + 1) * d];
                     // Without memory, the plain top singular pair (the memory is left alone).
-                    let (atom, coefficients) = if gamma == 0.0 {
-                        self.rank_one(j, &users[j], &e)
-                    } else {
-                        self.rank_one_with_memory(j, &users[j], &e, m, gamma)
+                    let (atom, coefficients) = match steps {
+                        Some(p) => self.power_steps(j, &users[j], &e, m, gamma, p),
+                        None if gamma == 0.0 => self.rank_one(j, &users[j], &e),
+                        None => self.rank_one_with_memory(j, &users[j], &e, m, gamma),
                     };
                     (j, atom, coefficients)
                 })
@@ -192,6 +219,48 @@ impl KsvdState {
             u.iter_mut().for_each(|x| *x = -*x);
         }
         let coefficients = rows.iter().map(|r| dot(r, &u)).collect();
+        (u, coefficients)
+    }
+
+    /// p power steps u ← (E_ΩᵀE_Ω·u + γ·m)/‖…‖ from u = d_j, as the GPU runs them: the last
+    /// step's unnormalised product becomes the memory `m`; the atom is the last iterate facing
+    /// d_j, or d_j when that product is zero (or p = 0, which only refits the coefficients); the
+    /// coefficients are E_Ω·d_new. An intermediate zero product stays zero, as on the GPU.
+    fn power_steps(
+        &self,
+        j: usize,
+        users: &[(usize, usize)],
+        e: &[f64],
+        m: &mut [f64],
+        gamma: f64,
+        p: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let d = self.d;
+        let dj = self.atoms[j * d..(j + 1) * d].to_vec();
+        let rows = self.rows_of(j, users, e);
+        let coefficients_for = |u: &[f64]| rows.iter().map(|r| dot(r, u)).collect::<Vec<f64>>();
+        let mut u = dj.clone();
+        for step in 0..p {
+            let mut w: Vec<f64> = m.iter().map(|&x| gamma * x).collect();
+            for r in &rows {
+                let v = dot(r, &u);
+                w.iter_mut().zip(r).for_each(|(o, x)| *o += v * x);
+            }
+            let norm = dot(&w, &w).sqrt();
+            if step + 1 == p {
+                m.copy_from_slice(&w);
+                if norm == 0.0 {
+                    return (dj.clone(), coefficients_for(&dj));
+                }
+                let sign = if dot(&w, &dj) < 0.0 { -1.0 } else { 1.0 };
+                u = w.iter().map(|x| sign * x / norm).collect();
+            } else if norm > 0.0 {
+                u = w.iter().map(|x| x / norm).collect();
+            } else {
+                u = w;
+            }
+        }
+        let coefficients = coefficients_for(&u);
         (u, coefficients)
     }
 
