@@ -190,14 +190,7 @@ impl KsvdState {
         let d = self.d;
         let dj = self.atoms[j * d..(j + 1) * d].to_vec();
         let rows = self.rows_of(j, users, e);
-        let step = |u: &[f64]| -> Vec<f64> {
-            let mut w: Vec<f64> = m.iter().map(|&x| gamma * x).collect();
-            for r in &rows {
-                let v = dot(r, u);
-                w.iter_mut().zip(r).for_each(|(o, x)| *o += v * x);
-            }
-            w
-        };
+        let step = |u: &[f64]| -> Vec<f64> { power_step(&rows, u, m, gamma) };
         let mut u = dj.clone();
         let mut w = step(&u);
         for _ in 0..200_000 {
@@ -241,11 +234,7 @@ impl KsvdState {
         let coefficients_for = |u: &[f64]| rows.iter().map(|r| dot(r, u)).collect::<Vec<f64>>();
         let mut u = dj.clone();
         for step in 0..p {
-            let mut w: Vec<f64> = m.iter().map(|&x| gamma * x).collect();
-            for r in &rows {
-                let v = dot(r, &u);
-                w.iter_mut().zip(r).for_each(|(o, x)| *o += v * x);
-            }
+            let w = power_step(&rows, &u, m, gamma);
             let norm = dot(&w, &w).sqrt();
             if step + 1 == p {
                 m.copy_from_slice(&w);
@@ -305,6 +294,16 @@ impl KsvdState {
         let coefficients = coefficients_for(&u);
         (u, coefficients)
     }
+}
+
+/// One unnormalised power step with memory: E_ΩᵀE_Ω·u + γ·m, E_Ω given by its rows.
+fn power_step(rows: &[Vec<f64>], u: &[f64], m: &[f64], gamma: f64) -> Vec<f64> {
+    let mut w: Vec<f64> = m.iter().map(|&x| gamma * x).collect();
+    for r in rows {
+        let v = dot(r, u);
+        w.iter_mut().zip(r).for_each(|(o, x)| *o += v * x);
+    }
+    w
 }
 
 /// Top eigenvector of the symmetric positive semi-definite n×n matrix `m` by the power method,
