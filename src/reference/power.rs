@@ -111,8 +111,10 @@ impl KsvdState {
     }
 
     /// [`KsvdState::update_with_memory`] with exactly `p` power steps per atom instead of the
-    /// converged direction: the GPU's recurrence (see [`KsvdState::power_steps`]), so the GPU can
-    /// be checked at the step counts it runs, unconverged atoms included.
+    /// converged direction, as the GPU runs them: u ← (E_ΩᵀE_Ω·u + γ·m)/‖…‖ from u = d_j; the
+    /// last step's unnormalised product becomes the memory; the atom is the last iterate facing
+    /// d_j, or d_j when that product is zero (p = 0 only refits the coefficients). So the GPU
+    /// can be checked at the step counts it runs, unconverged atoms included.
     pub fn update_with_power_steps(
         &mut self,
         batches: &[Vec<usize>],
