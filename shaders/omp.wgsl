@@ -183,7 +183,13 @@ fn pending(rec: u32) -> u32 {
 // No barriers and no workgroup memory: on llvmpipe a barrier switches coroutines for every
 // 8 invocations, which cost more than the arithmetic here; each invocation writes its own
 // argmax partial instead and select reduces them.
-fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
+// The same kernel serves OMP and MP: an MP update has one entry.
+@compute @workgroup_size(WG)
+fn sweep(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
     let lin = wid.y * groups.x + wid.x;
     let sample = lin / params.n_chunks;
     if sample >= params.batch {
@@ -255,23 +261,6 @@ fn sweep(lid: u32, wid: vec3<u32>, groups: vec3<u32>, mp: bool) {
     work[at + 1u] = best_idx;
 }
 
-@compute @workgroup_size(WG)
-fn sweep_omp(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    sweep(lid, wid, groups, false);
-}
-
-@compute @workgroup_size(WG)
-fn sweep_mp(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    sweep(lid, wid, groups, true);
-}
 
 // ---------------------------------------------------------------------------------------------
 // select and finish: one invocation per sample, state in its record.

@@ -74,8 +74,7 @@ pub(crate) struct OmpKernels {
     /// Layout of the sweeps: the update texture sampled.
     sweep_layout: wgpu::BindGroupLayout,
     start: wgpu::ComputePipeline,
-    sweep_omp: wgpu::ComputePipeline,
-    sweep_mp: wgpu::ComputePipeline,
+    sweep: wgpu::ComputePipeline,
     select_omp: wgpu::ComputePipeline,
     select_mp: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
@@ -231,8 +230,7 @@ impl OmpKernels {
             };
             Ok(Self {
                 start: pipeline(&state_layout, "start"),
-                sweep_omp: pipeline(&sweep_layout, "sweep_omp"),
-                sweep_mp: pipeline(&sweep_layout, "sweep_mp"),
+                sweep: pipeline(&sweep_layout, "sweep"),
                 select_omp: pipeline(&state_layout, "select_omp"),
                 select_mp: pipeline(&state_layout, "select_mp"),
                 finish: pipeline(&state_layout, "finish"),

@@ -307,9 +307,10 @@ impl<'a> Job<'a> {
         let per_sample = groups(gpu, rows, SAMPLE_WG as usize);
         match &group.path {
             ChunkPath::Sweeps { sweeps, .. } => {
-                let (sweep, select) = match self.options.coder {
-                    Coder::Omp => (&kernels.sweep_omp, &kernels.select_omp),
-                    Coder::Mp { .. } => (&kernels.sweep_mp, &kernels.select_mp),
+                let sweep = &kernels.sweep;
+                let select = match self.options.coder {
+                    Coder::Omp => &kernels.select_omp,
+                    Coder::Mp { .. } => &kernels.select_mp,
                 };
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
