@@ -181,6 +181,25 @@ pub(crate) fn bind_windows(
         .collect()
 }
 
+/// One compute pass that runs `pipeline` once per (bind group, workgroups) pair, in order: the
+/// shape of every single-kernel pass (windows of a matrix, blocks of a product, ranges of atoms).
+pub(crate) fn dispatch<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    runs: impl IntoIterator<Item = (&'a wgpu::BindGroup, (u32, u32))>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    for (group, (x, y)) in runs {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
 /// Workgroups (x, y) covering `items` items at `per_group` items per workgroup.
 pub(crate) fn groups(gpu: &Gpu, items: usize, per_group: usize) -> (u32, u32) {
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;

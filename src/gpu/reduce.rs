@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{row_windows, Window};
-use super::layout::{bind_windows, compute_pipeline, groups};
+use super::layout::{bind_windows, compute_pipeline, dispatch, groups};
 #[cfg(any(test, feature = "testing"))]
 use super::power::CodedBatch;
 use super::{GemmParams, Gpu, Matrix};
@@ -235,16 +235,10 @@ impl Gpu {
                 &[(9, &gram.data.buffer)],
                 extra,
             );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(what),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pipeline);
-            for (group, &(first, end, _)) in bind_groups.iter().zip(&windows) {
-                pass.set_bind_group(0, group, &[]);
-                let (x, y) = groups(self, end - first, WG as usize);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            let runs = bind_groups.iter().zip(&windows);
+            let runs = runs
+                .map(|(group, &(first, end, _))| (group, groups(self, end - first, WG as usize)));
+            dispatch(&mut encoder, what, pipeline, runs);
             Ok(())
         })?;
         Ok(encoder)
@@ -299,16 +293,14 @@ impl Gpu {
                 &[(2, &atoms.data.buffer)],
                 &[(3, residual), (4, indices), (5, values), (6, &flags.buffer)],
             );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("remove the flagged atoms' users"),
-                timestamp_writes: None,
-            });
-            let (x, y) = groups(self, n, 1);
-            pass.set_pipeline(&kernels.remove_users);
-            for group in &remove {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            let per_sample = groups(self, n, 1);
+            let runs = remove.iter().map(|group| (group, per_sample));
+            dispatch(
+                &mut encoder,
+                "remove the flagged atoms' users",
+                &kernels.remove_users,
+                runs,
+            );
             Ok(())
         })?;
         self.record_row_energy(&mut encoder, &batch.residual, &norms)?;
@@ -348,14 +340,8 @@ impl Gpu {
                     (7, &energy.buffer),
                 ],
             );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("row energy"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&kernels.residual_norms);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n, 1);
-            pass.dispatch_workgroups(x, y, 1);
+            let runs = [(&group, groups(self, n, 1))];
+            dispatch(encoder, "row energy", &kernels.residual_norms, runs);
             Ok(())
         })
     }
@@ -413,15 +399,8 @@ impl Gpu {
                     (8, &seeds.chosen.buffer),
                 ],
             );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("reseed atoms"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&kernels.reseed);
-            for group in &groups {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(1, 1, 1);
-            }
+            let runs = groups.iter().map(|group| (group, (1, 1)));
+            dispatch(encoder, "reseed atoms", &kernels.reseed, runs);
             Ok(())
         })
     }

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::ScratchTexture;
-use super::layout::{bind, bind_resources, bind_windows, compute_pipeline, groups};
+use super::layout::{bind, bind_resources, bind_windows, compute_pipeline, dispatch, groups};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
 
@@ -178,14 +178,8 @@ impl Gpu {
                     (12, &row_stats.buffer),
                 ],
             );
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("unpack codes"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&kernels.unpack);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n, WG as usize);
-            pass.dispatch_workgroups(x, y, 1);
+            let runs = [(&group, groups(self, n, WG as usize))];
+            dispatch(encoder, "unpack codes", &kernels.unpack, runs);
             Ok(())
         })
     }

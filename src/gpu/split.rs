@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::layout::{bind, compute_pipeline, groups};
+use super::layout::{bind, compute_pipeline, dispatch, groups};
 use super::power::CodedBatch;
 use super::reduce::{reseeded, Seeds};
 use super::{Gpu, GpuBuffer, Matrix};
@@ -271,11 +271,8 @@ impl Gpu {
                     (13, &load.buffer),
                 ],
             );
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&kernels.load);
-            pass.set_bind_group(0, &group, &[]);
-            let (x, y) = groups(self, n_atoms * slices, WG as usize);
-            pass.dispatch_workgroups(x, y, 1);
+            let runs = [(&group, groups(self, n_atoms * slices, WG as usize))];
+            dispatch(&mut encoder, "split loads", &kernels.load, runs);
             Ok(())
         })?;
         let load = self

@@ -350,15 +350,11 @@ impl Gpu {
                 })
                 .collect();
 
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("gemm"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pipeline);
-            for (block, group) in blocks.iter().zip(&groups) {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(block.groups.0, block.groups.1, 1);
-            }
+            let runs = groups
+                .iter()
+                .zip(&blocks)
+                .map(|(g, block)| (g, block.groups));
+            super::layout::dispatch(encoder, "gemm", pipeline, runs);
             Ok(())
         })
     }
