@@ -300,16 +300,16 @@ fn worth_another_atom(energy: f32, y2: f32, best_abs: f32) -> bool {
     return best_abs > params.min_correlation * sqrt(y2);
 }
 
-// Solves L·x = b for the first n rows, b in the record's tmp, x written over it.
-fn forward_in_tmp(rec: u32, n: u32) {
-    let tmp = tmp_at(rec);
+// Solves L·x = b for the first n rows of the record's factor, b at word `at` of `work`, x
+// written over it.
+fn forward_solve(rec: u32, at: u32, n: u32) {
     let chol = chol_at(rec);
     for (var i = 0u; i < n; i++) {
-        var s = wf(tmp + i);
+        var s = wf(at + i);
         for (var t = 0u; t < i; t++) {
-            s -= wf(chol + tri(i) + t) * wf(tmp + t);
+            s -= wf(chol + tri(i) + t) * wf(at + t);
         }
-        set_wf(tmp + i, s / wf(chol + tri(i) + i));
+        set_wf(at + i, s / wf(chol + tri(i) + i));
     }
 }
 
@@ -329,16 +329,17 @@ fn backward_in_tmp(rec: u32, n: u32) {
 
 // Grows the Cholesky factor by atom j as row s (s rows exist). Returns false when the pivot is
 // too small: j is nearly in the span of the chosen atoms.
+// The row is solved in place (L[s, :s] = L⁻¹·G[I, j]); after a small pivot it is left unused.
 fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     let sel = sel_at(rec);
-    let tmp = tmp_at(rec);
-    for (var t = 0u; t < s; t++) {
-        set_wf(tmp + t, g_at(j, work[sel + t]));
-    }
-    forward_in_tmp(rec, s);
+    let row = chol_at(rec) + tri(s);
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
-        ww += wf(tmp + t) * wf(tmp + t);
+        set_wf(row + t, g_at(j, work[sel + t]));
+    }
+    forward_solve(rec, row, s);
+    for (var t = 0u; t < s; t++) {
+        ww += wf(row + t) * wf(row + t);
     }
     let gjj = g_at(j, j);
     let pivot = gjj - ww;
@@ -346,11 +347,7 @@ fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     if !(pivot > params.min_pivot * gjj) {
         return false;
     }
-    let chol = chol_at(rec);
-    for (var t = 0u; t < s; t++) {
-        work[chol + tri(s) + t] = work[tmp + t];
-    }
-    set_wf(chol + tri(s) + s, sqrt(pivot));
+    set_wf(row + s, sqrt(pivot));
     return true;
 }
 
@@ -361,7 +358,7 @@ fn solve_coefficients(rec: u32, n: u32) -> f32 {
     for (var t = 0u; t < n; t++) {
         work[tmp + t] = work[rhs_at(rec) + t];
     }
-    forward_in_tmp(rec, n);
+    forward_solve(rec, tmp, n);
     backward_in_tmp(rec, n);
     var fit = 0.0;
     for (var t = 0u; t < n; t++) {

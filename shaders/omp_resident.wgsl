@@ -12,9 +12,11 @@
 // subgroup's argmax (ties to the lowest index, as the reference), MP's step (`mp_take` of
 // omp.wgsl, run by invocation 0 on the record in `work`; the others learn its outcome through a
 // subgroup operation, so no barrier is needed), then α −= a·G[j, :]. A dispatch runs the steps
-// [first_step, last_step) that fit the driver's loop cap and stores α to `alpha_rw` for the
-// next; `resident_refit` then prepares the least-squares refit from the final α (one invocation
-// per sample). start and finish are omp.wgsl's.
+// [first_step, last_step) that fit the driver's loop cap; α⁰ stays unwritten in `alpha0_in`, and
+// a later dispatch rebuilds α = α⁰ − G[:,I]·x from the record (k row updates, against k²/2
+// G reads per sample to recover α⁰[I] from a stored α). `resident_refit` then prepares the
+// least-squares refit, its right-hand side α⁰[I] read directly (one invocation per sample).
+// start and finish are omp.wgsl's.
 //
 // On llvmpipe this replaces per step a texture read and write of α and a second dispatch (the
 // MP kernel 2.5–3× faster at K = 1536). On a GPU the per-invocation arrays would not fit in
@@ -26,8 +28,8 @@
 // lowering in llvmpipe compiles this kernel in about 2 s at RT = 48 and 9 s at RT = 128, and
 // did not finish in minutes at RT = 512.
 
-// [batch, K]: α of the job's samples: α⁰ = Y·Dᵀ on entry, the current α between dispatches.
-@group(0) @binding(14) var<storage, read_write> alpha_rw: array<u32>;
+// [batch, K]: α⁰ = Y·Dᵀ of the job's samples (read only: the refit's right-hand side).
+@group(0) @binding(14) var<storage, read> alpha0_in: array<u32>;
 
 // Invocations per workgroup: the adapter's subgroup size (llvmpipe: 8).
 override RWG: u32 = 8u;
@@ -46,20 +48,24 @@ fn res_load(lid: u32, sample: u32) {
         var v = vec4<f32>();
         for (var m = 0u; m < 4u; m++) {
             if first + m < params.n_atoms {
-                v[m] = bitcast<f32>(alpha_rw[row + first + m]);
+                v[m] = bitcast<f32>(alpha0_in[row + first + m]);
             }
         }
         res_alpha[t] = v;
     }
 }
 
-fn res_store(lid: u32, sample: u32) {
-    let row = res_row(sample);
-    for (var t = 0u; t < params.texels; t++) {
-        let first = 4u * (t * RWG + lid);
-        for (var m = 0u; m < 4u; m++) {
-            if first + m < params.n_atoms {
-                alpha_rw[row + first + m] = bitcast<u32>(res_alpha[t][m]);
+// α = α⁰ − G[:,I]·x for the record's support and coefficients, in a dispatch that continues
+// the sample's steps (none on the first).
+fn res_rebuild(lid: u32, rec: u32) {
+    let width = (params.n_atoms + 3u) / 4u;
+    for (var s = 0u; s < work[rec + H_NSEL]; s++) {
+        let j = work[sel_at(rec) + s];
+        let x = wf(coef_at(rec) + s);
+        for (var t = 0u; t < params.texels; t++) {
+            let q = t * RWG + lid;
+            if q < width {
+                res_alpha[t] -= x * g_texel(j, q);
             }
         }
     }
@@ -137,6 +143,7 @@ fn resident_mp(
     }
     let y2 = y_norm2[params.rows_first.y + sample];
     res_load(lid, sample);
+    res_rebuild(lid, rec);
     var mine = res_best(lid);
     for (var step = params.first_step; step < params.last_step; step++) {
         let best = res_pick(mine);
@@ -146,18 +153,14 @@ fn resident_mp(
             taken = 1u;
         }
         if subgroupMax(taken) == 0u {
-            // Stopped: α as it is, for the refit's right-hand side.
-            res_store(lid, sample);
             return;
         }
         mine = res_update_best(lid, best.y, a);
     }
-    res_store(lid, sample);
 }
 
 // The refit's right-hand side α⁰[I] and Cholesky factor of G[I,I], rows [first_step,
-// last_step) of the support; one invocation per sample, after the last resident_mp. α⁰[j] is
-// recovered from the final α and coefficients, α = α⁰ − G[:,I]·x.
+// last_step) of the support; one invocation per sample, after the last resident_mp.
 @compute @workgroup_size(64)
 fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let sample = sample_of(gid, groups);
@@ -172,7 +175,7 @@ fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             return;
         }
         let j = work[sel_at(rec) + s];
-        set_wf(rhs_at(rec) + s, alpha0(rec, bitcast<f32>(alpha_rw[row + j]), j, n));
+        work[rhs_at(rec) + s] = alpha0_in[row + j];
         // A small pivot keeps MP's coefficients, as in mp_take.
         if !cholesky_grow(rec, j, s) {
             work[rec + H_CHOL_OK] = 0u;

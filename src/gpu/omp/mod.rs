@@ -98,13 +98,30 @@ struct ResidentKernels {
     refit: wgpu::ComputePipeline,
 }
 
-/// How a job runs the resident coder: each invocation's α texels, the greedy steps per
-/// dispatch and the refit's support rows per dispatch under the driver's loop cap.
+/// How a job runs the resident coder: each invocation's α texels, the greedy steps of the
+/// first dispatch and of each later one (which first rebuilds α from the chosen atoms), and the
+/// refit's support rows per dispatch, under the driver's loop cap.
 #[derive(Clone, Copy, Debug)]
 struct ResidentPlan {
     texels: usize,
-    steps_per_dispatch: usize,
+    first_steps: usize,
+    later_steps: usize,
     rows_per_refit: usize,
+}
+
+impl ResidentPlan {
+    /// The [first, last) steps of each dispatch for `steps` greedy steps.
+    fn step_ranges(&self, steps: usize) -> Vec<(usize, usize)> {
+        let first = self.first_steps.min(steps);
+        std::iter::once((0, first))
+            .chain(
+                crate::gpu::buffer::ranges(steps - first, self.later_steps)
+                    .into_iter()
+                    .map(|(a, b)| (first + a, first + b))
+                    .filter(|(a, b)| a < b),
+            )
+            .collect()
+    }
 }
 
 /// The resident plan for K = `n_atoms`, or `None` when the portable path must run: Batch-OMP,
@@ -130,23 +147,31 @@ fn resident_plan(
     }
     let t = texels as u64;
     let k = max_atoms as u64;
-    // Per dispatch: α loaded and stored (4 atoms a texel), the support's slots marked.
-    let fixed = 9 * t + k + 8;
-    // Per step: the argmax over 4 atoms a texel, the update over the texels.
-    let per_step = 5 * t + 8;
-    // Per refit row s < k: α⁰[j] over the support, the Cholesky row (as `loop_iterations`).
-    let per_row = 4 * k + k * k / 2 + 8;
-    let (steps, rows) = match gpu.limits().max_loop_iterations {
+    // Per dispatch: α⁰ loaded (4 atoms a texel) and its argmax; a later dispatch also rebuilds α
+    // from up to k chosen atoms.
+    let fixed = 10 * t + 8;
+    let rebuild = k * (t + 1);
+    // Per step: MP's search of the support for the atom, the update and argmax over the texels.
+    let per_step = 5 * t + k + 8;
+    // Per refit row s < k: the Cholesky row (G[j, I], its forward solve, norm and copy).
+    let per_row = 3 * k + k * k / 2 + 8;
+    // MP takes at most 2k steps (a step may pick an atom again).
+    let (first, later, rows) = match gpu.limits().max_loop_iterations {
         Some(cap) if fixed + per_step > cap || per_row > cap => return None,
-        Some(cap) => (
-            ((cap - fixed) / per_step) as usize,
-            (cap / per_row) as usize,
-        ),
-        None => (usize::MAX, usize::MAX),
+        Some(cap) => {
+            let first = (cap - fixed) / per_step;
+            let later = cap.saturating_sub(fixed + rebuild) / per_step;
+            if first < 2 * k && later == 0 {
+                return None;
+            }
+            (first as usize, later as usize, (cap / per_row) as usize)
+        }
+        None => (usize::MAX, usize::MAX, usize::MAX),
     };
     Some(ResidentPlan {
         texels,
-        steps_per_dispatch: steps.max(1),
+        first_steps: first,
+        later_steps: later.max(1),
         rows_per_refit: rows.max(1),
     })
 }

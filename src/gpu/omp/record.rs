@@ -151,7 +151,7 @@ impl<'a> Job<'a> {
         // Resident: per chunk, a record per dispatch of steps, then per dispatch of refit rows.
         let (step_ranges, refit_ranges) = match &path {
             StepPath::Resident(plan, _) => (
-                ranges(steps, plan.steps_per_dispatch),
+                plan.step_ranges(steps),
                 match options.coder {
                     Coder::Mp { refit: true } => ranges(max_atoms, plan.rows_per_refit),
                     _ => Vec::new(),
