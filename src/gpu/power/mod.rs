@@ -150,7 +150,9 @@ struct Params {
     atom_lead: u32,
     residual_shift: u32,
     atom_shift: u32,
-    _pad: [u32; 3],
+    atom_batch: u32,
+    mask_words: u32,
+    _pad: u32,
 }
 
 pub(crate) struct PowerKernels {
@@ -169,6 +171,8 @@ pub(crate) struct PowerKernels {
     partials: Scratch<f32>,
     /// [n, k] (visiting position, slot) pairs of order_slots.
     slot_order: Scratch<u32>,
+    /// [n, mask_words]: the atom batches each sample's slots touch (order_slots).
+    batch_mask: Scratch<u32>,
     /// READ_TEXTURES: copies of the residual, the atoms and the iterates, and the 1×1
     /// stand-in the storage variant binds in their place.
     residual_texture: ScratchTexture,
@@ -220,6 +224,7 @@ impl PowerKernels {
                     .then(|| Vec4Kernels::new(gpu, &module, true)),
                 partials: Scratch::default(),
                 slot_order: Scratch::default(),
+                batch_mask: Scratch::default(),
                 residual_texture: ScratchTexture::default(),
                 atom_texture: ScratchTexture::default(),
                 iterate_texture: ScratchTexture::default(),
@@ -532,6 +537,8 @@ mod tests {
         atom_end,
         atom_lead,
         residual_shift,
-        atom_shift
+        atom_shift,
+        atom_batch,
+        mask_words
     });
 }

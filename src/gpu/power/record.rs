@@ -31,6 +31,8 @@ pub(super) enum Kind {
 pub(super) enum Step {
     Run(usize, Kind, (u32, u32), usize),
     Copy(Copied),
+    /// Zeroes the batch mask before order_slots sets its bits.
+    ClearBatchMask,
 }
 
 /// What a [`Step::Copy`] copies into its texture.
@@ -61,6 +63,8 @@ pub(super) struct Layout {
     pub(super) wave_rows: usize,
     /// Dimensions (texels in fold_rows_vec4) one fold invocation covers under the loop cap.
     pub(super) dims_per_fold: usize,
+    /// Words per sample of the batch mask: one bit per atom batch.
+    pub(super) mask_words: usize,
     /// The [K, d] matrices' windows of atom rows: (first atom, end, binding window).
     pub(super) windows: Vec<(usize, usize, Window)>,
     /// Rows read as vec4 (d a multiple of 4, every window starting on a whole vec4).
@@ -180,6 +184,7 @@ impl Gpu {
             plan,
             wave_rows,
             dims_per_fold,
+            mask_words: n_atoms.div_ceil(atom_batch).div_ceil(32).max(1),
             windows,
             vec4,
             texels,
@@ -226,11 +231,14 @@ impl Layout {
         }
         if self.vec4 {
             // The vec4 folds find each batch's slots in the slots ordered by visiting position.
+            steps.steps.push(Step::ClearBatchMask);
             steps.records.push(Params {
                 d: self.d as u32,
                 k: self.k as u32,
                 n: self.n as u32,
                 n_atoms: self.n_atoms as u32,
+                atom_batch: self.atom_batch as u32,
+                mask_words: self.mask_words as u32,
                 ..Params::zeroed()
             });
             let slots = groups(gpu, self.n * self.k, 64);
@@ -267,7 +275,9 @@ impl Layout {
             atom_lead: 0,
             residual_shift: self.textures.map_or(0, |t| t.0 .1),
             atom_shift: self.textures.map_or(0, |t| t.1 .1),
-            _pad: [0; 3],
+            atom_batch: self.atom_batch as u32,
+            mask_words: self.mask_words as u32,
+            _pad: 0,
         }
     }
 

@@ -24,6 +24,7 @@ pub(super) struct Recorder<'a> {
     atom_items: GpuBuffer<u32>,
     partials: GpuBuffer<f32>,
     slot_order: GpuBuffer<u32>,
+    batch_mask: GpuBuffer<u32>,
     uniforms: UniformRecords,
     /// The residual, atom and iterate textures READ_TEXTURES reads (a stand-in without them).
     textures: [Arc<GpuTexture>; 3],
@@ -86,6 +87,9 @@ impl<'a> Recorder<'a> {
             atom_items: gpu.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?,
             partials: kernels.partials.get(gpu, steps.partial_rows * d.max(1))?,
             slot_order: kernels.slot_order.get(gpu, 2 * (n * k).max(1))?,
+            batch_mask: kernels
+                .batch_mask
+                .get(gpu, (n * layout.mask_words).max(1))?,
             uniforms: gpu.uniform_records("power params", &steps.records)?,
             textures,
             views,
@@ -152,23 +156,27 @@ impl<'a> Recorder<'a> {
                 (14, &self.partials.buffer),
             ],
             // The scalar folds scan the slots by rank; the vec4 ones search slot_order.
-            Kind::Fold | Kind::FoldRows => vec![
-                if self.layout.vec4 {
-                    (22, &self.slot_order.buffer)
+            Kind::Fold | Kind::FoldRows => {
+                let slots: &[(u32, &wgpu::Buffer)] = if self.layout.vec4 {
+                    &[(22, &self.slot_order.buffer), (23, &self.batch_mask.buffer)]
                 } else {
-                    (2, &self.rank.buffer)
-                },
-                (3, &self.atoms.data.buffer),
-                (4, &batch.residual.data.buffer),
-                (5, &c.values.buffer),
-                (6, &c.indices.buffer),
-                (9, &batch.iterate.data.buffer),
-                (10, &batch.slot_scratch.buffer),
-            ],
+                    &[(2, &self.rank.buffer)]
+                };
+                let rest = [
+                    (3, &self.atoms.data.buffer),
+                    (4, &batch.residual.data.buffer),
+                    (5, &c.values.buffer),
+                    (6, &c.indices.buffer),
+                    (9, &batch.iterate.data.buffer),
+                    (10, &batch.slot_scratch.buffer),
+                ];
+                slots.iter().copied().chain(rest).collect()
+            }
             Kind::OrderSlots => vec![
                 (2, &self.rank.buffer),
                 (6, &c.indices.buffer),
                 (22, &self.slot_order.buffer),
+                (23, &self.batch_mask.buffer),
             ],
             Kind::Commit => vec![
                 (1, &self.order.buffer),
@@ -207,14 +215,23 @@ impl<'a> Recorder<'a> {
     pub(super) fn record(&self, encoder: &mut wgpu::CommandEncoder, steps: &[Step]) {
         let mut i = 0;
         while i < steps.len() {
-            if let Step::Copy(what) = steps[i] {
-                self.copy(encoder, what);
-                i += 1;
-                continue;
+            match steps[i] {
+                Step::Copy(what) => {
+                    self.copy(encoder, what);
+                    i += 1;
+                    continue;
+                }
+                Step::ClearBatchMask => {
+                    let words = self.layout.n * self.layout.mask_words;
+                    encoder.clear_buffer(&self.batch_mask.buffer, 0, Some(4 * words as u64));
+                    i += 1;
+                    continue;
+                }
+                Step::Run(..) => {}
             }
             let end = steps[i..]
                 .iter()
-                .position(|step| matches!(step, Step::Copy(_)))
+                .position(|step| !matches!(step, Step::Run(..)))
                 .map_or(steps.len(), |p| i + p);
             let runs: Vec<(Kind, (u32, u32), wgpu::BindGroup)> = steps[i..end]
                 .iter()
@@ -222,7 +239,7 @@ impl<'a> Recorder<'a> {
                     Step::Run(record, kind, groups, w) => {
                         Some((kind, groups, self.bind_group(record, kind, w)))
                     }
-                    Step::Copy(_) => None,
+                    Step::Copy(_) | Step::ClearBatchMask => None,
                 })
                 .collect();
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
