@@ -500,4 +500,24 @@ mod tests {
         assert!(loop_iterations(Coder::Mp { refit: true }, 16_384, 64, false) < 10_000);
         assert!(loop_iterations(Coder::Omp, 16_384, 256, false) > 65_535);
     }
+
+    /// The resident steps: the first dispatch takes its share, later ones (which rebuild α
+    /// first) theirs, every step exactly once.
+    #[test]
+    fn resident_step_ranges_cover_every_step_once() {
+        let plan = |first_steps, later_steps| ResidentPlan {
+            texels: 8,
+            first_steps,
+            later_steps,
+            rows_per_refit: 1,
+        };
+        assert_eq!(
+            plan(5, 2).step_ranges(10),
+            vec![(0, 5), (5, 7), (7, 9), (9, 10)]
+        );
+        assert_eq!(plan(5, 2).step_ranges(3), vec![(0, 3)]);
+        assert_eq!(plan(5, 2).step_ranges(5), vec![(0, 5)]);
+        assert_eq!(plan(5, 2).step_ranges(0), vec![(0, 0)]);
+        assert_eq!(plan(usize::MAX, usize::MAX).step_ranges(64), vec![(0, 64)]);
+    }
 }
