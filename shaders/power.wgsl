@@ -488,8 +488,9 @@ fn order_slots(
 }
 
 // fold_dims over texels t = first, first + step, … < end of the vec4 views, visiting only the
-// sample's slots of this batch: a binary search of slot_order for the batch's first position,
-// then its run of slots (so lanes of different samples rarely wait on each other's folds).
+// sample's slots of this batch: none when its batch_mask bit is clear, else a binary search of
+// slot_order for the batch's first position, then its run of slots (so lanes of different
+// samples rarely wait on each other's folds).
 fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
     let b = params.start / params.atom_batch;
     if (atomicLoad(&batch_mask[s * params.mask_words + b / 32u]) & (1u << (b % 32u))) == 0u {
