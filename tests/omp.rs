@@ -571,10 +571,12 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 
 /// Matching pursuit on CPU adapters with subgroups (lavapipe) keeps each sample's correlations
 /// in one subgroup's registers for many steps (omp_resident.wgsl); elsewhere, and with
-/// `without_subgroups`, it takes a sweep and a select dispatch per step. Both paths, and the
-/// resident one split into dispatches of two steps and refit factors of two rows (a small loop
-/// cap), against the reference: K = 1 and primes (texels past K, an interleaved last texel),
-/// one sample, k = 1 and k = d, with and without the refit.
+/// `without_subgroups`, it takes a sweep and a select dispatch per step. Both paths, the
+/// resident one split into dispatches of a few steps and refit rows (a small loop cap: later
+/// dispatches rebuild α from the chosen atoms), and what a GPU plans (`with_gpu_paths`: the
+/// sweeps after the tiled GEMM's correlations), against the reference: K = 1 and primes
+/// (texels past K, an interleaved last texel), one sample, k = 1 and k = d, with and without
+/// the refit; Batch-OMP on the GPU kernels too.
 #[test]
 fn resident_and_portable_matching_pursuit_match_the_reference() {
     let Some(gpu) = common::gpu() else { return };
@@ -587,6 +589,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     }
     let portable = gpu.without_subgroups();
     let split = gpu.with_max_loop_iterations(700);
+    let gpu_paths = gpu.with_gpu_paths();
     for (n_atoms, d, n, k) in [
         (1, 5, 3, 1),
         (13, 7, 1, 7),
@@ -595,9 +598,10 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
-            for g in [gpu, &portable, &split] {
+            for g in [gpu, &portable, &split, &gpu_paths] {
                 check_against_reference(g, n_atoms, d, n, coding);
             }
         }
+        check_against_reference(&gpu_paths, n_atoms, d, n, CodingOptions::omp(k));
     }
 }

@@ -468,6 +468,28 @@ fn folded_residual_equals_the_recomputed_one_across_dimension_chunks() {
     }
 }
 
+/// The kernels a GPU runs (`fold` and `fold_vec4`: one workgroup per sample; storage reads
+/// throughout), which a CPU adapter never plans, on lavapipe against the same recomputed
+/// residual and the batched reference (tolerances as there).
+#[test]
+fn gpu_kernels_match_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let gpu_paths = gpu.with_gpu_paths();
+    for d in [1501, 6000] {
+        fold_matches_recomputed_residual(&gpu_paths, d);
+    }
+    matches_reference(
+        &gpu_paths,
+        &UpdateOptions::default()
+            .with_atom_batch(16)
+            .with_power_iterations(30)
+            .with_seed(4),
+        false,
+        2e-6,
+        1e-5,
+    );
+}
+
 fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
     let (n_atoms, n, k) = (64, 96, 32);
     let atoms = common::uniform(n_atoms * d, 21);
@@ -823,7 +845,12 @@ fn storage_and_texture_reads_give_identical_updates() {
     let default = run(gpu);
     let storage = run(&gpu.with_max_texture_dimension(4));
     let layered = run(&gpu.with_max_texture_dimension(64));
+    let gpu_kernels = run(&gpu.with_gpu_paths());
     assert!(storage == default, "storage reads differ from the default");
+    assert!(
+        gpu_kernels == default,
+        "the GPU kernels (one workgroup per sample's fold) differ from the default"
+    );
     assert!(
         layered == default,
         "layered texture reads differ from the default"

@@ -105,10 +105,16 @@ fn reference_setup(
 /// iterations to converge (the reference solves each rank-1 problem exactly) every atom agrees
 /// to |cos| ≥ 0.999. Planted data give every E_Ω a clear top singular value, so "converged" is
 /// reachable in a few hundred steps; small enough that no atom dies, so hygiene does not blur
-/// the comparison.
+/// the comparison. Both with the adapter's kernels and with those a GPU plans
+/// (`with_gpu_paths`: on lavapipe the CPU variants run otherwise).
 #[test]
 fn one_epoch_matches_the_reference() {
     let Some(gpu) = common::gpu() else { return };
+    one_epoch_against_the_reference(gpu);
+    one_epoch_against_the_reference(&gpu.with_gpu_paths());
+}
+
+fn one_epoch_against_the_reference(gpu: &dbksvd::gpu::Gpu) {
     let (source, config, start, mean) = reference_setup(2, 1, 0.05, 5);
     let d = source.dim();
     let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();
@@ -473,10 +479,16 @@ fn outputs_load_back_and_follow_saelens() {
 }
 
 /// Two epochs with the epoch-end hygiene in between (a high rare-atom fraction flags several
-/// atoms, which are split on both sides from the same batch): still every atom at |cos| ≥ 0.999.
+/// atoms, which are split on both sides from the same batch): still every atom at |cos| ≥ 0.999,
+/// with the adapter's kernels and with those a GPU plans (`with_gpu_paths`).
 #[test]
 fn hygiene_matches_the_reference() {
     let Some(gpu) = common::gpu() else { return };
+    hygiene_against_the_reference(gpu);
+    hygiene_against_the_reference(&gpu.with_gpu_paths());
+}
+
+fn hygiene_against_the_reference(gpu: &dbksvd::gpu::Gpu) {
     let (source, config, start, mean) = reference_setup(4, 2, 0.8, 6);
     let d = source.dim();
     let result = Trainer::new(gpu, config.clone()).fit(&source).unwrap();

@@ -211,7 +211,7 @@ impl Gpu {
         // Four dimensions per invocation where rows are whole vec4s (see sparse.wgsl); on CPU
         // adapters four texels of them, the atoms read from a flat texture copy where it fits.
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
-        let flat = match vec4 && self.adapter().is_cpu() {
+        let flat = match vec4 && self.limits().cpu_paths {
             true => super::buffer::flat_texture(self, n_atoms * d / 4),
             false => None,
         };

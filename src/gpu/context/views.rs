@@ -77,4 +77,19 @@ impl Gpu {
             limits,
         }
     }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// The same device, planning the kernels a GPU runs rather than a CPU adapter's variants:
+    /// the coders' sweeps instead of the resident coder, the tiled GEMM instead of the texel
+    /// one, storage reads and one workgroup per sample in the update instead of texture copies
+    /// and per-sample rows. Shares pipelines and buffers with `self`; on lavapipe, tests use it
+    /// to check the GPU kernels against the reference.
+    pub fn with_gpu_paths(&self) -> Self {
+        let mut limits = self.limits.clone();
+        limits.cpu_paths = false;
+        Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        }
+    }
 }

@@ -183,7 +183,7 @@ pub(super) fn plan(gpu: &Gpu, op: &GemmParams, a: &Matrix, b: &Matrix, c: &Matri
                 largest_batch: None,
             },
         )?),
-        (GemmKernel::Auto, Product::ABt) if gpu.adapter().is_cpu() => {
+        (GemmKernel::Auto, Product::ABt) if gpu.limits().cpu_paths => {
             plan_texels(gpu, op, (m, n, k)).ok()
         }
         _ => None,

@@ -134,7 +134,7 @@ fn resident_plan(
     max_atoms: usize,
 ) -> Option<ResidentPlan> {
     let invocations = gpu.limits().subgroup_size? as usize;
-    if !matches!(coder, Coder::Mp { .. }) || !gpu.adapter().is_cpu() {
+    if !matches!(coder, Coder::Mp { .. }) || !gpu.limits().cpu_paths {
         return None;
     }
     // Rounded up to a multiple of 8, so that nearby K share a pipeline.

@@ -164,10 +164,10 @@ impl Gpu {
         // fold_rows_vec4 gives each sample FOLD_LANES invocations.
         let fold_lanes = if vec4 { 8 } else { 1 };
         let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
-        let fold_rows = self.adapter().is_cpu() && (n * fold_lanes).div_ceil(64) <= max_groups;
+        let fold_rows = self.limits().cpu_paths && (n * fold_lanes).div_ceil(64) <= max_groups;
         // CPU adapters read the residual, atoms and iterates from flat texture copies (see
         // power.wgsl) wherever the device's textures hold them.
-        let textures = match (&kernels.textured, vec4) {
+        let textures = match (&kernels.textured, vec4 && self.limits().cpu_paths) {
             (Some(_), true) => {
                 flat_texture(self, n * texels).zip(flat_texture(self, n_atoms * texels))
             }
