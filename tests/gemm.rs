@@ -258,6 +258,44 @@ fn row_block_splitting_under_a_small_binding_cap() {
     }
 }
 
+/// The Gram matrix D·Dᵀ, whose texel kernel (lavapipe's) computes the blocks on and above the
+/// diagonal and stores each transposed below it: K = 1, around the 8×8 block (7, 8, 9) and the
+/// 64×64 workgroup (64, 65), a prime; every entry against the reference with the bound of
+/// `gram_and_correlations_helpers`, and exactly symmetric.
+#[test]
+fn gram_matches_reference_on_awkward_sizes() {
+    let Some(gpu) = common::gpu() else { return };
+    for (i, &k_atoms) in [1, 7, 8, 9, 64, 65, 131].iter().enumerate() {
+        for d in [3, 61] {
+            let atoms = common::uniform(k_atoms * d, 70 + i as u64);
+            let gd = gpu.matrix(k_atoms, d, &atoms).unwrap();
+            let gram = gpu.read_matrix(&gpu.gram(&gd).unwrap()).unwrap();
+            let want = reference::gemm(
+                Product::ABt,
+                k_atoms,
+                k_atoms,
+                d,
+                1.0,
+                &atoms,
+                &atoms,
+                0.0,
+                &[],
+            );
+            for r in 0..k_atoms {
+                for c in 0..k_atoms {
+                    let g = gram[r * k_atoms + c];
+                    assert!(
+                        (g as f64 - want[r * k_atoms + c]).abs()
+                            <= (d as f64 + 2.0) * 1.2e-7 * d as f64,
+                        "K = {k_atoms}, d = {d}: G[{r}, {c}] = {g}"
+                    );
+                    assert_eq!(g, gram[c * k_atoms + r], "K = {k_atoms}: not symmetric");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gram_and_correlations_helpers() {
     let Some(gpu) = common::gpu() else { return };

@@ -130,7 +130,9 @@ struct BlockParams {
     beta: f32,
     a_layer_shift: u32,
     b_layer_shift: u32,
-    _pad: [u32; 3],
+    /// gemm_texel: 1 when A and B are one matrix and the block is all of C (see gemm.wgsl).
+    symmetric: u32,
+    _pad: [u32; 2],
 }
 
 struct Pipelines {
@@ -386,7 +388,11 @@ impl Gpu {
         };
         let most = rows_per_window(k, limits.planned_binding_size, align).max(1);
         let packs = texel_packs(a, b, same, most);
-        let params = texel_params(&packs, plan, k, align);
+        let mut params = texel_params(&packs, plan, k, align);
+        // The Gram matrix in one block: its lower blocks are its upper ones transposed.
+        if same && plan.blocks.len() == 1 {
+            params[packs.len()].symmetric = 1;
+        }
         let uniforms = self.uniform_records("gemm texel params", &params)?;
 
         self.scoped(|| {
@@ -514,6 +520,7 @@ mod tests {
         alpha,
         beta,
         a_layer_shift,
-        b_layer_shift
+        b_layer_shift,
+        symmetric
     });
 }
