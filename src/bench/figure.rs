@@ -176,11 +176,12 @@ impl fmt::Display for Figure {
             } => write!(
                 f,
                 "coding {:<11} {samples_per_s:.0} samples/s ({} per {samples}; kernel {}, \
-                 correlations {}; mean L0 {mean_l0:.2}; {})",
+                 correlations {}, kernel/correlations {:.2}; mean L0 {mean_l0:.2}; {})",
                 coder.to_uppercase(),
                 duration(seconds),
                 duration(kernel_s),
                 duration(correlations_s),
+                kernel_s / correlations_s.max(1e-9),
                 cost(runs, peak_bytes)
             ),
             Figure::Update {
@@ -206,10 +207,11 @@ impl fmt::Display for Figure {
             } => write!(
                 f,
                 "step               {} per training step, {samples_per_s:.0} samples/s \
-                 (coding {}, update {}; {})",
+                 (coding {}, update {} = {:.0} %; {})",
                 duration(seconds),
                 duration(coding_s),
                 duration(update_s),
+                100.0 * update_s / (coding_s + update_s).max(1e-9),
                 cost(runs, peak_bytes)
             ),
             Figure::Memory { peak_bytes, during } => write!(
