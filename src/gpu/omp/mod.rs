@@ -125,8 +125,9 @@ impl ResidentPlan {
 }
 
 /// The resident plan for K = `n_atoms`, or `None` when the portable path must run: Batch-OMP,
-/// no fixed-size subgroups (or a planning view without them), not a CPU adapter, more atoms
-/// than a subgroup holds, or not one step under the loop cap.
+/// no fixed-size subgroups (or a planning view without them), not a CPU adapter (or a view
+/// planning the GPU kernels), more atoms than a subgroup holds, or not one step (or, for a
+/// job that needs more than one dispatch, not one step after the rebuild) under the loop cap.
 fn resident_plan(
     gpu: &Gpu,
     coder: Coder,
