@@ -26,7 +26,7 @@ use crate::encode::{
     CodingOptions, EncodeOptions, Encoder, EncoderOptions, GramPrecision, SparseCodes,
 };
 use crate::error::Result;
-use crate::gpu::step::StepBuffers;
+use crate::gpu::step::{StepBuffers, StepInput};
 use crate::gpu::{GemmParams, Gpu, Matrix, UpdateOptions};
 use crate::train::TrainConfig;
 
@@ -397,8 +397,10 @@ impl<'a> Bench<'a> {
                 &memory,
                 &mut gram,
                 buffers,
-                &data.samples[..rows * d],
-                &data.norms[..rows],
+                StepInput::Host {
+                    samples: &data.samples[..rows * d],
+                    norms: &data.norms[..rows],
+                },
                 &coding,
                 &update,
                 false,

@@ -35,6 +35,23 @@ impl StepBuffers {
     pub(crate) fn coded(&mut self) -> &mut CodedBatch {
         &mut self.coded
     }
+
+    /// The residual E = Y − X·D the last step left (after its update), [n, d].
+    pub(crate) fn residual(&self) -> &Matrix {
+        &self.coded.residual
+    }
+}
+
+/// What a training step codes: rows from the host with their squared norms, or the residual
+/// another step left on the device (a Matryoshka group's input: what the groups before it left),
+/// copied on the device with its norms computed there, so no residual goes through the host.
+#[derive(Clone, Copy)]
+pub(crate) enum StepInput<'a> {
+    Host {
+        samples: &'a [f32],
+        norms: &'a [f32],
+    },
+    Residual(&'a Matrix),
 }
 
 /// What one step reports: per-sample metrics of the codes (before the update) and atom usage.
@@ -284,8 +301,9 @@ impl Gpu {
         })
     }
 
-    /// Codes `samples` [n, d] (squared norms `norms`) with `atoms` and updates the atoms on them,
-    /// carrying the atom `memory` [K, d] (see [`Gpu::ksvd_update_with_memory`]).
+    /// Codes `input` [n, d] (host rows with their squared norms, or a residual on the device)
+    /// with `atoms` and updates the atoms on them, carrying the atom `memory` [K, d] (see
+    /// [`Gpu::ksvd_update_with_memory`]).
     /// `gram` is scratch [K, K] (recomputed: the atoms changed since the last step). With
     /// `profile`, the products are submitted and waited for separately so their time is known.
     #[allow(clippy::too_many_arguments)]
@@ -295,20 +313,39 @@ impl Gpu {
         memory: &Matrix,
         gram: &mut Matrix,
         buffers: &mut StepBuffers,
-        samples: &[f32],
-        norms: &[f32],
+        input: StepInput<'_>,
         coding: &CodingOptions,
         update: &UpdateOptions,
         profile: bool,
     ) -> Result<StepOutput> {
-        check_step(atoms, gram, buffers, samples, norms)?;
+        check_step(atoms, gram, buffers, input)?;
         let (n_atoms, n) = (atoms.rows(), buffers.n);
         let mut out = StepOutput::default();
         // Products and coding: one submission (two with `profile`), the metrics read back.
         let started = Instant::now();
-        self.write(&buffers.coded.samples.data, samples)?;
-        self.write(&buffers.norms, norms)?;
         let mut encoder = self.encoder("training step: coding");
+        match input {
+            StepInput::Host { samples, norms } => {
+                self.write(&buffers.coded.samples.data, samples)?;
+                self.write(&buffers.norms, norms)?;
+            }
+            StepInput::Residual(residual) => {
+                let bytes = 4 * (residual.rows() * residual.cols()) as u64;
+                if bytes > 0 {
+                    self.scoped(|| {
+                        encoder.copy_buffer_to_buffer(
+                            &residual.data.buffer,
+                            0,
+                            &buffers.coded.samples.data.buffer,
+                            0,
+                            bytes,
+                        );
+                        Ok(())
+                    })?;
+                    self.record_row_energy(&mut encoder, &buffers.coded.samples, &buffers.norms)?;
+                }
+            }
+        }
         self.record_gemm(&mut encoder, &GemmParams::abt(), atoms, atoms, gram)?;
         let (y, alpha) = (&buffers.coded.samples, &mut buffers.alpha);
         self.record_gemm(&mut encoder, &GemmParams::abt(), y, atoms, alpha)?;
@@ -386,23 +423,32 @@ impl Gpu {
     }
 }
 
-/// The step's samples and norms hold the batch; the Gram scratch is [K, K].
+/// The step's input and norms hold the batch; the Gram scratch is [K, K].
 fn check_step(
     atoms: &Matrix,
     gram: &Matrix,
     buffers: &StepBuffers,
-    samples: &[f32],
-    norms: &[f32],
+    input: StepInput<'_>,
 ) -> Result<()> {
     let (n_atoms, d, n) = (atoms.rows(), atoms.cols(), buffers.n);
-    if samples.len() != n * d || norms.len() != n {
-        return Err(Error::DataLength {
-            what: format!("training step samples (and {} norms)", norms.len()),
-            rows: n,
-            cols: d,
-            expected: n * d,
-            actual: samples.len(),
-        });
+    match input {
+        StepInput::Host { samples, norms } if samples.len() != n * d || norms.len() != n => {
+            return Err(Error::DataLength {
+                what: format!("training step samples (and {} norms)", norms.len()),
+                rows: n,
+                cols: d,
+                expected: n * d,
+                actual: samples.len(),
+            });
+        }
+        StepInput::Residual(residual) if residual.rows() != n || residual.cols() != d => {
+            return Err(Error::ShapeMismatch {
+                op: "training step (input residual vs batch)".into(),
+                left: residual.shape(),
+                right: format!("[{n}, {d}]"),
+            });
+        }
+        _ => {}
     }
     if gram.rows() != n_atoms || gram.cols() != n_atoms {
         return Err(Error::ShapeMismatch {

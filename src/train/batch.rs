@@ -6,7 +6,7 @@ use super::metrics::BatchMetrics;
 use super::{group_seed, ratio, update_seed, Part, TrainConfig};
 use crate::data::ActivationSource;
 use crate::error::Result;
-use crate::gpu::step::StepOutput;
+use crate::gpu::step::{StepBuffers, StepInput, StepOutput};
 use crate::gpu::{Gpu, UpdateOptions};
 
 /// A batch read, centred and measured on the host.
@@ -19,8 +19,8 @@ pub(super) struct Prepared {
 }
 
 /// Codes and updates every group on one prepared batch (each group on what the groups before it
-/// left: the device's residual after their updates); the steps' outputs combined, usage in atom
-/// order and L0 summed over the groups.
+/// left: the device's residual after their updates, which stays on the device); the steps'
+/// outputs combined, usage in atom order and L0 summed over the groups.
 pub(super) fn train_batch(
     gpu: &Gpu,
     parts: &mut [Part],
@@ -30,20 +30,27 @@ pub(super) fn train_batch(
 ) -> Result<StepOutput> {
     let n = prepared.norms.len();
     let short = n != parts[0].full.len();
-    let mut input: Option<(Vec<f32>, Vec<f32>)> = None;
     let mut out = StepOutput::default();
     let mut usage = Vec::new();
     let mut l0 = vec![0u32; n];
-    let count = parts.len();
-    for (g, part) in parts.iter_mut().enumerate() {
+    for g in 0..parts.len() {
+        let (before, rest) = parts.split_at_mut(g);
+        let part = &mut rest[0];
         let d = part.atoms.cols();
-        let buffers = if !short {
-            &mut part.full
-        } else {
-            if part.short.as_ref().is_none_or(|b| b.len() != n) {
-                part.short = Some(gpu.step_buffers(n, d, part.coding.k, part.range.len())?);
-            }
+        if short && part.short.as_ref().is_none_or(|b| b.len() != n) {
+            part.short = Some(gpu.step_buffers(n, d, part.coding.k, part.range.len())?);
+        }
+        let input = match before.last() {
+            None => StepInput::Host {
+                samples: &prepared.data,
+                norms: &prepared.norms,
+            },
+            Some(previous) => StepInput::Residual(batch_buffers(previous, short).residual()),
+        };
+        let buffers = if short {
             part.short.as_mut().expect("just created")
+        } else {
+            &mut part.full
         };
         let update = UpdateOptions {
             atom_batch: config.atom_batch.min(part.range.len()),
@@ -51,29 +58,16 @@ pub(super) fn train_batch(
             seed: update_seed(group_seed(config.seed, g), step),
             memory: config.atom_memory,
         };
-        let (data, norms) = match &input {
-            Some((data, norms)) => (data.as_slice(), norms.as_slice()),
-            None => (prepared.data.as_slice(), prepared.norms.as_slice()),
-        };
         let step = gpu.train_step(
             &mut part.atoms,
             &part.memory,
             &mut part.gram,
             buffers,
-            data,
-            norms,
+            input,
             &part.coding,
             &update,
             config.profile,
         )?;
-        if g + 1 < count {
-            let residual = gpu.read_residual(buffers.coded())?;
-            let norms = residual
-                .chunks_exact(d)
-                .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
-                .collect();
-            input = Some((residual, norms));
-        }
         usage.extend_from_slice(&step.usage);
         l0.iter_mut().zip(&step.l0).for_each(|(a, b)| *a += b);
         out.gemm_s += step.gemm_s;
@@ -84,6 +78,14 @@ pub(super) fn train_batch(
     out.usage = usage;
     out.l0 = l0;
     Ok(out)
+}
+
+/// The step buffers a group used for a batch: its full ones, or those of the short last batch.
+fn batch_buffers(part: &Part, short: bool) -> &StepBuffers {
+    match (&part.short, short) {
+        (Some(buffers), true) => buffers,
+        _ => &part.full,
+    }
 }
 
 /// One batch's metrics from its step output (epoch, batch and step left at 0 for the caller),
