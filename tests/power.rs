@@ -160,16 +160,15 @@ fn sequential_update_matches_the_exact_reference() {
 #[test]
 fn batched_update_matches_the_batched_reference() {
     let Some(gpu) = common::gpu() else { return };
-    matches_reference(
-        gpu,
-        &UpdateOptions::default()
-            .with_atom_batch(16)
-            .with_power_iterations(30)
-            .with_seed(4),
-        false,
-        2e-6,
-        1e-5,
-    );
+    matches_reference(gpu, &batched_options(), false, 2e-6, 1e-5);
+}
+
+/// Atom batches of 16 at the trainer's p = 30, seeded.
+fn batched_options() -> UpdateOptions {
+    UpdateOptions::default()
+        .with_atom_batch(16)
+        .with_power_iterations(30)
+        .with_seed(4)
 }
 
 /// Power steps per atom in the memory test: the trainer's range, checked against the
@@ -478,16 +477,7 @@ fn gpu_kernels_match_the_reference() {
     for d in [1501, 6000] {
         fold_matches_recomputed_residual(&gpu_paths, d);
     }
-    matches_reference(
-        &gpu_paths,
-        &UpdateOptions::default()
-            .with_atom_batch(16)
-            .with_power_iterations(30)
-            .with_seed(4),
-        false,
-        2e-6,
-        1e-5,
-    );
+    matches_reference(&gpu_paths, &batched_options(), false, 2e-6, 1e-5);
 }
 
 fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
