@@ -5,9 +5,18 @@
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::gpu::context::DeviceLimits;
 use crate::gpu::Gpu;
 
 impl Gpu {
+    /// The same device (pipelines and buffers shared with `self`) planning with `limits`.
+    fn planning_with(&self, limits: DeviceLimits) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            limits,
+        }
+    }
+
     /// The same device, planning with bindings of at most `bytes` (rounded down to 4).
     ///
     /// Pipelines and buffers are shared with `self`; only the planning of row blocks changes. Tests
@@ -16,10 +25,7 @@ impl Gpu {
         self.limits.check_cap(bytes)?;
         let mut limits = self.limits.clone();
         limits.planned_binding_size = limits.planned_binding_size.min(bytes & !3);
-        Ok(Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        })
+        Ok(self.planning_with(limits))
     }
 
     /// The same device, allocating buffers of at most `bytes` (rounded down to 4; bindings are
@@ -28,10 +34,7 @@ impl Gpu {
     pub fn with_max_buffer_size(&self, bytes: u64) -> Result<Self> {
         let mut limits = self.limits.clone();
         limits.cap_buffer(bytes)?;
-        Ok(Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        })
+        Ok(self.planning_with(limits))
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -41,10 +44,7 @@ impl Gpu {
     pub fn with_max_texture_dimension(&self, texels: u32) -> Self {
         let mut limits = self.limits.clone();
         limits.max_texture_dimension_2d = limits.max_texture_dimension_2d.min(texels.max(4));
-        Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        }
+        self.planning_with(limits)
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -59,10 +59,7 @@ impl Gpu {
                 .max_loop_iterations
                 .map_or(iterations, |cap| cap.min(iterations)),
         );
-        Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        }
+        self.planning_with(limits)
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -72,10 +69,7 @@ impl Gpu {
     pub fn without_subgroups(&self) -> Self {
         let mut limits = self.limits.clone();
         limits.subgroup_size = None;
-        Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        }
+        self.planning_with(limits)
     }
 
     #[cfg(any(test, feature = "testing"))]
@@ -87,9 +81,6 @@ impl Gpu {
     pub fn with_gpu_paths(&self) -> Self {
         let mut limits = self.limits.clone();
         limits.cpu_paths = false;
-        Self {
-            inner: Arc::clone(&self.inner),
-            limits,
-        }
+        self.planning_with(limits)
     }
 }
