@@ -16,8 +16,11 @@
 //
 //   pack_gram  G's f32 rows (a window of the product at a time) into the G texture.
 //   sweep   one workgroup per (sample, chunk of CHUNK = WG·PER atoms): α −= G[:,U]·Δ for the
-//           atoms U the last select changed, then the largest |α| of the chunk (ties to the lowest
-//           index) into the sample's argmax partials.
+//           atoms U the last select changed, then each invocation's largest |α| (ties to the
+//           lowest index) into the sample's argmax partials (CPU adapters: no barriers).
+//   sweep_reduced  the same, the workgroup's largest |α| reduced in workgroup memory into one
+//           partial per chunk (GPUs: barriers are cheap, and select's serial loop over the
+//           partials shrinks WG-fold, from 1024 entries per step at K = 16 384).
 //   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
 //           Cholesky factor, solves for the coefficients and writes the next (U, Δ) to upd_out.
 //
@@ -64,6 +67,9 @@ struct Params {
     // chunk of a larger batch's rows; bindings start at aligned offsets). pack_gram: x is the
     // first word of its G window inside the g_src binding, y the window's first G row.
     rows_first: vec4<u32>,
+    // Argmax partials each sweep workgroup writes per (sample, chunk): WG from `sweep` (one
+    // per invocation), 1 from `sweep_reduced`.
+    chunk_parts: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -180,27 +186,20 @@ fn pending(rec: u32) -> u32 {
     return work[rec + H_NUPD];
 }
 
-// No barriers and no workgroup memory: on llvmpipe a barrier switches coroutines for every
-// 8 invocations, which cost more than the arithmetic here; each invocation writes its own
-// argmax partial instead and select reduces them.
-// The same kernel serves OMP and MP: an MP update has one entry.
-@compute @workgroup_size(WG)
-fn sweep(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let lin = wid.y * groups.x + wid.x;
-    let sample = lin / params.n_chunks;
-    if sample >= params.batch {
-        return;
-    }
-    let chunk = lin - sample * params.n_chunks;
-    let rec = sample * params.stride;
-    let n = pending(rec);
-    if n == 0xffffffffu {
-        return;
-    }
+// An invocation's largest |α| among its unchosen atoms: the signed value and its atom, or atom
+// 0xffffffff when it has none.
+struct SweepBest {
+    val: f32,
+    idx: u32,
+}
+
+// The sweep of one invocation: its PER atoms of `chunk` of the sample's α updated and stored,
+// and their best. No barriers and no workgroup memory: on llvmpipe a barrier switches coroutines
+// for every 8 invocations, which cost more than the arithmetic here, so `sweep` has each
+// invocation write its own argmax partial and select reduces them.
+// The same code serves OMP and MP: an MP update has one entry.
+// `n`: the sample's pending update entries (`pending`), not 0xffffffff.
+fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
     let last = params.n_atoms - 1u;
     // This invocation's atoms j = first .. first + PER − 1: PER / 4 whole texels of α and of G
     // (K is padded to a multiple of 4 there). Texels past K read anything and are not written;
@@ -229,8 +228,7 @@ fn sweep(
     }
     // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
     var best_abs = -1.0;
-    var best_val = 0.0;
-    var best_idx = 0xffffffffu;
+    var best = SweepBest(0.0, 0xffffffffu);
     for (var m = 0u; m < PER; m++) {
         let j = first + m;
         var v: f32;
@@ -246,8 +244,7 @@ fn sweep(
         if j <= last && (chosen & (1u << m)) == 0u {
             if abs(v) > best_abs {
                 best_abs = abs(v);
-                best_val = v;
-                best_idx = j;
+                best = SweepBest(v, j);
             }
         }
     }
@@ -256,9 +253,88 @@ fn sweep(
     textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
     textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
     textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
-    let at = params.parts + 2u * ((sample * params.n_chunks + chunk) * WG + lid);
-    work[at] = bitcast<u32>(best_val);
-    work[at + 1u] = best_idx;
+    return best;
+}
+
+// Word of argmax partial `part` of (sample, chunk).
+fn part_at(sample: u32, chunk: u32, part: u32) -> u32 {
+    return params.parts + 2u * ((sample * params.n_chunks + chunk) * params.chunk_parts + part);
+}
+
+fn write_part(at: u32, b: SweepBest) {
+    work[at] = bitcast<u32>(b.val);
+    work[at + 1u] = b.idx;
+}
+
+@compute @workgroup_size(WG)
+fn sweep(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let lin = wid.y * groups.x + wid.x;
+    let sample = lin / params.n_chunks;
+    if sample >= params.batch {
+        return;
+    }
+    let n = pending(sample * params.stride);
+    if n == 0xffffffffu {
+        return;
+    }
+    let chunk = lin - sample * params.n_chunks;
+    write_part(part_at(sample, chunk, lid), sweep_chunk(lid, sample, chunk, n));
+}
+
+// Whether partial b beats a: larger |α|, ties to the lower atom; no atom never wins.
+fn beats(b: SweepBest, a: SweepBest) -> bool {
+    if b.idx == 0xffffffffu {
+        return false;
+    }
+    if a.idx == 0xffffffffu {
+        return true;
+    }
+    return abs(b.val) > abs(a.val) || (abs(b.val) == abs(a.val) && b.idx < a.idx);
+}
+
+// Most sweep invocations per workgroup that sweep_reduced reduces (WG ≤ this, a power of two).
+const REDUCE_MAX: u32 = 256u;
+var<workgroup> red_val: array<f32, REDUCE_MAX>;
+var<workgroup> red_idx: array<u32, REDUCE_MAX>;
+
+@compute @workgroup_size(WG)
+fn sweep_reduced(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let lin = wid.y * groups.x + wid.x;
+    let sample = lin / params.n_chunks;
+    // Uniform across the workgroup: no invocation leaves before the barriers below.
+    if sample >= params.batch {
+        return;
+    }
+    let chunk = lin - sample * params.n_chunks;
+    // A stopped sample takes part in the barriers; select does not read its partial.
+    let n = pending(sample * params.stride);
+    var b = SweepBest(0.0, 0xffffffffu);
+    if n != 0xffffffffu {
+        b = sweep_chunk(lid, sample, chunk, n);
+    }
+    red_val[lid] = b.val;
+    red_idx[lid] = b.idx;
+    for (var w = WG / 2u; w > 0u; w /= 2u) {
+        workgroupBarrier();
+        if lid < w {
+            let other = SweepBest(red_val[lid + w], red_idx[lid + w]);
+            if beats(other, SweepBest(red_val[lid], red_idx[lid])) {
+                red_val[lid] = other.val;
+                red_idx[lid] = other.idx;
+            }
+        }
+    }
+    if lid == 0u {
+        write_part(part_at(sample, chunk, 0u), SweepBest(red_val[0], red_idx[0]));
+    }
 }
 
 
@@ -275,7 +351,7 @@ fn reduce_parts(sample: u32) -> vec2<u32> {
     var best_abs = -1.0;
     var best_val = 0.0;
     var best_idx = 0xffffffffu;
-    let n_parts = params.n_chunks * WG;
+    let n_parts = params.n_chunks * params.chunk_parts;
     let first = params.parts + 2u * sample * n_parts;
     // Partials interleave index ranges, so ties are broken by index explicitly.
     for (var c = 0u; c < n_parts; c++) {

@@ -575,7 +575,8 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 /// resident one split into dispatches of a few steps and refit rows (a small loop cap: later
 /// dispatches rebuild α from the chosen atoms), and what a GPU plans (`with_gpu_paths`: the
 /// sweeps after the tiled GEMM's correlations), against the reference: K = 1 and primes
-/// (texels past K, an interleaved last texel), one sample, k = 1 and k = d, with and without
+/// (texels past K, an interleaved last texel, several sweep chunks), one sample, k = 1 and
+/// k = d, with and without
 /// the refit; Batch-OMP on the GPU kernels too.
 #[test]
 fn resident_and_portable_matching_pursuit_match_the_reference() {
@@ -595,6 +596,8 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
         (13, 7, 1, 7),
         (257, 31, 5, 16),
         (61, 24, 4, 24),
+        // Three sweep chunks of 512 atoms, the last one short.
+        (1031, 20, 4, 12),
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
@@ -603,5 +606,48 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
             }
         }
         check_against_reference(&gpu_paths, n_atoms, d, n, CodingOptions::omp(k));
+    }
+}
+
+/// Exact ties of |α| go to the lowest atom on every path, as in the reference: atoms copied to
+/// higher indices in another sweep chunk (512 atoms at K = 1031), in another invocation of the
+/// same chunk and in the same invocation, samples built from the originals. A path that breaks
+/// ties the other way (the reduction across a GPU sweep's invocations, select across chunks, the
+/// resident subgroup's) picks a copy.
+#[test]
+fn ties_go_to_the_lowest_atom_on_every_path() {
+    let Some(gpu) = common::gpu() else { return };
+    let (n_atoms, d, n) = (1031, 16, 24);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut atoms = gaussian(&mut rng, n_atoms * d);
+    normalise_rows(&mut atoms, d);
+    let copies = [(5, 700), (300, 1020), (520, 1000), (517, 525)];
+    for (from, to) in copies {
+        atoms.copy_within(from * d..(from + 1) * d, to * d);
+    }
+    let noise = gaussian(&mut rng, n * d);
+    let mut samples = vec![0.0f32; n * d];
+    for i in 0..n {
+        let (a, b) = (copies[i % 4].0, copies[(i / 4 + 1 + i % 4) % 4].0);
+        for t in 0..d {
+            samples[i * d + t] =
+                3.0 * atoms[a * d + t] - 2.0 * atoms[b * d + t] + 0.01 * noise[i * d + t];
+        }
+    }
+    let paths = [gpu, &gpu.with_gpu_paths(), &gpu.without_subgroups()];
+    for coding in [CodingOptions::omp(3), CodingOptions::mp(3, true)] {
+        let refs = reference::encode(&atoms, n_atoms, &samples, d, &coding);
+        for g in paths {
+            let encoder = Encoder::new(g, &atoms, n_atoms, d, EncoderOptions::new(coding)).unwrap();
+            let codes = encoder.encode(&samples).unwrap();
+            for (i, r) in refs.iter().enumerate() {
+                let got = support(&codes, i);
+                assert!(
+                    got.iter().all(|j| copies.iter().all(|c| c.1 != *j)),
+                    "{coding:?}, sample {i}: a copy chosen in {got:?}"
+                );
+                assert_eq!(got, r.indices, "{coding:?}, sample {i}");
+            }
+        }
     }
 }

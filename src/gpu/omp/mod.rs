@@ -34,7 +34,9 @@ const WG: u32 = 32;
 /// for PER atoms held in registers (16 rather than 8: the OMP kernel 1.25× faster on llvmpipe,
 /// where every fetch is a gather across the lanes).
 const PER: u32 = 16;
-/// Atoms per sweep workgroup: one argmax partial per sample and chunk.
+// sweep_reduced's tree reduction (REDUCE_MAX in omp.wgsl).
+const _: () = assert!(WG.is_power_of_two() && WG <= 256);
+/// Atoms per sweep workgroup.
 const CHUNK: usize = (WG * PER) as usize;
 /// Invocations per workgroup of the per-sample kernels (`start`, `select_*`, `finish`).
 const SAMPLE_WG: u32 = 64;
@@ -64,6 +66,8 @@ struct Params {
     last_step: u32,
     texels: u32,
     rows_first: [u32; 4],
+    chunk_parts: u32,
+    _pad: [u32; 3],
 }
 
 /// The coding pipelines of one device, the scratch buffer holding the samples' state, and the
@@ -75,6 +79,8 @@ pub(crate) struct OmpKernels {
     sweep_layout: wgpu::BindGroupLayout,
     start: wgpu::ComputePipeline,
     sweep: wgpu::ComputePipeline,
+    /// The sweep with the argmax reduced in the workgroup (GPU adapters).
+    sweep_reduced: wgpu::ComputePipeline,
     select_omp: wgpu::ComputePipeline,
     select_mp: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
@@ -183,7 +189,8 @@ fn record_words(max_atoms: usize) -> usize {
     HEADER_WORDS + 4 * max_atoms + max_atoms * (max_atoms + 1) / 2
 }
 
-/// Argmax partials per sample: one per sweep invocation.
+/// Argmax partials per sample: one per sweep invocation (`sweep`, CPU adapters); the GPUs'
+/// `sweep_reduced` writes one per chunk (the words past them stay unused).
 fn partials(n_atoms: usize) -> usize {
     n_atoms.div_ceil(CHUNK) * WG as usize
 }
@@ -257,6 +264,7 @@ impl OmpKernels {
             Ok(Self {
                 start: pipeline(&state_layout, "start"),
                 sweep: pipeline(&sweep_layout, "sweep"),
+                sweep_reduced: pipeline(&sweep_layout, "sweep_reduced"),
                 select_omp: pipeline(&state_layout, "select_omp"),
                 select_mp: pipeline(&state_layout, "select_mp"),
                 finish: pipeline(&state_layout, "finish"),
@@ -488,7 +496,8 @@ mod tests {
         first_step,
         last_step,
         texels,
-        rows_first
+        rows_first,
+        chunk_parts
     });
 
     /// The heaviest dispatch no longer grows with k·K: the paper's size (K = 16 384, k = 64) fits

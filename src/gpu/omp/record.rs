@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{
     check_coding_fits, chunk_rows, code_words, mask_words, max_batch, partials, plan_gram,
     record_words, resident_kernels, resident_plan, ChunkGroups, ChunkPath, GramTexture, OmpKernels,
-    Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
+    Params, StepPath, CHUNK, SAMPLE_WG, TEXEL, WG,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -196,6 +196,20 @@ impl<'a> Job<'a> {
         self.uniforms.as_ref().expect("planned").binding(i)
     }
 
+    /// Whether the sweeps reduce their argmax in the workgroup (one partial per chunk): on GPUs,
+    /// not on CPU adapters, where barriers cost more than select's longer loop.
+    fn reduced_sweep(&self) -> bool {
+        !self.gpu.limits().cpu_paths
+    }
+
+    /// Argmax partials per sample and chunk (`chunk_parts` in omp.wgsl).
+    fn chunk_parts(&self) -> usize {
+        match self.reduced_sweep() {
+            true => 1,
+            false => WG as usize,
+        }
+    }
+
     /// Dispatches of one chunk on the resident path (steps, then refit rows).
     fn per_chunk(&self) -> usize {
         self.step_ranges.len() + self.refit_ranges.len()
@@ -223,6 +237,8 @@ impl<'a> Job<'a> {
             last_step: 0,
             texels: 0,
             rows_first: [0; 4],
+            chunk_parts: self.chunk_parts() as u32,
+            _pad: [0; 3],
         };
         let mut records: Vec<Params> = self
             .pack_chunks
@@ -307,7 +323,10 @@ impl<'a> Job<'a> {
         let per_sample = groups(gpu, rows, SAMPLE_WG as usize);
         match &group.path {
             ChunkPath::Sweeps { sweeps, .. } => {
-                let sweep = &kernels.sweep;
+                let sweep = match self.reduced_sweep() {
+                    true => &kernels.sweep_reduced,
+                    false => &kernels.sweep,
+                };
                 let select = match self.options.coder {
                     Coder::Omp => &kernels.select_omp,
                     Coder::Mp { .. } => &kernels.select_mp,
