@@ -258,40 +258,65 @@ fn row_block_splitting_under_a_small_binding_cap() {
     }
 }
 
-/// The Gram matrix D·Dᵀ, whose texel kernel (lavapipe's) computes the blocks on and above the
-/// diagonal and stores each transposed below it: K = 1, around the 8×8 block (7, 8, 9) and the
-/// 64×64 workgroup (64, 65), a prime; every entry against the reference with the bound of
-/// the other products ((d + 2)·ε·d), and exactly symmetric.
+/// The Gram matrix D·Dᵀ, whose kernels compute the blocks on and above the diagonal and store
+/// each transposed below it (lavapipe's texel kernel: 8×8 blocks; the tiled kernel a GPU runs:
+/// 128×128 tiles): K = 1, around the 8×8 block (7, 8, 9), the 64×64 texel workgroup (64, 65)
+/// and the 128×128 tile (127, 128, 129), primes, three tiles (300); and on the GPU kernels with
+/// the inner dimension split under a loop cap (later blocks accumulate onto the mirrored
+/// ones) and with C split across bindings in blocks of several tiles (none mirrored). Every entry against the reference
+/// with the bound of the other products ((d + 2)·ε·d), and exactly symmetric.
 #[test]
 fn gram_matches_reference_on_awkward_sizes() {
     let Some(gpu) = common::gpu() else { return };
-    for (i, &k_atoms) in [1, 7, 8, 9, 64, 65, 131].iter().enumerate() {
-        for d in [3, 61] {
-            let atoms = common::uniform(k_atoms * d, 70 + i as u64);
-            let gd = gpu.matrix(k_atoms, d, &atoms).unwrap();
-            let gram = gpu.read_matrix(&gpu.gram(&gd).unwrap()).unwrap();
-            let want = reference::gemm(
-                Product::ABt,
-                k_atoms,
-                k_atoms,
-                d,
-                1.0,
-                &atoms,
-                &atoms,
-                0.0,
-                &[],
-            );
-            for r in 0..k_atoms {
-                for c in 0..k_atoms {
-                    let g = gram[r * k_atoms + c];
-                    assert!(
-                        (g as f64 - want[r * k_atoms + c]).abs()
-                            <= (d as f64 + 2.0) * 1.2e-7 * d as f64,
-                        "K = {k_atoms}, d = {d}: G[{r}, {c}] = {g}"
-                    );
-                    assert_eq!(g, gram[c * k_atoms + r], "K = {k_atoms}: not symmetric");
-                }
+    let gpu_paths = gpu.with_gpu_paths();
+    let split_inner = gpu_paths.with_max_loop_iterations(300);
+    let split_c = gpu_paths.with_max_binding_size(1 << 20).unwrap();
+    let sizes = [1, 7, 8, 9, 64, 65, 127, 128, 129, 131, 300];
+    let cases = [(gpu, &sizes[..]), (&gpu_paths, &sizes[..])]
+        .into_iter()
+        .chain([(&split_inner, &[131, 300][..]), (&split_c, &[600][..])]);
+    for (g, sizes) in cases {
+        for (i, &k_atoms) in sizes.iter().enumerate() {
+            for d in [3, 61] {
+                check_gram(g, k_atoms, d, 70 + i as u64);
             }
+        }
+    }
+    // The split views must really split, or the mirrored accumulation and the unmirrored
+    // blocks would go unexercised.
+    for (g, k_atoms) in [(&split_inner, 300), (&split_c, 600)] {
+        let (dd, c) = (
+            g.zeros(k_atoms, 61).unwrap(),
+            g.zeros(k_atoms, k_atoms).unwrap(),
+        );
+        let blocks = g.gemm_blocks(&GemmParams::abt(), &dd, &dd, &c).unwrap();
+        assert!(blocks > 1, "the Gram ran in one block");
+    }
+}
+
+fn check_gram(gpu: &dbksvd::gpu::Gpu, k_atoms: usize, d: usize, seed: u64) {
+    let atoms = common::uniform(k_atoms * d, seed);
+    let gd = gpu.matrix(k_atoms, d, &atoms).unwrap();
+    let gram = gpu.read_matrix(&gpu.gram(&gd).unwrap()).unwrap();
+    let want = reference::gemm(
+        Product::ABt,
+        k_atoms,
+        k_atoms,
+        d,
+        1.0,
+        &atoms,
+        &atoms,
+        0.0,
+        &[],
+    );
+    for r in 0..k_atoms {
+        for c in 0..k_atoms {
+            let g = gram[r * k_atoms + c];
+            assert!(
+                (g as f64 - want[r * k_atoms + c]).abs() <= (d as f64 + 2.0) * 1.2e-7 * d as f64,
+                "K = {k_atoms}, d = {d}: G[{r}, {c}] = {g}"
+            );
+            assert_eq!(g, gram[c * k_atoms + r], "K = {k_atoms}: not symmetric");
         }
     }
 }

@@ -29,6 +29,8 @@ const TILE_K: u32 = 16;
 /// Register block per invocation: 8×8, as the shader's accumulators are written out.
 const TM: u32 = 8;
 const TN: u32 = 8;
+// The symmetric Gram mirrors tile (i, j) onto (j, i): the tiled kernel's tiles are square.
+const _: () = assert!(WG_X * TN == WG_Y * TM);
 /// Workgroup shape of the texel kernel (x along n, y along m); 8×8 outputs per invocation.
 const TX: u32 = 8;
 const TY: u32 = 8;
@@ -130,7 +132,8 @@ struct BlockParams {
     beta: f32,
     a_layer_shift: u32,
     b_layer_shift: u32,
-    /// gemm_texel: 1 when A and B are one matrix and the block is all of C (see gemm.wgsl).
+    /// gemm_texel and the tiled gemm: 1 when A and B are one matrix and the block spans all of
+    /// C (see gemm.wgsl).
     symmetric: u32,
     _pad: [u32; 2],
 }
@@ -318,7 +321,18 @@ impl Gpu {
             Product::ABt => &pipes.abt,
             Product::AB => &pipes.ab,
         };
-        let params: Vec<BlockParams> = blocks.iter().map(|b| b.params).collect();
+        let mut params: Vec<BlockParams> = blocks.iter().map(|b| b.params).collect();
+        // The Gram matrix, its blocks splitting only the inner dimension: the tiled kernel
+        // computes the tiles on and above the diagonal (square tiles) and mirrors them.
+        let same = a.data.id() == b.data.id() && a.rows() == b.rows();
+        let whole = |p: &BlockParams| p.m as usize == c.rows() && p.n as usize == c.cols();
+        if same
+            && op.product == Product::ABt
+            && op.kernel != GemmKernel::Naive
+            && params.iter().all(whole)
+        {
+            params.iter_mut().for_each(|p| p.symmetric = 1);
+        }
         let uniforms = self.uniform_records("gemm params", &params)?;
 
         self.scoped(|| {
