@@ -26,7 +26,14 @@
 // RT, the most α texels one invocation holds (K ≤ 4·RWG·RT), is a `const` the host defines
 // before this file for each K (a private array's size cannot be an override): LLVM's coroutine
 // lowering in llvmpipe compiles this kernel in about 2 s at RT = 48 and 9 s at RT = 128, and
-// did not finish in minutes at RT = 512.
+// did not finish in minutes at RT = 512. Loops over the texels run to RT (the host's texels
+// per invocation, rounded up), so a GPU's compiler can unroll them and keep α in registers.
+//
+// resident_mp_wg is the same coder for GPUs: a workgroup of RWG = 256 invocations per sample
+// (K = 16 384 in 16 texels, 64 registers, per invocation), the argmax reduced in workgroup
+// memory and invocation 0's outcome broadcast through it. Against the sweeps it saves per step
+// the read and write of the sample's whole α (two of the three passes over K per step) and two
+// dispatches.
 
 // [batch, K]: α⁰ = Y·Dᵀ of the job's samples (read only: the refit's right-hand side).
 @group(0) @binding(14) var<storage, read> alpha0_in: array<u32>;
@@ -43,7 +50,7 @@ fn res_row(sample: u32) -> u32 {
 
 fn res_load(lid: u32, sample: u32) {
     let row = res_row(sample);
-    for (var t = 0u; t < params.texels; t++) {
+    for (var t = 0u; t < RT; t++) {
         let first = 4u * (t * RWG + lid);
         var v = vec4<f32>();
         for (var m = 0u; m < 4u; m++) {
@@ -62,7 +69,7 @@ fn res_rebuild(lid: u32, rec: u32) {
     for (var s = 0u; s < work[rec + H_NSEL]; s++) {
         let j = work[sel_at(rec) + s];
         let x = wf(coef_at(rec) + s);
-        for (var t = 0u; t < params.texels; t++) {
+        for (var t = 0u; t < RT; t++) {
             let q = t * RWG + lid;
             if q < width {
                 res_alpha[t] -= x * g_texel(j, q);
@@ -89,7 +96,7 @@ fn res_consider(b: ptr<function, ResBest>, v: vec4<f32>, first: u32) {
 
 fn res_best(lid: u32) -> ResBest {
     var b = ResBest(-1.0, 0.0, 0xffffffffu);
-    for (var t = 0u; t < params.texels; t++) {
+    for (var t = 0u; t < RT; t++) {
         res_consider(&b, res_alpha[t], 4u * (t * RWG + lid));
     }
     return b;
@@ -100,7 +107,7 @@ fn res_best(lid: u32) -> ResBest {
 fn res_update_best(lid: u32, j: u32, a: f32) -> ResBest {
     let width = (params.n_atoms + 3u) / 4u;
     var b = ResBest(-1.0, 0.0, 0xffffffffu);
-    for (var t = 0u; t < params.texels; t++) {
+    for (var t = 0u; t < RT; t++) {
         let q = t * RWG + lid;
         if q < width {
             res_alpha[t] -= a * g_texel(j, q);
@@ -153,6 +160,65 @@ fn resident_mp(
             taken = 1u;
         }
         if subgroupMax(taken) == 0u {
+            return;
+        }
+        mine = res_update_best(lid, best.y, a);
+    }
+}
+
+// The sample's (signed α, atom) of largest |α| from each invocation's best, ties to the lowest
+// index, through workgroup memory (omp.wgsl's red_val, red_idx: RWG ≤ REDUCE_MAX); the same in
+// every invocation. Every invocation must call it.
+fn wg_pick(lid: u32, b: ResBest) -> vec2<u32> {
+    red_val[lid] = b.val;
+    red_idx[lid] = b.idx;
+    for (var w = RWG / 2u; w > 0u; w /= 2u) {
+        workgroupBarrier();
+        if lid < w {
+            let other = SweepBest(red_val[lid + w], red_idx[lid + w]);
+            if beats(other, SweepBest(red_val[lid], red_idx[lid])) {
+                red_val[lid] = other.val;
+                red_idx[lid] = other.idx;
+            }
+        }
+    }
+    workgroupBarrier();
+    return vec2<u32>(bitcast<u32>(red_val[0]), red_idx[0]);
+}
+
+// Invocation 0's word for the whole workgroup: the sample's done flag, then each step's outcome.
+var<workgroup> wg_flag: u32;
+
+@compute @workgroup_size(RWG)
+fn resident_mp_wg(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let sample = wid.y * groups.x + wid.x;
+    // Uniform across the workgroup, as every exit before a barrier must be.
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    if lid == 0u {
+        wg_flag = work[rec + H_DONE];
+    }
+    if workgroupUniformLoad(&wg_flag) != 0u {
+        return;
+    }
+    let y2 = y_norm2[params.rows_first.y + sample];
+    res_load(lid, sample);
+    res_rebuild(lid, rec);
+    var mine = res_best(lid);
+    for (var step = params.first_step; step < params.last_step; step++) {
+        let best = wg_pick(lid, mine);
+        let a = bitcast<f32>(best.x);
+        if lid == 0u {
+            wg_flag = u32(mp_take(rec, y2, a, best.y));
+        }
+        // Its barrier also keeps the next step's wg_pick from overwriting red_val[0] early.
+        if workgroupUniformLoad(&wg_flag) == 0u {
             return;
         }
         mine = res_update_best(lid, best.y, a);

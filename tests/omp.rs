@@ -569,12 +569,13 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
     }
 }
 
-/// Matching pursuit on CPU adapters with subgroups (lavapipe) keeps each sample's correlations
-/// in one subgroup's registers for many steps (omp_resident.wgsl); elsewhere, and with
-/// `without_subgroups`, it takes a sweep and a select dispatch per step. Both paths, the
-/// resident one split into dispatches of a few steps and refit rows (a small loop cap: later
-/// dispatches rebuild α from the chosen atoms), and what a GPU plans (`with_gpu_paths`: the
-/// sweeps after the tiled GEMM's correlations), against the reference: K = 1 and primes
+/// Matching pursuit with subgroup operations keeps each sample's correlations in registers for
+/// many steps (omp_resident.wgsl): one subgroup's on CPU adapters (lavapipe), one workgroup's
+/// on GPUs; with `without_subgroups` it takes a sweep and a select dispatch per step. Every
+/// path, the subgroup one split into dispatches of a few steps and refit rows (a small loop
+/// cap: later dispatches rebuild α from the chosen atoms), and what a GPU plans
+/// (`with_gpu_paths`: the workgroup coder, or the sweeps reduced in the workgroup, after the
+/// tiled GEMM's correlations), against the reference: K = 1 and primes
 /// (texels past K, an interleaved last texel, several sweep chunks), one sample, k = 1 and
 /// k = d, with and without
 /// the refit; Batch-OMP on the GPU kernels too.
@@ -591,6 +592,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     let portable = gpu.without_subgroups();
     let split = gpu.with_max_loop_iterations(700);
     let gpu_paths = gpu.with_gpu_paths();
+    let gpu_sweeps = gpu_paths.without_subgroups();
     for (n_atoms, d, n, k) in [
         (1, 5, 3, 1),
         (13, 7, 1, 7),
@@ -601,7 +603,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
-            for g in [gpu, &portable, &split, &gpu_paths] {
+            for g in [gpu, &portable, &split, &gpu_paths, &gpu_sweeps] {
                 check_against_reference(g, n_atoms, d, n, coding);
             }
         }
@@ -613,7 +615,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
 /// higher indices in another sweep chunk (512 atoms at K = 1031), in another invocation of the
 /// same chunk and in the same invocation, samples built from the originals. A path that breaks
 /// ties the other way (the reduction across a GPU sweep's invocations, select across chunks, the
-/// resident subgroup's) picks a copy.
+/// resident subgroup's or workgroup's) picks a copy.
 #[test]
 fn ties_go_to_the_lowest_atom_on_every_path() {
     let Some(gpu) = common::gpu() else { return };
@@ -634,7 +636,13 @@ fn ties_go_to_the_lowest_atom_on_every_path() {
                 3.0 * atoms[a * d + t] - 2.0 * atoms[b * d + t] + 0.01 * noise[i * d + t];
         }
     }
-    let paths = [gpu, &gpu.with_gpu_paths(), &gpu.without_subgroups()];
+    let gpu_paths = gpu.with_gpu_paths();
+    let paths = [
+        gpu,
+        &gpu_paths,
+        &gpu.without_subgroups(),
+        &gpu_paths.without_subgroups(),
+    ];
     for coding in [CodingOptions::omp(3), CodingOptions::mp(3, true)] {
         let refs = reference::encode(&atoms, n_atoms, &samples, d, &coding);
         for g in paths {

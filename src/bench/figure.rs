@@ -31,7 +31,8 @@ pub enum Figure {
     /// Sparse coding of the batch through [`crate::Encoder::encode`] (samples uploaded, correlations,
     /// coding kernel, codes read back).
     Coding {
-        /// `omp` or `mp`.
+        /// `omp`, `mp`, or `mp-sweeps` (MP by a sweep and a select dispatch per greedy step,
+        /// beside the resident coder that `mp` times where the device has subgroup operations).
         coder: &'static str,
         /// Samples coded per run (B).
         samples: usize,

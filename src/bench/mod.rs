@@ -205,11 +205,22 @@ impl<'a> Bench<'a> {
                     }
                 }
                 Phase::Omp | Phase::Mp => {
-                    let (figure, codes) = self.coding(&data, phase)?;
+                    let (figure, codes) = self.coding(gpu, &data, phase)?;
                     if phase == Phase::Omp {
                         omp_codes = Some(codes);
                     }
                     emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
+                    // Where MP runs resident (subgroup operations), its sweeps too: the
+                    // evidence for the choice on this adapter.
+                    if phase == Phase::Mp && gpu.limits().subgroups {
+                        gpu.reset_memory_peak();
+                        let sweeps = gpu.planning_without_subgroups();
+                        let (mut figure, _) = self.coding(&sweeps, &data, phase)?;
+                        if let Figure::Coding { coder, .. } = &mut figure {
+                            *coder = "mp-sweeps";
+                        }
+                        emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
+                    }
                 }
                 Phase::Update => {
                     let figure = self.update(&data, omp_codes.take())?;
@@ -282,15 +293,21 @@ impl<'a> Bench<'a> {
         Ok(out)
     }
 
-    /// Coding the batch with OMP or MP; also returns the codes (the update's input).
-    fn coding(&self, data: &SyntheticData, phase: Phase) -> Result<(Figure, SparseCodes)> {
+    /// Coding the batch with OMP or MP on `gpu` (the bench's device, or a planning view of it);
+    /// also returns the codes (the update's input).
+    fn coding(
+        &self,
+        gpu: &Gpu,
+        data: &SyntheticData,
+        phase: Phase,
+    ) -> Result<(Figure, SparseCodes)> {
         let c = &self.config;
         let (coding, coder) = match phase {
             Phase::Mp => (mp(c.k), "mp"),
             _ => (CodingOptions::omp(c.k), "omp"),
         };
         let coding = coding.with_gram(c.gram);
-        let encoder = self.encoder(data, coding)?;
+        let encoder = self.encoder(gpu, data, coding)?;
         let warm_up = || {
             let rows = WARM_UP_ROWS.min(c.batch);
             encoder.encode(&data.samples[..rows * c.dim]).map(drop)
@@ -317,11 +334,11 @@ impl<'a> Bench<'a> {
     }
 
     /// An encoder that codes the whole batch in one GPU batch, as a training step does.
-    fn encoder(&self, data: &SyntheticData, coding: CodingOptions) -> Result<Encoder> {
+    fn encoder(&self, gpu: &Gpu, data: &SyntheticData, coding: CodingOptions) -> Result<Encoder> {
         let c = &self.config;
         let mut options = EncoderOptions::new(coding);
         options.batch_size = Some(c.batch);
-        Encoder::new(self.gpu, &data.atoms, c.atoms, c.dim, options)
+        Encoder::new(gpu, &data.atoms, c.atoms, c.dim, options)
     }
 
     /// One dictionary update of the batch coded by OMP (`codes`, or coded here untimed).
@@ -331,7 +348,7 @@ impl<'a> Bench<'a> {
         let codes = match codes {
             Some(codes) => codes,
             None => self
-                .encoder(data, CodingOptions::omp(c.k).with_gram(c.gram))?
+                .encoder(self.gpu, data, CodingOptions::omp(c.k).with_gram(c.gram))?
                 .encode(&data.samples)?,
         };
         let options = self.update_options();

@@ -50,9 +50,6 @@ pub(crate) struct GpuInner {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     summary: AdapterSummary,
-    /// The device's fixed subgroup size when it runs subgroup operations, whatever a planning
-    /// view (`Gpu::without_subgroups`) says: pipelines are built once per device.
-    pub(crate) subgroup_size: Option<u32>,
     sink: Arc<ErrorSink>,
     /// Device memory held through dbksvd's buffers (see [`Gpu::memory_peak`]).
     pub(crate) memory: Arc<MemoryCounter>,
@@ -190,7 +187,6 @@ impl Gpu {
                 device,
                 queue,
                 summary,
-                subgroup_size: limits.subgroup_size,
                 sink,
                 memory: Arc::default(),
                 gemm: OnceLock::new(),

@@ -142,6 +142,9 @@ pub struct DeviceLimits {
     /// (`Features::SUBGROUP`) with one fixed subgroup size (lavapipe: 8); `None` elsewhere. On
     /// CPU adapters the coders then keep each sample's correlations in one subgroup's registers.
     pub subgroup_size: Option<u32>,
+    /// Whether the device runs subgroup operations (`Features::SUBGROUP`) at all, of any size:
+    /// the modules holding them (the resident coders) are built only then.
+    pub(crate) subgroups: bool,
     /// Whether the kernels' CPU-adapter variants are planned (the resident coder, the texel
     /// GEMM, texture copies and per-sample folds in the update): the adapter's class, unless a
     /// test view plans as a GPU would.
@@ -229,6 +232,7 @@ impl DeviceLimits {
             subgroup_size: (!subgroups.is_empty()
                 && info.subgroup_min_size == info.subgroup_max_size)
                 .then_some(info.subgroup_min_size),
+            subgroups: !subgroups.is_empty(),
             cpu_paths: summary.is_cpu(),
         }
     }

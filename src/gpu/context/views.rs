@@ -67,14 +67,22 @@ impl Gpu {
     /// portable path (sweep and select dispatches per greedy step) on every adapter. Shares
     /// pipelines and buffers with `self`; tests use it to check both paths on one adapter.
     pub fn without_subgroups(&self) -> Self {
+        self.planning_without_subgroups()
+    }
+
+    /// [`Gpu::without_subgroups`] for the crate: `dbksvd bench` times matching pursuit's sweeps
+    /// beside its resident coder with it.
+    pub(crate) fn planning_without_subgroups(&self) -> Self {
         let mut limits = self.limits.clone();
         limits.subgroup_size = None;
+        limits.subgroups = false;
         self.planning_with(limits)
     }
 
     #[cfg(any(test, feature = "testing"))]
     /// The same device, planning the kernels a GPU runs rather than a CPU adapter's variants:
-    /// the coders' sweeps instead of the resident coder, the tiled GEMM instead of the texel
+    /// matching pursuit resident in a workgroup per sample rather than a subgroup, Batch-OMP's
+    /// sweeps reduced in the workgroup, the tiled GEMM instead of the texel
     /// one, storage reads and one workgroup per sample in the update instead of texture copies
     /// and per-sample rows. Shares pipelines and buffers with `self`; on lavapipe, tests use it
     /// to check the GPU kernels against the reference.

@@ -26,6 +26,14 @@ const RESIDENT_SHADER: &str = include_str!("../../../shaders/omp_resident.wgsl")
 /// grows with them on llvmpipe (2 s at 48, 9 s at 128, minutes at 512), so larger K take the
 /// portable path. At 128 (K = 4096) the resident kernel still codes 3.8× faster.
 const RESIDENT_TEXELS: usize = 128;
+/// Invocations per sample of the GPUs' resident coder (`resident_mp_wg`, RWG): K = 16 384 in 16
+/// texels (64 registers) per invocation, within WebGPU's default 256 per workgroup.
+const RESIDENT_WG: usize = 256;
+/// Most α texels a GPU's resident invocation holds: 32 (128 registers, K ≤ 32 768); past it
+/// they would spill, and the sweeps run.
+const RESIDENT_WG_TEXELS: usize = 32;
+// resident_mp_wg reduces its argmax in omp.wgsl's REDUCE_MAX-long workgroup arrays.
+const _: () = assert!(RESIDENT_WG.is_power_of_two() && RESIDENT_WG <= 256);
 
 /// Invocations per sweep workgroup: a chunk of 512 atoms, so K = 1536 (and any multiple of
 /// 512) fills every invocation.
@@ -92,12 +100,13 @@ pub(crate) struct OmpKernels {
     updates: ScratchTexture,
     /// The pair of α textures the sweeps alternate between.
     alphas: [ScratchTexture; 2],
-    /// The resident MP coder by texels per invocation (`RT`), built on first use where the
-    /// device has one fixed subgroup size and is a CPU.
-    resident: Mutex<HashMap<usize, ResidentKernels>>,
+    /// The resident MP coder by texels per invocation (`RT`) and whether it spans a workgroup
+    /// (GPUs) or a subgroup (CPU adapters), built on first use.
+    resident: Mutex<HashMap<(usize, bool), ResidentKernels>>,
 }
 
-/// `resident_mp` (one subgroup per sample) and `resident_refit` (one invocation per sample).
+/// `resident_mp` (one subgroup per sample) or `resident_mp_wg` (one workgroup per sample), and
+/// `resident_refit` (one invocation per sample).
 #[derive(Clone)]
 struct ResidentKernels {
     mp: wgpu::ComputePipeline,
@@ -110,6 +119,10 @@ struct ResidentKernels {
 #[derive(Clone, Copy, Debug)]
 struct ResidentPlan {
     texels: usize,
+    /// Invocations per sample: a subgroup (CPU adapters), or RESIDENT_WG with the argmax
+    /// reduced in workgroup memory (`workgroup`, GPUs).
+    invocations: usize,
+    workgroup: bool,
     first_steps: usize,
     later_steps: usize,
     rows_per_refit: usize,
@@ -131,25 +144,36 @@ impl ResidentPlan {
 }
 
 /// The resident plan for K = `n_atoms`, or `None` when the portable path must run: Batch-OMP,
-/// no fixed-size subgroups (or a planning view without them), not a CPU adapter (or a view
-/// planning the GPU kernels), more atoms than a subgroup holds, or not one step (or, for a
-/// job that needs more than one dispatch, not one step after the rebuild) under the loop cap.
+/// no subgroup operations (or a planning view without them), on a CPU adapter no fixed
+/// subgroup size, more atoms than a subgroup (workgroup) holds, too few invocations per
+/// workgroup, or not one step (or, for a job that needs more than one dispatch, not one step
+/// after the rebuild) under the loop cap.
 fn resident_plan(
     gpu: &Gpu,
     coder: Coder,
     n_atoms: usize,
     max_atoms: usize,
 ) -> Option<ResidentPlan> {
-    let invocations = gpu.limits().subgroup_size? as usize;
-    if !matches!(coder, Coder::Mp { .. }) || !gpu.limits().cpu_paths {
+    let limits = gpu.limits();
+    if !matches!(coder, Coder::Mp { .. }) || !limits.subgroups {
         return None;
     }
-    // Rounded up to a multiple of 8, so that nearby K share a pipeline.
+    // Texels rounded up so that nearby K share a pipeline: to 8 on CPU adapters, to 4 on GPUs
+    // (registers).
+    let (invocations, workgroup, most, round) = if limits.cpu_paths {
+        let lanes = limits.subgroup_size? as usize;
+        (lanes, false, RESIDENT_TEXELS, 8)
+    } else {
+        if (limits.max_compute_invocations_per_workgroup as usize) < RESIDENT_WG {
+            return None;
+        }
+        (RESIDENT_WG, true, RESIDENT_WG_TEXELS, 4)
+    };
     let texels = n_atoms
         .div_ceil(TEXEL)
         .div_ceil(invocations)
-        .next_multiple_of(8);
-    if texels > RESIDENT_TEXELS {
+        .next_multiple_of(round);
+    if texels > most {
         return None;
     }
     let t = texels as u64;
@@ -158,8 +182,14 @@ fn resident_plan(
     // from up to k chosen atoms.
     let fixed = 10 * t + 8;
     let rebuild = k * (t + 1);
-    // Per step: MP's search of the support for the atom, the update and argmax over the texels.
-    let per_step = 5 * t + k + 8;
+    // Per step: MP's search of the support for the atom, the update and argmax over the texels
+    // (and the workgroup's reduction).
+    let reduction = if workgroup {
+        invocations.ilog2() as u64 + 2
+    } else {
+        0
+    };
+    let per_step = 5 * t + k + 8 + reduction;
     // Per refit row s < k: the Cholesky row (G[j, I], its forward solve, norm and copy).
     let per_row = 3 * k + k * k / 2 + 8;
     // MP takes at most 2k steps (a step may pick an atom again).
@@ -177,6 +207,8 @@ fn resident_plan(
     };
     Some(ResidentPlan {
         texels,
+        invocations,
+        workgroup,
         first_steps: first,
         later_steps: later.max(1),
         rows_per_refit: rows.max(1),
@@ -283,18 +315,22 @@ impl OmpKernels {
     }
 }
 
-/// The resident coder with `texels` α texels per invocation, built on first use.
-fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, texels: usize) -> ResidentKernels {
+/// The resident coder of `plan` (its texels per invocation and kind), built on first use.
+fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, plan: &ResidentPlan) -> ResidentKernels {
     let mut cache = kernels.resident.lock().unwrap_or_else(|e| e.into_inner());
+    let texels = plan.texels;
     cache
-        .entry(texels)
+        .entry((texels, plan.workgroup))
         .or_insert_with(|| {
             let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
             let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
-            let invocations = gpu.inner.subgroup_size.unwrap_or(1);
-            let constants = [("RWG", invocations as f64)];
+            let constants = [("RWG", plan.invocations as f64)];
+            let entry = match plan.workgroup {
+                true => "resident_mp_wg",
+                false => "resident_mp",
+            };
             ResidentKernels {
-                mp: super::layout::compute_pipeline(gpu, &module, "resident_mp", &constants),
+                mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
                 refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
             }
         })
@@ -517,6 +553,8 @@ mod tests {
     fn resident_step_ranges_cover_every_step_once() {
         let plan = |first_steps, later_steps| ResidentPlan {
             texels: 8,
+            invocations: 8,
+            workgroup: false,
             first_steps,
             later_steps,
             rows_per_refit: 1,

@@ -346,7 +346,7 @@ impl<'a> Job<'a> {
                 steps,
                 refit,
             } => {
-                // One workgroup (one subgroup) per sample.
+                // One workgroup (a subgroup, or RESIDENT_WG invocations) per sample.
                 let workgroups = groups(gpu, rows, 1);
                 pass.set_pipeline(&kernels.mp);
                 for bind_group in steps {
@@ -562,7 +562,7 @@ fn step_path(
     rows: usize,
 ) -> Result<StepPath> {
     if let Some(plan) = resident_plan(gpu, coder, n_atoms, max_atoms) {
-        let resident = resident_kernels(gpu, kernels, plan.texels);
+        let resident = resident_kernels(gpu, kernels, &plan);
         return Ok(StepPath::Resident(plan, resident));
     }
     let shape = TextureShape {
