@@ -266,23 +266,28 @@ fn write_part(at: u32, b: SweepBest) {
     work[at + 1u] = b.idx;
 }
 
+// A sweep workgroup's (sample, chunk); the sample is past the batch in the trailing ones.
+fn sweep_job(wid: vec3<u32>, groups: vec3<u32>) -> vec2<u32> {
+    let lin = wid.y * groups.x + wid.x;
+    let sample = lin / params.n_chunks;
+    return vec2<u32>(sample, lin - sample * params.n_chunks);
+}
+
 @compute @workgroup_size(WG)
 fn sweep(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
-    let lin = wid.y * groups.x + wid.x;
-    let sample = lin / params.n_chunks;
-    if sample >= params.batch {
+    let job = sweep_job(wid, groups);
+    if job.x >= params.batch {
         return;
     }
-    let n = pending(sample * params.stride);
+    let n = pending(job.x * params.stride);
     if n == 0xffffffffu {
         return;
     }
-    let chunk = lin - sample * params.n_chunks;
-    write_part(part_at(sample, chunk, lid), sweep_chunk(lid, sample, chunk, n));
+    write_part(part_at(job.x, job.y, lid), sweep_chunk(lid, job.x, job.y, n));
 }
 
 // Whether partial b beats a: larger |α|, ties to the lower atom; no atom never wins.
@@ -296,33 +301,17 @@ fn beats(b: SweepBest, a: SweepBest) -> bool {
     return abs(b.val) > abs(a.val) || (abs(b.val) == abs(a.val) && b.idx < a.idx);
 }
 
-// Most sweep invocations per workgroup that sweep_reduced reduces (WG ≤ this, a power of two).
+// Most invocations per workgroup wg_best reduces over (a power of two).
 const REDUCE_MAX: u32 = 256u;
 var<workgroup> red_val: array<f32, REDUCE_MAX>;
 var<workgroup> red_idx: array<u32, REDUCE_MAX>;
 
-@compute @workgroup_size(WG)
-fn sweep_reduced(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-) {
-    let lin = wid.y * groups.x + wid.x;
-    let sample = lin / params.n_chunks;
-    // Uniform across the workgroup: no invocation leaves before the barriers below.
-    if sample >= params.batch {
-        return;
-    }
-    let chunk = lin - sample * params.n_chunks;
-    // A stopped sample takes part in the barriers; select does not read its partial.
-    let n = pending(sample * params.stride);
-    var b = SweepBest(0.0, 0xffffffffu);
-    if n != 0xffffffffu {
-        b = sweep_chunk(lid, sample, chunk, n);
-    }
+// The best of the `n` invocations' bests (n a power of two ≤ REDUCE_MAX, the workgroup's size),
+// ties to the lower atom, returned to every invocation. Every invocation must call it.
+fn wg_best(lid: u32, b: SweepBest, n: u32) -> SweepBest {
     red_val[lid] = b.val;
     red_idx[lid] = b.idx;
-    for (var w = WG / 2u; w > 0u; w /= 2u) {
+    for (var w = n / 2u; w > 0u; w /= 2u) {
         workgroupBarrier();
         if lid < w {
             let other = SweepBest(red_val[lid + w], red_idx[lid + w]);
@@ -332,8 +321,30 @@ fn sweep_reduced(
             }
         }
     }
+    workgroupBarrier();
+    return SweepBest(red_val[0], red_idx[0]);
+}
+
+@compute @workgroup_size(WG)
+fn sweep_reduced(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let job = sweep_job(wid, groups);
+    // Uniform across the workgroup: no invocation leaves before the barriers below.
+    if job.x >= params.batch {
+        return;
+    }
+    // A stopped sample takes part in the barriers; select does not read its partial.
+    let n = pending(job.x * params.stride);
+    var b = SweepBest(0.0, 0xffffffffu);
+    if n != 0xffffffffu {
+        b = sweep_chunk(lid, job.x, job.y, n);
+    }
+    let best = wg_best(lid, b, WG);
     if lid == 0u {
-        write_part(part_at(sample, chunk, 0u), SweepBest(red_val[0], red_idx[0]));
+        write_part(part_at(job.x, job.y, 0u), best);
     }
 }
 

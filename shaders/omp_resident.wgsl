@@ -117,6 +117,14 @@ fn res_update_best(lid: u32, j: u32, a: f32) -> ResBest {
     return b;
 }
 
+// A dispatch's start: the sample's α in this invocation's texels (rebuilt past the first
+// dispatch) and their best.
+fn res_begin(lid: u32, sample: u32, rec: u32) -> ResBest {
+    res_load(lid, sample);
+    res_rebuild(lid, rec);
+    return res_best(lid);
+}
+
 // The sample's (signed α, atom) of largest |α| from each invocation's best, ties to the lowest
 // index; the same in every invocation.
 fn res_pick(b: ResBest) -> vec2<u32> {
@@ -149,9 +157,7 @@ fn resident_mp(
         return;
     }
     let y2 = y_norm2[params.rows_first.y + sample];
-    res_load(lid, sample);
-    res_rebuild(lid, rec);
-    var mine = res_best(lid);
+    var mine = res_begin(lid, sample, rec);
     for (var step = params.first_step; step < params.last_step; step++) {
         let best = res_pick(mine);
         let a = bitcast<f32>(best.x);
@@ -166,24 +172,11 @@ fn resident_mp(
     }
 }
 
-// The sample's (signed α, atom) of largest |α| from each invocation's best, ties to the lowest
-// index, through workgroup memory (omp.wgsl's red_val, red_idx: RWG ≤ REDUCE_MAX); the same in
-// every invocation. Every invocation must call it.
+// res_pick through workgroup memory (omp.wgsl's wg_best: RWG ≤ REDUCE_MAX). Every invocation
+// must call it.
 fn wg_pick(lid: u32, b: ResBest) -> vec2<u32> {
-    red_val[lid] = b.val;
-    red_idx[lid] = b.idx;
-    for (var w = RWG / 2u; w > 0u; w /= 2u) {
-        workgroupBarrier();
-        if lid < w {
-            let other = SweepBest(red_val[lid + w], red_idx[lid + w]);
-            if beats(other, SweepBest(red_val[lid], red_idx[lid])) {
-                red_val[lid] = other.val;
-                red_idx[lid] = other.idx;
-            }
-        }
-    }
-    workgroupBarrier();
-    return vec2<u32>(bitcast<u32>(red_val[0]), red_idx[0]);
+    let best = wg_best(lid, SweepBest(b.val, b.idx), RWG);
+    return vec2<u32>(bitcast<u32>(best.val), best.idx);
 }
 
 // Invocation 0's word for the whole workgroup: the sample's done flag, then each step's outcome.
@@ -208,9 +201,7 @@ fn resident_mp_wg(
         return;
     }
     let y2 = y_norm2[params.rows_first.y + sample];
-    res_load(lid, sample);
-    res_rebuild(lid, rec);
-    var mine = res_best(lid);
+    var mine = res_begin(lid, sample, rec);
     for (var step = params.first_step; step < params.last_step; step++) {
         let best = wg_pick(lid, mine);
         let a = bitcast<f32>(best.x);
