@@ -48,7 +48,8 @@ struct Params {
     n_chunks: u32,
     // Words per sample record in `work`.
     stride: u32,
-    // First word of the argmax partials (2 words per sample and chunk) in `work`.
+    // First word of the argmax partials (chunk_parts per sample and chunk, 2 words each) in
+    // `work`.
     parts: u32,
     // Stop when ‖r‖² ≤ tolerance·‖y‖²; negative disables.
     tolerance: f32,
@@ -90,7 +91,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read> y_norm2: array<f32>;
 // [batch, 2k + 1]: k atom indices (i32 bits), k coefficients (f32 bits), residual energy.
 @group(0) @binding(7) var<storage, read_write> codes: array<u32>;
-// [batch, stride] sample records, then [batch, n_chunks, 2] argmax partials (f32 α bits, index).
+// [batch, stride] sample records, then [batch, n_chunks, chunk_parts, 2] argmax partials (f32 α
+// bits, index), then the chosen-atom masks.
 @group(0) @binding(8) var<storage, read_write> work: array<u32>;
 // The pending α update of each sample, texel (t, sample) = (atom, Δ bits): written by select
 // (upd_out), read by the sweep (upd_in) as a texture for the same reason as G. Two views of one

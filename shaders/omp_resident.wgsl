@@ -2,11 +2,11 @@
 // host: const RT: u32 = 64u;
 // (needs subgroup operations; the host defines RT per K, see below)
 //
-// Resident matching pursuit for CPU adapters: each sample's correlations α stay in the private
-// memory of one subgroup for many greedy steps, instead of being read and written through
-// textures by a sweep dispatch per step.
+// Resident matching pursuit: each sample's correlations α stay in the private memory of one
+// subgroup (CPU adapters, resident_mp) or one workgroup (GPUs, resident_mp_wg, below) for many
+// greedy steps, instead of being read and written through textures by a sweep dispatch per step.
 //
-// One workgroup of RWG invocations, exactly one subgroup, codes one sample. Invocation `lid`
+// resident_mp: one workgroup of RWG invocations, exactly one subgroup, codes one sample. Invocation `lid`
 // holds the α texels q = t·RWG + lid for t < texels (interleaved, so the subgroup's loads of a
 // G row fall on neighbouring texels). Per step: the largest |α| of each invocation, the
 // subgroup's argmax (ties to the lowest index, as the reference), MP's step (`mp_take` of
@@ -19,8 +19,8 @@
 // start and finish are omp.wgsl's.
 //
 // On llvmpipe this replaces per step a texture read and write of α and a second dispatch (the
-// MP kernel 2.5–3× faster at K = 1536). On a GPU the per-invocation arrays would not fit in
-// registers, so GPUs keep the sweep and select of omp.wgsl, and so does Batch-OMP, whose
+// MP kernel 2.5–3× faster at K = 1536). A GPU's subgroup could not hold α in registers, hence
+// resident_mp_wg there. Batch-OMP keeps the sweep and select of omp.wgsl on every adapter: its
 // per-step solves would run in one lane here.
 //
 // RT, the most α texels one invocation holds (K ≤ 4·RWG·RT), is a `const` the host defines
@@ -38,7 +38,8 @@
 // [batch, K]: α⁰ = Y·Dᵀ of the job's samples (read only: the refit's right-hand side).
 @group(0) @binding(14) var<storage, read> alpha0_in: array<u32>;
 
-// Invocations per workgroup: the adapter's subgroup size (llvmpipe: 8).
+// Invocations per workgroup: the adapter's subgroup size (resident_mp; llvmpipe: 8), or 256
+// (resident_mp_wg).
 override RWG: u32 = 8u;
 
 // This invocation's α texels.

@@ -263,7 +263,8 @@ fn row_block_splitting_under_a_small_binding_cap() {
 /// 128×128 tiles): K = 1, around the 8×8 block (7, 8, 9), the 64×64 texel workgroup (64, 65)
 /// and the 128×128 tile (127, 128, 129), primes, three tiles (300); and on the GPU kernels with
 /// the inner dimension split under a loop cap (later blocks accumulate onto the mirrored
-/// ones) and with C split across bindings in blocks of several tiles (none mirrored). Every entry against the reference
+/// ones) and with C split across bindings in blocks of several tiles (none mirrored); and
+/// α·D·Dᵀ + β·C over a C that is not symmetric. Every entry against the reference
 /// with the bound of the other products ((d + 2)·ε·d), and exactly symmetric.
 #[test]
 fn gram_matches_reference_on_awkward_sizes() {
@@ -280,6 +281,39 @@ fn gram_matches_reference_on_awkward_sizes() {
             for d in [3, 61] {
                 check_gram(g, k_atoms, d, 70 + i as u64);
             }
+        }
+    }
+    // C = α·D·Dᵀ + β·C over a C that is not symmetric: each mirrored entry scales its own old
+    // value.
+    for g in [gpu, &gpu_paths, &split_inner] {
+        let (k_atoms, d) = (300, 61);
+        let atoms = common::uniform(k_atoms * d, 90);
+        let old = common::uniform(k_atoms * k_atoms, 91);
+        let gd = g.matrix(k_atoms, d, &atoms).unwrap();
+        let mut c = g.matrix(k_atoms, k_atoms, &old).unwrap();
+        let op = GemmParams {
+            alpha: 0.5,
+            beta: 0.25,
+            ..GemmParams::abt()
+        };
+        g.gemm(&op, &gd, &gd, &mut c).unwrap();
+        let got = g.read_matrix(&c).unwrap();
+        let want = reference::gemm(
+            Product::ABt,
+            k_atoms,
+            k_atoms,
+            d,
+            0.5,
+            &atoms,
+            &atoms,
+            0.25,
+            &old,
+        );
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= (d as f64 + 2.0) * 1.2e-7 * d as f64,
+                "entry {i}: {g} vs {w}"
+            );
         }
     }
     // The split views must really split, or the mirrored accumulation and the unmirrored

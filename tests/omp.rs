@@ -572,8 +572,8 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 /// Matching pursuit with subgroup operations keeps each sample's correlations in registers for
 /// many steps (omp_resident.wgsl): one subgroup's on CPU adapters (lavapipe), one workgroup's
 /// on GPUs; with `without_subgroups` it takes a sweep and a select dispatch per step. Every
-/// path, the subgroup one split into dispatches of a few steps and refit rows (a small loop
-/// cap: later dispatches rebuild α from the chosen atoms), and what a GPU plans
+/// path, both resident ones also split into dispatches of a few steps and refit rows (a small
+/// loop cap: later dispatches rebuild α from the chosen atoms), and what a GPU plans
 /// (`with_gpu_paths`: the workgroup coder, or the sweeps reduced in the workgroup, after the
 /// tiled GEMM's correlations), against the reference: K = 1 and primes
 /// (texels past K, an interleaved last texel, several sweep chunks), one sample, k = 1 and
@@ -593,6 +593,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     let split = gpu.with_max_loop_iterations(700);
     let gpu_paths = gpu.with_gpu_paths();
     let gpu_sweeps = gpu_paths.without_subgroups();
+    let gpu_split = gpu_paths.with_max_loop_iterations(700);
     for (n_atoms, d, n, k) in [
         (1, 5, 3, 1),
         (13, 7, 1, 7),
@@ -603,7 +604,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
-            for g in [gpu, &portable, &split, &gpu_paths, &gpu_sweeps] {
+            for g in [gpu, &portable, &split, &gpu_paths, &gpu_sweeps, &gpu_split] {
                 check_against_reference(g, n_atoms, d, n, coding);
             }
         }
@@ -613,24 +614,27 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
 
 /// Exact ties of |α| go to the lowest atom on every path, as in the reference: atoms copied to
 /// higher indices in another sweep chunk (512 atoms at K = 1031), in another invocation of the
-/// same chunk and in the same invocation, samples built from the originals. A path that breaks
+/// same chunk, in the same invocation, and in a lower invocation of a later texel, samples
+/// built from the originals. A path that breaks
 /// ties the other way (the reduction across a GPU sweep's invocations, select across chunks, the
 /// resident subgroup's or workgroup's) picks a copy.
 #[test]
 fn ties_go_to_the_lowest_atom_on_every_path() {
     let Some(gpu) = common::gpu() else { return };
-    let (n_atoms, d, n) = (1031, 16, 24);
+    let (n_atoms, d, n) = (1031, 16, 20);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut atoms = gaussian(&mut rng, n_atoms * d);
     normalise_rows(&mut atoms, d);
-    let copies = [(5, 700), (300, 1020), (520, 1000), (517, 525)];
+    // The last pair's copy lies in a lower invocation of the GPU's resident workgroup (texel
+    // 257 = 256 + 1) than its original (texel 249): invocation order must not decide ties.
+    let copies = [(5, 700), (300, 1020), (520, 1000), (517, 525), (996, 1030)];
     for (from, to) in copies {
         atoms.copy_within(from * d..(from + 1) * d, to * d);
     }
     let noise = gaussian(&mut rng, n * d);
     let mut samples = vec![0.0f32; n * d];
     for i in 0..n {
-        let (a, b) = (copies[i % 4].0, copies[(i / 4 + 1 + i % 4) % 4].0);
+        let (a, b) = (copies[i % 5].0, copies[(i / 5 + 1 + i % 5) % 5].0);
         for t in 0..d {
             samples[i * d + t] =
                 3.0 * atoms[a * d + t] - 2.0 * atoms[b * d + t] + 0.01 * noise[i * d + t];

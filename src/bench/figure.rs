@@ -32,7 +32,7 @@ pub enum Figure {
     /// coding kernel, codes read back).
     Coding {
         /// `omp`, `mp`, or `mp-sweeps` (MP by a sweep and a select dispatch per greedy step,
-        /// beside the resident coder that `mp` times where the device has subgroup operations).
+        /// beside the resident coder wherever `mp` runs it).
         coder: &'static str,
         /// Samples coded per run (B).
         samples: usize,

@@ -210,9 +210,10 @@ impl<'a> Bench<'a> {
                         omp_codes = Some(codes);
                     }
                     emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
-                    // Where MP runs resident (subgroup operations), its sweeps too: the
-                    // evidence for the choice on this adapter.
-                    if phase == Phase::Mp && gpu.limits().subgroups {
+                    // Where MP runs resident, its sweeps too: the evidence for the choice on
+                    // this adapter.
+                    let resident = crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim);
+                    if phase == Phase::Mp && resident {
                         gpu.reset_memory_peak();
                         let sweeps = gpu.planning_without_subgroups();
                         let (mut figure, _) = self.coding(&sweeps, &data, phase)?;

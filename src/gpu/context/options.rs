@@ -145,8 +145,9 @@ pub struct DeviceLimits {
     /// Whether the device runs subgroup operations (`Features::SUBGROUP`) at all, of any size:
     /// the modules holding them (the resident coders) are built only then.
     pub(crate) subgroups: bool,
-    /// Whether the kernels' CPU-adapter variants are planned (the resident coder, the texel
-    /// GEMM, texture copies and per-sample folds in the update): the adapter's class, unless a
+    /// Whether the kernels' CPU-adapter variants are planned (the subgroup resident coder and
+    /// the barrier-free sweep, the texel GEMM, texture copies and per-sample folds in the
+    /// update): the adapter's class, unless a
     /// test view plans as a GPU would.
     pub(crate) cpu_paths: bool,
 }

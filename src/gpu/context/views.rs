@@ -81,8 +81,8 @@ impl Gpu {
 
     #[cfg(any(test, feature = "testing"))]
     /// The same device, planning the kernels a GPU runs rather than a CPU adapter's variants:
-    /// matching pursuit resident in a workgroup per sample rather than a subgroup, Batch-OMP's
-    /// sweeps reduced in the workgroup, the tiled GEMM instead of the texel
+    /// matching pursuit resident in a workgroup per sample rather than a subgroup, the sweeps
+    /// (Batch-OMP's, MP's without subgroups) reduced in the workgroup, the tiled GEMM instead of the texel
     /// one, storage reads and one workgroup per sample in the update instead of texture copies
     /// and per-sample rows. Shares pipelines and buffers with `self`; on lavapipe, tests use it
     /// to check the GPU kernels against the reference.

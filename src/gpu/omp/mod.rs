@@ -1,7 +1,8 @@
 //! Batched sparse coding (`shaders/omp.wgsl`): Batch-OMP and matching pursuit, one greedy step
 //! of the whole batch per pair of dispatches (`sweep`, then `select`), each sample's state in
-//! device memory between them. On CPU adapters with subgroup operations the resident coders
-//! (`shaders/omp_resident.wgsl`) run many steps per dispatch with α in registers instead.
+//! device memory between them. Where the device has subgroup operations, matching pursuit runs
+//! resident instead (`shaders/omp_resident.wgsl`): many steps per dispatch with α in registers,
+//! one subgroup per sample on CPU adapters, one workgroup per sample on GPUs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -213,6 +214,13 @@ fn resident_plan(
         later_steps: later.max(1),
         rows_per_refit: rows.max(1),
     })
+}
+
+/// Whether a job coding with `options` at K = `n_atoms`, dimension `d` runs resident on `gpu`
+/// (for `dbksvd bench`, which then times the sweeps beside it).
+pub(crate) fn runs_resident(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, d: usize) -> bool {
+    let max_atoms = options.max_atoms(n_atoms, d).max(1);
+    resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some()
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
