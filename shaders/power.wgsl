@@ -24,7 +24,8 @@
 //                  dimensions, for CPU adapters (llvmpipe): there every invocation's memory
 //                  access is a scalar loop over its SIMD lanes, so `fold`'s WG invocations each
 //                  rescanning a sample's k slots cost more than the fold itself.
-//   commit         one workgroup per atom: D[j] = d_new, x[ω] = x_new.
+//   commit         one workgroup per atom: D[j] = d_new, x[ω] = x_new, once for every atom after
+//                  the last batch (a batch reads only its own atoms' rows and slots).
 //
 // When d is a multiple of 4 (every transformer width), power_partial_vec4, power_project_vec4,
 // fold_vec4 and fold_rows_vec4 do the same reading the [·, d] matrices four floats at a time
@@ -45,8 +46,8 @@
 // atoms outside its window.
 
 struct Params {
-    // The atoms are order[start .. start + len] (power_reduce: this wave's; fold, commit: the
-    // whole batch's).
+    // The atoms are order[start .. start + len] (power_reduce: this wave's; fold: the whole
+    // batch's; commit: all K).
     start: u32,
     len: u32,
     d: u32,
