@@ -372,22 +372,17 @@ fn sample_of(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // The argmax over the sample's partials: (signed α, index) of the largest |α|, ties to the
 // lowest index; index 0xffffffff when every atom is chosen.
 fn reduce_parts(sample: u32) -> vec2<u32> {
-    var best_abs = -1.0;
-    var best_val = 0.0;
-    var best_idx = 0xffffffffu;
+    var best = SweepBest(0.0, 0xffffffffu);
     let n_parts = params.n_chunks * params.chunk_parts;
     let first = params.parts + 2u * sample * n_parts;
-    // Partials interleave index ranges, so ties are broken by index explicitly.
+    // Partials interleave index ranges: `beats` breaks ties by index explicitly.
     for (var c = 0u; c < n_parts; c++) {
-        let v = bitcast<f32>(work[first + 2u * c]);
-        let i = work[first + 2u * c + 1u];
-        if i != 0xffffffffu && (abs(v) > best_abs || (abs(v) == best_abs && i < best_idx)) {
-            best_abs = abs(v);
-            best_val = v;
-            best_idx = i;
+        let part = SweepBest(bitcast<f32>(work[first + 2u * c]), work[first + 2u * c + 1u]);
+        if beats(part, best) {
+            best = part;
         }
     }
-    return vec2<u32>(bitcast<u32>(best_val), best_idx);
+    return vec2<u32>(bitcast<u32>(best.val), best.idx);
 }
 
 // Rules 2 and 4: the residual is still above the tolerance and the best correlation above its

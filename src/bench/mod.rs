@@ -212,8 +212,9 @@ impl<'a> Bench<'a> {
                     emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
                     // Where MP runs resident, its sweeps too: the evidence for the choice on
                     // this adapter.
-                    let resident = crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim);
-                    if phase == Phase::Mp && resident {
+                    if phase == Phase::Mp
+                        && crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim)
+                    {
                         gpu.reset_memory_peak();
                         let sweeps = gpu.planning_without_subgroups();
                         let (mut figure, _) = self.coding(&sweeps, &data, phase)?;

@@ -313,7 +313,7 @@ impl Encoder {
                 + self.n_atoms
                 + 1
                 + 2 * omp::code_words(k)
-                + omp::scratch_words(self.n_atoms, k)
+                + omp::scratch_words(&self.gpu, self.n_atoms, k)
                 + omp::texture_words(self.n_atoms, k)
                 + self.d.next_multiple_of(4)
                 + 4) as u64;

@@ -260,6 +260,17 @@ impl GemmKernels {
     }
 }
 
+/// Marks the blocks of A·Bᵀ symmetric (see gemm.wgsl) when they compute the Gram matrix: A and
+/// B one matrix, every block spanning all of C (splitting the inner dimension at most), so each
+/// block's lower part is its upper part transposed.
+fn mark_symmetric(a: &Matrix, b: &Matrix, c: &Matrix, blocks: &mut [BlockParams]) {
+    let same = a.data.id() == b.data.id() && a.rows() == b.rows();
+    let whole = |p: &BlockParams| p.m as usize == c.rows() && p.n as usize == c.cols();
+    if same && blocks.iter().all(whole) {
+        blocks.iter_mut().for_each(|p| p.symmetric = 1);
+    }
+}
+
 impl Gpu {
     /// Computes `c = alpha·A·op(B) + beta·c` as `op` says, and submits it.
     ///
@@ -322,16 +333,10 @@ impl Gpu {
             Product::AB => &pipes.ab,
         };
         let mut params: Vec<BlockParams> = blocks.iter().map(|b| b.params).collect();
-        // The Gram matrix, its blocks splitting only the inner dimension: the tiled kernel
-        // computes the tiles on and above the diagonal (square tiles) and mirrors them.
-        let same = a.data.id() == b.data.id() && a.rows() == b.rows();
-        let whole = |p: &BlockParams| p.m as usize == c.rows() && p.n as usize == c.cols();
-        if same
-            && op.product == Product::ABt
-            && op.kernel != GemmKernel::Naive
-            && params.iter().all(whole)
-        {
-            params.iter_mut().for_each(|p| p.symmetric = 1);
+        // The tiled kernel's tiles are square, so it mirrors them as the texel kernel does its
+        // 8×8 blocks.
+        if op.product == Product::ABt && op.kernel != GemmKernel::Naive {
+            mark_symmetric(a, b, c, &mut params);
         }
         let uniforms = self.uniform_records("gemm params", &params)?;
 
@@ -403,10 +408,7 @@ impl Gpu {
         let most = rows_per_window(k, limits.planned_binding_size, align).max(1);
         let packs = texel_packs(a, b, same, most);
         let mut params = texel_params(&packs, plan, k, align);
-        // The Gram matrix in one block: its lower blocks are its upper ones transposed.
-        if same && plan.blocks.len() == 1 {
-            params[packs.len()].symmetric = 1;
-        }
+        mark_symmetric(a, b, c, &mut params[packs.len()..]);
         let uniforms = self.uniform_records("gemm texel params", &params)?;
 
         self.scoped(|| {

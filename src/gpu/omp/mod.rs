@@ -229,10 +229,25 @@ fn record_words(max_atoms: usize) -> usize {
     HEADER_WORDS + 4 * max_atoms + max_atoms * (max_atoms + 1) / 2
 }
 
-/// Argmax partials per sample: one per sweep invocation (`sweep`, CPU adapters); the GPUs'
-/// `sweep_reduced` writes one per chunk (the words past them stay unused).
-fn partials(n_atoms: usize) -> usize {
-    n_atoms.div_ceil(CHUNK) * WG as usize
+/// Whether `gpu` plans the sweeps that reduce their argmax in the workgroup (`sweep_reduced`,
+/// one partial per chunk): GPUs, not CPU adapters, where barriers cost more than select's
+/// longer loop over one partial per invocation.
+fn reduced_sweep(gpu: &Gpu) -> bool {
+    !gpu.limits().cpu_paths
+}
+
+/// Argmax partials per sample and chunk (`chunk_parts` in omp.wgsl): one per sweep invocation,
+/// or one where the sweep reduces them.
+fn chunk_parts(gpu: &Gpu) -> usize {
+    match reduced_sweep(gpu) {
+        true => 1,
+        false => WG as usize,
+    }
+}
+
+/// Argmax partials per sample.
+fn partials(gpu: &Gpu, n_atoms: usize) -> usize {
+    n_atoms.div_ceil(CHUNK) * chunk_parts(gpu)
 }
 
 /// Words of texture per sample of a coding job: the pair of α textures and the update texture.
@@ -246,8 +261,8 @@ fn mask_words(n_atoms: usize) -> usize {
 }
 
 /// Scratch words per sample: its record, its argmax partials (two words each), its mask.
-pub(crate) fn scratch_words(n_atoms: usize, max_atoms: usize) -> usize {
-    record_words(max_atoms) + 2 * partials(n_atoms) + mask_words(n_atoms)
+pub(crate) fn scratch_words(gpu: &Gpu, n_atoms: usize, max_atoms: usize) -> usize {
+    record_words(max_atoms) + 2 * partials(gpu, n_atoms) + mask_words(n_atoms)
 }
 
 impl OmpKernels {
@@ -421,7 +436,13 @@ pub(crate) fn check_coding_fits(
     let resident = resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
     gpu.check_loop_budget(
         &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
-        loop_iterations(options.coder, n_atoms, max_atoms, resident),
+        loop_iterations(
+            options.coder,
+            n_atoms,
+            max_atoms,
+            resident,
+            partials(gpu, n_atoms),
+        ),
     )?;
     if chunk_rows(gpu, n_atoms, options.k) == 0 {
         let limits = gpu.limits();
@@ -429,9 +450,9 @@ pub(crate) fn check_coding_fits(
             what: format!(
                 "one sample's correlations [1, {n_atoms}] and coding state ({} words) in one \
                  binding each",
-                scratch_words(n_atoms, options.k)
+                scratch_words(gpu, n_atoms, options.k)
             ),
-            requested: 4 * n_atoms.max(scratch_words(n_atoms, options.k)) as u64,
+            requested: 4 * n_atoms.max(scratch_words(gpu, n_atoms, options.k)) as u64,
             limit_name: "max_storage_buffer_binding_size",
             limit: limits.planned_binding_size.min(limits.max_buffer_size),
             largest_batch: None,
@@ -452,10 +473,17 @@ pub(crate) fn check_coding_fits(
 
 /// Loop iterations one invocation executes in the heaviest dispatch of a coding job, counted as
 /// a loop-capped driver counts them: every iteration of every loop within the dispatch. With
-/// `resident`, only start and finish count (the resident plan sizes its own dispatches).
-fn loop_iterations(coder: Coder, n_atoms: usize, max_atoms: usize, resident: bool) -> u64 {
+/// `resident`, only start and finish count (the resident plan sizes its own dispatches);
+/// `parts`: the argmax partials per sample select reduces.
+fn loop_iterations(
+    coder: Coder,
+    n_atoms: usize,
+    max_atoms: usize,
+    resident: bool,
+    parts: usize,
+) -> u64 {
     let k = max_atoms as u64;
-    let parts = partials(n_atoms) as u64;
+    let parts = parts as u64;
     let per = PER as u64;
     // Sweep: k updates of PER atoms (unrolled), PER argmax entries.
     let sweep = k + per;
@@ -489,7 +517,7 @@ pub(crate) fn chunk_rows(gpu: &Gpu, n_atoms: usize, k: usize) -> usize {
     let limits = gpu.limits();
     let align = limits.binding_alignment();
     let groups = limits.max_compute_workgroups_per_dimension as usize;
-    let scratch = scratch_words(n_atoms, k) as u64 * 4;
+    let scratch = scratch_words(gpu, n_atoms, k) as u64 * 4;
     let scratch_limit = limits.planned_binding_size.min(limits.max_buffer_size);
     rows_per_window(n_atoms, limits.planned_binding_size, align)
         .min(rows_per_window(
@@ -544,15 +572,28 @@ mod tests {
         chunk_parts
     });
 
+    /// Argmax partials per sample of the CPU adapters' sweep (one per invocation).
+    fn cpu_parts(n_atoms: usize) -> usize {
+        n_atoms.div_ceil(CHUNK) * WG as usize
+    }
+
     /// The heaviest dispatch no longer grows with k·K: the paper's size (K = 16 384, k = 64) fits
     /// llvmpipe's 45 000 budget, and only k in the hundreds (the select kernel's k² solves) does
     /// not.
     #[test]
     fn loop_estimate_grows_with_k_squared_not_k_times_atoms() {
-        assert!(loop_iterations(Coder::Omp, 1536, 32, false) < 2_000);
-        assert!(loop_iterations(Coder::Omp, 16_384, 64, false) < 10_000);
-        assert!(loop_iterations(Coder::Mp { refit: true }, 16_384, 64, false) < 10_000);
-        assert!(loop_iterations(Coder::Omp, 16_384, 256, false) > 65_535);
+        assert!(loop_iterations(Coder::Omp, 1536, 32, false, cpu_parts(1536)) < 2_000);
+        assert!(loop_iterations(Coder::Omp, 16_384, 64, false, cpu_parts(16_384)) < 10_000);
+        assert!(
+            loop_iterations(
+                Coder::Mp { refit: true },
+                16_384,
+                64,
+                false,
+                cpu_parts(16_384)
+            ) < 10_000
+        );
+        assert!(loop_iterations(Coder::Omp, 16_384, 256, false, cpu_parts(16_384)) > 65_535);
     }
 
     /// The resident steps: the first dispatch takes its share, later ones (which rebuild α

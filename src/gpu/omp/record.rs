@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    check_coding_fits, chunk_rows, code_words, mask_words, max_batch, partials, plan_gram,
-    record_words, resident_kernels, resident_plan, ChunkGroups, ChunkPath, GramTexture, OmpKernels,
-    Params, StepPath, CHUNK, SAMPLE_WG, TEXEL, WG,
+    check_coding_fits, chunk_parts, chunk_rows, code_words, mask_words, max_batch, partials,
+    plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan, ChunkGroups,
+    ChunkPath, GramTexture, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -142,7 +142,7 @@ impl<'a> Job<'a> {
         // Chunks of rows (even sizes), coded one after another with the same scratch.
         let most = chunk_rows(gpu, n_atoms, k).max(1);
         let rows = batch.div_ceil(batch.div_ceil(most));
-        let layout = StateLayout::new(n_atoms, max_atoms, rows);
+        let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows);
         let path = step_path(gpu, kernels, options.coder, n_atoms, max_atoms, rows)?;
         let steps = match options.coder {
             Coder::Omp => max_atoms,
@@ -196,20 +196,6 @@ impl<'a> Job<'a> {
         self.uniforms.as_ref().expect("planned").binding(i)
     }
 
-    /// Whether the sweeps reduce their argmax in the workgroup (one partial per chunk): on GPUs,
-    /// not on CPU adapters, where barriers cost more than select's longer loop.
-    fn reduced_sweep(&self) -> bool {
-        !self.gpu.limits().cpu_paths
-    }
-
-    /// Argmax partials per sample and chunk (`chunk_parts` in omp.wgsl).
-    fn chunk_parts(&self) -> usize {
-        match self.reduced_sweep() {
-            true => 1,
-            false => WG as usize,
-        }
-    }
-
     /// Dispatches of one chunk on the resident path (steps, then refit rows).
     fn per_chunk(&self) -> usize {
         self.step_ranges.len() + self.refit_ranges.len()
@@ -237,7 +223,7 @@ impl<'a> Job<'a> {
             last_step: 0,
             texels: 0,
             rows_first: [0; 4],
-            chunk_parts: self.chunk_parts() as u32,
+            chunk_parts: chunk_parts(self.gpu) as u32,
             _pad: [0; 3],
         };
         let mut records: Vec<Params> = self
@@ -323,7 +309,7 @@ impl<'a> Job<'a> {
         let per_sample = groups(gpu, rows, SAMPLE_WG as usize);
         match &group.path {
             ChunkPath::Sweeps { sweeps, .. } => {
-                let sweep = match self.reduced_sweep() {
+                let sweep = match reduced_sweep(gpu) {
                     true => &kernels.sweep_reduced,
                     false => &kernels.sweep,
                 };
@@ -538,10 +524,10 @@ struct StateLayout {
 }
 
 impl StateLayout {
-    fn new(n_atoms: usize, max_atoms: usize, rows: usize) -> Self {
+    fn new(gpu: &Gpu, n_atoms: usize, max_atoms: usize, rows: usize) -> Self {
         let stride = record_words(max_atoms);
         let parts = rows * stride;
-        let masks = parts + 2 * rows * partials(n_atoms);
+        let masks = parts + 2 * rows * partials(gpu, n_atoms);
         Self {
             stride,
             parts,
