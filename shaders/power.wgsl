@@ -38,6 +38,10 @@
 // the residual buffer, which stays the truth. The vec4 folds find a sample's slots of the batch
 // in slot_order (written once per update by order_slots) instead of scanning all k.
 //
+// On CPU adapters with subgroup operations, power_resident.wgsl's kernels take the work items of
+// power_partial_vec4 and power_project_vec4 (the atom's iterate held in one subgroup's
+// registers, each user's residual row read once).
+//
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 //
 // The [K, d] matrices (atoms, iterate, memory) are bound as one window of whole atom rows,

@@ -34,8 +34,18 @@ fn every_shader_parses_and_validates() {
             .next()
             .and_then(|l| l.strip_prefix("// extends: "))
         {
-            let base =
+            let mut base =
                 std::fs::read_to_string(dir.join(base.trim())).expect("the extended shader exists");
+            // ... with its own helper file, as above.
+            if let Some(helper) = base
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("// include: "))
+            {
+                base = std::fs::read_to_string(dir.join("include").join(helper.trim()))
+                    .expect("the included helper file exists")
+                    + &base;
+            }
             let host: String = source
                 .lines()
                 .filter_map(|l| l.strip_prefix("// host: "))

@@ -77,7 +77,12 @@ pub(crate) enum Need {
     /// `fixed + per_sample·B` bytes.
     Bytes { per_sample: u64, fixed: u64 },
     /// Loop iterations of the update of an atom all B samples use.
-    UpdateLoop { d: usize, item_users: usize },
+    /// `resident`: texels per invocation of the resident item kernels, where they run.
+    UpdateLoop {
+        d: usize,
+        item_users: usize,
+        resident: Option<usize>,
+    },
     /// B itself (a count of workgroups).
     Samples,
 }
@@ -115,9 +120,11 @@ impl BatchFit {
             Need::Bytes { per_sample, fixed } => {
                 fixed.saturating_add(per_sample.saturating_mul(batch as u64))
             }
-            Need::UpdateLoop { d, item_users } => {
-                super::power::update_loop_iterations(batch as u64, d, item_users)
-            }
+            Need::UpdateLoop {
+                d,
+                item_users,
+                resident,
+            } => super::power::update_loop_iterations(batch as u64, d, item_users, resident),
             Need::Samples => batch as u64,
         };
         let evened = if asked == batch {
@@ -275,6 +282,7 @@ impl Gpu {
                 Need::UpdateLoop {
                     d,
                     item_users: self.update_item_users(d)?,
+                    resident: self.resident_update_texels(d),
                 },
             ));
         }

@@ -1,6 +1,10 @@
 //! The KSVD dictionary update by atom-wise power iteration (`shaders/power.wgsl`), double-batched:
 //! atoms in a seeded random order, in batches of `atom_batch` that update in parallel from the
-//! same residual (Jacobi), batches one after another (Gauss–Seidel).
+//! same residual (Jacobi), batches one after another (Gauss–Seidel). On CPU adapters with
+//! subgroup operations the work items run resident (`shaders/power_resident.wgsl`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytemuck::{Pod, Zeroable};
 use rand::seq::SliceRandom;
@@ -23,6 +27,12 @@ const SHADER: &str = concat!(
     include_str!("../../../shaders/include/workgroup.wgsl"),
     include_str!("../../../shaders/power.wgsl")
 );
+/// The resident item kernels, compiled after power.wgsl (and after the `UT` the host defines
+/// for each d) where the device runs subgroup operations.
+const RESIDENT_SHADER: &str = include_str!("../../../shaders/power_resident.wgsl");
+/// Most row texels one resident invocation holds (`UT` in power_resident.wgsl): 72 covers the
+/// paper's d = 2304 in llvmpipe's subgroups of 8; wider rows take the vec4 kernels.
+const RESIDENT_TEXELS: usize = 72;
 /// Invocations per workgroup of the update kernels. 64 rather than 256: an item typically has
 /// tens to hundreds of users and d/4 texels (96 at d = 384), so wider groups mostly idle, and
 /// every workgroup sum pays a barrier per round (on llvmpipe a switch through every SIMD row
@@ -91,25 +101,37 @@ const ITEM_USERS: usize = 4096;
 
 /// Loop iterations one invocation runs in power_partial (the heaviest per-item kernel) for an
 /// item of `users` users at dimension `d`: the d_j·u dot, v for its users (d each), their sum,
-/// then d/WG dimensions over the users.
-fn item_loop_iterations(users: u64, d: usize) -> u64 {
+/// then d/WG dimensions over the users. With `resident` texels per invocation
+/// (power_partial_resident): u's texels, then per user its row's texels twice.
+fn item_loop_iterations(users: u64, d: usize, resident: Option<usize>) -> u64 {
     let (wg, dd) = (WG as u64, d as u64);
     let reduction = wg.ilog2() as u64 + 1;
-    dd.div_ceil(wg)
+    let vec4 = dd.div_ceil(wg)
         + users.div_ceil(wg) * (dd + 1)
         + dd.div_ceil(wg) * (users + 1)
         + 2 * reduction
-        + 8
+        + 8;
+    let resident = resident.map_or(0, |ut| {
+        let ut = ut as u64;
+        3 * ut + users * (2 * ut + 4) + 8
+    });
+    vec4.max(resident)
 }
 
 /// Loop iterations one invocation runs in the heaviest update kernel for an atom with `users`
-/// users at dimension `d`, its users cut into items of `item_users`: power_partial for one item,
-/// power_reduce over its items, commit over its users.
-pub(crate) fn update_loop_iterations(users: u64, d: usize, item_users: usize) -> u64 {
+/// users at dimension `d`, its users cut into items of `item_users`: power_partial for one item
+/// (`resident` as in `item_loop_iterations`), power_reduce over its items, commit over its
+/// users.
+pub(crate) fn update_loop_iterations(
+    users: u64,
+    d: usize,
+    item_users: usize,
+    resident: Option<usize>,
+) -> u64 {
     let (wg, dd) = (WG as u64, d as u64);
     let reduction = wg.ilog2() as u64 + 1;
     let items = users.div_ceil(item_users.max(1) as u64);
-    let partial = item_loop_iterations(users.min(item_users as u64), d);
+    let partial = item_loop_iterations(users.min(item_users as u64), d, resident);
     let reduce = dd.div_ceil(wg) * (items + 2) + 2 * reduction + 8;
     let commit = dd.div_ceil(wg) + users.div_ceil(wg) + 8;
     partial.max(reduce).max(commit)
@@ -167,6 +189,9 @@ pub(crate) struct PowerKernels {
     vec4: Vec4Kernels,
     /// The same reading texture copies (READ_TEXTURES), built on CPU adapters only.
     textured: Option<Vec4Kernels>,
+    /// The resident item kernels by texels per invocation (`UT`) and READ_TEXTURES, built on
+    /// first use.
+    resident: Mutex<HashMap<(usize, bool), ResidentKernels>>,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
     /// [n, k] (visiting position, slot) pairs of order_slots.
@@ -187,6 +212,13 @@ struct Vec4Kernels {
     project: wgpu::ComputePipeline,
     fold: wgpu::ComputePipeline,
     fold_rows: wgpu::ComputePipeline,
+}
+
+/// power_partial_resident and power_project_resident (power_resident.wgsl).
+#[derive(Clone)]
+pub(super) struct ResidentKernels {
+    partial: wgpu::ComputePipeline,
+    project: wgpu::ComputePipeline,
 }
 
 impl Vec4Kernels {
@@ -222,6 +254,7 @@ impl PowerKernels {
                     .adapter()
                     .is_cpu()
                     .then(|| Vec4Kernels::new(gpu, &module, true)),
+                resident: Mutex::default(),
                 partials: Scratch::default(),
                 slot_order: Scratch::default(),
                 batch_mask: Scratch::default(),
@@ -231,6 +264,30 @@ impl PowerKernels {
                 stand_in: ScratchTexture::default(),
             })
         })
+    }
+}
+
+impl PowerKernels {
+    /// The resident item kernels holding `texels` texels per invocation, reading textures or
+    /// storage, built on first use.
+    pub(super) fn resident(&self, gpu: &Gpu, texels: usize, textures: bool) -> ResidentKernels {
+        let mut cache = self.resident.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry((texels, textures))
+            .or_insert_with(|| {
+                let source = format!("const UT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+                let module = super::layout::shader_module(gpu, "power_resident.wgsl", source);
+                let lanes = gpu.limits().subgroup_size.unwrap_or(1);
+                let c = [
+                    ("RWG", f64::from(lanes)),
+                    ("READ_TEXTURES", f64::from(u8::from(textures))),
+                ];
+                ResidentKernels {
+                    partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
+                    project: compute_pipeline(gpu, &module, "power_project_resident", &c),
+                }
+            })
+            .clone()
     }
 }
 
@@ -318,6 +375,19 @@ impl Gpu {
         self.cached(&self.inner.power, PowerKernels::new)
     }
 
+    /// Row texels each invocation of the resident item kernels (power_resident.wgsl) holds at
+    /// dimension `d`, where they run: CPU adapters with one subgroup size (a workgroup is one
+    /// subgroup), d a multiple of 4, at most RESIDENT_TEXELS per invocation.
+    pub(crate) fn resident_update_texels(&self, d: usize) -> Option<usize> {
+        let limits = self.limits();
+        let lanes = limits.subgroup_size? as usize;
+        if !limits.cpu_paths || d == 0 || !d.is_multiple_of(4) {
+            return None;
+        }
+        let texels = (d / 4).div_ceil(lanes);
+        (texels <= RESIDENT_TEXELS).then_some(texels)
+    }
+
     /// Users of one atom that one workgroup of the update takes at dimension `d`: an atom with
     /// more is spread over several workgroups and their partial sums reduced, so an atom may have
     /// any number of users. Below the driver's loop cap where it has one (llvmpipe: about 4 000
@@ -326,11 +396,14 @@ impl Gpu {
         let Some(cap) = self.limits().max_loop_iterations else {
             return Ok(ITEM_USERS);
         };
+        let resident = self.resident_update_texels(d);
         self.check_loop_budget(
             &format!("power iteration over one user at d = {d}"),
-            item_loop_iterations(1, d),
+            item_loop_iterations(1, d, resident),
         )?;
-        let most = largest_fitting(1, ITEM_USERS as u64, |u| item_loop_iterations(u, d) <= cap);
+        let most = largest_fitting(1, ITEM_USERS as u64, |u| {
+            item_loop_iterations(u, d, resident) <= cap
+        });
         Ok(most as usize)
     }
 
@@ -342,8 +415,9 @@ impl Gpu {
         let Ok(item_users) = self.update_item_users(d) else {
             return Some(0);
         };
+        let resident = self.resident_update_texels(d);
         let most = largest_fitting(0, cap.saturating_mul(WG as u64), |n| {
-            update_loop_iterations(n, d, item_users) <= cap
+            update_loop_iterations(n, d, item_users, resident) <= cap
         });
         Some(most as usize)
     }

@@ -73,6 +73,9 @@ pub(super) struct Layout {
     pub(super) texels: usize,
     /// Invocations per sample in fold_rows_vec4.
     pub(super) fold_lanes: usize,
+    /// Row texels per invocation of the resident item kernels (power_resident.wgsl), where
+    /// they replace power_partial_vec4 and power_project_vec4.
+    pub(super) resident: Option<usize>,
     /// CPU adapters fold one sample per SIMD row (fold_rows).
     pub(super) fold_rows: bool,
     /// The flat texture copies of the residual and of the atoms (and iterates), with their layer
@@ -131,10 +134,11 @@ impl Gpu {
         }
         let (n, k) = (batch.codes.n, batch.codes.k);
         let item_users = self.update_item_users(d)?;
+        let resident = self.resident_update_texels(d);
         let most_users = usage.iter().copied().max().unwrap_or(0) as u64;
         self.check_loop_budget(
             &format!("the update of an atom with {most_users} users at d = {d}"),
-            update_loop_iterations(most_users, d, item_users),
+            update_loop_iterations(most_users, d, item_users, resident),
         )?;
         let plan = WorkItems::plan(&order, usage, item_users);
         // Partial sums of one wave of atoms share one binding; a batch whose items need more
@@ -189,6 +193,7 @@ impl Gpu {
             vec4,
             texels,
             fold_lanes,
+            resident: resident.filter(|_| vec4),
             fold_rows,
             textures,
         })

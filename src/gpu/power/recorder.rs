@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::record::{Copied, Kind, Layout, Step, Steps};
-use super::{CodedBatch, PowerKernels, Vec4Kernels};
+use super::{CodedBatch, PowerKernels, ResidentKernels, Vec4Kernels};
 use crate::error::Result;
 use crate::gpu::buffer::{copy_flat, GpuTexture, TextureShape, UniformRecords};
 use crate::gpu::{Gpu, GpuBuffer, Matrix};
@@ -15,6 +15,8 @@ pub(super) struct Recorder<'a> {
     kernels: &'a PowerKernels,
     /// The vec4 pipelines: those reading textures where the copies exist.
     vec4_kernels: &'a Vec4Kernels,
+    /// The resident item kernels where the layout plans them (reading textures likewise).
+    resident: Option<ResidentKernels>,
     atoms: &'a Matrix,
     memory: &'a Matrix,
     batch: &'a CodedBatch,
@@ -73,11 +75,15 @@ impl<'a> Recorder<'a> {
             Some(textured) if layout.copies() => textured,
             _ => &kernels.vec4,
         };
+        let resident = layout
+            .resident
+            .map(|texels| kernels.resident(gpu, texels, layout.copies()));
         Ok(Self {
             gpu,
             layout,
             kernels,
             vec4_kernels,
+            resident,
             atoms,
             memory,
             batch,
@@ -98,6 +104,13 @@ impl<'a> Recorder<'a> {
 
     fn pipeline(&self, kind: Kind) -> &wgpu::ComputePipeline {
         let (kernels, vec4) = (self.kernels, self.vec4_kernels);
+        if let Some(resident) = &self.resident {
+            match kind {
+                Kind::Partial => return &resident.partial,
+                Kind::Project => return &resident.project,
+                _ => {}
+            }
+        }
         match (kind, self.layout.vec4) {
             (Kind::Partial, false) => &kernels.partial,
             (Kind::Partial, true) => &vec4.partial,
@@ -145,6 +158,8 @@ impl<'a> Recorder<'a> {
                 (12, &self.items.buffer),
             ]
             .into_iter()
+            // power_partial_resident keeps v in registers: no slot scratch.
+            .filter(|&(b, _)| !(b == 10 && kind == Kind::Partial && self.resident.is_some()))
             .chain((kind == Kind::Partial).then_some((14, &self.partials.buffer)))
             .collect(),
             Kind::Reduce => vec![
