@@ -129,3 +129,113 @@ fn power_project_resident(
     }
 }
 
+
+// power_reduce's vec4 views, written by the resident reduce (an entry point binds either a
+// matrix or its view, never both): the memory and the iterates, windowed as `atoms4`.
+@group(0) @binding(24) var<storage, read_write> memory_rw4: array<vec4<f32>>;
+@group(0) @binding(25) var<storage, read_write> iterate_rw4: array<vec4<f32>>;
+// The iterates' texture copy (READ_TEXTURES), written by power_reduce_resident_textured in place
+// of a copy of each reduced atom's row.
+@group(0) @binding(26) var iterate_store: texture_storage_2d_array<rgba32float, write>;
+
+// power_reduce for the atom at position start + a, its texels in res_u: u = Σ partials + γ·m_j,
+// normalised, on the last iteration m_j stored and d_new settled (see power_reduce). Returns
+// the atom, or 0xffffffff when there is none in this dispatch. Sums over the subgroup, so no
+// barrier; each invocation writes only its own texels.
+fn res_reduce(lid: u32, a: u32) -> u32 {
+    if a >= params.len {
+        return 0xffffffffu;
+    }
+    let position = params.start + a;
+    let j = order[position];
+    if !in_window(j) {
+        return 0xffffffffu;
+    }
+    let d4 = params.d / 4u;
+    let row4 = atom_texels(j);
+    let view = atom_row(j) / 4u;
+    if params.last == 2u {
+        for (var t = 0u; t < UT; t++) {
+            let c = t * RWG + lid;
+            if c < d4 {
+                res_u[t] = atom_texel(row4 + c);
+                iterate_rw4[view + c] = res_u[t];
+            }
+        }
+        return j;
+    }
+    let span = atom_items[position];
+    let first = span.x - params.item_start;
+    let last = params.last == 1u;
+    var sq = 0.0;
+    var facing = 0.0;
+    for (var t = 0u; t < UT; t++) {
+        let c = t * RWG + lid;
+        var acc = vec4<f32>(0.0);
+        if c < d4 {
+            acc = params.decay * memory_rw4[view + c];
+            for (var i = 0u; i < span.y; i++) {
+                acc += partials4[(first + i) * d4 + c];
+            }
+            if last {
+                memory_rw4[view + c] = acc;
+            }
+            facing += dot(acc, atom_texel(row4 + c));
+        }
+        res_u[t] = acc;
+        sq += dot(acc, acc);
+    }
+    let norm = sqrt(subgroupAdd(sq));
+    var scale = 0.0;
+    if norm > 0.0 {
+        scale = 1.0 / norm;
+    }
+    if last && subgroupAdd(facing) < 0.0 {
+        scale = -scale;
+    }
+    for (var t = 0u; t < UT; t++) {
+        let c = t * RWG + lid;
+        if c < d4 {
+            if last && norm == 0.0 {
+                res_u[t] = atom_texel(row4 + c);
+            } else if norm > 0.0 {
+                res_u[t] *= scale;
+            }
+            iterate_rw4[view + c] = res_u[t];
+        }
+    }
+    return j;
+}
+
+@compute @workgroup_size(RWG)
+fn power_reduce_resident(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    res_reduce(lid, linear_group(wid, groups));
+}
+
+// power_reduce_resident that also writes the atom's texels of d_new (or of the iterate) into the
+// iterates' texture copy, at the flat places flat_texel reads.
+@compute @workgroup_size(RWG)
+fn power_reduce_resident_textured(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let j = res_reduce(lid, linear_group(wid, groups));
+    if j == 0xffffffffu {
+        return;
+    }
+    let d4 = params.d / 4u;
+    let mask = (1u << params.atom_shift) - 1u;
+    for (var t = 0u; t < UT; t++) {
+        let f = j * d4 + t * RWG + lid;
+        if t * RWG + lid < d4 {
+            let row = f >> 6u;
+            textureStore(iterate_store, vec2<u32>(f & 63u, row & mask), row >> params.atom_shift,
+                res_u[t]);
+        }
+    }
+}

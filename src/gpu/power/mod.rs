@@ -214,10 +214,12 @@ struct Vec4Kernels {
     fold_rows: wgpu::ComputePipeline,
 }
 
-/// power_partial_resident and power_project_resident (power_resident.wgsl).
+/// power_partial_resident, power_project_resident and power_reduce_resident (its textured
+/// variant also writing the iterates' texture copy) of power_resident.wgsl.
 #[derive(Clone)]
 pub(super) struct ResidentKernels {
     partial: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
 }
 
@@ -282,8 +284,13 @@ impl PowerKernels {
                     ("RWG", f64::from(lanes)),
                     ("READ_TEXTURES", f64::from(u8::from(textures))),
                 ];
+                let reduce = match textures {
+                    true => "power_reduce_resident_textured",
+                    false => "power_reduce_resident",
+                };
                 ResidentKernels {
                     partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
+                    reduce: compute_pipeline(gpu, &module, reduce, &c),
                     project: compute_pipeline(gpu, &module, "power_project_resident", &c),
                 }
             })

@@ -224,6 +224,12 @@ impl Layout {
         self.textures.is_some()
     }
 
+    /// Whether the iterates' texture copy is refreshed by copies after each reduce
+    /// (power_reduce_resident writes it itself).
+    fn copies_iterates(&self) -> bool {
+        self.copies() && self.resident.is_none()
+    }
+
     /// Every step of the update, atom batch after atom batch.
     fn steps(&self, gpu: &Gpu, options: &UpdateOptions) -> Result<Steps> {
         let mut steps = Steps {
@@ -316,7 +322,7 @@ impl Layout {
             // No power step: power_reduce copies d_j as d_new.
             let params = Params { last: 2, ..base };
             self.push(steps, params, Kind::Reduce, groups(gpu, len, 1));
-            if self.copies() {
+            if self.copies_iterates() {
                 steps.steps.push(Step::Copy(Copied::Iterate { start, len }));
             }
         }
@@ -335,7 +341,7 @@ impl Layout {
                 self.push(steps, wave, Kind::Partial, groups(gpu, items, 1));
                 self.push(steps, wave, Kind::Reduce, groups(gpu, atoms, 1));
             }
-            if self.copies() {
+            if self.copies_iterates() {
                 steps.steps.push(Step::Copy(Copied::Iterate { start, len }));
             }
         }

@@ -107,6 +107,7 @@ impl<'a> Recorder<'a> {
         if let Some(resident) = &self.resident {
             match kind {
                 Kind::Partial => return &resident.partial,
+                Kind::Reduce => return &resident.reduce,
                 Kind::Project => return &resident.project,
                 _ => {}
             }
@@ -134,6 +135,16 @@ impl<'a> Recorder<'a> {
     /// The binding a buffer meant for binding `b` takes: the vec4 entry points bind the views
     /// 15–18 in place of 3, 9, 4 and 14.
     fn slot(&self, kind: Kind, b: u32) -> u32 {
+        // power_reduce_resident reads and writes the views: atoms, partials, memory, iterates.
+        if kind == Kind::Reduce && self.resident.is_some() {
+            return match b {
+                3 => 15,
+                9 => 25,
+                11 => 24,
+                14 => 18,
+                _ => b,
+            };
+        }
         match b {
             3 if self.vec4_kind(kind) => 15,
             9 if self.vec4_kind(kind) => 16,
@@ -219,9 +230,22 @@ impl<'a> Recorder<'a> {
         let textures = self.views.iter().zip(19..).filter(move |&(_, b)| {
             self.vec4_kind(kind) && !(b == 19 && matches!(kind, Kind::Fold | Kind::FoldRows))
         });
+        // power_reduce_resident reads the atoms' texels (a stand-in without textures) and, with
+        // textures, writes the iterates' copy (26).
+        let reduce_textures = (kind == Kind::Reduce && self.resident.is_some())
+            .then(|| {
+                std::iter::once((&self.views[1], 20))
+                    .chain(self.layout.copies().then_some((&self.views[2], 26)))
+            })
+            .into_iter()
+            .flatten();
         let entries = std::iter::once((0, self.uniforms.binding(record)))
             .chain(buffers)
-            .chain(textures.map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))));
+            .chain(
+                textures
+                    .chain(reduce_textures)
+                    .map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))),
+            );
         crate::gpu::layout::bind_resources(self.gpu, self.pipeline(kind), entries)
     }
 
