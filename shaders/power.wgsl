@@ -40,7 +40,7 @@
 //
 // On CPU adapters with subgroup operations, power_resident.wgsl's kernels take the work items of
 // power_partial_vec4 and power_project_vec4 (the atom's iterate held in one subgroup's
-// registers, each user's residual row read once).
+// registers, each user's residual row read once) and power_reduce's atoms (one subgroup each).
 //
 // All atoms of a batch see the same residual (Jacobi); batches run one after another.
 //

@@ -4,7 +4,10 @@
 //
 // Resident power iteration for CPU adapters: the work items of power_partial and power_project
 // with the atom's iterate held in the private memory of one subgroup, each user's residual row
-// read once.
+// read once; and power_reduce with one subgroup per atom (sums by subgroupAdd, where
+// power_reduce's workgroup sums cost a barrier per round, on llvmpipe a coroutine switch per
+// SIMD row), its textured variant writing the iterates' texture copy in place of a copy
+// command per atom row.
 //
 // One workgroup of RWG invocations, exactly one subgroup, per work item. Invocation `lid` holds
 // the texels c = t·RWG + lid (t < UT) of the iterate u (interleaved, so the subgroup's loads of a

@@ -119,9 +119,9 @@ fn item_loop_iterations(users: u64, d: usize, resident: Option<usize>) -> u64 {
 }
 
 /// Loop iterations one invocation runs in the heaviest update kernel for an atom with `users`
-/// users at dimension `d`, its users cut into items of `item_users`: power_partial for one item
-/// (`resident` as in `item_loop_iterations`), power_reduce over its items, commit over its
-/// users.
+/// users at dimension `d`, its users cut into items of `item_users`: power_partial for one item,
+/// power_reduce over its items (`resident`: texels per invocation of the resident kernels, as
+/// in `item_loop_iterations`), commit over its users.
 pub(crate) fn update_loop_iterations(
     users: u64,
     d: usize,
@@ -132,7 +132,9 @@ pub(crate) fn update_loop_iterations(
     let reduction = wg.ilog2() as u64 + 1;
     let items = users.div_ceil(item_users.max(1) as u64);
     let partial = item_loop_iterations(users.min(item_users as u64), d, resident);
-    let reduce = dd.div_ceil(wg) * (items + 2) + 2 * reduction + 8;
+    // power_reduce_resident: its texels once per item, then twice more.
+    let reduce = (dd.div_ceil(wg) * (items + 2) + 2 * reduction + 8)
+        .max(resident.map_or(0, |ut| ut as u64 * (items + 3) + 8));
     let commit = dd.div_ceil(wg) + users.div_ceil(wg) + 8;
     partial.max(reduce).max(commit)
 }
