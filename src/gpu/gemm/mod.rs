@@ -9,6 +9,8 @@
 //! textures (rows of k/4 rgba32float texels, in layers) and each invocation reads its 8 rows of A
 //! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows.
 
+use std::sync::OnceLock;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, ranges, rows_per_window, window, ScratchTexture};
@@ -138,22 +140,39 @@ struct BlockParams {
     _pad: [u32; 2],
 }
 
+/// One kernel's pipelines for A·Bᵀ and A·B, each built on first use: a CPU adapter runs the
+/// texel kernel for nearly every product and a GPU never does, and on llvmpipe each pipeline
+/// costs tens of milliseconds of a short command's start-up.
 struct Pipelines {
-    abt: wgpu::ComputePipeline,
-    ab: wgpu::ComputePipeline,
+    entry: &'static str,
+    abt: OnceLock<wgpu::ComputePipeline>,
+    ab: OnceLock<wgpu::ComputePipeline>,
     /// Outputs one workgroup covers along m and n.
     tile_m: u32,
     tile_n: u32,
 }
 
+impl Pipelines {
+    fn new(entry: &'static str, tile_m: u32, tile_n: u32) -> Self {
+        Self {
+            entry,
+            abt: OnceLock::new(),
+            ab: OnceLock::new(),
+            tile_m,
+            tile_n,
+        }
+    }
+}
+
 /// The gemm pipelines, built once per device, and the textures of the texel kernel's operands.
 pub(crate) struct GemmKernels {
+    module: wgpu::ShaderModule,
     layout: wgpu::BindGroupLayout,
     tiled: Pipelines,
     naive: Pipelines,
     texel_layout: wgpu::BindGroupLayout,
-    texel: wgpu::ComputePipeline,
-    pack: wgpu::ComputePipeline,
+    /// gemm_texel and pack_texels, built on first use (CPU adapters).
+    texel: OnceLock<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
     a_texels: ScratchTexture,
     b_texels: ScratchTexture,
 }
@@ -198,15 +217,6 @@ impl GemmKernels {
                     entry(3, storage(false)),
                 ],
             );
-            let pipeline = |name: &str, transposed: bool| {
-                let constants = [
-                    ("WG_X", WG_X as f64),
-                    ("WG_Y", WG_Y as f64),
-                    ("TILE_K", TILE_K as f64),
-                    ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
-                ];
-                pipeline_in_layout(gpu, &module, name, &layout, &constants)
-            };
             // Texel path: C in a storage buffer, A and B in textures.
             let float = wgpu::TextureSampleType::Float { filterable: false };
             let layers = texture(float, wgpu::TextureViewDimension::D2Array);
@@ -220,32 +230,15 @@ impl GemmKernels {
                     entry(5, layers),
                 ],
             );
-            let texel_constants = [("TX", TX as f64), ("TY", TY as f64)];
             Ok(Self {
-                texel: pipeline_in_layout(
-                    gpu,
-                    &module,
-                    "gemm_texel",
-                    &texel_layout,
-                    &texel_constants,
-                ),
+                module,
+                layout,
+                tiled: Pipelines::new("gemm", WG_Y * TM, WG_X * TN),
+                naive: Pipelines::new("gemm_naive", WG_Y, WG_X),
                 texel_layout,
-                pack: super::layout::compute_pipeline(gpu, &module, "pack_texels", &[]),
+                texel: OnceLock::new(),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
-                tiled: Pipelines {
-                    abt: pipeline("gemm", true),
-                    ab: pipeline("gemm", false),
-                    tile_m: WG_Y * TM,
-                    tile_n: WG_X * TN,
-                },
-                naive: Pipelines {
-                    abt: pipeline("gemm_naive", true),
-                    ab: pipeline("gemm_naive", false),
-                    tile_m: WG_Y,
-                    tile_n: WG_X,
-                },
-                layout,
             })
         })
     }
@@ -257,6 +250,41 @@ impl GemmKernels {
             GemmKernel::Naive => &self.naive,
             GemmKernel::Auto | GemmKernel::Tiled | GemmKernel::Texel => &self.tiled,
         }
+    }
+
+    /// The pipeline of `kernel` (tiled or naive) for `product`, built on first use.
+    fn pipeline(&self, gpu: &Gpu, kernel: GemmKernel, product: Product) -> &wgpu::ComputePipeline {
+        let pipes = self.pipelines(kernel);
+        let (cell, transposed) = match product {
+            Product::ABt => (&pipes.abt, true),
+            Product::AB => (&pipes.ab, false),
+        };
+        cell.get_or_init(|| {
+            let constants = [
+                ("WG_X", WG_X as f64),
+                ("WG_Y", WG_Y as f64),
+                ("TILE_K", TILE_K as f64),
+                ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
+            ];
+            pipeline_in_layout(gpu, &self.module, pipes.entry, &self.layout, &constants)
+        })
+    }
+
+    /// gemm_texel and pack_texels, built on first use.
+    fn texel_pipelines(&self, gpu: &Gpu) -> &(wgpu::ComputePipeline, wgpu::ComputePipeline) {
+        self.texel.get_or_init(|| {
+            let constants = [("TX", TX as f64), ("TY", TY as f64)];
+            (
+                pipeline_in_layout(
+                    gpu,
+                    &self.module,
+                    "gemm_texel",
+                    &self.texel_layout,
+                    &constants,
+                ),
+                super::layout::compute_pipeline(gpu, &self.module, "pack_texels", &[]),
+            )
+        })
     }
 }
 
@@ -327,11 +355,6 @@ impl Gpu {
             return Ok(());
         }
         let kernels = self.gemm_kernels()?;
-        let pipes = kernels.pipelines(op.kernel);
-        let pipeline = match op.product {
-            Product::ABt => &pipes.abt,
-            Product::AB => &pipes.ab,
-        };
         let mut params: Vec<BlockParams> = blocks.iter().map(|b| b.params).collect();
         // The tiled kernel's tiles are square, so it mirrors them as the texel kernel does its
         // 8×8 blocks.
@@ -341,6 +364,7 @@ impl Gpu {
         let uniforms = self.uniform_records("gemm params", &params)?;
 
         self.scoped(|| {
+            let pipeline = kernels.pipeline(self, op.kernel, op.product);
             let device = self.device();
             let groups: Vec<wgpu::BindGroup> = blocks
                 .iter()
@@ -413,6 +437,7 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
+            let (texel, pack) = kernels.texel_pipelines(self);
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
             let a_view = a_tex
@@ -427,7 +452,7 @@ impl Gpu {
                     let view = if is_a { &a_view } else { &b_view };
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("gemm pack_texels"),
-                        layout: &kernels.pack.get_bind_group_layout(0),
+                        layout: &pack.get_bind_group_layout(0),
                         entries: &[
                             entry(0, uniforms.binding(i)),
                             entry(1, binding(&m.data.buffer, window(k, r0, r1, align))),
@@ -457,13 +482,13 @@ impl Gpu {
                 label: Some("gemm texel"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&kernels.pack);
+            pass.set_pipeline(pack);
             for (&(_, _, r0, r1), group) in packs.iter().zip(&pack_groups) {
                 let texels = super::layout::groups(self, (r1 - r0) * k.div_ceil(4), 64);
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(texels.0, texels.1, 1);
             }
-            pass.set_pipeline(&kernels.texel);
+            pass.set_pipeline(texel);
             for (blk, group) in plan.blocks.iter().zip(&groups) {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(blk.groups.0, blk.groups.1, 1);

@@ -5,7 +5,7 @@
 //! one subgroup per sample on CPU adapters, one workgroup per sample on GPUs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use bytemuck::{Pod, Zeroable};
 
@@ -79,6 +79,24 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// The entry points of omp.wgsl that coding runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Start,
+    Sweep,
+    /// The sweep with the argmax reduced in the workgroup (GPU adapters).
+    SweepReduced,
+    SelectOmp,
+    SelectMp,
+    Finish,
+    PackF32,
+    PackF16,
+    PackAlpha,
+}
+
+/// Number of [`Kernel`]s.
+const KERNELS: usize = 9;
+
 /// The coding pipelines of one device, the scratch buffer holding the samples' state, and the
 /// textures of G and of the pending updates (reused: jobs on one queue run one after another).
 pub(crate) struct OmpKernels {
@@ -86,16 +104,11 @@ pub(crate) struct OmpKernels {
     state_layout: wgpu::BindGroupLayout,
     /// Layout of the sweeps: the update texture sampled.
     sweep_layout: wgpu::BindGroupLayout,
-    start: wgpu::ComputePipeline,
-    sweep: wgpu::ComputePipeline,
-    /// The sweep with the argmax reduced in the workgroup (GPU adapters).
-    sweep_reduced: wgpu::ComputePipeline,
-    select_omp: wgpu::ComputePipeline,
-    select_mp: wgpu::ComputePipeline,
-    finish: wgpu::ComputePipeline,
-    pack_f32: wgpu::ComputePipeline,
-    pack_f16: wgpu::ComputePipeline,
-    pack_alpha: wgpu::ComputePipeline,
+    module: wgpu::ShaderModule,
+    /// The pipelines by [`Kernel`], each built on first use: a device runs only some of them
+    /// (CPU adapters never sweep_reduced, training never Batch-OMP's select, f32 G never
+    /// pack_gram_f16), and on llvmpipe each costs milliseconds of a short command's start-up.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; KERNELS],
     work: Scratch<u32>,
     gram: ScratchTexture,
     updates: ScratchTexture,
@@ -312,20 +325,9 @@ impl OmpKernels {
                     entry(13, written_texture(wgpu::TextureFormat::Rgba32Uint)),
                 ],
             );
-            let constants = [("WG", WG as f64)];
-            let pipeline = |layout: &wgpu::BindGroupLayout, name: &str| {
-                pipeline_in_layout(gpu, &module, name, layout, &constants)
-            };
             Ok(Self {
-                start: pipeline(&state_layout, "start"),
-                sweep: pipeline(&sweep_layout, "sweep"),
-                sweep_reduced: pipeline(&sweep_layout, "sweep_reduced"),
-                select_omp: pipeline(&state_layout, "select_omp"),
-                select_mp: pipeline(&state_layout, "select_mp"),
-                finish: pipeline(&state_layout, "finish"),
-                pack_f32: super::layout::compute_pipeline(gpu, &module, "pack_gram_f32", &[]),
-                pack_f16: super::layout::compute_pipeline(gpu, &module, "pack_gram_f16", &[]),
-                pack_alpha: super::layout::compute_pipeline(gpu, &module, "pack_alpha", &[]),
+                module,
+                pipelines: Default::default(),
                 state_layout,
                 sweep_layout,
                 work: Scratch::default(),
@@ -334,6 +336,32 @@ impl OmpKernels {
                 alphas: Default::default(),
                 resident: Mutex::default(),
             })
+        })
+    }
+}
+
+impl OmpKernels {
+    /// The pipeline of `kernel`, built on first use.
+    fn pipeline(&self, gpu: &Gpu, kernel: Kernel) -> &wgpu::ComputePipeline {
+        self.pipelines[kernel as usize].get_or_init(|| {
+            let (state, sweep) = (Some(&self.state_layout), Some(&self.sweep_layout));
+            let (name, layout) = match kernel {
+                Kernel::Start => ("start", state),
+                Kernel::Sweep => ("sweep", sweep),
+                Kernel::SweepReduced => ("sweep_reduced", sweep),
+                Kernel::SelectOmp => ("select_omp", state),
+                Kernel::SelectMp => ("select_mp", state),
+                Kernel::Finish => ("finish", state),
+                Kernel::PackF32 => ("pack_gram_f32", None),
+                Kernel::PackF16 => ("pack_gram_f16", None),
+                Kernel::PackAlpha => ("pack_alpha", None),
+            };
+            match layout {
+                Some(layout) => {
+                    pipeline_in_layout(gpu, &self.module, name, layout, &[("WG", WG as f64)])
+                }
+                None => super::layout::compute_pipeline(gpu, &self.module, name, &[]),
+            }
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{
     check_coding_fits, chunk_parts, chunk_rows, code_words, mask_words, max_batch, partials,
     plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan, ChunkGroups,
-    ChunkPath, GramTexture, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
+    ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -288,15 +288,15 @@ impl<'a> Job<'a> {
             let per_sample = groups(gpu, r1 - r0, SAMPLE_WG as usize);
             if let ChunkPath::Sweeps { pack, .. } = &group.path {
                 let texels = groups(gpu, (r1 - r0) * self.n_atoms.div_ceil(TEXEL), 64);
-                pass.set_pipeline(&kernels.pack_alpha);
+                pass.set_pipeline(kernels.pipeline(gpu, Kernel::PackAlpha));
                 pass.set_bind_group(0, pack, &[]);
                 pass.dispatch_workgroups(texels.0, texels.1, 1);
             }
-            pass.set_pipeline(&kernels.start);
+            pass.set_pipeline(kernels.pipeline(gpu, Kernel::Start));
             pass.set_bind_group(0, &group.state, &[]);
             pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
             self.record_steps(&mut pass, group, r1 - r0);
-            pass.set_pipeline(&kernels.finish);
+            pass.set_pipeline(kernels.pipeline(gpu, Kernel::Finish));
             pass.set_bind_group(0, &group.state, &[]);
             pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
         }
@@ -310,12 +310,12 @@ impl<'a> Job<'a> {
         match &group.path {
             ChunkPath::Sweeps { sweeps, .. } => {
                 let sweep = match reduced_sweep(gpu) {
-                    true => &kernels.sweep_reduced,
-                    false => &kernels.sweep,
+                    true => kernels.pipeline(gpu, Kernel::SweepReduced),
+                    false => kernels.pipeline(gpu, Kernel::Sweep),
                 };
                 let select = match self.options.coder {
-                    Coder::Omp => &kernels.select_omp,
-                    Coder::Mp { .. } => &kernels.select_mp,
+                    Coder::Omp => kernels.pipeline(gpu, Kernel::SelectOmp),
+                    Coder::Mp { .. } => kernels.pipeline(gpu, Kernel::SelectMp),
                 };
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
@@ -350,8 +350,8 @@ impl<'a> Job<'a> {
 
     fn pack_pipeline(&self) -> &wgpu::ComputePipeline {
         match self.options.gram {
-            GramPrecision::F32 => &self.kernels.pack_f32,
-            GramPrecision::F16 => &self.kernels.pack_f16,
+            GramPrecision::F32 => self.kernels.pipeline(self.gpu, Kernel::PackF32),
+            GramPrecision::F16 => self.kernels.pipeline(self.gpu, Kernel::PackF16),
         }
     }
 
@@ -486,7 +486,10 @@ impl<'a> Job<'a> {
         });
         let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("omp pack_alpha"),
-            layout: &self.kernels.pack_alpha.get_bind_group_layout(0),
+            layout: &self
+                .kernels
+                .pipeline(self.gpu, Kernel::PackAlpha)
+                .get_bind_group_layout(0),
             entries: &[
                 uniform(),
                 entry(5, chunk.alpha.clone()),
