@@ -274,29 +274,37 @@ impl PowerKernels {
 impl PowerKernels {
     /// The resident item kernels holding `texels` texels per invocation, reading textures or
     /// storage, built on first use.
-    pub(super) fn resident(&self, gpu: &Gpu, texels: usize, textures: bool) -> ResidentKernels {
+    pub(super) fn resident(
+        &self,
+        gpu: &Gpu,
+        texels: usize,
+        textures: bool,
+    ) -> Result<ResidentKernels> {
         let mut cache = self.resident.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry((texels, textures))
-            .or_insert_with(|| {
-                let source = format!("const UT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
-                let module = super::layout::shader_module(gpu, "power_resident.wgsl", source);
-                let lanes = gpu.limits().subgroup_size.unwrap_or(1);
-                let c = [
-                    ("RWG", f64::from(lanes)),
-                    ("READ_TEXTURES", f64::from(u8::from(textures))),
-                ];
-                let reduce = match textures {
-                    true => "power_reduce_resident_textured",
-                    false => "power_reduce_resident",
-                };
-                ResidentKernels {
-                    partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
-                    reduce: compute_pipeline(gpu, &module, reduce, &c),
-                    project: compute_pipeline(gpu, &module, "power_project_resident", &c),
-                }
+        if let Some(kernels) = cache.get(&(texels, textures)) {
+            return Ok(kernels.clone());
+        }
+        // Built in an error scope and cached only once valid, as `PowerKernels::new` is.
+        let kernels = gpu.scoped(|| {
+            let source = format!("const UT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+            let module = super::layout::shader_module(gpu, "power_resident.wgsl", source);
+            let lanes = gpu.limits().subgroup_size.unwrap_or(1);
+            let c = [
+                ("RWG", f64::from(lanes)),
+                ("READ_TEXTURES", f64::from(u8::from(textures))),
+            ];
+            let reduce = match textures {
+                true => "power_reduce_resident_textured",
+                false => "power_reduce_resident",
+            };
+            Ok(ResidentKernels {
+                partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
+                reduce: compute_pipeline(gpu, &module, reduce, &c),
+                project: compute_pipeline(gpu, &module, "power_project_resident", &c),
             })
-            .clone()
+        })?;
+        cache.insert((texels, textures), kernels.clone());
+        Ok(kernels)
     }
 }
 
@@ -399,8 +407,9 @@ impl Gpu {
 
     /// Users of one atom that one workgroup of the update takes at dimension `d`: an atom with
     /// more is spread over several workgroups and their partial sums reduced, so an atom may have
-    /// any number of users. Below the driver's loop cap where it has one (llvmpipe: about 4 000
-    /// at d = 384, 2 000 at d = 2304); `ExceedsLimit` when not even one user fits.
+    /// any number of users. Below the driver's loop cap where it has one (llvmpipe with the
+    /// resident kernels: about 1 600 at d = 384, 300 at d = 2304); `ExceedsLimit` when not even
+    /// one user fits.
     pub fn update_item_users(&self, d: usize) -> Result<usize> {
         let Some(cap) = self.limits().max_loop_iterations else {
             return Ok(ITEM_USERS);

@@ -73,8 +73,8 @@ pub(super) struct Layout {
     pub(super) texels: usize,
     /// Invocations per sample in fold_rows_vec4.
     pub(super) fold_lanes: usize,
-    /// Row texels per invocation of the resident item kernels (power_resident.wgsl), where
-    /// they replace power_partial_vec4 and power_project_vec4.
+    /// Row texels per invocation of the resident kernels (power_resident.wgsl), where they
+    /// replace power_partial_vec4, power_project_vec4 and power_reduce.
     pub(super) resident: Option<usize>,
     /// CPU adapters fold one sample per SIMD row (fold_rows).
     pub(super) fold_rows: bool,

@@ -77,7 +77,8 @@ impl<'a> Recorder<'a> {
         };
         let resident = layout
             .resident
-            .map(|texels| kernels.resident(gpu, texels, layout.copies()));
+            .map(|texels| kernels.resident(gpu, texels, layout.copies()))
+            .transpose()?;
         Ok(Self {
             gpu,
             layout,
@@ -133,9 +134,9 @@ impl<'a> Recorder<'a> {
     }
 
     /// The binding a buffer meant for binding `b` takes: the vec4 entry points bind the views
-    /// 15–18 in place of 3, 9, 4 and 14.
+    /// 15–18 in place of 3, 9, 4 and 14; power_reduce_resident the views 15, 25, 24 and 18 in
+    /// place of 3, 9, 11 and 14.
     fn slot(&self, kind: Kind, b: u32) -> u32 {
-        // power_reduce_resident reads and writes the views: atoms, partials, memory, iterates.
         if kind == Kind::Reduce && self.resident.is_some() {
             return match b {
                 3 => 15,
