@@ -253,13 +253,18 @@ impl GemmKernels {
     }
 
     /// The pipeline of `kernel` (tiled or naive) for `product`, built on first use.
-    fn pipeline(&self, gpu: &Gpu, kernel: GemmKernel, product: Product) -> &wgpu::ComputePipeline {
+    fn pipeline(
+        &self,
+        gpu: &Gpu,
+        kernel: GemmKernel,
+        product: Product,
+    ) -> Result<&wgpu::ComputePipeline> {
         let pipes = self.pipelines(kernel);
         let (cell, transposed) = match product {
             Product::ABt => (&pipes.abt, true),
             Product::AB => (&pipes.ab, false),
         };
-        cell.get_or_init(|| {
+        super::layout::built_once(gpu, cell, || {
             let constants = [
                 ("WG_X", WG_X as f64),
                 ("WG_Y", WG_Y as f64),
@@ -271,8 +276,11 @@ impl GemmKernels {
     }
 
     /// gemm_texel and pack_texels, built on first use.
-    fn texel_pipelines(&self, gpu: &Gpu) -> &(wgpu::ComputePipeline, wgpu::ComputePipeline) {
-        self.texel.get_or_init(|| {
+    fn texel_pipelines(
+        &self,
+        gpu: &Gpu,
+    ) -> Result<&(wgpu::ComputePipeline, wgpu::ComputePipeline)> {
+        super::layout::built_once(gpu, &self.texel, || {
             let constants = [("TX", TX as f64), ("TY", TY as f64)];
             (
                 pipeline_in_layout(
@@ -364,7 +372,7 @@ impl Gpu {
         let uniforms = self.uniform_records("gemm params", &params)?;
 
         self.scoped(|| {
-            let pipeline = kernels.pipeline(self, op.kernel, op.product);
+            let pipeline = kernels.pipeline(self, op.kernel, op.product)?;
             let device = self.device();
             let groups: Vec<wgpu::BindGroup> = blocks
                 .iter()
@@ -437,7 +445,7 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
-            let (texel, pack) = kernels.texel_pipelines(self);
+            let (texel, pack) = kernels.texel_pipelines(self)?;
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
             let a_view = a_tex

@@ -341,28 +341,41 @@ impl OmpKernels {
 }
 
 impl OmpKernels {
-    /// The pipeline of `kernel`, built on first use.
+    /// Builds the pipelines of `kernels` not built yet, each in an error scope (see
+    /// [`super::layout::built_once`]): a job prepares what it will record.
+    fn prepare(&self, gpu: &Gpu, kernels: &[Kernel]) -> Result<()> {
+        for &kernel in kernels {
+            super::layout::built_once(gpu, &self.pipelines[kernel as usize], || {
+                self.build(gpu, kernel)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The pipeline of `kernel` (built here if the job did not prepare it).
     fn pipeline(&self, gpu: &Gpu, kernel: Kernel) -> &wgpu::ComputePipeline {
-        self.pipelines[kernel as usize].get_or_init(|| {
-            let (state, sweep) = (Some(&self.state_layout), Some(&self.sweep_layout));
-            let (name, layout) = match kernel {
-                Kernel::Start => ("start", state),
-                Kernel::Sweep => ("sweep", sweep),
-                Kernel::SweepReduced => ("sweep_reduced", sweep),
-                Kernel::SelectOmp => ("select_omp", state),
-                Kernel::SelectMp => ("select_mp", state),
-                Kernel::Finish => ("finish", state),
-                Kernel::PackF32 => ("pack_gram_f32", None),
-                Kernel::PackF16 => ("pack_gram_f16", None),
-                Kernel::PackAlpha => ("pack_alpha", None),
-            };
-            match layout {
-                Some(layout) => {
-                    pipeline_in_layout(gpu, &self.module, name, layout, &[("WG", WG as f64)])
-                }
-                None => super::layout::compute_pipeline(gpu, &self.module, name, &[]),
+        self.pipelines[kernel as usize].get_or_init(|| self.build(gpu, kernel))
+    }
+
+    fn build(&self, gpu: &Gpu, kernel: Kernel) -> wgpu::ComputePipeline {
+        let (state, sweep) = (Some(&self.state_layout), Some(&self.sweep_layout));
+        let (name, layout) = match kernel {
+            Kernel::Start => ("start", state),
+            Kernel::Sweep => ("sweep", sweep),
+            Kernel::SweepReduced => ("sweep_reduced", sweep),
+            Kernel::SelectOmp => ("select_omp", state),
+            Kernel::SelectMp => ("select_mp", state),
+            Kernel::Finish => ("finish", state),
+            Kernel::PackF32 => ("pack_gram_f32", None),
+            Kernel::PackF16 => ("pack_gram_f16", None),
+            Kernel::PackAlpha => ("pack_alpha", None),
+        };
+        match layout {
+            Some(layout) => {
+                pipeline_in_layout(gpu, &self.module, name, layout, &[("WG", WG as f64)])
             }
-        })
+            None => super::layout::compute_pipeline(gpu, &self.module, name, &[]),
+        }
     }
 }
 

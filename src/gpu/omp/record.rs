@@ -144,6 +144,23 @@ impl<'a> Job<'a> {
         let rows = batch.div_ceil(batch.div_ceil(most));
         let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows);
         let path = step_path(gpu, kernels, options.coder, n_atoms, max_atoms, rows)?;
+        // The pipelines this job records, built now in error scopes (see OmpKernels::prepare).
+        let pack = match options.gram {
+            GramPrecision::F32 => Kernel::PackF32,
+            GramPrecision::F16 => Kernel::PackF16,
+        };
+        kernels.prepare(gpu, &[pack, Kernel::Start, Kernel::Finish])?;
+        if let StepPath::Sweeps(_) = &path {
+            let sweep = match reduced_sweep(gpu) {
+                true => Kernel::SweepReduced,
+                false => Kernel::Sweep,
+            };
+            let select = match options.coder {
+                Coder::Omp => Kernel::SelectOmp,
+                Coder::Mp { .. } => Kernel::SelectMp,
+            };
+            kernels.prepare(gpu, &[Kernel::PackAlpha, sweep, select])?;
+        }
         let steps = match options.coder {
             Coder::Omp => max_atoms,
             Coder::Mp { .. } => 2 * max_atoms,
