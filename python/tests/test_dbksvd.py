@@ -196,8 +196,14 @@ def test_ctrl_c_stops_at_the_next_batch_and_keeps_the_checkpoint(acts, gpu, tmp_
             os.kill(os.getpid(), signal.SIGINT)
 
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        dbksvd.train(acts, ATOMS, K, out=out, callback=interrupt_at_3, **FAST)
+    # Python keeps SIGINT ignored when it starts ignored (a job started in the background by a
+    # non-interactive shell): install the default handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dbksvd.train(acts, ATOMS, K, out=out, callback=interrupt_at_3, **FAST)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen[-1] <= 4, seen
     assert (out / "checkpoint.safetensors").exists()
     whole = dbksvd.train(acts, ATOMS, K, **FAST)
