@@ -133,20 +133,6 @@ pub(crate) fn bind(
     )
 }
 
-/// The value in `cell`, built by `build` in an error scope on first use and kept only once wgpu
-/// reports no error: a pipeline that failed to build is built again next time rather than kept.
-pub(crate) fn built_once<'a, T>(
-    gpu: &Gpu,
-    cell: &'a std::sync::OnceLock<T>,
-    build: impl FnOnce() -> T,
-) -> crate::error::Result<&'a T> {
-    if let Some(value) = cell.get() {
-        return Ok(value);
-    }
-    let value = gpu.scoped(|| Ok(build()))?;
-    Ok(cell.get_or_init(|| value))
-}
-
 /// A bind group for `pipeline` from (binding, resource) pairs: whole buffers, windows, records.
 pub(crate) fn bind_resources<'a>(
     gpu: &Gpu,

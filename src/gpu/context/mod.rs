@@ -238,6 +238,24 @@ impl Gpu {
         Ok(cell.get_or_init(|| built))
     }
 
+    /// The value under `key` in `cache`, built by `build` in an error scope on first use and
+    /// kept only once wgpu reports no error (shader variants compiled per size: a failed build
+    /// is returned and retried next time).
+    pub(crate) fn cached_by<K: std::hash::Hash + Eq, V: Clone>(
+        &self,
+        cache: &Mutex<std::collections::HashMap<K, V>>,
+        key: K,
+        build: impl FnOnce() -> V,
+    ) -> Result<V> {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = cache.get(&key) {
+            return Ok(value.clone());
+        }
+        let value = self.scoped(|| Ok(build()))?;
+        cache.insert(key, value.clone());
+        Ok(value)
+    }
+
     pub(crate) fn gemm_kernels(&self) -> Result<&GemmKernels> {
         self.cached(&self.inner.gemm, GemmKernels::new)
     }

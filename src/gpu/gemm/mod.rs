@@ -264,14 +264,22 @@ impl GemmKernels {
             Product::ABt => (&pipes.abt, true),
             Product::AB => (&pipes.ab, false),
         };
-        super::layout::built_once(gpu, cell, || {
-            let constants = [
-                ("WG_X", WG_X as f64),
-                ("WG_Y", WG_Y as f64),
-                ("TILE_K", TILE_K as f64),
-                ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
-            ];
-            pipeline_in_layout(gpu, &self.module, pipes.entry, &self.layout, &constants)
+        gpu.cached(cell, |gpu| {
+            gpu.scoped(|| {
+                let constants = [
+                    ("WG_X", WG_X as f64),
+                    ("WG_Y", WG_Y as f64),
+                    ("TILE_K", TILE_K as f64),
+                    ("B_TRANSPOSED", if transposed { 1.0 } else { 0.0 }),
+                ];
+                Ok(pipeline_in_layout(
+                    gpu,
+                    &self.module,
+                    pipes.entry,
+                    &self.layout,
+                    &constants,
+                ))
+            })
         })
     }
 
@@ -280,18 +288,20 @@ impl GemmKernels {
         &self,
         gpu: &Gpu,
     ) -> Result<&(wgpu::ComputePipeline, wgpu::ComputePipeline)> {
-        super::layout::built_once(gpu, &self.texel, || {
-            let constants = [("TX", TX as f64), ("TY", TY as f64)];
-            (
-                pipeline_in_layout(
-                    gpu,
-                    &self.module,
-                    "gemm_texel",
-                    &self.texel_layout,
-                    &constants,
-                ),
-                super::layout::compute_pipeline(gpu, &self.module, "pack_texels", &[]),
-            )
+        gpu.cached(&self.texel, |gpu| {
+            gpu.scoped(|| {
+                let constants = [("TX", TX as f64), ("TY", TY as f64)];
+                Ok((
+                    pipeline_in_layout(
+                        gpu,
+                        &self.module,
+                        "gemm_texel",
+                        &self.texel_layout,
+                        &constants,
+                    ),
+                    super::layout::compute_pipeline(gpu, &self.module, "pack_texels", &[]),
+                ))
+            })
         })
     }
 }

@@ -341,12 +341,12 @@ impl OmpKernels {
 }
 
 impl OmpKernels {
-    /// Builds the pipelines of `kernels` not built yet, each in an error scope (see
-    /// [`super::layout::built_once`]): a job prepares what it will record.
+    /// Builds the pipelines of `kernels` not built yet, each in an error scope and kept only
+    /// once valid: a job prepares what it will record.
     fn prepare(&self, gpu: &Gpu, kernels: &[Kernel]) -> Result<()> {
         for &kernel in kernels {
-            super::layout::built_once(gpu, &self.pipelines[kernel as usize], || {
-                self.build(gpu, kernel)
+            gpu.cached(&self.pipelines[kernel as usize], |gpu| {
+                gpu.scoped(|| Ok(self.build(gpu, kernel)))
             })?;
         }
         Ok(())
@@ -380,25 +380,25 @@ impl OmpKernels {
 }
 
 /// The resident coder of `plan` (its texels per invocation and kind), built on first use.
-fn resident_kernels(gpu: &Gpu, kernels: &OmpKernels, plan: &ResidentPlan) -> ResidentKernels {
-    let mut cache = kernels.resident.lock().unwrap_or_else(|e| e.into_inner());
+fn resident_kernels(
+    gpu: &Gpu,
+    kernels: &OmpKernels,
+    plan: &ResidentPlan,
+) -> Result<ResidentKernels> {
     let texels = plan.texels;
-    cache
-        .entry((texels, plan.workgroup))
-        .or_insert_with(|| {
-            let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
-            let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
-            let constants = [("RWG", plan.invocations as f64)];
-            let entry = match plan.workgroup {
-                true => "resident_mp_wg",
-                false => "resident_mp",
-            };
-            ResidentKernels {
-                mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
-                refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
-            }
-        })
-        .clone()
+    gpu.cached_by(&kernels.resident, (texels, plan.workgroup), || {
+        let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+        let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
+        let constants = [("RWG", plan.invocations as f64)];
+        let entry = match plan.workgroup {
+            true => "resident_mp_wg",
+            false => "resident_mp",
+        };
+        ResidentKernels {
+            mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
+            refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
+        }
+    })
 }
 
 /// The bind groups of one chunk of a coding job's rows.

@@ -568,7 +568,7 @@ fn step_path(
     rows: usize,
 ) -> Result<StepPath> {
     if let Some(plan) = resident_plan(gpu, coder, n_atoms, max_atoms) {
-        let resident = resident_kernels(gpu, kernels, &plan);
+        let resident = resident_kernels(gpu, kernels, &plan)?;
         return Ok(StepPath::Resident(plan, resident));
     }
     let shape = TextureShape {

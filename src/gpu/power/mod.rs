@@ -280,12 +280,7 @@ impl PowerKernels {
         texels: usize,
         textures: bool,
     ) -> Result<ResidentKernels> {
-        let mut cache = self.resident.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kernels) = cache.get(&(texels, textures)) {
-            return Ok(kernels.clone());
-        }
-        // Built in an error scope and cached only once valid, as `PowerKernels::new` is.
-        let kernels = gpu.scoped(|| {
+        gpu.cached_by(&self.resident, (texels, textures), || {
             let source = format!("const UT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
             let module = super::layout::shader_module(gpu, "power_resident.wgsl", source);
             let lanes = gpu.limits().subgroup_size.unwrap_or(1);
@@ -297,14 +292,12 @@ impl PowerKernels {
                 true => "power_reduce_resident_textured",
                 false => "power_reduce_resident",
             };
-            Ok(ResidentKernels {
+            ResidentKernels {
                 partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
                 reduce: compute_pipeline(gpu, &module, reduce, &c),
                 project: compute_pipeline(gpu, &module, "power_project_resident", &c),
-            })
-        })?;
-        cache.insert((texels, textures), kernels.clone());
-        Ok(kernels)
+            }
+        })
     }
 }
 
