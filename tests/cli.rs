@@ -13,6 +13,12 @@ fn dbksvd(args: &[&str]) -> Output {
         .expect("the dbksvd binary runs")
 }
 
+/// `dbksvd bench` at d = 16, K = 40, k = 3 with `args` after.
+fn small_bench(args: &[&str]) -> Output {
+    let sizes = ["bench", "--dim", "16", "--atoms", "40", "--k", "3"];
+    dbksvd(&[&sizes[..], args].concat())
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -288,9 +294,7 @@ fn bench_prints_one_json_object_per_figure() {
     if common::gpu().is_none() {
         return;
     }
-    let run = dbksvd(&[
-        "bench", "--dim", "16", "--atoms", "40", "--k", "3", "--batch", "64", "--json",
-    ]);
+    let run = small_bench(&["--batch", "64", "--json"]);
     assert!(run.status.success(), "{}", text(&run));
     let stdout = String::from_utf8_lossy(&run.stdout);
     let lines: Vec<serde_json::Value> = stdout
@@ -340,9 +344,8 @@ fn bench_prints_one_json_object_per_figure() {
     assert_eq!(adapter["gram"], "f32", "{adapter}");
 
     // The coders with G in f16: the same figures, named so.
-    let half = dbksvd(&[
-        "bench", "--dim", "16", "--atoms", "40", "--k", "3", "--batch", "64", "--json", "--phases",
-        "omp", "--gram", "f16",
+    let half = small_bench(&[
+        "--batch", "64", "--json", "--phases", "omp", "--gram", "f16",
     ]);
     assert!(half.status.success(), "{}", text(&half));
     let stdout = String::from_utf8_lossy(&half.stdout);
@@ -359,6 +362,57 @@ fn bench_prints_one_json_object_per_figure() {
     );
 }
 
+/// `--profile` follows each timed figure with its kernels' times (where the adapter has
+/// timestamp queries, as lavapipe does): the update's figure by its kernels, every one a part of
+/// it.
+#[test]
+fn bench_profile_follows_each_figure_with_its_kernels() {
+    let Some(gpu) = common::gpu() else { return };
+    let run = small_bench(&["--batch", "64", "--json", "--phases", "update", "--profile"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let kernels: Vec<&serde_json::Value> =
+        figures.iter().filter(|f| f["phase"] == "kernel").collect();
+    if !gpu.adapter().name.contains("llvmpipe") && kernels.is_empty() {
+        eprintln!("SKIPPED: no timestamp queries on {}", gpu.adapter().name);
+        return;
+    }
+    let phases: Vec<&str> = figures
+        .iter()
+        .map(|f| f["phase"].as_str().unwrap_or_default())
+        .filter(|&p| p != "kernel")
+        .collect();
+    assert_eq!(phases, ["adapter", "update", "memory"], "{stdout}");
+    // The kernel lines come right after the update's.
+    let update = figures.iter().position(|f| f["phase"] == "update").unwrap();
+    assert_eq!(figures[update + 1]["phase"], "kernel", "{stdout}");
+    let names: Vec<&str> = kernels
+        .iter()
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert!(names.iter().any(|k| k.starts_with("fold")), "{stdout}");
+    assert!(
+        names.iter().any(|k| k.starts_with("power_partial")),
+        "{stdout}"
+    );
+    let mut share = 0.0;
+    for k in &kernels {
+        assert_eq!(k["of"], "update", "{k}");
+        let s = k["share"].as_f64().unwrap();
+        assert!(s.is_finite() && s >= 0.0, "{k}");
+        share += s;
+    }
+    // Kernel time is part of the update's wall time (timestamps are taken on the device).
+    assert!(
+        share > 0.0 && share <= 1.0,
+        "kernel shares sum to {share}: {stdout}"
+    );
+}
+
 #[test]
 fn bench_refuses_sizes_it_cannot_run() {
     // Checked before the device is opened.
@@ -368,19 +422,7 @@ fn bench_refuses_sizes_it_cannot_run() {
     if common::gpu().is_none() {
         return;
     }
-    let huge = dbksvd(&[
-        "bench",
-        "--dim",
-        "16",
-        "--atoms",
-        "40",
-        "--k",
-        "3",
-        "--batch",
-        "100000000",
-        "--phases",
-        "step",
-    ]);
+    let huge = small_bench(&["--batch", "100000000", "--phases", "step"]);
     assert_eq!(huge.status.code(), Some(1), "{}", text(&huge));
     assert!(
         text(&huge).contains("the largest batch that fits is"),

@@ -4,7 +4,7 @@ mod common;
 
 use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
 use dbksvd::gpu::power::atom_order;
-use dbksvd::gpu::{Gpu, UpdateOptions};
+use dbksvd::gpu::{Gpu, GpuOptions, UpdateOptions};
 use dbksvd::reference::power::KsvdState;
 
 const K: usize = 256;
@@ -878,4 +878,90 @@ fn storage_and_texture_reads_give_identical_updates() {
         gpu.limits().subgroup_size
     );
     assert!(rel < 1e-5, "coefficients differ by {rel:.2e}");
+}
+
+/// A profiling context (`GpuOptions::profile`) records each dispatch in its own compute pass
+/// with a timestamp at each end. The codes and the update come out bit for bit as on an
+/// ordinary context, and `kernel_times` counts the update's dispatches: one fold per atom batch
+/// (K = 256 in batches of 24: 11), one ordering of the slots, one commit.
+#[test]
+fn profiled_contexts_time_every_kernel_and_change_nothing() {
+    let Some(gpu) = common::gpu() else { return };
+    let options = GpuOptions {
+        profile: true,
+        ..GpuOptions::from_env().unwrap()
+    };
+    let profiled = Gpu::with_options(&options).unwrap();
+    if !profiled.profiling() {
+        // lavapipe (CI) has timestamp queries; other adapters may not.
+        assert!(!gpu.adapter().name.contains("llvmpipe"), "no timestamps");
+        eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
+        return;
+    }
+    assert!(!gpu.profiling());
+    let s = setup(gpu);
+    let options = UpdateOptions::default().with_atom_batch(24).with_seed(3);
+    let run = |gpu: &Gpu| {
+        let coded = Encoder::new(
+            gpu,
+            &s.atoms,
+            K,
+            s.d,
+            EncoderOptions::new(CodingOptions::omp(SLOTS)),
+        )
+        .unwrap()
+        .encode(&s.samples)
+        .unwrap();
+        gpu.reset_kernel_times().unwrap();
+        let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
+        let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
+        gpu.ksvd_update(&mut atoms, &mut batch, &options).unwrap();
+        let values = gpu.read_codes(&batch).unwrap().values;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let times = gpu.kernel_times().unwrap();
+        (
+            bits(&coded.values),
+            coded.indices,
+            bits(&gpu.read_matrix(&atoms).unwrap()),
+            bits(&values),
+            times,
+        )
+    };
+    let plain = run(gpu);
+    let timed = run(&profiled);
+    assert!(
+        plain.4.is_empty(),
+        "an ordinary context timed {:?}",
+        plain.4
+    );
+    assert!(plain.0 == timed.0 && plain.1 == timed.1, "codes differ");
+    assert!(plain.2 == timed.2, "atoms differ");
+    assert!(plain.3 == timed.3, "coefficients differ");
+    let times = timed.4;
+    let dispatches = |prefix: &str| -> u64 {
+        times
+            .iter()
+            .filter(|t| t.kernel.starts_with(prefix))
+            .map(|t| t.dispatches)
+            .sum()
+    };
+    assert_eq!(dispatches("fold"), K.div_ceil(24) as u64, "{times:?}");
+    assert_eq!(dispatches("order_slots"), 1, "{times:?}");
+    assert_eq!(dispatches("commit"), 1, "{times:?}");
+    assert!(
+        dispatches("power_partial") >= K.div_ceil(24) as u64,
+        "{times:?}"
+    );
+    assert!(
+        times
+            .iter()
+            .all(|t| t.seconds.is_finite() && t.seconds >= 0.0),
+        "{times:?}"
+    );
+    assert!(
+        times.iter().map(|t| t.seconds).sum::<f64>() > 0.0,
+        "{times:?}"
+    );
+    profiled.reset_kernel_times().unwrap();
+    assert!(profiled.kernel_times().unwrap().is_empty());
 }

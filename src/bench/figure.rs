@@ -81,6 +81,20 @@ pub enum Figure {
         /// Peak device memory of the phase (bytes).
         peak_bytes: u64,
     },
+    /// On a profiling context (`dbksvd bench --profile`), one kernel's share of the timed
+    /// figure before it, from timestamp queries ([`crate::Gpu::kernel_times`]).
+    Kernel {
+        /// The figure: `gram`, `correlations`, `omp`, `mp`, `mp-sweeps`, `update` or `step`.
+        of: &'static str,
+        /// The kernel's entry point in `shaders/`.
+        kernel: &'static str,
+        /// Dispatches over all the runs timed.
+        dispatches: u64,
+        /// Seconds per run.
+        seconds: f64,
+        /// Of the figure's seconds per run.
+        share: f64,
+    },
     /// The most device memory dbksvd held in any phase ([`crate::Gpu::memory_peak`]).
     Memory {
         /// Bytes.
@@ -98,6 +112,21 @@ pub enum Figure {
         /// Seconds for the epoch.
         seconds: f64,
     },
+}
+
+impl Figure {
+    /// For a timed figure, what it measures and its seconds per run.
+    pub(crate) fn timed(&self) -> Option<(&'static str, f64)> {
+        match *self {
+            Figure::Products {
+                product, seconds, ..
+            } => Some((product, seconds)),
+            Figure::Coding { coder, seconds, .. } => Some((coder, seconds)),
+            Figure::Update { seconds, .. } => Some(("update", seconds)),
+            Figure::Step { seconds, .. } => Some(("step", seconds)),
+            Figure::Kernel { .. } | Figure::Memory { .. } | Figure::Projection { .. } => None,
+        }
+    }
 }
 
 /// `seconds` in the unit that reads best.
@@ -214,6 +243,18 @@ impl fmt::Display for Figure {
                 duration(update_s),
                 100.0 * update_s / (coding_s + update_s).max(1e-9),
                 cost(runs, peak_bytes)
+            ),
+            Figure::Kernel {
+                of,
+                kernel,
+                dispatches,
+                seconds,
+                share,
+            } => write!(
+                f,
+                "  kernel {kernel:<30} {} ({:.0} % of {of}; {dispatches} dispatches)",
+                duration(seconds),
+                100.0 * share
             ),
             Figure::Memory { peak_bytes, during } => write!(
                 f,

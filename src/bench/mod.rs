@@ -8,6 +8,8 @@
 //! wait, are timed: one that takes [`MIN_SECONDS`] or more is the figure (a slow device is not
 //! kept waiting twice); a faster first run is left out as a warm-up of its buffers, and runs
 //! are then timed until [`MIN_SECONDS`] have passed or [`MAX_RUNS`] ran; figures are means.
+//! On a profiling context ([`Gpu::profiling`]) each timed figure is followed by one
+//! [`Figure::Kernel`] per kernel it ran, from the same runs.
 //!
 //! ```no_run
 //! use dbksvd::bench::{Bench, BenchConfig, Format};
@@ -20,6 +22,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::encode::{
@@ -27,7 +31,7 @@ use crate::encode::{
 };
 use crate::error::Result;
 use crate::gpu::step::{StepBuffers, StepInput};
-use crate::gpu::{GemmParams, Gpu, Matrix, UpdateOptions};
+use crate::gpu::{GemmParams, Gpu, KernelTime, Matrix, UpdateOptions};
 use crate::train::TrainConfig;
 
 mod config;
@@ -49,6 +53,8 @@ pub const MAX_RUNS: usize = 20;
 pub struct Bench<'a> {
     gpu: &'a Gpu,
     config: BenchConfig,
+    /// On a profiling context, the kernel times of each timed phase not emitted yet.
+    kernels: RefCell<VecDeque<Vec<KernelTime>>>,
 }
 
 /// Samples (and atoms, for the Gram) of a phase's warm-up run: enough to build every pipeline
@@ -64,28 +70,49 @@ const WARM_UP_ROWS: usize = 64;
 /// [`MIN_SECONDS`] or [`MAX_RUNS`]; a longer one is the figure, since a second run would
 /// double a slow device's wait for a change first-use costs barely make. Each run must end in
 /// a GPU wait (a readback or [`Gpu::wait`]).
+///
+/// On a profiling context ([`Gpu::profiling`]) the kernel times of the runs timed, per run,
+/// join `kernels`' queue: the next timed figure emitted takes them.
 fn timed<T>(
+    gpu: &Gpu,
+    kernels: &RefCell<VecDeque<Vec<KernelTime>>>,
     warm_up: impl FnOnce() -> Result<()>,
     mut run: impl FnMut() -> Result<T>,
 ) -> Result<(f64, Vec<T>)> {
     warm_up()?;
+    gpu.reset_kernel_times()?;
     let started = Instant::now();
     let first = run()?;
     let seconds = started.elapsed().as_secs_f64();
-    if seconds >= MIN_SECONDS {
-        return Ok((seconds, vec![first]));
+    let (seconds, values) = if seconds >= MIN_SECONDS {
+        (seconds, vec![first])
+    } else {
+        gpu.reset_kernel_times()?;
+        let started = Instant::now();
+        let mut values = Vec::new();
+        while values.is_empty()
+            || (values.len() < MAX_RUNS && started.elapsed().as_secs_f64() < MIN_SECONDS)
+        {
+            values.push(run()?);
+        }
+        (
+            started.elapsed().as_secs_f64() / values.len() as f64,
+            values,
+        )
+    };
+    if gpu.profiling() {
+        let per_run = 1.0 / values.len() as f64;
+        let times = gpu
+            .kernel_times()?
+            .into_iter()
+            .map(|t| KernelTime {
+                seconds: t.seconds * per_run,
+                ..t
+            })
+            .collect();
+        kernels.borrow_mut().push_back(times);
     }
-    let started = Instant::now();
-    let mut values = Vec::new();
-    while values.is_empty()
-        || (values.len() < MAX_RUNS && started.elapsed().as_secs_f64() < MIN_SECONDS)
-    {
-        values.push(run()?);
-    }
-    Ok((
-        started.elapsed().as_secs_f64() / values.len() as f64,
-        values,
-    ))
+    Ok((seconds, values))
 }
 
 impl<'a> Bench<'a> {
@@ -110,7 +137,11 @@ impl<'a> Bench<'a> {
                 return Err(fit.exceeded(n, n, n, (n_atoms, d, k)));
             }
         }
-        Ok(Self { gpu, config })
+        Ok(Self {
+            gpu,
+            config,
+            kernels: RefCell::default(),
+        })
     }
 
     /// The configuration.
@@ -181,9 +212,28 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let data = synthetic(c)?;
         let mut figures = Vec::new();
+        // A timed figure is followed by its kernel times where the context profiles.
         let mut emit = |figure: Figure, figures: &mut Vec<Figure>| {
             each(&figure);
+            let kernels = match figure.timed() {
+                Some(_) => self.kernels.borrow_mut().pop_front(),
+                None => None,
+            };
+            let of = figure.timed();
             figures.push(figure);
+            if let (Some((of, seconds)), Some(kernels)) = (of, kernels) {
+                for t in kernels {
+                    let figure = Figure::Kernel {
+                        of,
+                        kernel: t.kernel,
+                        dispatches: t.dispatches,
+                        seconds: t.seconds,
+                        share: t.seconds / seconds.max(1e-12),
+                    };
+                    each(&figure);
+                    figures.push(figure);
+                }
+            }
         };
         // The phases hold their buffers only while they run, so each peak is its own.
         let mut peak = (0u64, "");
@@ -276,7 +326,7 @@ impl<'a> Bench<'a> {
             ("gram", &atoms, gpu.zeros(c.atoms, c.atoms)?),
             ("correlations", &samples, gpu.zeros(c.batch, c.atoms)?),
         ] {
-            let (seconds, runs) = timed(warm_up, || {
+            let (seconds, runs) = timed(gpu, &self.kernels, warm_up, || {
                 gpu.gemm(&GemmParams::abt(), a, &atoms, &mut result)?;
                 gpu.wait()
             })?;
@@ -314,7 +364,9 @@ impl<'a> Bench<'a> {
             let rows = WARM_UP_ROWS.min(c.batch);
             encoder.encode(&data.samples[..rows * c.dim]).map(drop)
         };
-        let (seconds, mut runs) = timed(warm_up, || encoder.encode(&data.samples))?;
+        let (seconds, mut runs) = timed(gpu, &self.kernels, warm_up, || {
+            encoder.encode(&data.samples)
+        })?;
         let runs_timed = runs.len();
         let codes = runs
             .pop()
@@ -373,6 +425,8 @@ impl<'a> Bench<'a> {
         let mut batch = gpu.coded_batch(&data.samples, c.dim, &codes, c.atoms)?;
         // Every run is a genuine update: the next one of the same batch.
         let (seconds, runs) = timed(
+            gpu,
+            &self.kernels,
             || Ok(()),
             || gpu.ksvd_update(&mut atoms, &mut batch, &options).map(drop),
         )?;
@@ -434,6 +488,8 @@ impl<'a> Bench<'a> {
         drop(few);
         let mut buffers = gpu.step_buffers(c.batch, d, c.k, n_atoms)?;
         let (seconds, runs) = timed(
+            gpu,
+            &self.kernels,
             || Ok(()),
             || step(&mut atoms, &mut buffers, c.batch).map(|out| (out.coding_s, out.update_s)),
         )?;
@@ -470,7 +526,7 @@ fn with_peak(mut figure: Figure, bytes: u64) -> Figure {
         | Figure::Update { peak_bytes, .. }
         | Figure::Step { peak_bytes, .. }
         | Figure::Memory { peak_bytes, .. } => *peak_bytes = bytes,
-        Figure::Projection { .. } => {}
+        Figure::Kernel { .. } | Figure::Projection { .. } => {}
     }
     figure
 }

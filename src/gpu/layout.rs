@@ -181,22 +181,21 @@ pub(crate) fn bind_windows(
         .collect()
 }
 
-/// One compute pass that runs `pipeline` once per (bind group, workgroups) pair, in order: the
-/// shape of every single-kernel pass (windows of a matrix, blocks of a product, ranges of atoms).
+/// One compute pass that runs `pipeline`, entry point `kernel`, once per (bind group,
+/// workgroups) pair, in order: the shape of every single-kernel pass (windows of a matrix,
+/// blocks of a product, ranges of atoms).
 pub(crate) fn dispatch<'a>(
+    gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
-    label: &str,
+    kernel: &'static str,
     pipeline: &wgpu::ComputePipeline,
     runs: impl IntoIterator<Item = (&'a wgpu::BindGroup, (u32, u32))>,
 ) {
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some(label),
-        timestamp_writes: None,
-    });
-    pass.set_pipeline(pipeline);
+    let mut pass = gpu.passes(encoder, kernel);
+    pass.set_pipeline(kernel, pipeline);
     for (group, (x, y)) in runs {
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.set_bind_group(group);
+        pass.dispatch(x, y);
     }
 }
 

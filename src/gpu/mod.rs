@@ -10,6 +10,7 @@
 //!   `shaders/reduce.wgsl`;
 //! - [`split`]: the epoch-end re-seeding that splits the atoms carrying the most residual, of
 //!   `shaders/split.wgsl`;
+//! - [`profile`]: kernel times by timestamp queries (`dbksvd bench --profile`);
 //! - `step`: one training step composed from the above (two submissions per sample batch).
 
 pub mod buffer;
@@ -18,6 +19,7 @@ pub mod gemm;
 pub(crate) mod layout;
 pub(crate) mod omp;
 pub mod power;
+pub mod profile;
 pub mod reduce;
 pub(crate) mod sparse;
 pub mod split;
@@ -32,4 +34,5 @@ pub use context::{
 };
 pub use gemm::{GemmKernel, GemmParams, Product};
 pub use power::{CodedBatch, UpdateOptions};
+pub use profile::KernelTime;
 pub use reduce::Reseeded;

@@ -166,7 +166,7 @@ impl Gpu {
             "duplicate search over the atoms",
             atoms,
             threshold,
-            &kernels.mark_duplicates,
+            ("mark_duplicates", &kernels.mark_duplicates),
             &[(6, &flags.buffer), (10, &usage.buffer)],
         )?;
         // The flags come back (K words) so the re-seeding can be sized, and skipped when none.
@@ -193,7 +193,7 @@ impl Gpu {
             "coherence over the atoms",
             atoms,
             0.0,
-            &kernels.coherence,
+            ("coherence", &kernels.coherence),
             &[(7, &out.buffer)],
         )?;
         self.submit_and_read(encoder, &out, n_atoms)
@@ -206,7 +206,7 @@ impl Gpu {
         what: &str,
         atoms: &Matrix,
         threshold: f32,
-        pipeline: &wgpu::ComputePipeline,
+        (kernel, pipeline): (&'static str, &wgpu::ComputePipeline),
         extra: &[(u32, &wgpu::Buffer)],
     ) -> Result<wgpu::CommandEncoder> {
         let n_atoms = atoms.rows();
@@ -238,7 +238,7 @@ impl Gpu {
             let runs = bind_groups.iter().zip(&windows);
             let runs = runs
                 .map(|(group, &(first, end, _))| (group, groups(self, end - first, WG as usize)));
-            dispatch(&mut encoder, what, pipeline, runs);
+            dispatch(self, &mut encoder, kernel, pipeline, runs);
             Ok(())
         })?;
         Ok(encoder)
@@ -296,8 +296,9 @@ impl Gpu {
             let per_sample = groups(self, n, 1);
             let runs = remove.iter().map(|group| (group, per_sample));
             dispatch(
+                self,
                 &mut encoder,
-                "remove the flagged atoms' users",
+                "remove_users",
                 &kernels.remove_users,
                 runs,
             );
@@ -341,7 +342,13 @@ impl Gpu {
                 ],
             );
             let runs = [(&group, groups(self, n, 1))];
-            dispatch(encoder, "row energy", &kernels.residual_norms, runs);
+            dispatch(
+                self,
+                encoder,
+                "residual_norms",
+                &kernels.residual_norms,
+                runs,
+            );
             Ok(())
         })
     }
@@ -400,7 +407,7 @@ impl Gpu {
                 ],
             );
             let runs = groups.iter().map(|group| (group, (1, 1)));
-            dispatch(encoder, "reseed atoms", &kernels.reseed, runs);
+            dispatch(self, encoder, "reseed", &kernels.reseed, runs);
             Ok(())
         })
     }

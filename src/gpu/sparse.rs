@@ -179,7 +179,7 @@ impl Gpu {
                 ],
             );
             let runs = [(&group, groups(self, n, WG as usize))];
-            dispatch(encoder, "unpack codes", &kernels.unpack, runs);
+            dispatch(self, encoder, "unpack_codes", &kernels.unpack, runs);
             Ok(())
         })
     }
@@ -244,29 +244,34 @@ impl Gpu {
             codes,
             residual,
         };
-        let (residual_kernel, texels) = match (vec4, flat) {
-            (true, Some(_)) => (&kernels.residual_texels, n * (d / 4).div_ceil(4)),
-            (true, None) => (&kernels.residual_vec4, n * d / 4),
-            (false, _) => (&kernels.residual, n * d),
+        let (residual_name, residual_kernel, texels) = match (vec4, flat) {
+            (true, Some(_)) => (
+                "residual_from_codes_texels",
+                &kernels.residual_texels,
+                n * (d / 4).div_ceil(4),
+            ),
+            (true, None) => (
+                "residual_from_codes_vec4",
+                &kernels.residual_vec4,
+                n * d / 4,
+            ),
+            (false, _) => ("residual_from_codes", &kernels.residual, n * d),
         };
         self.scoped(|| {
             encoder.clear_buffer(&codes.counts.buffer, 0, None);
             let residual_groups = job.residual_groups(encoder, residual_kernel, vec4)?;
             let transpose = job.transpose_steps(n_chunks);
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("residual and transpose"),
-                timestamp_writes: None,
-            });
+            let mut pass = self.passes(encoder, "residual and transpose");
             for group in &residual_groups {
-                pass.set_pipeline(residual_kernel);
-                pass.set_bind_group(0, group, &[]);
+                pass.set_pipeline(residual_name, residual_kernel);
+                pass.set_bind_group(group);
                 let (x, y) = groups(self, texels, WG as usize);
-                pass.dispatch_workgroups(x, y, 1);
+                pass.dispatch(x, y);
             }
-            for (pipeline, group, (x, y)) in &transpose {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
+            for (kernel, pipeline, group, (x, y)) in &transpose {
+                pass.set_pipeline(kernel, pipeline);
+                pass.set_bind_group(group);
+                pass.dispatch(*x, *y);
             }
             Ok(())
         })
@@ -357,17 +362,24 @@ impl ResidualJob<'_> {
             .collect())
     }
 
-    /// The transpose's dispatches in order: per-chunk counts, per-atom offsets within chunks,
-    /// atom offsets, scatter into the user lists.
+    /// The transpose's dispatches in order (entry point, pipeline, bind group, workgroups):
+    /// per-chunk counts, per-atom offsets within chunks, atom offsets, scatter into the user
+    /// lists.
     fn transpose_steps(
         &self,
         n_chunks: usize,
-    ) -> Vec<(&wgpu::ComputePipeline, wgpu::BindGroup, (u32, u32))> {
+    ) -> Vec<(
+        &'static str,
+        &wgpu::ComputePipeline,
+        wgpu::BindGroup,
+        (u32, u32),
+    )> {
         let (gpu, kernels, codes) = (self.gpu, self.kernels, self.codes);
         let u = self.uniforms.buffer();
         let per_chunk = groups(gpu, n_chunks, WG as usize);
         vec![
             (
+                "chunk_counts",
                 &kernels.chunk_counts,
                 bind(
                     gpu,
@@ -381,6 +393,7 @@ impl ResidualJob<'_> {
                 per_chunk,
             ),
             (
+                "chunk_offsets",
                 &kernels.chunk_offsets,
                 bind(
                     gpu,
@@ -394,6 +407,7 @@ impl ResidualJob<'_> {
                 groups(gpu, self.atoms.rows(), WG as usize),
             ),
             (
+                "atom_offsets",
                 &kernels.atom_offsets,
                 bind(
                     gpu,
@@ -403,6 +417,7 @@ impl ResidualJob<'_> {
                 (1, 1),
             ),
             (
+                "scatter",
                 &kernels.scatter,
                 bind(
                     gpu,

@@ -272,7 +272,7 @@ impl Gpu {
                 ],
             );
             let runs = [(&group, groups(self, n_atoms * slices, WG as usize))];
-            dispatch(&mut encoder, "split loads", &kernels.load, runs);
+            dispatch(self, &mut encoder, "split_load", &kernels.load, runs);
             Ok(())
         })?;
         let load = self
@@ -394,24 +394,26 @@ impl Gpu {
             let per_candidate = groups(self, plan.n_cands, 1);
             let per_user = groups(self, plan.n_users, WG as usize);
             let per_chunk_dim = groups(self, plan.n_chunks * d, WG as usize);
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("split atoms"),
-                timestamp_writes: None,
-            });
-            let mut dispatch = |pipeline: &wgpu::ComputePipeline, group, (x, y): (u32, u32)| {
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(x, y, 1);
+            let mut pass = self.passes(encoder, "split atoms");
+            let mut dispatch = |kernel, pipeline, group, (x, y): (u32, u32)| {
+                pass.set_pipeline(kernel, pipeline);
+                pass.set_bind_group(group);
+                pass.dispatch(x, y);
             };
-            dispatch(&k.start, &start, per_candidate);
+            dispatch("split_start", &k.start, &start, per_candidate);
             for _ in 0..POWER_STEPS {
-                dispatch(&k.project, &project, per_user);
-                dispatch(&k.accumulate, &accumulate, per_chunk_dim);
-                dispatch(&k.normalise, &normalise, per_candidate);
+                dispatch("split_project", &k.project, &project, per_user);
+                dispatch(
+                    "split_accumulate",
+                    &k.accumulate,
+                    &accumulate,
+                    per_chunk_dim,
+                );
+                dispatch("split_normalise", &k.normalise, &normalise, per_candidate);
             }
-            dispatch(&k.project, &project, per_user);
-            dispatch(&k.halves, &halves, per_chunk_dim);
-            dispatch(&k.finish, &finish, per_candidate);
+            dispatch("split_project", &k.project, &project, per_user);
+            dispatch("split_halves", &k.halves, &halves, per_chunk_dim);
+            dispatch("split_finish", &k.finish, &finish, per_candidate);
             Ok(())
         })
     }

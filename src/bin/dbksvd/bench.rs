@@ -1,7 +1,7 @@
 //! `dbksvd bench`: how fast this device runs dbksvd at a given size.
 
 use dbksvd::bench::{Bench, BenchConfig, Format, Phase};
-use dbksvd::gpu::Gpu;
+use dbksvd::gpu::{Gpu, GpuOptions};
 
 use crate::args::{BenchArgs, PhaseArg};
 
@@ -25,7 +25,17 @@ pub(crate) fn run(args: &BenchArgs) -> dbksvd::Result<bool> {
     };
     // Size errors come before the device is opened.
     config.validate()?;
-    let gpu = Gpu::with_options(&args.device.options()?)?;
+    let options = GpuOptions {
+        profile: args.profile,
+        ..args.device.options()?
+    };
+    let gpu = Gpu::with_options(&options)?;
+    if args.profile && !gpu.profiling() {
+        eprintln!(
+            "dbksvd bench: --profile: {} has no timestamp queries; no kernel times",
+            gpu.adapter().name
+        );
+    }
     let format = if args.json {
         Format::Json
     } else {

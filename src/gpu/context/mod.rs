@@ -8,6 +8,7 @@ use crate::gpu::buffer::MemoryCounter;
 use crate::gpu::gemm::GemmKernels;
 use crate::gpu::omp::OmpKernels;
 use crate::gpu::power::PowerKernels;
+use crate::gpu::profile::Profiler;
 use crate::gpu::reduce::ReduceKernels;
 use crate::gpu::sparse::SparseKernels;
 use crate::gpu::split::SplitKernels;
@@ -59,6 +60,8 @@ pub(crate) struct GpuInner {
     pub(crate) power: OnceLock<PowerKernels>,
     pub(crate) reduce: OnceLock<ReduceKernels>,
     pub(crate) split: OnceLock<SplitKernels>,
+    /// Kernel timestamps, on a profiling context (see `gpu::profile`).
+    pub(crate) profiler: Option<Profiler>,
 }
 
 /// A GPU device ready to run dbksvd's kernels.
@@ -151,9 +154,13 @@ impl Gpu {
         // real dictionaries, so ask for everything the adapter offers.
         let required_limits = adapter.limits();
         let subgroups = adapter.features() & wgpu::Features::SUBGROUP;
+        let timestamps = match options.profile {
+            true => adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            false => wgpu::Features::empty(),
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("dbksvd"),
-            required_features: subgroups,
+            required_features: subgroups | timestamps,
             required_limits: required_limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -182,6 +189,7 @@ impl Gpu {
             limits.planned_binding_size,
             limits.max_buffer_size
         );
+        let profiler = (!timestamps.is_empty()).then(|| Profiler::new(&queue));
         Ok(Self {
             inner: Arc::new(GpuInner {
                 device,
@@ -195,6 +203,7 @@ impl Gpu {
                 power: OnceLock::new(),
                 reduce: OnceLock::new(),
                 split: OnceLock::new(),
+                profiler,
             }),
             limits,
         })

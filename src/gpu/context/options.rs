@@ -33,6 +33,9 @@ pub struct GpuOptions {
     pub max_binding_size: Option<u64>,
     /// Upper bound for one buffer in bytes, below the device limit (see [`MAX_BUFFER_ENV`]).
     pub max_buffer_size: Option<u64>,
+    /// Time every kernel with timestamp queries ([`Gpu::kernel_times`]) where the adapter has
+    /// them (`dbksvd bench --profile`). Each dispatch then gets its own compute pass.
+    pub profile: bool,
 }
 
 impl GpuOptions {
@@ -56,6 +59,7 @@ impl GpuOptions {
             low_power: var("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
             max_binding_size: bytes(MAX_BINDING_ENV)?,
             max_buffer_size: bytes(MAX_BUFFER_ENV)?,
+            profile: false,
         })
     }
 

@@ -417,7 +417,8 @@ impl Gpu {
                 .iter()
                 .zip(&blocks)
                 .map(|(g, block)| (g, block.groups));
-            super::layout::dispatch(encoder, "gemm", pipeline, runs);
+            let kernel = kernels.pipelines(op.kernel).entry;
+            super::layout::dispatch(self, encoder, kernel, pipeline, runs);
             Ok(())
         })
     }
@@ -496,20 +497,17 @@ impl Gpu {
                     })
                 })
                 .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("gemm texel"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pack);
+            let mut pass = self.passes(encoder, "gemm texel");
+            pass.set_pipeline("pack_texels", pack);
             for (&(_, _, r0, r1), group) in packs.iter().zip(&pack_groups) {
                 let texels = super::layout::groups(self, (r1 - r0) * k.div_ceil(4), 64);
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(texels.0, texels.1, 1);
+                pass.set_bind_group(group);
+                pass.dispatch(texels.0, texels.1);
             }
-            pass.set_pipeline(texel);
+            pass.set_pipeline("gemm_texel", texel);
             for (blk, group) in plan.blocks.iter().zip(&groups) {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(blk.groups.0, blk.groups.1, 1);
+                pass.set_bind_group(group);
+                pass.dispatch(blk.groups.0, blk.groups.1);
             }
             Ok(())
         })

@@ -94,6 +94,23 @@ enum Kernel {
     PackAlpha,
 }
 
+impl Kernel {
+    /// The entry point in omp.wgsl.
+    fn entry(self) -> &'static str {
+        match self {
+            Kernel::Start => "start",
+            Kernel::Sweep => "sweep",
+            Kernel::SweepReduced => "sweep_reduced",
+            Kernel::SelectOmp => "select_omp",
+            Kernel::SelectMp => "select_mp",
+            Kernel::Finish => "finish",
+            Kernel::PackF32 => "pack_gram_f32",
+            Kernel::PackF16 => "pack_gram_f16",
+            Kernel::PackAlpha => "pack_alpha",
+        }
+    }
+}
+
 /// Number of [`Kernel`]s.
 const KERNELS: usize = 9;
 
@@ -123,6 +140,8 @@ pub(crate) struct OmpKernels {
 /// `resident_refit` (one invocation per sample).
 #[derive(Clone)]
 struct ResidentKernels {
+    /// The entry point of `mp`.
+    mp_entry: &'static str,
     mp: wgpu::ComputePipeline,
     refit: wgpu::ComputePipeline,
 }
@@ -359,17 +378,12 @@ impl OmpKernels {
 
     fn build(&self, gpu: &Gpu, kernel: Kernel) -> wgpu::ComputePipeline {
         let (state, sweep) = (Some(&self.state_layout), Some(&self.sweep_layout));
-        let (name, layout) = match kernel {
-            Kernel::Start => ("start", state),
-            Kernel::Sweep => ("sweep", sweep),
-            Kernel::SweepReduced => ("sweep_reduced", sweep),
-            Kernel::SelectOmp => ("select_omp", state),
-            Kernel::SelectMp => ("select_mp", state),
-            Kernel::Finish => ("finish", state),
-            Kernel::PackF32 => ("pack_gram_f32", None),
-            Kernel::PackF16 => ("pack_gram_f16", None),
-            Kernel::PackAlpha => ("pack_alpha", None),
+        let layout = match kernel {
+            Kernel::Start | Kernel::SelectOmp | Kernel::SelectMp | Kernel::Finish => state,
+            Kernel::Sweep | Kernel::SweepReduced => sweep,
+            Kernel::PackF32 | Kernel::PackF16 | Kernel::PackAlpha => None,
         };
+        let name = kernel.entry();
         match layout {
             Some(layout) => {
                 pipeline_in_layout(gpu, &self.module, name, layout, &[("WG", WG as f64)])
@@ -395,6 +409,7 @@ fn resident_kernels(
             false => "resident_mp",
         };
         ResidentKernels {
+            mp_entry: entry,
             mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
             refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
         }

@@ -14,6 +14,7 @@ use crate::gpu::buffer::{
     binding, ranges, rows_per_window, window, GpuTexture, TextureShape, UniformRecords,
 };
 use crate::gpu::layout::groups;
+use crate::gpu::profile::Passes;
 use crate::gpu::{Gpu, GpuBuffer, Matrix};
 
 impl Gpu {
@@ -291,57 +292,59 @@ impl<'a> Job<'a> {
             .collect();
         let pack = self.pack_pipeline();
         let (gpu, kernels) = (self.gpu, self.kernels);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("sparse coding"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(pack);
+        let mut pass = gpu.passes(encoder, "sparse coding");
+        let kernel = |pass: &mut Passes<'_>, kernel: Kernel| {
+            pass.set_pipeline(kernel.entry(), kernels.pipeline(gpu, kernel));
+        };
+        pass.set_pipeline(pack.0, pack.1);
         for (&(r0, r1), group) in self.pack_chunks.iter().zip(&packs) {
             let texels = groups(gpu, (r1 - r0) * self.g.shape.width as usize, 64);
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(texels.0, texels.1, 1);
+            pass.set_bind_group(group);
+            pass.dispatch(texels.0, texels.1);
         }
         for (&(r0, r1), group) in self.chunks.iter().zip(&chunk_groups) {
             let per_sample = groups(gpu, r1 - r0, SAMPLE_WG as usize);
             if let ChunkPath::Sweeps { pack, .. } = &group.path {
                 let texels = groups(gpu, (r1 - r0) * self.n_atoms.div_ceil(TEXEL), 64);
-                pass.set_pipeline(kernels.pipeline(gpu, Kernel::PackAlpha));
-                pass.set_bind_group(0, pack, &[]);
-                pass.dispatch_workgroups(texels.0, texels.1, 1);
+                kernel(&mut pass, Kernel::PackAlpha);
+                pass.set_bind_group(pack);
+                pass.dispatch(texels.0, texels.1);
             }
-            pass.set_pipeline(kernels.pipeline(gpu, Kernel::Start));
-            pass.set_bind_group(0, &group.state, &[]);
-            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+            kernel(&mut pass, Kernel::Start);
+            pass.set_bind_group(&group.state);
+            pass.dispatch(per_sample.0, per_sample.1);
             self.record_steps(&mut pass, group, r1 - r0);
-            pass.set_pipeline(kernels.pipeline(gpu, Kernel::Finish));
-            pass.set_bind_group(0, &group.state, &[]);
-            pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+            kernel(&mut pass, Kernel::Finish);
+            pass.set_bind_group(&group.state);
+            pass.dispatch(per_sample.0, per_sample.1);
         }
     }
 
     /// The greedy steps of one chunk of `rows` rows: sweep and select per step, or the
     /// resident dispatches and the refit's.
-    fn record_steps(&self, pass: &mut wgpu::ComputePass<'_>, group: &ChunkGroups, rows: usize) {
+    fn record_steps(&self, pass: &mut Passes<'_>, group: &ChunkGroups, rows: usize) {
         let (gpu, kernels) = (self.gpu, self.kernels);
         let per_sample = groups(gpu, rows, SAMPLE_WG as usize);
         match &group.path {
             ChunkPath::Sweeps { sweeps, .. } => {
                 let sweep = match reduced_sweep(gpu) {
-                    true => kernels.pipeline(gpu, Kernel::SweepReduced),
-                    false => kernels.pipeline(gpu, Kernel::Sweep),
+                    true => Kernel::SweepReduced,
+                    false => Kernel::Sweep,
                 };
                 let select = match self.options.coder {
-                    Coder::Omp => kernels.pipeline(gpu, Kernel::SelectOmp),
-                    Coder::Mp { .. } => kernels.pipeline(gpu, Kernel::SelectMp),
+                    Coder::Omp => Kernel::SelectOmp,
+                    Coder::Mp { .. } => Kernel::SelectMp,
                 };
+                let [sweep, select] =
+                    [sweep, select].map(|k| (k.entry(), kernels.pipeline(gpu, k)));
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
-                    pass.set_pipeline(sweep);
-                    pass.set_bind_group(0, &sweeps[step % 2], &[]);
-                    pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
-                    pass.set_pipeline(select);
-                    pass.set_bind_group(0, &group.state, &[]);
-                    pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                    pass.set_pipeline(sweep.0, sweep.1);
+                    pass.set_bind_group(&sweeps[step % 2]);
+                    pass.dispatch(workgroups.0, workgroups.1);
+                    pass.set_pipeline(select.0, select.1);
+                    pass.set_bind_group(&group.state);
+                    pass.dispatch(per_sample.0, per_sample.1);
                 }
             }
             ChunkPath::Resident {
@@ -351,25 +354,26 @@ impl<'a> Job<'a> {
             } => {
                 // One workgroup (a subgroup, or RESIDENT_WG invocations) per sample.
                 let workgroups = groups(gpu, rows, 1);
-                pass.set_pipeline(&kernels.mp);
+                pass.set_pipeline(kernels.mp_entry, &kernels.mp);
                 for bind_group in steps {
-                    pass.set_bind_group(0, bind_group, &[]);
-                    pass.dispatch_workgroups(workgroups.0, workgroups.1, 1);
+                    pass.set_bind_group(bind_group);
+                    pass.dispatch(workgroups.0, workgroups.1);
                 }
-                pass.set_pipeline(&kernels.refit);
+                pass.set_pipeline("resident_refit", &kernels.refit);
                 for bind_group in refit {
-                    pass.set_bind_group(0, bind_group, &[]);
-                    pass.dispatch_workgroups(per_sample.0, per_sample.1, 1);
+                    pass.set_bind_group(bind_group);
+                    pass.dispatch(per_sample.0, per_sample.1);
                 }
             }
         }
     }
 
-    fn pack_pipeline(&self) -> &wgpu::ComputePipeline {
-        match self.options.gram {
-            GramPrecision::F32 => self.kernels.pipeline(self.gpu, Kernel::PackF32),
-            GramPrecision::F16 => self.kernels.pipeline(self.gpu, Kernel::PackF16),
-        }
+    fn pack_pipeline(&self) -> (&'static str, &wgpu::ComputePipeline) {
+        let kernel = match self.options.gram {
+            GramPrecision::F32 => Kernel::PackF32,
+            GramPrecision::F16 => Kernel::PackF16,
+        };
+        (kernel.entry(), self.kernels.pipeline(self.gpu, kernel))
     }
 
     /// pack_gram's bind group per window of G's rows.
@@ -379,7 +383,7 @@ impl<'a> Job<'a> {
             GramPrecision::F32 => 10,
             GramPrecision::F16 => 11,
         };
-        let layout = self.pack_pipeline().get_bind_group_layout(0);
+        let layout = self.pack_pipeline().1.get_bind_group_layout(0);
         self.pack_chunks
             .iter()
             .enumerate()

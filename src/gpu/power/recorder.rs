@@ -128,6 +128,30 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// The entry point `pipeline(kind)` runs.
+    fn entry(&self, kind: Kind) -> &'static str {
+        let resident = self.resident.is_some();
+        match (kind, self.layout.vec4) {
+            (Kind::Partial, _) if resident => "power_partial_resident",
+            (Kind::Reduce, _) if resident && self.layout.copies() => {
+                "power_reduce_resident_textured"
+            }
+            (Kind::Reduce, _) if resident => "power_reduce_resident",
+            (Kind::Project, _) if resident => "power_project_resident",
+            (Kind::Partial, false) => "power_partial",
+            (Kind::Partial, true) => "power_partial_vec4",
+            (Kind::Reduce, _) => "power_reduce",
+            (Kind::Project, false) => "power_project",
+            (Kind::Project, true) => "power_project_vec4",
+            (Kind::Fold, false) => "fold",
+            (Kind::Fold, true) => "fold_vec4",
+            (Kind::FoldRows, false) => "fold_rows",
+            (Kind::FoldRows, true) => "fold_rows_vec4",
+            (Kind::Commit, _) => "commit",
+            (Kind::OrderSlots, _) => "order_slots",
+        }
+    }
+
     /// Whether `kind` runs a vec4 entry point (which also binds the textures 19–21).
     fn vec4_kind(&self, kind: Kind) -> bool {
         self.layout.vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
@@ -282,14 +306,11 @@ impl<'a> Recorder<'a> {
                     Step::Copy(_) | Step::ClearBatchMask => None,
                 })
                 .collect();
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("atom batches"),
-                timestamp_writes: None,
-            });
-            for (kind, (x, y), group) in &runs {
-                pass.set_pipeline(self.pipeline(*kind));
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
+            let mut pass = self.gpu.passes(encoder, "atom batches");
+            for &(kind, (x, y), ref group) in &runs {
+                pass.set_pipeline(self.entry(kind), self.pipeline(kind));
+                pass.set_bind_group(group);
+                pass.dispatch(x, y);
             }
             drop(pass);
             i = end;
