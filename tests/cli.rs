@@ -406,9 +406,10 @@ fn bench_profile_follows_each_figure_with_its_kernels() {
         assert!(s.is_finite() && s >= 0.0, "{k}");
         share += s;
     }
-    // Kernel time is part of the update's wall time (timestamps are taken on the device).
+    // Kernel time is part of the update's wall time (timestamps are taken on the device; a
+    // GPU's passes may overlap a little).
     assert!(
-        share > 0.0 && share <= 1.0,
+        share > 0.0 && share <= 1.05,
         "kernel shares sum to {share}: {stdout}"
     );
 }

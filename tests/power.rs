@@ -4,7 +4,7 @@ mod common;
 
 use dbksvd::encode::{CodingOptions, Encoder, EncoderOptions, SparseCodes};
 use dbksvd::gpu::power::atom_order;
-use dbksvd::gpu::{Gpu, GpuOptions, UpdateOptions};
+use dbksvd::gpu::{Gpu, UpdateOptions};
 use dbksvd::reference::power::KsvdState;
 
 const K: usize = 256;
@@ -883,21 +883,16 @@ fn storage_and_texture_reads_give_identical_updates() {
 /// A profiling context (`GpuOptions::profile`) records each dispatch in its own compute pass
 /// with a timestamp at each end. The codes and the update come out bit for bit as on an
 /// ordinary context, and `kernel_times` counts the update's dispatches: one fold per atom batch
-/// (K = 256 in batches of 24: 11), one ordering of the slots, one commit.
+/// (K = 256 in batches of 24: 11), one ordering of the slots, one commit. Every kernel it names,
+/// coding's and the update's, is an entry point in `shaders/`.
 #[test]
 fn profiled_contexts_time_every_kernel_and_change_nothing() {
     let Some(gpu) = common::gpu() else { return };
-    let options = GpuOptions {
-        profile: true,
-        ..GpuOptions::from_env().unwrap()
-    };
-    let profiled = Gpu::with_options(&options).unwrap();
-    if !profiled.profiling() {
+    let Some(profiled) = Gpu::profiling_context().unwrap() else {
         // lavapipe (CI) has timestamp queries; other adapters may not.
         assert!(!gpu.adapter().name.contains("llvmpipe"), "no timestamps");
-        eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
-        return;
-    }
+        return eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
+    };
     assert!(!gpu.profiling());
     let s = setup(gpu);
     let options = UpdateOptions::default().with_atom_batch(24).with_seed(3);
@@ -912,6 +907,7 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
         .unwrap()
         .encode(&s.samples)
         .unwrap();
+        let coding = gpu.kernel_times().unwrap();
         gpu.reset_kernel_times().unwrap();
         let mut atoms = gpu.matrix(K, s.d, &s.atoms).unwrap();
         let mut batch = gpu.coded_batch(&s.samples, s.d, &s.codes, K).unwrap();
@@ -925,6 +921,7 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
             bits(&gpu.read_matrix(&atoms).unwrap()),
             bits(&values),
             times,
+            coding,
         )
     };
     let plain = run(gpu);
@@ -938,6 +935,14 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
     assert!(plain.2 == timed.2, "atoms differ");
     assert!(plain.3 == timed.3, "coefficients differ");
     let times = timed.4;
+    let shaders: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
+        .collect();
+    assert!(!timed.5.is_empty());
+    for t in times.iter().chain(&timed.5) {
+        assert!(shaders.contains(&format!("fn {}(", t.kernel)), "{t:?}");
+    }
     let dispatches = |prefix: &str| -> u64 {
         times
             .iter()

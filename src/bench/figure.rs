@@ -88,8 +88,8 @@ pub enum Figure {
         of: &'static str,
         /// The kernel's entry point in `shaders/`.
         kernel: &'static str,
-        /// Dispatches over all the runs timed.
-        dispatches: u64,
+        /// Dispatches per run.
+        dispatches: f64,
         /// Seconds per run.
         seconds: f64,
         /// Of the figure's seconds per run.
@@ -252,7 +252,7 @@ impl fmt::Display for Figure {
                 share,
             } => write!(
                 f,
-                "  kernel {kernel:<30} {} ({:.0} % of {of}; {dispatches} dispatches)",
+                "  kernel {kernel:<30} {} ({:.0} % of {of}; {dispatches} dispatches per run)",
                 duration(seconds),
                 100.0 * share
             ),

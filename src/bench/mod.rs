@@ -31,7 +31,7 @@ use crate::encode::{
 };
 use crate::error::Result;
 use crate::gpu::step::{StepBuffers, StepInput};
-use crate::gpu::{GemmParams, Gpu, KernelTime, Matrix, UpdateOptions};
+use crate::gpu::{GemmParams, Gpu, Matrix, UpdateOptions};
 use crate::train::TrainConfig;
 
 mod config;
@@ -53,9 +53,13 @@ pub const MAX_RUNS: usize = 20;
 pub struct Bench<'a> {
     gpu: &'a Gpu,
     config: BenchConfig,
-    /// On a profiling context, the kernel times of each timed phase not emitted yet.
-    kernels: RefCell<VecDeque<Vec<KernelTime>>>,
+    /// On a profiling context, the kernel times of each timed phase not emitted yet, in the
+    /// order the figures are emitted.
+    kernels: RefCell<VecDeque<Vec<PerRun>>>,
 }
+
+/// A kernel's entry point, dispatches and seconds per timed run.
+type PerRun = (&'static str, f64, f64);
 
 /// Samples (and atoms, for the Gram) of a phase's warm-up run: enough to build every pipeline
 /// the phase uses, which depend on d, K and k rather than on the batch, at a small fraction of
@@ -75,7 +79,7 @@ const WARM_UP_ROWS: usize = 64;
 /// join `kernels`' queue: the next timed figure emitted takes them.
 fn timed<T>(
     gpu: &Gpu,
-    kernels: &RefCell<VecDeque<Vec<KernelTime>>>,
+    kernels: &RefCell<VecDeque<Vec<PerRun>>>,
     warm_up: impl FnOnce() -> Result<()>,
     mut run: impl FnMut() -> Result<T>,
 ) -> Result<(f64, Vec<T>)> {
@@ -105,10 +109,7 @@ fn timed<T>(
         let times = gpu
             .kernel_times()?
             .into_iter()
-            .map(|t| KernelTime {
-                seconds: t.seconds * per_run,
-                ..t
-            })
+            .map(|t| (t.kernel, t.dispatches as f64 * per_run, t.seconds * per_run))
             .collect();
         kernels.borrow_mut().push_back(times);
     }
@@ -212,6 +213,8 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let data = synthetic(c)?;
         let mut figures = Vec::new();
+        // Left over only if an earlier run failed between a phase's timing and its figure.
+        self.kernels.borrow_mut().clear();
         // A timed figure is followed by its kernel times where the context profiles.
         let mut emit = |figure: Figure, figures: &mut Vec<Figure>| {
             each(&figure);
@@ -222,13 +225,13 @@ impl<'a> Bench<'a> {
             let of = figure.timed();
             figures.push(figure);
             if let (Some((of, seconds)), Some(kernels)) = (of, kernels) {
-                for t in kernels {
+                for (kernel, dispatches, kernel_s) in kernels {
                     let figure = Figure::Kernel {
                         of,
-                        kernel: t.kernel,
-                        dispatches: t.dispatches,
-                        seconds: t.seconds,
-                        share: t.seconds / seconds.max(1e-12),
+                        kernel,
+                        dispatches,
+                        seconds: kernel_s,
+                        share: kernel_s / seconds.max(1e-12),
                     };
                     each(&figure);
                     figures.push(figure);

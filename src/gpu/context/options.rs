@@ -34,7 +34,9 @@ pub struct GpuOptions {
     /// Upper bound for one buffer in bytes, below the device limit (see [`MAX_BUFFER_ENV`]).
     pub max_buffer_size: Option<u64>,
     /// Time every kernel with timestamp queries ([`Gpu::kernel_times`]) where the adapter has
-    /// them (`dbksvd bench --profile`). Each dispatch then gets its own compute pass.
+    /// them (`dbksvd bench --profile`). Each dispatch then gets its own compute pass, and the
+    /// timestamps are held on the device until `kernel_times` reads them: a diagnostic mode,
+    /// not one to train in for hours.
     pub profile: bool,
 }
 
