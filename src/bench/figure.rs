@@ -252,9 +252,10 @@ impl fmt::Display for Figure {
                 share,
             } => write!(
                 f,
-                "  kernel {kernel:<30} {} ({:.0} % of {of}; {dispatches} dispatches per run)",
+                "  kernel {kernel:<30} {} ({:.0} % of {of}; {dispatches} dispatch{} per run)",
                 duration(seconds),
-                100.0 * share
+                100.0 * share,
+                if dispatches == 1.0 { "" } else { "es" }
             ),
             Figure::Memory { peak_bytes, during } => write!(
                 f,
