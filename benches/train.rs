@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench train` (needs `../shared/data/minilm_rustbook_L4.safetensors`; without it
 //! the bundled 4096-row file stands in, with K = 512, k = 16). Profiling adds one GPU wait per
-//! batch so the products and the coding are timed apart.
+//! batch so the products and the coding are timed apart. With `DBKSVD_PROFILE=1` the epoch's
+//! time per kernel follows, from timestamp queries (each dispatch then in its own pass).
 
 use dbksvd::data::{ActivationFile, ActivationSource, RowRange};
 use dbksvd::gpu::Gpu;
@@ -70,5 +71,12 @@ fn main() -> dbksvd::Result<()> {
         epoch.fvu,
         epoch.l0
     );
+    if gpu.profiling() {
+        println!("kernel                          seconds   share of the epoch");
+        for t in gpu.kernel_times()? {
+            let share = 100.0 * t.seconds / total;
+            println!("{:<30} {:>8.2} {share:>6.1} %", t.kernel, t.seconds);
+        }
+    }
     Ok(())
 }

@@ -893,7 +893,6 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
         assert!(!gpu.adapter().name.contains("llvmpipe"), "no timestamps");
         return eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
     };
-    assert!(!gpu.profiling());
     let s = setup(gpu);
     let options = UpdateOptions::default().with_atom_batch(24).with_seed(3);
     let run = |gpu: &Gpu| {
@@ -926,8 +925,9 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
     };
     let plain = run(gpu);
     let timed = run(&profiled);
+    // Unless DBKSVD_PROFILE=1 made the shared context a profiling one too.
     assert!(
-        plain.4.is_empty(),
+        gpu.profiling() || plain.4.is_empty(),
         "an ordinary context timed {:?}",
         plain.4
     );

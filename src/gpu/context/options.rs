@@ -17,6 +17,11 @@ pub const MAX_BINDING_ENV: &str = "DBKSVD_MAX_BINDING_SIZE";
 /// [`Error::ExceedsLimit`], and the trainer picks a batch below it.
 pub const MAX_BUFFER_ENV: &str = "DBKSVD_MAX_BUFFER_SIZE";
 
+/// Environment variable that, set to `1`, makes [`GpuOptions::from_env`] ask for a profiling
+/// context ([`GpuOptions::profile`]): `DBKSVD_PROFILE=1 cargo bench --bench train` then prints
+/// the epoch's time per kernel.
+pub const PROFILE_ENV: &str = "DBKSVD_PROFILE";
+
 /// How to choose and configure the GPU.
 ///
 /// [`GpuOptions::from_env`] reads the usual wgpu variables, so `WGPU_BACKEND=vulkan` and
@@ -41,8 +46,8 @@ pub struct GpuOptions {
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, [`MAX_BINDING_ENV`]
-    /// and [`MAX_BUFFER_ENV`].
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, [`MAX_BINDING_ENV`],
+    /// [`MAX_BUFFER_ENV`] and [`PROFILE_ENV`].
     ///
     /// An unparsable byte count is an error rather than silently ignored.
     pub fn from_env() -> Result<Self> {
@@ -61,7 +66,7 @@ impl GpuOptions {
             low_power: var("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
             max_binding_size: bytes(MAX_BINDING_ENV)?,
             max_buffer_size: bytes(MAX_BUFFER_ENV)?,
-            profile: false,
+            profile: var(PROFILE_ENV).is_some_and(|v| v.trim() == "1"),
         })
     }
 
