@@ -274,6 +274,45 @@ fn dots(a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>
     return vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
 }
 
+// The texture places of B's 8 rows from `col`, clamped to the last (sums of columns past n
+// are discarded at the store).
+struct BRows {
+    r0: vec2<u32>,
+    r1: vec2<u32>,
+    r2: vec2<u32>,
+    r3: vec2<u32>,
+    r4: vec2<u32>,
+    r5: vec2<u32>,
+    r6: vec2<u32>,
+    r7: vec2<u32>,
+}
+
+fn b_rows(col: u32) -> BRows {
+    let s = params.b_layer_shift;
+    let ln = params.n - 1u;
+    let at = params.b_offset;
+    return BRows(texel_at(s, at + min(col, ln)), texel_at(s, at + min(col + 1u, ln)),
+        texel_at(s, at + min(col + 2u, ln)), texel_at(s, at + min(col + 3u, ln)),
+        texel_at(s, at + min(col + 4u, ln)), texel_at(s, at + min(col + 5u, ln)),
+        texel_at(s, at + min(col + 6u, ln)), texel_at(s, at + min(col + 7u, ln)));
+}
+
+// An invocation's 8×8 block of C (rows r in blk[2r], blk[2r + 1]), and for a symmetric
+// product above the diagonal its mirror image below.
+fn store_block(row: u32, col: u32, above_diagonal: bool, blk: array<vec4<f32>, 16>) {
+    store_row(row + 0u, col, blk[0], blk[1]);
+    store_row(row + 1u, col, blk[2], blk[3]);
+    store_row(row + 2u, col, blk[4], blk[5]);
+    store_row(row + 3u, col, blk[6], blk[7]);
+    store_row(row + 4u, col, blk[8], blk[9]);
+    store_row(row + 5u, col, blk[10], blk[11]);
+    store_row(row + 6u, col, blk[12], blk[13]);
+    store_row(row + 7u, col, blk[14], blk[15]);
+    if params.symmetric != 0u && above_diagonal {
+        store_mirrored(row, col, blk);
+    }
+}
+
 @compute @workgroup_size(TX, TY, 1)
 fn gemm_texel(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = 8u * gid.y;
@@ -283,9 +322,7 @@ fn gemm_texel(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     // Rows past m or n are clamped to the last (their sums are discarded at the store).
     let lm = params.m - 1u;
-    let ln = params.n - 1u;
     let sa = params.a_layer_shift;
-    let sb = params.b_layer_shift;
     let a0 = texel_at(sa, params.a_offset + min(row, lm));
     let a1 = texel_at(sa, params.a_offset + min(row + 1u, lm));
     let a2 = texel_at(sa, params.a_offset + min(row + 2u, lm));
@@ -294,14 +331,7 @@ fn gemm_texel(@builtin(global_invocation_id) gid: vec3<u32>) {
     let a5 = texel_at(sa, params.a_offset + min(row + 5u, lm));
     let a6 = texel_at(sa, params.a_offset + min(row + 6u, lm));
     let a7 = texel_at(sa, params.a_offset + min(row + 7u, lm));
-    let b0 = texel_at(sb, params.b_offset + min(col, ln));
-    let b1 = texel_at(sb, params.b_offset + min(col + 1u, ln));
-    let b2 = texel_at(sb, params.b_offset + min(col + 2u, ln));
-    let b3 = texel_at(sb, params.b_offset + min(col + 3u, ln));
-    let b4 = texel_at(sb, params.b_offset + min(col + 4u, ln));
-    let b5 = texel_at(sb, params.b_offset + min(col + 5u, ln));
-    let b6 = texel_at(sb, params.b_offset + min(col + 6u, ln));
-    let b7 = texel_at(sb, params.b_offset + min(col + 7u, ln));
+    let b = b_rows(col);
 
     var acc0_0 = vec4<f32>();
     var acc0_1 = vec4<f32>();
@@ -321,14 +351,14 @@ fn gemm_texel(@builtin(global_invocation_id) gid: vec3<u32>) {
     var acc7_1 = vec4<f32>();
     let texels = (params.k + 3u) / 4u;
     for (var q = 0u; q < texels; q++) {
-        let vb0 = fetch_b(q, b0);
-        let vb1 = fetch_b(q, b1);
-        let vb2 = fetch_b(q, b2);
-        let vb3 = fetch_b(q, b3);
-        let vb4 = fetch_b(q, b4);
-        let vb5 = fetch_b(q, b5);
-        let vb6 = fetch_b(q, b6);
-        let vb7 = fetch_b(q, b7);
+        let vb0 = fetch_b(q, b.r0);
+        let vb1 = fetch_b(q, b.r1);
+        let vb2 = fetch_b(q, b.r2);
+        let vb3 = fetch_b(q, b.r3);
+        let vb4 = fetch_b(q, b.r4);
+        let vb5 = fetch_b(q, b.r5);
+        let vb6 = fetch_b(q, b.r6);
+        let vb7 = fetch_b(q, b.r7);
         var va = fetch_a(q, a0);
         acc0_0 += dots(va, vb0, vb1, vb2, vb3);
         acc0_1 += dots(va, vb4, vb5, vb6, vb7);
@@ -354,18 +384,9 @@ fn gemm_texel(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc7_0 += dots(va, vb0, vb1, vb2, vb3);
         acc7_1 += dots(va, vb4, vb5, vb6, vb7);
     }
-    store_row(row + 0u, col, acc0_0, acc0_1);
-    store_row(row + 1u, col, acc1_0, acc1_1);
-    store_row(row + 2u, col, acc2_0, acc2_1);
-    store_row(row + 3u, col, acc3_0, acc3_1);
-    store_row(row + 4u, col, acc4_0, acc4_1);
-    store_row(row + 5u, col, acc5_0, acc5_1);
-    store_row(row + 6u, col, acc6_0, acc6_1);
-    store_row(row + 7u, col, acc7_0, acc7_1);
-    if params.symmetric != 0u && gid.y < gid.x {
-        store_mirrored(row, col, array<vec4<f32>, 16>(acc0_0, acc0_1, acc1_0, acc1_1, acc2_0,
-            acc2_1, acc3_0, acc3_1, acc4_0, acc4_1, acc5_0, acc5_1, acc6_0, acc6_1, acc7_0, acc7_1));
-    }
+    store_block(row, col, gid.y < gid.x, array<vec4<f32>, 16>(acc0_0, acc0_1, acc1_0, acc1_1,
+        acc2_0, acc2_1, acc3_0, acc3_1, acc4_0, acc4_1, acc5_0, acc5_1, acc6_0, acc6_1, acc7_0,
+        acc7_1));
 }
 
 // One texel per invocation: columns 4q .. 4q + 3 of row r < m (zero past k), from element

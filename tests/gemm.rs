@@ -195,6 +195,81 @@ fn texel_kernel_matches_reference() {
     assert!(err.to_string().contains("A·Bᵀ only"), "{err}");
 }
 
+/// Where subgroups are 8 wide on a CPU adapter (lavapipe), A·Bᵀ runs as gemm_texel_subgroup,
+/// which fetches each A texel once per subgroup and shuffles it to the lanes. It adds the same
+/// products in the same order as gemm_texel (`without_subgroups`), so both give the same bits:
+/// on the awkward shapes, scaled over an old C, in row windows, and for the Gram matrix (its
+/// lower half mirrored, with workgroups on the diagonal whose lanes below it only compute). On
+/// a profiling context the kernels' names show which ran.
+#[test]
+fn subgroup_texel_kernel_gives_the_texel_kernels_bits() {
+    let Some(gpu) = common::gpu() else { return };
+    let bits = |g: &Gpu, m: usize, n: usize, inner: usize, beta: f32, seed: u64| {
+        let a = g
+            .matrix(m, inner, &common::uniform(m * inner, seed))
+            .unwrap();
+        let b = g
+            .matrix(n, inner, &common::uniform(n * inner, seed + 1))
+            .unwrap();
+        let mut c = g.matrix(m, n, &common::uniform(m * n, seed + 2)).unwrap();
+        let op = GemmParams {
+            alpha: -1.5,
+            beta,
+            ..GemmParams::abt().kernel(GemmKernel::Texel)
+        };
+        g.gemm(&op, &a, &b, &mut c).unwrap();
+        let gram = g.gram(&b).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        (
+            bits(g.read_matrix(&c).unwrap()),
+            bits(g.read_matrix(&gram).unwrap()),
+        )
+    };
+    let windows = gpu.with_max_binding_size(4096).unwrap();
+    for (i, &(m, n, inner)) in SHAPES
+        .iter()
+        .chain(&[(9, 131, 61), (300, 65, 7)])
+        .enumerate()
+    {
+        for beta in [0.0, 0.75] {
+            let seed = 120 + i as u64;
+            let shared = bits(gpu, m, n, inner, beta, seed);
+            let plain = bits(&gpu.without_subgroups(), m, n, inner, beta, seed);
+            assert!(
+                shared == plain,
+                "{m}×{n}×{inner}, β = {beta}: the bits differ"
+            );
+        }
+        if m * n < 100_000 {
+            let seed = 130 + i as u64;
+            let shared = bits(&windows, m, n, inner, 0.0, seed);
+            let plain = bits(&windows.without_subgroups(), m, n, inner, 0.0, seed);
+            assert!(
+                shared == plain,
+                "{m}×{n}×{inner} in windows: the bits differ"
+            );
+        }
+    }
+    let Some(profiled) = Gpu::profiling_context().unwrap() else {
+        assert!(!gpu.adapter().name.contains("llvmpipe"), "no timestamps");
+        return eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
+    };
+    let ran = |g: &Gpu| {
+        g.reset_kernel_times().unwrap();
+        bits(g, 17, 33, 65, 0.0, 140);
+        let times = g.kernel_times().unwrap();
+        times
+            .iter()
+            .map(|t| t.kernel)
+            .filter(|k| k.starts_with("gemm"))
+            .collect::<Vec<_>>()
+    };
+    if profiled.adapter().name.contains("llvmpipe") {
+        assert_eq!(ran(&profiled), ["gemm_texel_subgroup"]);
+    }
+    assert_eq!(ran(&profiled.without_subgroups()), ["gemm_texel"]);
+}
+
 #[test]
 fn naive_kernel_matches_reference() {
     let Some(gpu) = common::gpu() else { return };

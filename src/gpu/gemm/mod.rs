@@ -7,7 +7,9 @@
 //!
 //! On CPU adapters (llvmpipe) A·Bᵀ runs as `gemm_texel` instead: A and B are packed into
 //! textures (rows of k/4 rgba32float texels, in layers) and each invocation reads its 8 rows of A
-//! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows.
+//! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows. Where
+//! subgroups are one workgroup row (8) wide, `gemm_texel_subgroup` (`shaders/gemm_subgroup.wgsl`)
+//! fetches each A texel once per subgroup and shuffles it to the lanes, with the same sums.
 
 use std::sync::OnceLock;
 
@@ -23,6 +25,8 @@ mod plan;
 use plan::{plan, Plan, TexelPlan};
 
 const SHADER: &str = include_str!("../../../shaders/gemm.wgsl");
+/// gemm_texel_subgroup, compiled after `SHADER` where subgroups are TX wide (CPU adapters).
+const SUBGROUP_SHADER: &str = include_str!("../../../shaders/gemm_subgroup.wgsl");
 
 /// Workgroup shape of the tiled kernel (x along n, y along m) and its tile depth along k.
 const WG_X: u32 = 16;
@@ -173,6 +177,8 @@ pub(crate) struct GemmKernels {
     texel_layout: wgpu::BindGroupLayout,
     /// gemm_texel and pack_texels, built on first use (CPU adapters).
     texel: OnceLock<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+    /// gemm_texel_subgroup (gemm_subgroup.wgsl), built on first use where it runs.
+    texel_subgroup: OnceLock<wgpu::ComputePipeline>,
     a_texels: ScratchTexture,
     b_texels: ScratchTexture,
 }
@@ -237,6 +243,7 @@ impl GemmKernels {
                 naive: Pipelines::new("gemm_naive", WG_Y, WG_X),
                 texel_layout,
                 texel: OnceLock::new(),
+                texel_subgroup: OnceLock::new(),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
             })
@@ -281,6 +288,31 @@ impl GemmKernels {
                 ))
             })
         })
+    }
+
+    /// The texel kernel for `gpu` (its entry point and pipeline): gemm_texel_subgroup where
+    /// subgroups are one workgroup row wide on a CPU adapter (llvmpipe: 8 lanes, consecutive
+    /// invocations), else gemm_texel; built on first use.
+    fn texel_kernel(&self, gpu: &Gpu) -> Result<(&'static str, &wgpu::ComputePipeline)> {
+        let limits = gpu.limits();
+        if !(limits.cpu_paths && limits.subgroup_size == Some(TX)) {
+            return Ok(("gemm_texel", &self.texel_pipelines(gpu)?.0));
+        }
+        let pipeline = gpu.cached(&self.texel_subgroup, |gpu| {
+            gpu.scoped(|| {
+                let source = format!("{SHADER}{SUBGROUP_SHADER}");
+                let module = super::layout::shader_module(gpu, "gemm_subgroup.wgsl", source);
+                let constants = [("TX", TX as f64), ("TY", TY as f64)];
+                Ok(pipeline_in_layout(
+                    gpu,
+                    &module,
+                    "gemm_texel_subgroup",
+                    &self.texel_layout,
+                    &constants,
+                ))
+            })
+        })?;
+        Ok(("gemm_texel_subgroup", pipeline))
     }
 
     /// gemm_texel and pack_texels, built on first use.
@@ -456,7 +488,8 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
-            let (texel, pack) = kernels.texel_pipelines(self)?;
+            let pack = &kernels.texel_pipelines(self)?.1;
+            let (texel_name, texel) = kernels.texel_kernel(self)?;
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
             let a_view = a_tex
@@ -504,7 +537,7 @@ impl Gpu {
                 pass.set_bind_group(group);
                 pass.dispatch(texels.0, texels.1);
             }
-            pass.set_pipeline("gemm_texel", texel);
+            pass.set_pipeline(texel_name, texel);
             for (blk, group) in plan.blocks.iter().zip(&groups) {
                 pass.set_bind_group(group);
                 pass.dispatch(blk.groups.0, blk.groups.1);
