@@ -8,7 +8,7 @@
 //! time per kernel follows, from timestamp queries (each dispatch then in its own pass).
 
 use dbksvd::data::{ActivationFile, ActivationSource, RowRange};
-use dbksvd::gpu::Gpu;
+use dbksvd::gpu::{Gpu, GpuOptions};
 use dbksvd::train::{TrainConfig, Trainer};
 
 fn main() -> dbksvd::Result<()> {
@@ -22,7 +22,11 @@ fn main() -> dbksvd::Result<()> {
             let small = format!("{root}/data/minilm_rustbook_L4_small.safetensors");
             (Box::new(ActivationFile::open(&small)?), 512, 16)
         };
-    let gpu = Gpu::new()?;
+    let options = GpuOptions {
+        profile: std::env::var("DBKSVD_PROFILE").is_ok_and(|v| v.trim() == "1"),
+        ..GpuOptions::from_env()?
+    };
+    let gpu = Gpu::with_options(&options)?;
     let mut config = TrainConfig::new(atoms, k);
     config.epochs = 1;
     config.profile = true;

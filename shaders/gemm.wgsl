@@ -12,6 +12,8 @@
 //               tiled kernel's time under perf) but fetch texels with unrolled gathers.
 //               For the Gram matrix (A = B, one block) it computes the upper blocks only and
 //               stores each twice (Gram 1.25× faster on lavapipe: the stores, lane by lane, stay).
+//               On llvmpipe with 8-wide subgroups, gemm_texel_subgroup (gemm_subgroup.wgsl)
+//               does the same with each A texel fetched once per subgroup.
 //
 // op(B) = Bᵀ when B_TRANSPOSED (Gram D·Dᵀ, correlations Y·Dᵀ), else B.
 // A is m×k, op(B) is k×n, C is m×n. The host binds row windows of larger matrices and passes

@@ -21,7 +21,8 @@ fn gemm_texel_subgroup(
     // The invocation's lane: a subgroup is one row of the workgroup (TX = the subgroup size).
     let lane = lid.x;
     // Only whole workgroups leave early (outside C, or wholly below the diagonal of a symmetric
-    // product): the shuffles need every lane of the subgroup.
+    // product, which is wid.y > wid.x because TX = TY): the shuffles need every lane of the
+    // subgroup.
     if 8u * TY * wid.y >= params.m || 8u * TX * wid.x >= params.n
         || (params.symmetric != 0u && wid.y > wid.x) {
         return;

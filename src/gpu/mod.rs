@@ -30,7 +30,7 @@ pub(crate) mod uniform_layout;
 pub use buffer::{GpuBuffer, Matrix};
 pub use context::{
     list_adapters, panic_is_caught, AdapterSummary, DeviceLimits, Gpu, GpuOptions, MAX_BINDING_ENV,
-    MAX_BUFFER_ENV, PROFILE_ENV,
+    MAX_BUFFER_ENV,
 };
 pub use gemm::{GemmKernel, GemmParams, Product};
 pub use power::{CodedBatch, UpdateOptions};

@@ -16,9 +16,7 @@ use crate::gpu::split::SplitKernels;
 mod options;
 mod views;
 
-pub use options::{
-    AdapterSummary, DeviceLimits, GpuOptions, MAX_BINDING_ENV, MAX_BUFFER_ENV, PROFILE_ENV,
-};
+pub use options::{AdapterSummary, DeviceLimits, GpuOptions, MAX_BINDING_ENV, MAX_BUFFER_ENV};
 
 /// Errors wgpu reported outside an error scope, or the device-lost callback, kept until the next
 /// check so they become an [`Error`] instead of a panic in wgpu's default handler.

@@ -17,11 +17,6 @@ pub const MAX_BINDING_ENV: &str = "DBKSVD_MAX_BINDING_SIZE";
 /// [`Error::ExceedsLimit`], and the trainer picks a batch below it.
 pub const MAX_BUFFER_ENV: &str = "DBKSVD_MAX_BUFFER_SIZE";
 
-/// Environment variable that, set to `1`, makes [`GpuOptions::from_env`] ask for a profiling
-/// context ([`GpuOptions::profile`]): `DBKSVD_PROFILE=1 cargo bench --bench train` then prints
-/// the epoch's time per kernel.
-pub const PROFILE_ENV: &str = "DBKSVD_PROFILE";
-
 /// How to choose and configure the GPU.
 ///
 /// [`GpuOptions::from_env`] reads the usual wgpu variables, so `WGPU_BACKEND=vulkan` and
@@ -46,8 +41,8 @@ pub struct GpuOptions {
 }
 
 impl GpuOptions {
-    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, [`MAX_BINDING_ENV`],
-    /// [`MAX_BUFFER_ENV`] and [`PROFILE_ENV`].
+    /// Options from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, [`MAX_BINDING_ENV`]
+    /// and [`MAX_BUFFER_ENV`]; never profiling.
     ///
     /// An unparsable byte count is an error rather than silently ignored.
     pub fn from_env() -> Result<Self> {
@@ -66,7 +61,7 @@ impl GpuOptions {
             low_power: var("WGPU_POWER_PREF").is_some_and(|v| v.eq_ignore_ascii_case("low")),
             max_binding_size: bytes(MAX_BINDING_ENV)?,
             max_buffer_size: bytes(MAX_BUFFER_ENV)?,
-            profile: var(PROFILE_ENV).is_some_and(|v| v.trim() == "1"),
+            profile: false,
         })
     }
 
@@ -151,14 +146,16 @@ pub struct DeviceLimits {
     pub max_loop_iterations: Option<u64>,
     /// Invocations per subgroup, where the device runs subgroup operations
     /// (`Features::SUBGROUP`) with one fixed subgroup size (lavapipe: 8); `None` elsewhere. On
-    /// CPU adapters the coders then keep each sample's correlations in one subgroup's registers.
+    /// CPU adapters the coders then keep each sample's correlations in one subgroup's registers,
+    /// the update each atom's iterate, and (llvmpipe, 8 wide) the texel GEMM shares A's texels
+    /// across a subgroup.
     pub subgroup_size: Option<u32>,
     /// Whether the device runs subgroup operations (`Features::SUBGROUP`) at all, of any size:
     /// the modules holding them (the resident coders) are built only then.
     pub(crate) subgroups: bool,
     /// Whether the kernels' CPU-adapter variants are planned (the subgroup resident coder and
-    /// the barrier-free sweep, the texel GEMM, texture copies and per-sample folds in the
-    /// update): the adapter's class, unless a
+    /// the barrier-free sweep, the texel GEMM and its subgroup variant, texture copies and
+    /// per-sample folds in the update): the adapter's class, unless a
     /// test view plans as a GPU would.
     pub(crate) cpu_paths: bool,
 }

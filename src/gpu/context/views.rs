@@ -64,8 +64,9 @@ impl Gpu {
 
     #[cfg(any(test, feature = "testing"))]
     /// The same device, planning as if it had no subgroup operations: the coders take their
-    /// portable path (sweep and select dispatches per greedy step) on every adapter. Shares
-    /// pipelines and buffers with `self`; tests use it to check both paths on one adapter.
+    /// portable path (sweep and select dispatches per greedy step), the update its vec4 item
+    /// kernels and the texel GEMM gemm_texel, on every adapter. Shares pipelines and buffers
+    /// with `self`; tests use it to check both paths on one adapter.
     pub fn without_subgroups(&self) -> Self {
         self.planning_without_subgroups()
     }

@@ -175,8 +175,9 @@ pub(crate) struct GemmKernels {
     tiled: Pipelines,
     naive: Pipelines,
     texel_layout: wgpu::BindGroupLayout,
-    /// gemm_texel and pack_texels, built on first use (CPU adapters).
-    texel: OnceLock<(wgpu::ComputePipeline, wgpu::ComputePipeline)>,
+    /// gemm_texel and pack_texels, each built on first use (CPU adapters).
+    texel: OnceLock<wgpu::ComputePipeline>,
+    pack: OnceLock<wgpu::ComputePipeline>,
     /// gemm_texel_subgroup (gemm_subgroup.wgsl), built on first use where it runs.
     texel_subgroup: OnceLock<wgpu::ComputePipeline>,
     a_texels: ScratchTexture,
@@ -243,6 +244,7 @@ impl GemmKernels {
                 naive: Pipelines::new("gemm_naive", WG_Y, WG_X),
                 texel_layout,
                 texel: OnceLock::new(),
+                pack: OnceLock::new(),
                 texel_subgroup: OnceLock::new(),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
@@ -290,13 +292,15 @@ impl GemmKernels {
         })
     }
 
-    /// The texel kernel for `gpu` (its entry point and pipeline): gemm_texel_subgroup where
-    /// subgroups are one workgroup row wide on a CPU adapter (llvmpipe: 8 lanes, consecutive
-    /// invocations), else gemm_texel; built on first use.
+    /// The texel kernel for `gpu` (its entry point and pipeline): gemm_texel_subgroup on
+    /// llvmpipe with 8-wide subgroups, else gemm_texel; built on first use. The subgroup kernel
+    /// needs each subgroup to be one row of TX consecutive invocations, which llvmpipe does
+    /// (it runs invocations 8 at a time in linear order) but no API promises, hence the name.
     fn texel_kernel(&self, gpu: &Gpu) -> Result<(&'static str, &wgpu::ComputePipeline)> {
         let limits = gpu.limits();
-        if !(limits.cpu_paths && limits.subgroup_size == Some(TX)) {
-            return Ok(("gemm_texel", &self.texel_pipelines(gpu)?.0));
+        let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");
+        if !(limits.cpu_paths && llvmpipe && limits.subgroup_size == Some(TX)) {
+            return Ok(("gemm_texel", self.texel_pipeline(gpu)?));
         }
         let pipeline = gpu.cached(&self.texel_subgroup, |gpu| {
             gpu.scoped(|| {
@@ -315,23 +319,31 @@ impl GemmKernels {
         Ok(("gemm_texel_subgroup", pipeline))
     }
 
-    /// gemm_texel and pack_texels, built on first use.
-    fn texel_pipelines(
-        &self,
-        gpu: &Gpu,
-    ) -> Result<&(wgpu::ComputePipeline, wgpu::ComputePipeline)> {
+    /// gemm_texel, built on first use.
+    fn texel_pipeline(&self, gpu: &Gpu) -> Result<&wgpu::ComputePipeline> {
         gpu.cached(&self.texel, |gpu| {
             gpu.scoped(|| {
                 let constants = [("TX", TX as f64), ("TY", TY as f64)];
-                Ok((
-                    pipeline_in_layout(
-                        gpu,
-                        &self.module,
-                        "gemm_texel",
-                        &self.texel_layout,
-                        &constants,
-                    ),
-                    super::layout::compute_pipeline(gpu, &self.module, "pack_texels", &[]),
+                Ok(pipeline_in_layout(
+                    gpu,
+                    &self.module,
+                    "gemm_texel",
+                    &self.texel_layout,
+                    &constants,
+                ))
+            })
+        })
+    }
+
+    /// pack_texels, built on first use.
+    fn pack_pipeline(&self, gpu: &Gpu) -> Result<&wgpu::ComputePipeline> {
+        gpu.cached(&self.pack, |gpu| {
+            gpu.scoped(|| {
+                Ok(super::layout::compute_pipeline(
+                    gpu,
+                    &self.module,
+                    "pack_texels",
+                    &[],
                 ))
             })
         })
@@ -488,7 +500,7 @@ impl Gpu {
 
         self.scoped(|| {
             let device = self.device();
-            let pack = &kernels.texel_pipelines(self)?.1;
+            let pack = kernels.pack_pipeline(self)?;
             let (texel_name, texel) = kernels.texel_kernel(self)?;
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
