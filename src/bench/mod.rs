@@ -317,11 +317,14 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let atoms = gpu.matrix(c.atoms, c.dim, &data.atoms)?;
         let samples = gpu.matrix(c.batch, c.dim, &data.samples)?;
+        // A Gram matrix and a product of two matrices: their kernels may differ (llvmpipe).
         let warm_up = || {
-            let rows = WARM_UP_ROWS.min(c.atoms);
+            let rows = WARM_UP_ROWS.min(c.atoms).min(c.batch);
             let few = gpu.matrix(rows, c.dim, &data.atoms[..rows * c.dim])?;
+            let few_samples = gpu.matrix(rows, c.dim, &data.samples[..rows * c.dim])?;
             let mut out = gpu.zeros(rows, rows)?;
             gpu.gemm(&GemmParams::abt(), &few, &few, &mut out)?;
+            gpu.gemm(&GemmParams::abt(), &few_samples, &few, &mut out)?;
             gpu.wait()
         };
         let mut out = Vec::new();

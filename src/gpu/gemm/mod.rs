@@ -8,8 +8,9 @@
 //! On CPU adapters (llvmpipe) A·Bᵀ runs as `gemm_texel` instead: A and B are packed into
 //! textures (rows of k/4 rgba32float texels, in layers) and each invocation reads its 8 rows of A
 //! and 8 of B texel by texel, without workgroup memory; only C is bound in row windows. Where
-//! subgroups are one workgroup row (8) wide, `gemm_texel_subgroup` (`shaders/gemm_subgroup.wgsl`)
-//! fetches each A texel once per subgroup and shuffles it to the lanes, with the same sums.
+//! subgroups are one workgroup row (8) wide (llvmpipe), `gemm_texel_subgroup` and, for products
+//! that are not symmetric, `gemm_texel_subgroup_tall` (`shaders/gemm_subgroup.wgsl`) fetch each
+//! A texel once per subgroup and shuffle it to the lanes, with the same sums.
 
 use std::sync::OnceLock;
 
@@ -168,6 +169,14 @@ impl Pipelines {
     }
 }
 
+/// A texel kernel: its entry point, pipeline, and the block of C (rows, columns) each
+/// invocation owns.
+struct TexelKernel<'a> {
+    entry: &'static str,
+    pipeline: &'a wgpu::ComputePipeline,
+    block: (usize, usize),
+}
+
 /// The gemm pipelines, built once per device, and the textures of the texel kernel's operands.
 pub(crate) struct GemmKernels {
     module: wgpu::ShaderModule,
@@ -178,8 +187,11 @@ pub(crate) struct GemmKernels {
     /// gemm_texel and pack_texels, each built on first use (CPU adapters).
     texel: OnceLock<wgpu::ComputePipeline>,
     pack: OnceLock<wgpu::ComputePipeline>,
-    /// gemm_texel_subgroup (gemm_subgroup.wgsl), built on first use where it runs.
+    /// gemm_subgroup.wgsl and its gemm_texel_subgroup and gemm_texel_subgroup_tall, built on
+    /// first use where they run.
+    subgroup_module: OnceLock<wgpu::ShaderModule>,
     texel_subgroup: OnceLock<wgpu::ComputePipeline>,
+    texel_tall: OnceLock<wgpu::ComputePipeline>,
     a_texels: ScratchTexture,
     b_texels: ScratchTexture,
 }
@@ -245,7 +257,9 @@ impl GemmKernels {
                 texel_layout,
                 texel: OnceLock::new(),
                 pack: OnceLock::new(),
+                subgroup_module: OnceLock::new(),
                 texel_subgroup: OnceLock::new(),
+                texel_tall: OnceLock::new(),
                 a_texels: ScratchTexture::default(),
                 b_texels: ScratchTexture::default(),
             })
@@ -296,27 +310,43 @@ impl GemmKernels {
     /// llvmpipe with 8-wide subgroups, else gemm_texel; built on first use. The subgroup kernel
     /// needs each subgroup to be one row of TX consecutive invocations, which llvmpipe does
     /// (it runs invocations 8 at a time in linear order) but no API promises, hence the name.
-    fn texel_kernel(&self, gpu: &Gpu) -> Result<(&'static str, &wgpu::ComputePipeline)> {
+    /// A product that may be symmetric (the Gram matrix) takes the square blocks of
+    /// gemm_texel_subgroup, any other gemm_texel_subgroup_tall's 16 × 4.
+    fn texel_kernel(&self, gpu: &Gpu, symmetric: bool) -> Result<TexelKernel<'_>> {
         let limits = gpu.limits();
         let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");
         if !(limits.cpu_paths && llvmpipe && limits.subgroup_size == Some(TX)) {
-            return Ok(("gemm_texel", self.texel_pipeline(gpu)?));
+            return Ok(TexelKernel {
+                entry: "gemm_texel",
+                pipeline: self.texel_pipeline(gpu)?,
+                block: (8, 8),
+            });
         }
-        let pipeline = gpu.cached(&self.texel_subgroup, |gpu| {
+        let (entry, cell, block) = match symmetric {
+            true => ("gemm_texel_subgroup", &self.texel_subgroup, (8, 8)),
+            false => ("gemm_texel_subgroup_tall", &self.texel_tall, (16, 4)),
+        };
+        let pipeline = gpu.cached(cell, |gpu| {
             gpu.scoped(|| {
-                let source = format!("{SHADER}{SUBGROUP_SHADER}");
-                let module = super::layout::shader_module(gpu, "gemm_subgroup.wgsl", source);
+                let module = self.subgroup_module.get_or_init(|| {
+                    let source = format!("{SHADER}{SUBGROUP_SHADER}");
+                    super::layout::shader_module(gpu, "gemm_subgroup.wgsl", source)
+                });
                 let constants = [("TX", TX as f64), ("TY", TY as f64)];
                 Ok(pipeline_in_layout(
                     gpu,
-                    &module,
-                    "gemm_texel_subgroup",
+                    module,
+                    entry,
                     &self.texel_layout,
                     &constants,
                 ))
             })
         })?;
-        Ok(("gemm_texel_subgroup", pipeline))
+        Ok(TexelKernel {
+            entry,
+            pipeline,
+            block,
+        })
     }
 
     /// gemm_texel, built on first use.
@@ -501,7 +531,17 @@ impl Gpu {
         self.scoped(|| {
             let device = self.device();
             let pack = kernels.pack_pipeline(self)?;
-            let (texel_name, texel) = kernels.texel_kernel(self)?;
+            let texel = kernels.texel_kernel(self, same)?;
+            // Workgroups per block of C for the kernel's own invocation blocks.
+            let (block_m, block_n) = (texel.block.0 * TY as usize, texel.block.1 * TX as usize);
+            let workgroups: Vec<(u32, u32)> = plan
+                .blocks
+                .iter()
+                .map(|blk| {
+                    let (m, n) = (blk.params.m as usize, blk.params.n as usize);
+                    (n.div_ceil(block_n) as u32, m.div_ceil(block_m) as u32)
+                })
+                .collect();
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
             let a_view = a_tex
@@ -549,10 +589,10 @@ impl Gpu {
                 pass.set_bind_group(group);
                 pass.dispatch(texels.0, texels.1);
             }
-            pass.set_pipeline(texel_name, texel);
-            for (blk, group) in plan.blocks.iter().zip(&groups) {
+            pass.set_pipeline(texel.entry, texel.pipeline);
+            for (&(x, y), group) in workgroups.iter().zip(&groups) {
                 pass.set_bind_group(group);
-                pass.dispatch(blk.groups.0, blk.groups.1);
+                pass.dispatch(x, y);
             }
             Ok(())
         })

@@ -22,11 +22,11 @@ pub(super) struct TexelPlan {
     pub(super) blocks: Vec<TexelBlock>,
 }
 
-/// One dispatch of the texel kernel: rows m0.. of C in one window, columns n0.. .
+/// One dispatch of the texel kernel: rows m0.. of C in one window, columns n0.. (its
+/// workgroups depend on the kernel's block per invocation, chosen when it is recorded).
 pub(super) struct TexelBlock {
     pub(super) params: BlockParams,
     pub(super) c: Window,
-    pub(super) groups: (u32, u32),
 }
 
 /// How a product runs: blocks of bound windows, or the texel kernel.
@@ -88,7 +88,9 @@ pub(super) fn plan_texels(
         ));
     }
     let max_groups = limits.max_compute_workgroups_per_dimension as usize;
-    let (tile_m, tile_n) = ((TY * TM) as usize, (TX * TN) as usize);
+    // Rows and columns of C one workgroup covers, at least: 8 × 8 per invocation, or 16 × 4 for
+    // gemm_texel_subgroup_tall.
+    let (tile_m, tile_n) = ((TY * TM) as usize, (TX * TN / 2) as usize);
     let mut blocks = Vec::new();
     for &(m0, m1) in &ranges(m, rows_c.min(max_groups * tile_m)) {
         for &(n0, n1) in &ranges(n, max_groups * tile_n) {
@@ -113,7 +115,6 @@ pub(super) fn plan_texels(
                     _pad: [0; 2],
                 },
                 c: cw,
-                groups: (bn.div_ceil(tile_n) as u32, bm.div_ceil(tile_m) as u32),
             });
         }
     }
