@@ -159,8 +159,8 @@ fn alpha_and_beta_scale_and_accumulate() {
 }
 
 /// The texel kernel (A·Bᵀ read from textures, what lavapipe runs by default) on the awkward
-/// shapes (inner dimensions not a multiple of the 4-wide texel, outputs not of the 64×64
-/// workgroup), with alpha and beta; under a 4 KiB binding cap (C bound in row windows of a few
+/// shapes (inner dimensions not a multiple of the 4-wide texel, outputs not a multiple of a
+/// workgroup's block), with alpha and beta; under a 4 KiB binding cap (C bound in row windows of a few
 /// rows, A and B packed window by window); with textures of at most 100 texels a side (A and B
 /// in layers of 64 rows); and refused for A·B. Same error bounds as the tiled kernel: each
 /// output is still one f32 sum over the inner dimension.
@@ -199,7 +199,8 @@ fn texel_kernel_matches_reference() {
 /// per invocation) or gemm_texel_subgroup_tall (16 × 4), which fetch each A texel once per
 /// subgroup and shuffle it to the lanes. They add the same products in the same order as
 /// gemm_texel (`without_subgroups`), so all give the same bits:
-/// on the awkward shapes, scaled over an old C, in row windows, and for the Gram matrix (its
+/// on the awkward shapes, scaled over an old C, in row windows, with A and B in texture layers,
+/// and for the Gram matrix (its
 /// lower half mirrored, with workgroups on the diagonal whose lanes below it only compute). On
 /// a profiling context the kernels' names show which ran.
 #[test]
@@ -227,6 +228,7 @@ fn subgroup_texel_kernel_gives_the_texel_kernels_bits() {
         )
     };
     let windows = gpu.with_max_binding_size(4096).unwrap();
+    let layered = gpu.with_max_texture_dimension(100);
     for (i, &(m, n, inner)) in SHAPES
         .iter()
         .chain(&[(9, 131, 61), (300, 65, 7)])
@@ -248,6 +250,12 @@ fn subgroup_texel_kernel_gives_the_texel_kernels_bits() {
             assert!(
                 shared == plain,
                 "{m}×{n}×{inner} in windows: the bits differ"
+            );
+            let shared = bits(&layered, m, n, inner, 0.0, seed);
+            let plain = bits(&layered.without_subgroups(), m, n, inner, 0.0, seed);
+            assert!(
+                shared == plain,
+                "{m}×{n}×{inner} in layers: the bits differ"
             );
         }
     }

@@ -26,7 +26,8 @@ mod plan;
 use plan::{plan, Plan, TexelPlan};
 
 const SHADER: &str = include_str!("../../../shaders/gemm.wgsl");
-/// gemm_texel_subgroup, compiled after `SHADER` where subgroups are TX wide (CPU adapters).
+/// gemm_texel_subgroup and gemm_texel_subgroup_tall, compiled after `SHADER` on llvmpipe with
+/// TX-wide subgroups.
 const SUBGROUP_SHADER: &str = include_str!("../../../shaders/gemm_subgroup.wgsl");
 
 /// Workgroup shape of the tiled kernel (x along n, y along m) and its tile depth along k.
@@ -38,7 +39,8 @@ const TM: u32 = 8;
 const TN: u32 = 8;
 // The symmetric Gram mirrors tile (i, j) onto (j, i): the tiled kernel's tiles are square.
 const _: () = assert!(WG_X * TN == WG_Y * TM);
-/// Workgroup shape of the texel kernel (x along n, y along m); 8×8 outputs per invocation.
+/// Workgroup shape of the texel kernels (x along n, y along m); 8×8 outputs per invocation
+/// (gemm_texel_subgroup_tall: 16 rows by 4 columns).
 const TX: u32 = 8;
 const TY: u32 = 8;
 
@@ -54,7 +56,9 @@ pub enum GemmKernel {
     Tiled,
     /// A·Bᵀ only: A and B packed into textures, each invocation of an 8×8 workgroup owning an
     /// 8×8 register block read texel by texel, no workgroup memory (the one for llvmpipe, which
-    /// loads workgroup and storage memory lane by lane; an error for A·B).
+    /// loads workgroup and storage memory lane by lane; an error for A·B). On llvmpipe with
+    /// 8-wide subgroups the subgroup shares A's texels, and a product that is not symmetric
+    /// takes 16×4 blocks.
     Texel,
     /// One output per invocation read straight from global memory, same 16×16 workgroups as
     /// `Tiled`: the benchmark baseline.
@@ -306,12 +310,12 @@ impl GemmKernels {
         })
     }
 
-    /// The texel kernel for `gpu` (its entry point and pipeline): gemm_texel_subgroup on
-    /// llvmpipe with 8-wide subgroups, else gemm_texel; built on first use. The subgroup kernel
-    /// needs each subgroup to be one row of TX consecutive invocations, which llvmpipe does
-    /// (it runs invocations 8 at a time in linear order) but no API promises, hence the name.
-    /// A product that may be symmetric (the Gram matrix) takes the square blocks of
-    /// gemm_texel_subgroup, any other gemm_texel_subgroup_tall's 16 × 4.
+    /// The texel kernel for `gpu` (its entry point, pipeline and block per invocation), built
+    /// on first use: on llvmpipe with 8-wide subgroups gemm_texel_subgroup for a product with
+    /// symmetric blocks (they need square ones to mirror) and gemm_texel_subgroup_tall (16 × 4)
+    /// for any other, else gemm_texel. The subgroup kernels need each subgroup to be one row of
+    /// TX consecutive invocations, which llvmpipe does (it runs invocations 8 at a time in
+    /// linear order) but no API promises, hence the name.
     fn texel_kernel(&self, gpu: &Gpu, symmetric: bool) -> Result<TexelKernel<'_>> {
         let limits = gpu.limits();
         let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");
@@ -531,7 +535,8 @@ impl Gpu {
         self.scoped(|| {
             let device = self.device();
             let pack = kernels.pack_pipeline(self)?;
-            let texel = kernels.texel_kernel(self, same)?;
+            let symmetric = params[packs.len()..].iter().any(|p| p.symmetric != 0);
+            let texel = kernels.texel_kernel(self, symmetric)?;
             // Workgroups per block of C for the kernel's own invocation blocks.
             let (block_m, block_n) = (texel.block.0 * TY as usize, texel.block.1 * TX as usize);
             let workgroups: Vec<(u32, u32)> = plan
@@ -542,6 +547,9 @@ impl Gpu {
                     (n.div_ceil(block_n) as u32, m.div_ceil(block_m) as u32)
                 })
                 .collect();
+            // plan_texels sized the blocks for the narrowest and shortest kernel blocks.
+            let max = self.limits().max_compute_workgroups_per_dimension;
+            debug_assert!(workgroups.iter().all(|&(x, y)| x <= max && y <= max));
             let array = wgpu::TextureViewDimension::D2Array;
             let b_view = b_tex.view(array);
             let a_view = a_tex

@@ -1,7 +1,7 @@
 //! Planning a product: blocks of rows (and of the inner dimension) that fit the device's
 //! bindings, or the texel path's textures and C windows.
 
-use super::{BlockParams, GemmKernel, GemmParams, Product, TILE_K, TM, TN, TX, TY};
+use super::{BlockParams, GemmKernel, GemmParams, Product, TILE_K, TX, TY};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{ranges, rows_per_window, texture_rows, window, TextureShape, Window};
 use crate::gpu::{Gpu, Matrix};
@@ -88,9 +88,9 @@ pub(super) fn plan_texels(
         ));
     }
     let max_groups = limits.max_compute_workgroups_per_dimension as usize;
-    // Rows and columns of C one workgroup covers, at least: 8 × 8 per invocation, or 16 × 4 for
-    // gemm_texel_subgroup_tall.
-    let (tile_m, tile_n) = ((TY * TM) as usize, (TX * TN / 2) as usize);
+    // Rows and columns of C one workgroup covers, at least: 8 rows (gemm_texel_subgroup_tall:
+    // 16) and 4 columns (the others: 8) per invocation.
+    let (tile_m, tile_n) = ((TY * 8) as usize, (TX * 4) as usize);
     let mut blocks = Vec::new();
     for &(m0, m1) in &ranges(m, rows_c.min(max_groups * tile_m)) {
         for &(n0, n1) in &ranges(n, max_groups * tile_n) {
