@@ -14,7 +14,7 @@
 //               stores each twice (Gram 1.25× faster on lavapipe: the stores, lane by lane, stay).
 //               On llvmpipe with 8-wide subgroups, gemm_texel_subgroup (gemm_subgroup.wgsl)
 //               does the same with each A texel fetched once per subgroup, and
-//               gemm_texel_subgroup_tall likewise in 16×4 blocks for products not symmetric.
+//               gemm_texel_subgroup_tall likewise in 32×4 blocks for products not symmetric.
 //
 // op(B) = Bᵀ when B_TRANSPOSED (Gram D·Dᵀ, correlations Y·Dᵀ), else B.
 // A is m×k, op(B) is k×n, C is m×n. The host binds row windows of larger matrices and passes
@@ -258,7 +258,7 @@ fn gemm_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(6) var texels_out: texture_storage_2d_array<rgba32float, write>;
 
 // Invocations per texel-kernel workgroup along n (x) and m (y); each owns an 8×8 block of C
-// (gemm_texel_subgroup_tall: 16×4).
+// (gemm_texel_subgroup_tall: 32×4).
 override TX: u32 = 8u;
 override TY: u32 = 8u;
 

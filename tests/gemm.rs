@@ -196,7 +196,7 @@ fn texel_kernel_matches_reference() {
 }
 
 /// On llvmpipe with 8-wide subgroups, A·Bᵀ runs as gemm_texel_subgroup (the Gram matrix: 8 × 8
-/// per invocation) or gemm_texel_subgroup_tall (16 × 4), which fetch each A texel once per
+/// per invocation) or gemm_texel_subgroup_tall (32 × 4), which fetch each A texel once per
 /// subgroup and shuffle it to the lanes. They add the same products in the same order as
 /// gemm_texel (`without_subgroups`), so all give the same bits:
 /// on the awkward shapes, scaled over an old C, in row windows, with A and B in texture layers,

@@ -40,7 +40,7 @@ const TN: u32 = 8;
 // The symmetric Gram mirrors tile (i, j) onto (j, i): the tiled kernel's tiles are square.
 const _: () = assert!(WG_X * TN == WG_Y * TM);
 /// Workgroup shape of the texel kernels (x along n, y along m); 8×8 outputs per invocation
-/// (gemm_texel_subgroup_tall: 16 rows by 4 columns).
+/// (gemm_texel_subgroup_tall: 32 rows by 4 columns).
 const TX: u32 = 8;
 const TY: u32 = 8;
 
@@ -58,7 +58,7 @@ pub enum GemmKernel {
     /// 8×8 register block read texel by texel, no workgroup memory (the one for llvmpipe, which
     /// loads workgroup and storage memory lane by lane; an error for A·B). On llvmpipe with
     /// 8-wide subgroups the subgroup shares A's texels, and a product that is not symmetric
-    /// takes 16×4 blocks.
+    /// takes 32×4 blocks.
     Texel,
     /// One output per invocation read straight from global memory, same 16×16 workgroups as
     /// `Tiled`: the benchmark baseline.
@@ -312,7 +312,7 @@ impl GemmKernels {
 
     /// The texel kernel for `gpu` (its entry point, pipeline and block per invocation), built
     /// on first use: on llvmpipe with 8-wide subgroups gemm_texel_subgroup for a product with
-    /// symmetric blocks (they need square ones to mirror) and gemm_texel_subgroup_tall (16 × 4)
+    /// symmetric blocks (they need square ones to mirror) and gemm_texel_subgroup_tall (32 × 4)
     /// for any other, else gemm_texel. The subgroup kernels need each subgroup to be one row of
     /// TX consecutive invocations, which llvmpipe does (it runs invocations 8 at a time in
     /// linear order) but no API promises, hence the name.
@@ -328,7 +328,7 @@ impl GemmKernels {
         }
         let (entry, cell, block) = match symmetric {
             true => ("gemm_texel_subgroup", &self.texel_subgroup, (8, 8)),
-            false => ("gemm_texel_subgroup_tall", &self.texel_tall, (16, 4)),
+            false => ("gemm_texel_subgroup_tall", &self.texel_tall, (32, 4)),
         };
         let pipeline = gpu.cached(cell, |gpu| {
             gpu.scoped(|| {

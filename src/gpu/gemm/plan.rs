@@ -89,7 +89,7 @@ pub(super) fn plan_texels(
     }
     let max_groups = limits.max_compute_workgroups_per_dimension as usize;
     // Rows and columns of C one workgroup covers, at least: 8 rows (gemm_texel_subgroup_tall:
-    // 16) and 4 columns (the others: 8) per invocation.
+    // 32) and 4 columns (the others: 8) per invocation.
     let (tile_m, tile_n) = ((TY * 8) as usize, (TX * 4) as usize);
     let mut blocks = Vec::new();
     for &(m0, m1) in &ranges(m, rows_c.min(max_groups * tile_m)) {
