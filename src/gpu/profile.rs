@@ -127,7 +127,7 @@ impl Gpu {
     /// [`Gpu::profiling`]. It waits for the device and reads every timestamp recorded so far,
     /// so call it only once all of them have been submitted (dbksvd's own calls always submit
     /// what they record). Until then a profiling context holds a small readback buffer per
-    /// recorded pass.
+    /// recorded pass; an error while reading them drops them.
     pub fn kernel_times(&self) -> Result<Vec<KernelTime>> {
         let Some(profiler) = &self.inner.profiler else {
             return Ok(Vec::new());

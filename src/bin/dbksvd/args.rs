@@ -233,7 +233,7 @@ pub(crate) struct BenchArgs {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Follow each figure with its kernels' times, from timestamp queries (where the adapter
+    /// Follow each timed figure with its kernels' times, from timestamp queries (where the adapter
     /// has them; each dispatch then runs in its own compute pass).
     #[arg(long)]
     pub(crate) profile: bool,

@@ -43,6 +43,8 @@ const _: () = assert!(WG_X * TN == WG_Y * TM);
 /// (gemm_texel_subgroup_tall: 32 rows by 4 columns).
 const TX: u32 = 8;
 const TY: u32 = 8;
+// gemm_texel_subgroup's exit for workgroups below the diagonal (wid.y > wid.x) needs them square.
+const _: () = assert!(TX == TY);
 
 /// Which kernel computes a product.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -315,7 +317,7 @@ impl GemmKernels {
     /// symmetric blocks (they need square ones to mirror) and gemm_texel_subgroup_tall (32 × 4)
     /// for any other, else gemm_texel. The subgroup kernels need each subgroup to be one row of
     /// TX consecutive invocations, which llvmpipe does (it runs invocations 8 at a time in
-    /// linear order) but no API promises, hence the name.
+    /// linear order) but no API promises, hence the adapter-name check.
     fn texel_kernel(&self, gpu: &Gpu, symmetric: bool) -> Result<TexelKernel<'_>> {
         let limits = gpu.limits();
         let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");

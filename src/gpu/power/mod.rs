@@ -220,6 +220,8 @@ struct Vec4Kernels {
 /// variant also writing the iterates' texture copy) of power_resident.wgsl.
 #[derive(Clone)]
 pub(super) struct ResidentKernels {
+    /// The entry point of `reduce` (the textured variant or not).
+    reduce_entry: &'static str,
     partial: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
@@ -293,6 +295,7 @@ impl PowerKernels {
                 false => "power_reduce_resident",
             };
             ResidentKernels {
+                reduce_entry: reduce,
                 partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
                 reduce: compute_pipeline(gpu, &module, reduce, &c),
                 project: compute_pipeline(gpu, &module, "power_project_resident", &c),

@@ -103,52 +103,29 @@ impl<'a> Recorder<'a> {
         })
     }
 
-    fn pipeline(&self, kind: Kind) -> &wgpu::ComputePipeline {
+    /// The entry point and pipeline `kind` runs.
+    fn kernel(&self, kind: Kind) -> (&'static str, &wgpu::ComputePipeline) {
         let (kernels, vec4) = (self.kernels, self.vec4_kernels);
         if let Some(resident) = &self.resident {
             match kind {
-                Kind::Partial => return &resident.partial,
-                Kind::Reduce => return &resident.reduce,
-                Kind::Project => return &resident.project,
+                Kind::Partial => return ("power_partial_resident", &resident.partial),
+                Kind::Reduce => return (resident.reduce_entry, &resident.reduce),
+                Kind::Project => return ("power_project_resident", &resident.project),
                 _ => {}
             }
         }
         match (kind, self.layout.vec4) {
-            (Kind::Partial, false) => &kernels.partial,
-            (Kind::Partial, true) => &vec4.partial,
-            (Kind::Reduce, _) => &kernels.reduce,
-            (Kind::Project, false) => &kernels.project,
-            (Kind::Project, true) => &vec4.project,
-            (Kind::Fold, false) => &kernels.fold,
-            (Kind::Fold, true) => &vec4.fold,
-            (Kind::FoldRows, false) => &kernels.fold_rows,
-            (Kind::FoldRows, true) => &vec4.fold_rows,
-            (Kind::Commit, _) => &kernels.commit,
-            (Kind::OrderSlots, _) => &kernels.order_slots,
-        }
-    }
-
-    /// The entry point `pipeline(kind)` runs.
-    fn entry(&self, kind: Kind) -> &'static str {
-        let resident = self.resident.is_some();
-        match (kind, self.layout.vec4) {
-            (Kind::Partial, _) if resident => "power_partial_resident",
-            (Kind::Reduce, _) if resident && self.layout.copies() => {
-                "power_reduce_resident_textured"
-            }
-            (Kind::Reduce, _) if resident => "power_reduce_resident",
-            (Kind::Project, _) if resident => "power_project_resident",
-            (Kind::Partial, false) => "power_partial",
-            (Kind::Partial, true) => "power_partial_vec4",
-            (Kind::Reduce, _) => "power_reduce",
-            (Kind::Project, false) => "power_project",
-            (Kind::Project, true) => "power_project_vec4",
-            (Kind::Fold, false) => "fold",
-            (Kind::Fold, true) => "fold_vec4",
-            (Kind::FoldRows, false) => "fold_rows",
-            (Kind::FoldRows, true) => "fold_rows_vec4",
-            (Kind::Commit, _) => "commit",
-            (Kind::OrderSlots, _) => "order_slots",
+            (Kind::Partial, false) => ("power_partial", &kernels.partial),
+            (Kind::Partial, true) => ("power_partial_vec4", &vec4.partial),
+            (Kind::Reduce, _) => ("power_reduce", &kernels.reduce),
+            (Kind::Project, false) => ("power_project", &kernels.project),
+            (Kind::Project, true) => ("power_project_vec4", &vec4.project),
+            (Kind::Fold, false) => ("fold", &kernels.fold),
+            (Kind::Fold, true) => ("fold_vec4", &vec4.fold),
+            (Kind::FoldRows, false) => ("fold_rows", &kernels.fold_rows),
+            (Kind::FoldRows, true) => ("fold_rows_vec4", &vec4.fold_rows),
+            (Kind::Commit, _) => ("commit", &kernels.commit),
+            (Kind::OrderSlots, _) => ("order_slots", &kernels.order_slots),
         }
     }
 
@@ -271,7 +248,7 @@ impl<'a> Recorder<'a> {
                     .chain(reduce_textures)
                     .map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))),
             );
-        crate::gpu::layout::bind_resources(self.gpu, self.pipeline(kind), entries)
+        crate::gpu::layout::bind_resources(self.gpu, self.kernel(kind).1, entries)
     }
 
     /// Records `steps`: runs of dispatches share a compute pass; the texture copies go between
@@ -308,7 +285,8 @@ impl<'a> Recorder<'a> {
                 .collect();
             let mut pass = self.gpu.passes(encoder, "atom batches");
             for &(kind, (x, y), ref group) in &runs {
-                pass.set_pipeline(self.entry(kind), self.pipeline(kind));
+                let (entry, pipeline) = self.kernel(kind);
+                pass.set_pipeline(entry, pipeline);
                 pass.set_bind_group(group);
                 pass.dispatch(x, y);
             }
