@@ -22,8 +22,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::encode::{
@@ -53,13 +51,16 @@ pub const MAX_RUNS: usize = 20;
 pub struct Bench<'a> {
     gpu: &'a Gpu,
     config: BenchConfig,
-    /// On a profiling context, the kernel times of each timed phase not emitted yet, in the
-    /// order the figures are emitted.
-    kernels: RefCell<VecDeque<Vec<PerRun>>>,
 }
 
 /// A kernel's entry point, dispatches and seconds per timed run.
 type PerRun = (&'static str, f64, f64);
+
+/// A timed figure and, on a profiling context, the kernel times of its runs.
+struct Measured {
+    figure: Figure,
+    kernels: Vec<PerRun>,
+}
 
 /// Samples (and atoms, for the Gram) of a phase's warm-up run: enough to build every pipeline
 /// the phase uses, which depend on d, K and k rather than on the batch, at a small fraction of
@@ -76,13 +77,12 @@ const WARM_UP_ROWS: usize = 64;
 /// a GPU wait (a readback or [`Gpu::wait`]).
 ///
 /// On a profiling context ([`Gpu::profiling`]) the kernel times of the runs timed, per run,
-/// join `kernels`' queue: the next timed figure emitted takes them.
+/// come third (empty elsewhere).
 fn timed<T>(
     gpu: &Gpu,
-    kernels: &RefCell<VecDeque<Vec<PerRun>>>,
     warm_up: impl FnOnce() -> Result<()>,
     mut run: impl FnMut() -> Result<T>,
-) -> Result<(f64, Vec<T>)> {
+) -> Result<(f64, Vec<T>, Vec<PerRun>)> {
     warm_up()?;
     gpu.reset_kernel_times()?;
     let started = Instant::now();
@@ -104,16 +104,13 @@ fn timed<T>(
             values,
         )
     };
-    if gpu.profiling() {
-        let per_run = 1.0 / values.len() as f64;
-        let times = gpu
-            .kernel_times()?
-            .into_iter()
-            .map(|t| (t.kernel, t.dispatches as f64 * per_run, t.seconds * per_run))
-            .collect();
-        kernels.borrow_mut().push_back(times);
-    }
-    Ok((seconds, values))
+    let per_run = 1.0 / values.len() as f64;
+    let kernels = gpu
+        .kernel_times()?
+        .into_iter()
+        .map(|t| (t.kernel, t.dispatches as f64 * per_run, t.seconds * per_run))
+        .collect();
+    Ok((seconds, values, kernels))
 }
 
 impl<'a> Bench<'a> {
@@ -138,11 +135,7 @@ impl<'a> Bench<'a> {
                 return Err(fit.exceeded(n, n, n, (n_atoms, d, k)));
             }
         }
-        Ok(Self {
-            gpu,
-            config,
-            kernels: RefCell::default(),
-        })
+        Ok(Self { gpu, config })
     }
 
     /// The configuration.
@@ -213,18 +206,12 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let data = synthetic(c)?;
         let mut figures = Vec::new();
-        // Left over only if an earlier run failed between a phase's timing and its figure.
-        self.kernels.borrow_mut().clear();
         // A timed figure is followed by its kernel times where the context profiles.
-        let mut emit = |figure: Figure, figures: &mut Vec<Figure>| {
+        let mut emit = |figure: Figure, kernels: Vec<PerRun>, figures: &mut Vec<Figure>| {
             each(&figure);
-            let kernels = match figure.timed() {
-                Some(_) => self.kernels.borrow_mut().pop_front(),
-                None => None,
-            };
             let of = figure.timed();
             figures.push(figure);
-            if let (Some((of, seconds)), Some(kernels)) = (of, kernels) {
+            if let Some((of, seconds)) = of {
                 for (kernel, dispatches, kernel_s) in kernels {
                     let figure = Figure::Kernel {
                         of,
@@ -253,16 +240,18 @@ impl<'a> Bench<'a> {
             gpu.reset_memory_peak();
             match phase {
                 Phase::Products => {
-                    for figure in self.products(&data)? {
-                        emit(with_peak(figure, phase_peak("products")), &mut figures);
+                    for m in self.products(&data)? {
+                        let figure = with_peak(m.figure, phase_peak("products"));
+                        emit(figure, m.kernels, &mut figures);
                     }
                 }
                 Phase::Omp | Phase::Mp => {
-                    let (figure, codes) = self.coding(gpu, &data, phase)?;
+                    let (m, codes) = self.coding(gpu, &data, phase)?;
                     if phase == Phase::Omp {
                         omp_codes = Some(codes);
                     }
-                    emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
+                    let figure = with_peak(m.figure, phase_peak(phase.name()));
+                    emit(figure, m.kernels, &mut figures);
                     // Where MP runs resident, its sweeps too: the evidence for the choice on
                     // this adapter.
                     if phase == Phase::Mp
@@ -270,23 +259,32 @@ impl<'a> Bench<'a> {
                     {
                         gpu.reset_memory_peak();
                         let sweeps = gpu.planning_without_subgroups();
-                        let (mut figure, _) = self.coding(&sweeps, &data, phase)?;
-                        if let Figure::Coding { coder, .. } = &mut figure {
+                        let (mut m, _) = self.coding(&sweeps, &data, phase)?;
+                        if let Figure::Coding { coder, .. } = &mut m.figure {
                             *coder = "mp-sweeps";
                         }
-                        emit(with_peak(figure, phase_peak(phase.name())), &mut figures);
+                        let figure = with_peak(m.figure, phase_peak(phase.name()));
+                        emit(figure, m.kernels, &mut figures);
                     }
                 }
                 Phase::Update => {
-                    let figure = self.update(&data, omp_codes.take())?;
-                    emit(with_peak(figure, phase_peak("update")), &mut figures);
+                    let m = self.update(&data, omp_codes.take())?;
+                    emit(
+                        with_peak(m.figure, phase_peak("update")),
+                        m.kernels,
+                        &mut figures,
+                    );
                 }
                 Phase::Step => {
-                    let figure = self.step(&data)?;
-                    if let Figure::Step { seconds, .. } = figure {
+                    let m = self.step(&data)?;
+                    if let Figure::Step { seconds, .. } = m.figure {
                         step_s = Some(seconds);
                     }
-                    emit(with_peak(figure, phase_peak("step")), &mut figures);
+                    emit(
+                        with_peak(m.figure, phase_peak("step")),
+                        m.kernels,
+                        &mut figures,
+                    );
                 }
             }
         }
@@ -295,6 +293,7 @@ impl<'a> Bench<'a> {
                 peak_bytes: peak.0,
                 during: peak.1,
             },
+            Vec::new(),
             &mut figures,
         );
         if let Some(seconds) = step_s {
@@ -305,6 +304,7 @@ impl<'a> Bench<'a> {
                     steps,
                     seconds: seconds * steps,
                 },
+                Vec::new(),
                 &mut figures,
             );
         }
@@ -312,7 +312,7 @@ impl<'a> Bench<'a> {
     }
 
     /// The Gram matrix and the correlations, timed apart.
-    fn products(&self, data: &SyntheticData) -> Result<Vec<Figure>> {
+    fn products(&self, data: &SyntheticData) -> Result<Vec<Measured>> {
         let gpu = self.gpu;
         let c = &self.config;
         let atoms = gpu.matrix(c.atoms, c.dim, &data.atoms)?;
@@ -332,12 +332,12 @@ impl<'a> Bench<'a> {
             ("gram", &atoms, gpu.zeros(c.atoms, c.atoms)?),
             ("correlations", &samples, gpu.zeros(c.batch, c.atoms)?),
         ] {
-            let (seconds, runs) = timed(gpu, &self.kernels, warm_up, || {
+            let (seconds, runs, kernels) = timed(gpu, warm_up, || {
                 gpu.gemm(&GemmParams::abt(), a, &atoms, &mut result)?;
                 gpu.wait()
             })?;
             let (m, n, inner) = (a.rows(), atoms.rows(), c.dim);
-            out.push(Figure::Products {
+            let figure = Figure::Products {
                 product,
                 m,
                 n,
@@ -346,7 +346,8 @@ impl<'a> Bench<'a> {
                 gflop_per_s: 2.0 * m as f64 * n as f64 * inner as f64 / seconds / 1e9,
                 runs: runs.len(),
                 peak_bytes: 0,
-            });
+            };
+            out.push(Measured { figure, kernels });
         }
         Ok(out)
     }
@@ -358,7 +359,7 @@ impl<'a> Bench<'a> {
         gpu: &Gpu,
         data: &SyntheticData,
         phase: Phase,
-    ) -> Result<(Figure, SparseCodes)> {
+    ) -> Result<(Measured, SparseCodes)> {
         let c = &self.config;
         let (coding, coder) = match phase {
             Phase::Mp => (mp(c.k), "mp"),
@@ -370,9 +371,7 @@ impl<'a> Bench<'a> {
             let rows = WARM_UP_ROWS.min(c.batch);
             encoder.encode(&data.samples[..rows * c.dim]).map(drop)
         };
-        let (seconds, mut runs) = timed(gpu, &self.kernels, warm_up, || {
-            encoder.encode(&data.samples)
-        })?;
+        let (seconds, mut runs, kernels) = timed(gpu, warm_up, || encoder.encode(&data.samples))?;
         let runs_timed = runs.len();
         let codes = runs
             .pop()
@@ -390,7 +389,7 @@ impl<'a> Bench<'a> {
             runs: runs_timed,
             peak_bytes: 0,
         };
-        Ok((figure, codes))
+        Ok((Measured { figure, kernels }, codes))
     }
 
     /// An encoder that codes the whole batch in one GPU batch, as a training step does.
@@ -402,7 +401,7 @@ impl<'a> Bench<'a> {
     }
 
     /// One dictionary update of the batch coded by OMP (`codes`, or coded here untimed).
-    fn update(&self, data: &SyntheticData, codes: Option<SparseCodes>) -> Result<Figure> {
+    fn update(&self, data: &SyntheticData, codes: Option<SparseCodes>) -> Result<Measured> {
         let gpu = self.gpu;
         let c = &self.config;
         let codes = match codes {
@@ -430,19 +429,19 @@ impl<'a> Bench<'a> {
         let mut atoms = gpu.matrix(c.atoms, c.dim, &data.atoms)?;
         let mut batch = gpu.coded_batch(&data.samples, c.dim, &codes, c.atoms)?;
         // Every run is a genuine update: the next one of the same batch.
-        let (seconds, runs) = timed(
+        let (seconds, runs, kernels) = timed(
             gpu,
-            &self.kernels,
             || Ok(()),
             || gpu.ksvd_update(&mut atoms, &mut batch, &options).map(drop),
         )?;
-        Ok(Figure::Update {
+        let figure = Figure::Update {
             atom_batch: options.atom_batch,
             power_iterations: options.power_iterations,
             seconds,
             runs: runs.len(),
             peak_bytes: 0,
-        })
+        };
+        Ok(Measured { figure, kernels })
     }
 
     /// The trainer's update settings (atom batch, power iterations), without atom memory.
@@ -457,7 +456,7 @@ impl<'a> Bench<'a> {
     }
 
     /// One training step with the trainer's defaults (MP with refit, atom memory γ).
-    fn step(&self, data: &SyntheticData) -> Result<Figure> {
+    fn step(&self, data: &SyntheticData) -> Result<Measured> {
         let gpu = self.gpu;
         let c = &self.config;
         let train = TrainConfig::new(c.atoms, c.k);
@@ -493,21 +492,21 @@ impl<'a> Bench<'a> {
         step(&mut atoms, &mut few, rows)?;
         drop(few);
         let mut buffers = gpu.step_buffers(c.batch, d, c.k, n_atoms)?;
-        let (seconds, runs) = timed(
+        let (seconds, runs, kernels) = timed(
             gpu,
-            &self.kernels,
             || Ok(()),
             || step(&mut atoms, &mut buffers, c.batch).map(|out| (out.coding_s, out.update_s)),
         )?;
         let share = 1.0 / runs.len() as f64;
-        Ok(Figure::Step {
+        let figure = Figure::Step {
             seconds,
             coding_s: runs.iter().map(|r| r.0).sum::<f64>() * share,
             update_s: runs.iter().map(|r| r.1).sum::<f64>() * share,
             samples_per_s: c.batch as f64 / seconds,
             runs: runs.len(),
             peak_bytes: 0,
-        })
+        };
+        Ok(Measured { figure, kernels })
     }
 }
 
