@@ -32,7 +32,9 @@ pub enum Figure {
     /// coding kernel, codes read back).
     Coding {
         /// `omp`, `mp`, or `mp-sweeps` (MP by a sweep and a select dispatch per greedy step,
-        /// beside the resident coder wherever `mp` runs it).
+        /// beside the resident coder wherever `mp` runs it; planned without subgroups, so on
+        /// llvmpipe its correlations take the plain texel GEMM too: compare the coders by
+        /// `kernel_s`).
         coder: &'static str,
         /// Samples coded per run (B).
         samples: usize,

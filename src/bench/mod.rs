@@ -253,7 +253,8 @@ impl<'a> Bench<'a> {
                     let figure = with_peak(m.figure, phase_peak(phase.name()));
                     emit(figure, m.kernels, &mut figures);
                     // Where MP runs resident, its sweeps too: the evidence for the choice on
-                    // this adapter.
+                    // this adapter (by the kernel times: without subgroups the products
+                    // change kernel as well).
                     if phase == Phase::Mp
                         && crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim)
                     {
