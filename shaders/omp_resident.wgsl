@@ -1,6 +1,5 @@
 // extends: omp.wgsl
-// host: const RT: u32 = 64u;
-// (needs subgroup operations; the host defines RT per K, see below)
+// (needs subgroup operations; the host repeats each code line naming `$t` per α texel, see below)
 //
 // Resident matching pursuit: each sample's correlations α stay in the private memory of one
 // subgroup (CPU adapters, resident_mp) or one workgroup (GPUs, resident_mp_wg, below) for many
@@ -23,11 +22,13 @@
 // resident_mp_wg there. Batch-OMP keeps the sweep and select of omp.wgsl on every adapter: its
 // per-step solves would run in one lane here.
 //
-// RT, the most α texels one invocation holds (K ≤ 4·RWG·RT), is a `const` the host defines
-// before this file for each K (a private array's size cannot be an override): LLVM's coroutine
-// lowering in llvmpipe compiles this kernel in about 2 s at RT = 48 and 9 s at RT = 128, and
-// did not finish in minutes at RT = 512. Loops over the texels run to RT (the host's texels
-// per invocation, rounded up), so a GPU's compiler can unroll them and keep α in registers.
+// Each invocation holds RT α texels (K ≤ 4·RWG·RT; the host's texels per invocation, rounded
+// up) in RT private vec4s, not in an array: the host writes each code line that names `$t` RT
+// times, `$t` replaced by 0 .. RT − 1 (`texel_lines` in src/gpu/layout.rs), so no access is
+// indexed by a variable. llvmpipe compiled an array indexed by the loop counter into a gather
+// and a scatter lane by lane per access, which made resident_mp about 2× slower at K = 1536.
+// Past 64 texels the host turns those lines into loops over arrays instead: written out, the
+// kernel took llvmpipe 24 s more to compile at RT = 128.
 //
 // resident_mp_wg is the same coder for GPUs: a workgroup of RWG = 256 invocations per sample
 // (K = 16 384 in 16 texels, 64 registers, per invocation), the argmax reduced in workgroup
@@ -42,40 +43,45 @@
 // (resident_mp_wg).
 override RWG: u32 = 8u;
 
-// This invocation's α texels.
-var<private> res_alpha: array<vec4<f32>, RT>;
+// This invocation's α texels, one private vec4 each (lines naming `$t`: see the header).
+var<private> res_alpha$t: vec4<f32>;
 
 fn res_row(sample: u32) -> u32 {
     return params.rows_first.x + sample * params.n_atoms;
 }
 
+// α⁰'s texel q of the sample's row (atoms past K read as 0).
+fn res_alpha0_texel(row: u32, q: u32) -> vec4<f32> {
+    let first = 4u * q;
+    var v = vec4<f32>();
+    for (var m = 0u; m < 4u; m++) {
+        if first + m < params.n_atoms {
+            v[m] = bitcast<f32>(alpha0_in[row + first + m]);
+        }
+    }
+    return v;
+}
+
 fn res_load(lid: u32, sample: u32) {
     let row = res_row(sample);
-    for (var t = 0u; t < RT; t++) {
-        let first = 4u * (t * RWG + lid);
-        var v = vec4<f32>();
-        for (var m = 0u; m < 4u; m++) {
-            if first + m < params.n_atoms {
-                v[m] = bitcast<f32>(alpha0_in[row + first + m]);
-            }
-        }
-        res_alpha[t] = v;
-    }
+    res_alpha$t = res_alpha0_texel(row, $tu * RWG + lid);
+}
+
+// Texel t of α −= x·G[j, :]. Texels past K take whatever the fetch returns (out of bounds:
+// WebGPU's robust access) and are never read: res_consider skips their atoms. (Values in and
+// out rather than a pointer: naga's SPIR-V writer fails on a pointer to an element of a private
+// array, the lines' looped form.)
+fn res_sub(alpha: vec4<f32>, t: u32, lid: u32, j: u32, x: f32) -> vec4<f32> {
+    return alpha - x * g_texel(j, t * RWG + lid);
 }
 
 // α = α⁰ − G[:,I]·x for the record's support and coefficients, in a dispatch that continues
 // the sample's steps (none on the first).
 fn res_rebuild(lid: u32, rec: u32) {
-    let width = (params.n_atoms + 3u) / 4u;
     for (var s = 0u; s < work[rec + H_NSEL]; s++) {
         let j = work[sel_at(rec) + s];
         let x = wf(coef_at(rec) + s);
-        for (var t = 0u; t < RT; t++) {
-            let q = t * RWG + lid;
-            if q < width {
-                res_alpha[t] -= x * g_texel(j, q);
-            }
-        }
+        res_alpha$t = res_sub(res_alpha$t, $tu, lid, j, x);
     }
 }
 
@@ -97,24 +103,24 @@ fn res_consider(b: ptr<function, ResBest>, v: vec4<f32>, first: u32) {
 
 fn res_best(lid: u32) -> ResBest {
     var b = ResBest(-1.0, 0.0, 0xffffffffu);
-    for (var t = 0u; t < RT; t++) {
-        res_consider(&b, res_alpha[t], 4u * (t * RWG + lid));
-    }
+    res_consider(&b, res_alpha$t, 4u * ($tu * RWG + lid));
     return b;
 }
 
+// Texel t of α −= a·G[j, :], offered to the invocation's best.
+fn res_update_texel(
+    b: ptr<function, ResBest>, alpha: vec4<f32>, t: u32, lid: u32, j: u32, a: f32,
+) -> vec4<f32> {
+    let updated = res_sub(alpha, t, lid, j, a);
+    res_consider(b, updated, 4u * (t * RWG + lid));
+    return updated;
+}
+
 // α −= a·G[j, :] over this invocation's texels, and its largest |α| after the update: one pass
-// over the private array per step rather than two.
+// over the texels per step rather than two.
 fn res_update_best(lid: u32, j: u32, a: f32) -> ResBest {
-    let width = (params.n_atoms + 3u) / 4u;
     var b = ResBest(-1.0, 0.0, 0xffffffffu);
-    for (var t = 0u; t < RT; t++) {
-        let q = t * RWG + lid;
-        if q < width {
-            res_alpha[t] -= a * g_texel(j, q);
-        }
-        res_consider(&b, res_alpha[t], 4u * q);
-    }
+    res_alpha$t = res_update_texel(&b, res_alpha$t, $tu, lid, j, a);
     return b;
 }
 

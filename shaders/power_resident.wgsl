@@ -1,6 +1,6 @@
 // extends: power.wgsl
-// host: const UT: u32 = 12u;
-// (needs subgroup operations; the host defines UT per d, see below)
+// (needs subgroup operations; the host repeats each code line naming `$t` per row texel, see
+// below)
 //
 // Resident power iteration for CPU adapters: the work items of power_partial and power_project
 // with the atom's iterate held in the private memory of one subgroup, each user's residual row
@@ -20,57 +20,79 @@
 // (u is read once per item), the projection reads e_s only; on llvmpipe, where every texel fetch
 // is a gather across the lanes, those fetches are the update's cost.
 //
-// UT, the most texels of a row one invocation holds (d ≤ 4·RWG·UT), is a `const` the host
-// defines before power.wgsl for each d (a private array's size cannot be an override). Loops
-// over the texels run to UT, so the compiler unrolls them and keeps the arrays out of memory
-// where it can.
+// Each invocation holds UT texels of a row (d ≤ 4·RWG·UT) in UT private vec4s per row, not in
+// arrays: the host writes each code line that names `$t` UT times, `$t` replaced by 0 .. UT − 1
+// (`texel_lines` in src/gpu/layout.rs), so no access is indexed by a variable. llvmpipe
+// compiles an array indexed by a loop counter it does not unroll into a gather and a scatter
+// lane by lane per access: at d = 1536 (UT = 48) power_partial_resident took 3× as long (at
+// d = 384, UT = 12, the loops were unrolled and the two forms are even). Past 64 texels (d >
+// 2048 in subgroups of 8) the host turns those lines into loops over arrays instead: written
+// out, d = 2304 took llvmpipe 12 s more to compile. A texel past the row reads whatever its
+// fetch returns and is zeroed (select) or left unwritten.
 
 // Invocations per workgroup: the adapter's subgroup size (llvmpipe: 8).
 override RWG: u32 = 8u;
 
 // This invocation's texels of the iterate, of the current user's residual row, and of the
-// item's partial sum.
-var<private> res_u: array<vec4<f32>, UT>;
-var<private> res_e: array<vec4<f32>, UT>;
-var<private> res_acc: array<vec4<f32>, UT>;
+// item's partial sum, one private vec4 each (lines naming `$t`: see the header).
+var<private> res_u$t: vec4<f32>;
+var<private> res_e$t: vec4<f32>;
+var<private> res_acc$t: vec4<f32>;
+
+// Whether this invocation's texel t lies in the row (d/4 texels).
+fn res_in_row(t: u32, lid: u32) -> bool {
+    return t * RWG + lid < params.d / 4u;
+}
+
+// Texel t of u (0 past the row). The per-texel helpers take and return values rather than
+// pointers: naga's SPIR-V writer fails on a pointer to an element of a private array (the
+// lines' looped form).
+fn res_u_texel(t: u32, lid: u32, row4: u32, iterate_only: bool) -> vec4<f32> {
+    let f = row4 + t * RWG + lid;
+    var v: vec4<f32>;
+    if iterate_only {
+        v = iterate_texel(f);
+    } else {
+        v = u4_at(f);
+    }
+    return select(vec4<f32>(0.0), v, res_in_row(t, lid));
+}
+
+// Texel t's share of d_j·u.
+fn res_atom_dot(u: vec4<f32>, t: u32, lid: u32, row4: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), atom_texel(row4 + t * RWG + lid) * u, res_in_row(t, lid));
+}
 
 // Loads this invocation's texels of u (d_j on iteration 0, else the iterate: u4_at) into res_u
 // and returns d_j·u over the subgroup. `iterate_only`: u is the iterate whatever the iteration
 // (the projection reads d_new).
 fn res_load_u(lid: u32, row4: u32, iterate_only: bool) -> f32 {
-    let d4 = params.d / 4u;
     var dot = vec4<f32>(0.0);
-    for (var t = 0u; t < UT; t++) {
-        let c = t * RWG + lid;
-        var u = vec4<f32>(0.0);
-        if c < d4 {
-            if iterate_only {
-                u = iterate_texel(row4 + c);
-            } else {
-                u = u4_at(row4 + c);
-            }
-            dot += atom_texel(row4 + c) * u;
-        }
-        res_u[t] = u;
-    }
+    res_u$t = res_u_texel($tu, lid, row4, iterate_only);
+    dot += res_atom_dot(res_u$t, $tu, lid, row4);
     return subgroupAdd(dot.x + dot.y + dot.z + dot.w);
+}
+
+// Texel t of a residual row whose first texel is `first` (0 past the row).
+fn res_residual_row_texel(t: u32, lid: u32, first: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), residual_texel(first + t * RWG + lid), res_in_row(t, lid));
 }
 
 // Reads sample s's residual row into res_e and returns e_s·u over the subgroup.
 fn res_residual_dot_u(lid: u32, s: u32) -> f32 {
-    let d4 = params.d / 4u;
-    let e = s * d4;
+    let first = s * (params.d / 4u);
     var dot = vec4<f32>(0.0);
-    for (var t = 0u; t < UT; t++) {
-        let c = t * RWG + lid;
-        var v = vec4<f32>(0.0);
-        if c < d4 {
-            v = residual_texel(e + c);
-        }
-        res_e[t] = v;
-        dot += v * res_u[t];
-    }
+    res_e$t = res_residual_row_texel($tu, lid, first);
+    dot += res_e$t * res_u$t;
     return subgroupAdd(dot.x + dot.y + dot.z + dot.w);
+}
+
+// Texel t of an item's partial sum, acc + vx·d_j, into partials4.
+fn res_store_partial(acc: vec4<f32>, t: u32, lid: u32, r: u32, row4: u32, vx: f32) {
+    let c = t * RWG + lid;
+    if res_in_row(t, lid) {
+        partials4[r * (params.d / 4u) + c] = acc + vx * atom_texel(row4 + c);
+    }
 }
 
 // power_partial's item: Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j with v_q = e_s·u + x_s·(d_j·u).
@@ -87,26 +109,16 @@ fn power_partial_resident(
     let item = items[params.item_start + r];
     let row4 = atom_texels(item.x);
     let dju = res_load_u(lid, row4, false);
-    for (var t = 0u; t < UT; t++) {
-        res_acc[t] = vec4<f32>(0.0);
-    }
+    res_acc$t = vec4<f32>(0.0);
     var vx = 0.0;
     for (var q = item.y; q < item.z; q++) {
         let user = users[q];
         let x = values[user.y];
         let v = res_residual_dot_u(lid, user.x) + x * dju;
         vx += v * x;
-        for (var t = 0u; t < UT; t++) {
-            res_acc[t] += v * res_e[t];
-        }
+        res_acc$t += v * res_e$t;
     }
-    let d4 = params.d / 4u;
-    for (var t = 0u; t < UT; t++) {
-        let c = t * RWG + lid;
-        if c < d4 {
-            partials4[r * d4 + c] = res_acc[t] + vx * atom_texel(row4 + c);
-        }
-    }
+    res_store_partial(res_acc$t, $tu, lid, r, row4, vx);
 }
 
 // power_project's item: x_new = e_s·d_new + x_s·(d_j·d_new) for its users.
@@ -141,6 +153,58 @@ fn power_project_resident(
 // of a copy of each reduced atom's row.
 @group(0) @binding(26) var iterate_store: texture_storage_2d_array<rgba32float, write>;
 
+// res_reduce's copy of texel t of d_j (the settled atom) into the iterates; returns it.
+fn res_copy_atom(t: u32, lid: u32, row4: u32, view: u32) -> vec4<f32> {
+    let c = t * RWG + lid;
+    var u = vec4<f32>(0.0);
+    if res_in_row(t, lid) {
+        u = atom_texel(row4 + c);
+        iterate_rw4[view + c] = u;
+    }
+    return u;
+}
+
+// res_reduce's sum for texel t: γ·m_j plus the atom's partial sums (`span`: first item, items),
+// the memory updated on the last iteration; adds its shares of |u|² and u·d_j and returns it.
+fn res_sum_texel(
+    t: u32, lid: u32, row4: u32, view: u32, span: vec2<u32>, last: bool, sq: ptr<function, f32>,
+    facing: ptr<function, f32>,
+) -> vec4<f32> {
+    let c = t * RWG + lid;
+    let d4 = params.d / 4u;
+    var acc = vec4<f32>(0.0);
+    if res_in_row(t, lid) {
+        acc = params.decay * memory_rw4[view + c];
+        for (var i = 0u; i < span.y; i++) {
+            acc += partials4[(span.x + i) * d4 + c];
+        }
+        if last {
+            memory_rw4[view + c] = acc;
+        }
+        *facing += dot(acc, atom_texel(row4 + c));
+    }
+    *sq += dot(acc, acc);
+    return acc;
+}
+
+// res_reduce's texel t of the normalised iterate (d_j again for a zero sum on the last
+// iteration) from the sum u, into the iterates; returns it.
+fn res_settle_texel(
+    u: vec4<f32>, t: u32, lid: u32, row4: u32, view: u32, last: bool, norm: f32, scale: f32,
+) -> vec4<f32> {
+    let c = t * RWG + lid;
+    var v = u;
+    if res_in_row(t, lid) {
+        if last && norm == 0.0 {
+            v = atom_texel(row4 + c);
+        } else if norm > 0.0 {
+            v *= scale;
+        }
+        iterate_rw4[view + c] = v;
+    }
+    return v;
+}
+
 // power_reduce for the atom at position start + a, its texels in res_u: u = Σ partials + γ·m_j,
 // normalised, on the last iteration m_j stored and d_new settled (see power_reduce). Returns
 // the atom, or 0xffffffff when there is none in this dispatch. Sums over the subgroup, so no
@@ -154,40 +218,18 @@ fn res_reduce(lid: u32, a: u32) -> u32 {
     if !in_window(j) {
         return 0xffffffffu;
     }
-    let d4 = params.d / 4u;
     let row4 = atom_texels(j);
     let view = atom_row(j) / 4u;
     if params.last == 2u {
-        for (var t = 0u; t < UT; t++) {
-            let c = t * RWG + lid;
-            if c < d4 {
-                res_u[t] = atom_texel(row4 + c);
-                iterate_rw4[view + c] = res_u[t];
-            }
-        }
+        res_u$t = res_copy_atom($tu, lid, row4, view);
         return j;
     }
     let span = atom_items[position];
-    let first = span.x - params.item_start;
+    let items = vec2<u32>(span.x - params.item_start, span.y);
     let last = params.last == 1u;
     var sq = 0.0;
     var facing = 0.0;
-    for (var t = 0u; t < UT; t++) {
-        let c = t * RWG + lid;
-        var acc = vec4<f32>(0.0);
-        if c < d4 {
-            acc = params.decay * memory_rw4[view + c];
-            for (var i = 0u; i < span.y; i++) {
-                acc += partials4[(first + i) * d4 + c];
-            }
-            if last {
-                memory_rw4[view + c] = acc;
-            }
-            facing += dot(acc, atom_texel(row4 + c));
-        }
-        res_u[t] = acc;
-        sq += dot(acc, acc);
-    }
+    res_u$t = res_sum_texel($tu, lid, row4, view, items, last, &sq, &facing);
     let norm = sqrt(subgroupAdd(sq));
     var scale = 0.0;
     if norm > 0.0 {
@@ -196,18 +238,19 @@ fn res_reduce(lid: u32, a: u32) -> u32 {
     if last && subgroupAdd(facing) < 0.0 {
         scale = -scale;
     }
-    for (var t = 0u; t < UT; t++) {
-        let c = t * RWG + lid;
-        if c < d4 {
-            if last && norm == 0.0 {
-                res_u[t] = atom_texel(row4 + c);
-            } else if norm > 0.0 {
-                res_u[t] *= scale;
-            }
-            iterate_rw4[view + c] = res_u[t];
-        }
-    }
+    res_u$t = res_settle_texel(res_u$t, $tu, lid, row4, view, last, norm, scale);
     return j;
+}
+
+// Texel t of d_new (or of the iterate) into the iterates' texture copy, at the flat place
+// flat_texel reads.
+fn res_store_iterate(u: vec4<f32>, t: u32, lid: u32, j: u32) {
+    if res_in_row(t, lid) {
+        let f = j * (params.d / 4u) + t * RWG + lid;
+        let row = f >> 6u;
+        let mask = (1u << params.atom_shift) - 1u;
+        textureStore(iterate_store, vec2<u32>(f & 63u, row & mask), row >> params.atom_shift, u);
+    }
 }
 
 @compute @workgroup_size(RWG)
@@ -231,14 +274,5 @@ fn power_reduce_resident_textured(
     if j == 0xffffffffu {
         return;
     }
-    let d4 = params.d / 4u;
-    let mask = (1u << params.atom_shift) - 1u;
-    for (var t = 0u; t < UT; t++) {
-        let f = j * d4 + t * RWG + lid;
-        if t * RWG + lid < d4 {
-            let row = f >> 6u;
-            textureStore(iterate_store, vec2<u32>(f & 63u, row & mask), row >> params.atom_shift,
-                res_u[t]);
-        }
-    }
+    res_store_iterate(res_u$t, $tu, lid, j);
 }

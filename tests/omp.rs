@@ -575,10 +575,10 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 /// path, both resident ones also split into dispatches of a few steps and refit rows (a small
 /// loop cap: later dispatches rebuild α from the chosen atoms), and what a GPU plans
 /// (`with_gpu_paths`: the workgroup coder, or the sweeps reduced in the workgroup, after the
-/// tiled GEMM's correlations), against the reference: K = 1 and primes
-/// (texels past K, an interleaved last texel, several sweep chunks), one sample, k = 1 and
-/// k = d, with and without
-/// the refit; Batch-OMP on the GPU kernels too.
+/// tiled GEMM's correlations), against the reference: K = 1 and primes (texels past K, an
+/// interleaved last texel, several sweep chunks), K = 1020 and 2300 (α in named registers and
+/// in private arrays on lavapipe, each lane's last texel partly used), one sample, k = 1 and
+/// k = d, with and without the refit; Batch-OMP on the GPU kernels too.
 #[test]
 fn resident_and_portable_matching_pursuit_match_the_reference() {
     let Some(gpu) = common::gpu() else { return };
@@ -601,6 +601,10 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
         (61, 24, 4, 24),
         // Three sweep chunks of 512 atoms, the last one short.
         (1031, 20, 4, 12),
+        // Texels per lane of 8 (rounded up to a multiple of 8), the last one partly used: 32, in
+        // named registers; 72, past the 64 held so, in private arrays (`texel_lines`).
+        (1020, 20, 4, 12),
+        (2300, 20, 4, 12),
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);

@@ -480,7 +480,10 @@ fn gpu_kernels_match_the_reference() {
     matches_reference(&gpu_paths, &batched_options(), false, 2e-6, 1e-5);
 }
 
-fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
+/// An update (A = 32, p = 1) of 64 uniform atoms of dimension d from OMP codes (k = 32) of 96
+/// uniform samples, every fifth slot emptied: the samples, then the new atoms, codes and the
+/// device's residual.
+fn uniform_update(gpu: &Gpu, d: usize) -> (Vec<f32>, Vec<f32>, SparseCodes, Vec<f32>) {
     let (n_atoms, n, k) = (64, 96, 32);
     let atoms = common::uniform(n_atoms * d, 21);
     let samples = common::uniform(n * d, 22);
@@ -506,9 +509,17 @@ fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
         .with_power_iterations(1)
         .with_seed(3);
     gpu.ksvd_update(&mut dict, &mut batch, &options).unwrap();
-    let new_atoms = gpu.read_matrix(&dict).unwrap();
-    let new_codes = gpu.read_codes(&batch).unwrap();
-    let device = gpu.read_residual(&batch).unwrap();
+    (
+        samples,
+        gpu.read_matrix(&dict).unwrap(),
+        gpu.read_codes(&batch).unwrap(),
+        gpu.read_residual(&batch).unwrap(),
+    )
+}
+
+fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
+    let n = 96;
+    let (samples, new_atoms, new_codes, device) = uniform_update(gpu, d);
     let mut worst = 0.0f64;
     for s in 0..n {
         let mut row: Vec<f64> = samples[s * d..(s + 1) * d]
@@ -535,6 +546,37 @@ fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
         worst < 1e-4,
         "d = {d}: device residual differs by {worst:.2e}·‖y‖"
     );
+}
+
+/// The resident item kernels hold a row in named registers up to 64 texels per invocation and
+/// in private arrays past it (`texel_lines`): both forms (d = 1500: 47 texels, the last one
+/// partly used; d = 2100: 66; in lavapipe's subgroups of 8) agree with the vec4 item kernels
+/// (`without_subgroups`) up to the order of f32 sums, with the tolerances of
+/// storage_and_texture_reads_give_identical_updates.
+#[test]
+fn both_forms_of_the_resident_kernels_agree_with_the_vec4_kernels() {
+    let Some(gpu) = common::gpu() else { return };
+    if gpu.adapter().name.contains("llvmpipe") {
+        assert_eq!(
+            gpu.limits().subgroup_size,
+            Some(8),
+            "the texel counts above assume lavapipe's subgroups of 8"
+        );
+    }
+    let portable = gpu.without_subgroups();
+    for d in [1500, 2100] {
+        let (_, atoms, codes, _) = uniform_update(gpu, d);
+        let (_, vec4_atoms, vec4_codes, _) = uniform_update(&portable, d);
+        let reference: Vec<f64> = vec4_atoms.iter().map(|&v| v as f64).collect();
+        common::assert_atoms_agree(&atoms, &reference, d, 1.0 - 1e-6);
+        let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
+        for (a, b) in codes.values.iter().zip(&vec4_codes.values) {
+            diff2 += (*a as f64 - *b as f64).powi(2);
+            norm2 += (*b as f64).powi(2);
+        }
+        let rel = (diff2 / norm2).sqrt();
+        assert!(rel < 1e-5, "d = {d}: coefficients differ by {rel:.2e}");
+    }
 }
 
 /// An atom used by every sample, under a loop cap that lets one workgroup take only a quarter of

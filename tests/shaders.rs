@@ -4,6 +4,20 @@
 
 use std::path::Path;
 
+/// `source` with each code line that names `$t` written twice, for t = 0 and 1, as the host
+/// writes it once per texel (`texel_lines` in src/gpu/layout.rs).
+fn unrolled(source: &str) -> String {
+    let mut out = String::new();
+    for line in source.lines() {
+        let repeat = line.contains("$t") && !line.trim_start().starts_with("//");
+        for t in 0..if repeat { 2 } else { 1 } {
+            out += &line.replace("$t", &t.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[test]
 fn every_shader_parses_and_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -51,7 +65,7 @@ fn every_shader_parses_and_validates() {
                 .filter_map(|l| l.strip_prefix("// host: "))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            source = host + &base + &source;
+            source = host + &base + &unrolled(&source);
             subgroups = true;
         }
         let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {

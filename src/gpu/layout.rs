@@ -219,3 +219,128 @@ pub(crate) fn shader_module(
             source: wgpu::ShaderSource::Wgsl(source.into()),
         })
 }
+
+/// Most texels per invocation whose lines [`texel_lines`] writes out one by one; past it
+/// llvmpipe's compile time grows steeply (resident_mp: 2 s more at 48 texels, 4 s at 64, 24 s
+/// at 128), and the lines become loops over arrays instead.
+pub(crate) const UNROLLED_TEXELS: usize = 64;
+
+/// `source` with its per-texel lines written out for `count` texels: each code line that names
+/// `$t` (comment lines are kept once) is written `count` times, `$t` replaced by 0, 1, …,
+/// `count` − 1, when `count` ≤ [`UNROLLED_TEXELS`]. The resident kernels hold a row in one
+/// private vec4 per texel this way: llvmpipe compiles an array indexed by a loop counter it does
+/// not unroll into a gather and a scatter lane by lane per access, where a named variable stays
+/// a register (or one vector spill). Past that count, a declaration `var<private> NAME$t: T;`
+/// becomes `var<private> NAME: array<T, count>;` and any other such line a loop over the
+/// texels, `NAME$t` indexing the array by its counter and `$tu` the counter itself.
+pub(crate) fn texel_lines(source: &str, count: usize) -> String {
+    let mut out = String::with_capacity(source.len() + count.min(UNROLLED_TEXELS) * 256);
+    for line in source.lines() {
+        if !line.contains("$t") || line.trim_start().starts_with("//") {
+            out.push_str(line);
+        } else if count <= UNROLLED_TEXELS {
+            for t in 0..count {
+                out.push_str(&line.replace("$t", &t.to_string()));
+                if t + 1 < count {
+                    out.push('\n');
+                }
+            }
+        } else if let Some(declared) = line.trim_start().strip_prefix("var<private> ") {
+            let (name, ty) = declared
+                .trim_end_matches(';')
+                .split_once("$t:")
+                .expect("a per-texel declaration reads `var<private> NAME$t: T;`");
+            out.push_str(&format!(
+                "var<private> {name}: array<{}, {count}>;",
+                ty.trim()
+            ));
+        } else {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            let body = line.trim_start().replace("$tu", "t_").replace("$t", "[t_]");
+            out.push_str(&format!(
+                "{indent}for (var t_ = 0u; t_ < {count}u; t_++) {{ {body} }}"
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    const SOURCE: &str =
+        "// $t stays\nvar<private> a$t: vec4<f32>;\nfn f() {\n    a$t = g($tu);\n}\n";
+
+    #[test]
+    fn texel_lines_repeats_the_lines_that_name_t() {
+        assert_eq!(
+            super::texel_lines(SOURCE, 2),
+            "// $t stays\nvar<private> a0: vec4<f32>;\nvar<private> a1: vec4<f32>;\nfn f() {\n    \
+             a0 = g(0u);\n    a1 = g(1u);\n}\n"
+        );
+    }
+
+    #[test]
+    fn texel_lines_loop_over_arrays_past_the_unrolled_count() {
+        let count = super::UNROLLED_TEXELS + 1;
+        assert_eq!(
+            super::texel_lines(SOURCE, count),
+            format!(
+                "// $t stays\nvar<private> a: array<vec4<f32>, {count}>;\nfn f() {{\n    \
+                 for (var t_ = 0u; t_ < {count}u; t_++) {{ a[t_] = g(t_); }}\n}}\n"
+            )
+        );
+    }
+
+    /// Both forms of both resident shaders validate (with subgroup operations) and compile to
+    /// SPIR-V, at a texel count that writes the lines out and one that loops.
+    #[test]
+    fn both_forms_of_the_resident_shaders_validate() {
+        let shaders = [
+            (crate::gpu::omp::SHADER, crate::gpu::omp::RESIDENT_SHADER),
+            (
+                crate::gpu::power::SHADER,
+                crate::gpu::power::RESIDENT_SHADER,
+            ),
+        ];
+        for (base, resident) in shaders {
+            for count in [3, super::UNROLLED_TEXELS + 1] {
+                let source = format!("{base}{}", super::texel_lines(resident, count));
+                let module = naga::front::wgsl::parse_str(&source)
+                    .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
+                let mut validator = naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                );
+                validator
+                    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+                let info = validator
+                    .validate(&module)
+                    .unwrap_or_else(|e| panic!("{count}: {}", e.emit_to_string(&source)));
+                // What wgpu does with each entry point: overrides resolved, then SPIR-V (naga's
+                // writer once failed on the looped form's pointers into private arrays).
+                for entry in &module.entry_points {
+                    let stage = Some((entry.stage, entry.name.as_str()));
+                    let (module, info) = naga::back::pipeline_constants::process_overrides(
+                        &module,
+                        &info,
+                        stage,
+                        &Default::default(),
+                    )
+                    .unwrap_or_else(|e| panic!("{count} texels, {}: {e}", entry.name));
+                    naga::back::spv::write_vec(
+                        &module,
+                        &info,
+                        &naga::back::spv::Options::default(),
+                        Some(&naga::back::spv::PipelineOptions {
+                            shader_stage: entry.stage,
+                            entry_point: entry.name.clone(),
+                        }),
+                    )
+                    .unwrap_or_else(|e| panic!("{count} texels, {} to SPIR-V: {e}", entry.name));
+                }
+            }
+        }
+    }
+}

@@ -19,10 +19,10 @@ use crate::error::{Error, Result};
 
 mod record;
 
-const SHADER: &str = include_str!("../../../shaders/omp.wgsl");
-/// The resident coder, compiled after omp.wgsl whose record and step functions it calls (and
-/// after the `RT` the host defines for each K).
-const RESIDENT_SHADER: &str = include_str!("../../../shaders/omp_resident.wgsl");
+pub(super) const SHADER: &str = include_str!("../../../shaders/omp.wgsl");
+/// The resident coder, compiled after omp.wgsl whose record and step functions it calls, with
+/// its per-texel lines written out for each K (`texel_lines`).
+pub(super) const RESIDENT_SHADER: &str = include_str!("../../../shaders/omp_resident.wgsl");
 /// Most α texels one resident invocation holds (`RT` in omp_resident.wgsl): its compile time
 /// grows with them on llvmpipe (2 s at 48, 9 s at 128, minutes at 512), so larger K take the
 /// portable path. At 128 (K = 4096) the resident kernel still codes 3.8× faster.
@@ -401,7 +401,10 @@ fn resident_kernels(
 ) -> Result<ResidentKernels> {
     let texels = plan.texels;
     gpu.cached_by(&kernels.resident, (texels, plan.workgroup), || {
-        let source = format!("const RT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+        let source = format!(
+            "{SHADER}{}",
+            super::layout::texel_lines(RESIDENT_SHADER, texels)
+        );
         let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
         let constants = [("RWG", plan.invocations as f64)];
         let entry = match plan.workgroup {

@@ -23,13 +23,13 @@ mod record;
 mod recorder;
 
 /// power.wgsl after the helpers it includes (see shaders/include/workgroup.wgsl).
-const SHADER: &str = concat!(
+pub(super) const SHADER: &str = concat!(
     include_str!("../../../shaders/include/workgroup.wgsl"),
     include_str!("../../../shaders/power.wgsl")
 );
-/// The resident item kernels, compiled after power.wgsl (and after the `UT` the host defines
-/// for each d) where the device runs subgroup operations.
-const RESIDENT_SHADER: &str = include_str!("../../../shaders/power_resident.wgsl");
+/// The resident item kernels, compiled after power.wgsl with their per-texel lines written out
+/// for each d (`texel_lines`) where the device runs subgroup operations.
+pub(super) const RESIDENT_SHADER: &str = include_str!("../../../shaders/power_resident.wgsl");
 /// Most row texels one resident invocation holds (`UT` in power_resident.wgsl): 72 covers the
 /// paper's d = 2304 in llvmpipe's subgroups of 8; wider rows take the vec4 kernels.
 const RESIDENT_TEXELS: usize = 72;
@@ -283,7 +283,10 @@ impl PowerKernels {
         textures: bool,
     ) -> Result<ResidentKernels> {
         gpu.cached_by(&self.resident, (texels, textures), || {
-            let source = format!("const UT: u32 = {texels}u;\n{SHADER}{RESIDENT_SHADER}");
+            let source = format!(
+                "{SHADER}{}",
+                super::layout::texel_lines(RESIDENT_SHADER, texels)
+            );
             let module = super::layout::shader_module(gpu, "power_resident.wgsl", source);
             let lanes = gpu.limits().subgroup_size.unwrap_or(1);
             let c = [
