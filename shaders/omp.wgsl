@@ -75,17 +75,20 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 // G as a texture, 4 consecutive entries of a row per texel (rgba32float, or rgba16float for
-// half-precision G), entries past K zero; written by pack_gram. Coding reads G through the
-// texture unit rather than as a storage buffer: llvmpipe fetches texels with unrolled gathers,
-// where a storage load inserts lane by lane through the stack (a store-forwarding stall per
-// element, which made the sweep 2× slower).
-@group(0) @binding(1) var g_tex: texture_2d_array<f32>;
+// half-precision G: the host writes that format here), entries past K zero; written by
+// pack_gram. Coding reads G as a texture rather than as a storage buffer: llvmpipe fetches
+// texels with unrolled gathers, where a storage load inserts lane by lane through the stack (a
+// store-forwarding stall per element, which made the sweep 2× slower). And as a read-only
+// storage texture rather than a sampled one, as every texture here: llvmpipe's sampled
+// textureLoad looks up each lane's mip level and its strides, where a storage texture has one
+// level (the Batch-OMP sweep 1.27× and resident_mp 1.22× faster at K = 1536).
+@group(0) @binding(1) var g_tex: texture_storage_2d_array<rgba32float, read>;
 // [batch, K]: α⁰ = Y·Dᵀ (f32), read once by pack_alpha.
 @group(0) @binding(5) var<storage, read> alpha: array<u32>;
 // α of the job's samples as a pair of textures, texel (q, sample) = α[4q .. 4q + 3] (f32 bits;
 // rgba32uint so no NaN canonicalisation touches them): each sweep reads one and writes the other,
 // for the reason G is a texture. pack_alpha fills the first from `alpha`.
-@group(0) @binding(12) var alpha_in: texture_2d<u32>;
+@group(0) @binding(12) var alpha_in: texture_storage_2d<rgba32uint, read>;
 @group(0) @binding(13) var alpha_out: texture_storage_2d<rgba32uint, write>;
 // [batch]: ‖y‖².
 @group(0) @binding(6) var<storage, read> y_norm2: array<f32>;
@@ -97,7 +100,7 @@ struct Params {
 // The pending α update of each sample, texel (t, sample) = (atom, Δ bits): written by select
 // (upd_out), read by the sweep (upd_in) as a texture for the same reason as G. Two views of one
 // texture, in the two kernels' separate bind groups.
-@group(0) @binding(2) var upd_in: texture_2d<u32>;
+@group(0) @binding(2) var upd_in: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var upd_out: texture_storage_2d<rg32uint, write>;
 
 // Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
@@ -145,7 +148,7 @@ fn set_wf(i: u32, v: f32) {
 // The texel of G holding G[row, 4q .. 4q + 3].
 fn g_texel(row: u32, q: u32) -> vec4<f32> {
     let mask = (1u << params.layer_shift) - 1u;
-    return textureLoad(g_tex, vec2<u32>(q, row & mask), row >> params.layer_shift, 0);
+    return textureLoad(g_tex, vec2<u32>(q, row & mask), row >> params.layer_shift);
 }
 
 fn g_at(row: u32, col: u32) -> f32 {
@@ -208,10 +211,10 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
     // their atoms are discarded.
     let first = chunk * WG * PER + lid * PER;
     let qa = first / 4u;
-    var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample), 0));
-    var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample), 0));
-    var vc = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 2u, sample), 0));
-    var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample), 0));
+    var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample)));
+    var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample)));
+    var vc = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 2u, sample)));
+    var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample)));
     // Bits of the chosen atoms among these PER (a mask word covers 32 atoms).
     let chosen = work[params.mask + sample * mask_words() + first / 32u] >> (first % 32u);
     let q = min(first, last) / 4u;
@@ -219,14 +222,14 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
     for (var t = 0u; t < n; t++) {
         // (atom, Δ) of the update's entry t; MP has one entry, its atom. Each update entry is
         // fetched once for PER atoms: on llvmpipe every fetch is a gather of the lanes.
-        let u = textureLoad(upd_in, vec2<u32>(t, sample), 0).xy;
+        let u = textureLoad(upd_in, vec2<u32>(t, sample)).xy;
         let dt = bitcast<f32>(u.y);
         let at = vec2<u32>(q, u.x & mask);
         let layer = u.x >> params.layer_shift;
-        va -= textureLoad(g_tex, at, layer, 0) * dt;
-        vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer, 0) * dt;
-        vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer, 0) * dt;
-        vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer, 0) * dt;
+        va -= textureLoad(g_tex, at, layer) * dt;
+        vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer) * dt;
+        vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer) * dt;
+        vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * dt;
     }
     // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
     var best_abs = -1.0;

@@ -119,9 +119,9 @@ struct Params {
 // Texture copies of the residual [n, d], the atoms [K, d] and the iterates [K, d] for
 // READ_TEXTURES: each matrix's texels in a flat run, rows of 64 texels, layers of 2^shift rows.
 // The *_vec4 entry points bind them either way (1×1 stand-ins when READ_TEXTURES is false).
-@group(0) @binding(19) var residual_tex: texture_2d_array<f32>;
-@group(0) @binding(20) var atoms_tex: texture_2d_array<f32>;
-@group(0) @binding(21) var iterate_tex: texture_2d_array<f32>;
+@group(0) @binding(19) var residual_tex: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(20) var atoms_tex: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(21) var iterate_tex: texture_storage_2d_array<rgba32float, read>;
 
 override READ_TEXTURES: bool = false;
 

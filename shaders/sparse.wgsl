@@ -65,7 +65,7 @@ struct Params {
 @group(0) @binding(14) var<storage, read> atoms4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read_write> residual4: array<vec4<f32>>;
 // residual_from_codes_texels: a flat copy of all K atoms (see flat_texel).
-@group(0) @binding(16) var atoms_tex: texture_2d_array<f32>;
+@group(0) @binding(16) var atoms_tex: texture_storage_2d_array<rgba32float, read>;
 
 // Global index of invocation `lid` of a 1-D grid of workgroups.
 fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {

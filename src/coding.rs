@@ -6,7 +6,9 @@
 use crate::error::{Error, Result};
 
 /// How the coding kernels store the Gram matrix G = D·Dᵀ they read at every greedy step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GramPrecision {
     /// f32, as computed: the codes match the f64 reference's (the default).

@@ -1,5 +1,5 @@
 //! Bind-group layouts, pipelines and bind groups written out in one place: the entry kinds the
-//! shaders declare (uniforms, storage buffers, sampled and storage textures), pipelines under a
+//! shaders declare (uniforms, storage buffers, storage textures), pipelines under a
 //! derived or explicit layout, bind groups from (binding, buffer) pairs, and dispatch sizes.
 
 use super::Gpu;
@@ -32,15 +32,16 @@ pub(crate) fn storage(read_only: bool) -> wgpu::BindingType {
     buffer(wgpu::BufferBindingType::Storage { read_only })
 }
 
-/// A texture read with `textureLoad`.
-pub(crate) fn texture(
-    sample_type: wgpu::TextureSampleType,
+/// A storage texture read with `textureLoad` (rather than a sampled texture: llvmpipe's sampled
+/// `textureLoad` looks up each lane's mip level and strides, see gemm.wgsl).
+pub(crate) fn read_texture(
+    format: wgpu::TextureFormat,
     view_dimension: wgpu::TextureViewDimension,
 ) -> wgpu::BindingType {
-    wgpu::BindingType::Texture {
-        sample_type,
+    wgpu::BindingType::StorageTexture {
+        access: wgpu::StorageTextureAccess::ReadOnly,
+        format,
         view_dimension,
-        multisampled: false,
     }
 }
 

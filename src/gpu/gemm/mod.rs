@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{binding, ranges, rows_per_window, window, ScratchTexture};
-use super::layout::{bind_group_layout, entry, pipeline_in_layout, storage, texture, uniform};
+use super::layout::{bind_group_layout, entry, pipeline_in_layout, read_texture, storage, uniform};
 use super::{Gpu, Matrix};
 use crate::error::{Error, Result};
 
@@ -243,8 +243,10 @@ impl GemmKernels {
                 ],
             );
             // Texel path: C in a storage buffer, A and B in textures.
-            let float = wgpu::TextureSampleType::Float { filterable: false };
-            let layers = texture(float, wgpu::TextureViewDimension::D2Array);
+            let layers = read_texture(
+                wgpu::TextureFormat::Rgba32Float,
+                wgpu::TextureViewDimension::D2Array,
+            );
             let texel_layout = bind_group_layout(
                 gpu,
                 "gemm texel",

@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{rows_per_window, texture_rows, Scratch, ScratchTexture, TextureShape};
 use super::layout::{
-    bind_group_layout, entry, pipeline_in_layout, storage, texture, uniform, written_texture,
+    bind_group_layout, entry, pipeline_in_layout, read_texture, storage, uniform, written_texture,
 };
 use super::Gpu;
 use crate::coding::{Coder, CodingOptions, GramPrecision};
@@ -117,24 +117,46 @@ const KERNELS: usize = 9;
 /// The coding pipelines of one device, the scratch buffer holding the samples' state, and the
 /// textures of G and of the pending updates (reused: jobs on one queue run one after another).
 pub(crate) struct OmpKernels {
-    /// Layout of `start`, `select_*` and `finish`: the update texture as a storage texture.
-    state_layout: wgpu::BindGroupLayout,
-    /// Layout of the sweeps: the update texture sampled.
-    sweep_layout: wgpu::BindGroupLayout,
-    module: wgpu::ShaderModule,
-    /// The pipelines by [`Kernel`], each built on first use: a device runs only some of them
-    /// (CPU adapters never sweep_reduced, training never Batch-OMP's select, f32 G never
-    /// pack_gram_f16), and on llvmpipe each costs milliseconds of a short command's start-up.
-    pipelines: [OnceLock<wgpu::ComputePipeline>; KERNELS],
+    /// The module, layouts and pipelines that read G of each precision
+    /// ([`GramPrecision::F32`], then `F16`): G is bound as a read-only storage texture, whose
+    /// format the shader names.
+    variants: [GramVariant; 2],
     work: Scratch<u32>,
     gram: ScratchTexture,
     updates: ScratchTexture,
     /// The pair of α textures the sweeps alternate between.
     alphas: [ScratchTexture; 2],
-    /// The resident MP coder by texels per invocation (`RT`) and whether it spans a workgroup
-    /// (GPUs) or a subgroup (CPU adapters), built on first use.
-    resident: Mutex<HashMap<(usize, bool), ResidentKernels>>,
+    /// The resident MP coder by texels per invocation, whether it spans a workgroup (GPUs) or a
+    /// subgroup (CPU adapters), and G's precision, built on first use.
+    resident: Mutex<HashMap<(usize, bool, GramPrecision), ResidentKernels>>,
 }
+
+/// What reads G of one precision: omp.wgsl with G's storage-texture format, the layouts binding
+/// it, and the pipelines.
+struct GramVariant {
+    /// Layout of `start`, `select_*` and `finish`: the update texture as a storage texture.
+    state_layout: wgpu::BindGroupLayout,
+    /// Layout of the sweeps: the update texture read.
+    sweep_layout: wgpu::BindGroupLayout,
+    /// omp.wgsl, G's format written in.
+    source: String,
+    module: wgpu::ShaderModule,
+    /// The pipelines by [`Kernel`], each built on first use: a device runs only some of them
+    /// (CPU adapters never sweep_reduced, training never Batch-OMP's select, f32 G never
+    /// pack_gram_f16), and on llvmpipe each costs milliseconds of a short command's start-up.
+    pipelines: [OnceLock<wgpu::ComputePipeline>; KERNELS],
+}
+
+/// G's texture format for `gram`.
+fn gram_format(gram: GramPrecision) -> wgpu::TextureFormat {
+    match gram {
+        GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
+        GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
+    }
+}
+
+/// omp.wgsl's declaration of G, which names its format.
+const G_DECLARATION: &str = "var g_tex: texture_storage_2d_array<rgba32float, read>;";
 
 /// `resident_mp` (one subgroup per sample) or `resident_mp_wg` (one workgroup per sample), and
 /// `resident_refit` (one invocation per sample).
@@ -310,45 +332,9 @@ impl OmpKernels {
             });
         }
         gpu.scoped(|| {
-            let module = super::layout::shader_module(gpu, "omp.wgsl", SHADER);
-            let g_texture = texture(
-                wgpu::TextureSampleType::Float { filterable: false },
-                wgpu::TextureViewDimension::D2Array,
-            );
-            let uints = texture(
-                wgpu::TextureSampleType::Uint,
-                wgpu::TextureViewDimension::D2,
-            );
-            // start, select and finish: the state; the sweeps: α textures in and out.
-            let state_layout = bind_group_layout(
-                gpu,
-                "omp state",
-                &[
-                    entry(0, uniform()),
-                    entry(1, g_texture),
-                    entry(3, written_texture(wgpu::TextureFormat::Rg32Uint)),
-                    entry(6, storage(true)),
-                    entry(7, storage(false)),
-                    entry(8, storage(false)),
-                ],
-            );
-            let sweep_layout = bind_group_layout(
-                gpu,
-                "omp sweep",
-                &[
-                    entry(0, uniform()),
-                    entry(1, g_texture),
-                    entry(2, uints),
-                    entry(8, storage(false)),
-                    entry(12, uints),
-                    entry(13, written_texture(wgpu::TextureFormat::Rgba32Uint)),
-                ],
-            );
             Ok(Self {
-                module,
-                pipelines: Default::default(),
-                state_layout,
-                sweep_layout,
+                variants: [GramPrecision::F32, GramPrecision::F16]
+                    .map(|gram| GramVariant::new(gpu, gram)),
                 work: Scratch::default(),
                 gram: ScratchTexture::default(),
                 updates: ScratchTexture::default(),
@@ -357,23 +343,91 @@ impl OmpKernels {
             })
         })
     }
-}
 
-impl OmpKernels {
-    /// Builds the pipelines of `kernels` not built yet, each in an error scope and kept only
-    /// once valid: a job prepares what it will record.
-    fn prepare(&self, gpu: &Gpu, kernels: &[Kernel]) -> Result<()> {
+    /// What reads G of precision `gram`.
+    fn variant(&self, gram: GramPrecision) -> &GramVariant {
+        match gram {
+            GramPrecision::F32 => &self.variants[0],
+            GramPrecision::F16 => &self.variants[1],
+        }
+    }
+
+    /// Builds the pipelines of `kernels` reading G of precision `gram` not built yet, each in an
+    /// error scope and kept only once valid: a job prepares what it will record.
+    fn prepare(&self, gpu: &Gpu, gram: GramPrecision, kernels: &[Kernel]) -> Result<()> {
+        let variant = self.variant(gram);
         for &kernel in kernels {
-            gpu.cached(&self.pipelines[kernel as usize], |gpu| {
-                gpu.scoped(|| Ok(self.build(gpu, kernel)))
+            gpu.cached(&variant.pipelines[kernel as usize], |gpu| {
+                gpu.scoped(|| Ok(variant.build(gpu, kernel)))
             })?;
         }
         Ok(())
     }
 
-    /// The pipeline of `kernel` (built here if the job did not prepare it).
-    fn pipeline(&self, gpu: &Gpu, kernel: Kernel) -> &wgpu::ComputePipeline {
-        self.pipelines[kernel as usize].get_or_init(|| self.build(gpu, kernel))
+    /// The pipeline of `kernel` reading G of precision `gram` (built here if the job did not
+    /// prepare it).
+    fn pipeline(&self, gpu: &Gpu, gram: GramPrecision, kernel: Kernel) -> &wgpu::ComputePipeline {
+        let variant = self.variant(gram);
+        variant.pipelines[kernel as usize].get_or_init(|| variant.build(gpu, kernel))
+    }
+
+    /// Layout of `start`, `select_*` and `finish` reading G of precision `gram`.
+    fn state_layout(&self, gram: GramPrecision) -> &wgpu::BindGroupLayout {
+        &self.variant(gram).state_layout
+    }
+
+    /// Layout of the sweeps reading G of precision `gram`.
+    fn sweep_layout(&self, gram: GramPrecision) -> &wgpu::BindGroupLayout {
+        &self.variant(gram).sweep_layout
+    }
+}
+
+impl GramVariant {
+    fn new(gpu: &Gpu, gram: GramPrecision) -> Self {
+        let format = gram_format(gram);
+        let wgsl_format = match gram {
+            GramPrecision::F32 => "rgba32float",
+            GramPrecision::F16 => "rgba16float",
+        };
+        let source = SHADER.replace(
+            G_DECLARATION,
+            &G_DECLARATION.replace("rgba32float", wgsl_format),
+        );
+        let module = super::layout::shader_module(gpu, "omp.wgsl", source.clone());
+        let read = |format| read_texture(format, wgpu::TextureViewDimension::D2);
+        let g_texture = read_texture(format, wgpu::TextureViewDimension::D2Array);
+        // start, select and finish: the state; the sweeps: α textures in and out.
+        let state_layout = bind_group_layout(
+            gpu,
+            "omp state",
+            &[
+                entry(0, uniform()),
+                entry(1, g_texture),
+                entry(3, written_texture(wgpu::TextureFormat::Rg32Uint)),
+                entry(6, storage(true)),
+                entry(7, storage(false)),
+                entry(8, storage(false)),
+            ],
+        );
+        let sweep_layout = bind_group_layout(
+            gpu,
+            "omp sweep",
+            &[
+                entry(0, uniform()),
+                entry(1, g_texture),
+                entry(2, read(wgpu::TextureFormat::Rg32Uint)),
+                entry(8, storage(false)),
+                entry(12, read(wgpu::TextureFormat::Rgba32Uint)),
+                entry(13, written_texture(wgpu::TextureFormat::Rgba32Uint)),
+            ],
+        );
+        Self {
+            state_layout,
+            sweep_layout,
+            source,
+            module,
+            pipelines: Default::default(),
+        }
     }
 
     fn build(&self, gpu: &Gpu, kernel: Kernel) -> wgpu::ComputePipeline {
@@ -398,11 +452,13 @@ fn resident_kernels(
     gpu: &Gpu,
     kernels: &OmpKernels,
     plan: &ResidentPlan,
+    gram: GramPrecision,
 ) -> Result<ResidentKernels> {
     let texels = plan.texels;
-    gpu.cached_by(&kernels.resident, (texels, plan.workgroup), || {
+    gpu.cached_by(&kernels.resident, (texels, plan.workgroup, gram), || {
         let source = format!(
-            "{SHADER}{}",
+            "{}{}",
+            kernels.variant(gram).source,
             super::layout::texel_lines(RESIDENT_SHADER, texels)
         );
         let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
@@ -460,10 +516,7 @@ struct GramTexture {
 }
 
 fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramTexture> {
-    let format = match gram {
-        GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
-        GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
-    };
+    let format = gram_format(gram);
     let width = n_atoms.div_ceil(TEXEL);
     // G's shape is fixed for a dictionary; exact sides keep f32 G at K = 16 384 at 1 GiB, the
     // most llvmpipe allocates for a texture.

@@ -144,13 +144,13 @@ impl<'a> Job<'a> {
         let most = chunk_rows(gpu, n_atoms, k).max(1);
         let rows = batch.div_ceil(batch.div_ceil(most));
         let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows);
-        let path = step_path(gpu, kernels, options.coder, n_atoms, max_atoms, rows)?;
+        let path = step_path(gpu, kernels, options, n_atoms, max_atoms, rows)?;
         // The pipelines this job records, built now in error scopes (see OmpKernels::prepare).
         let pack = match options.gram {
             GramPrecision::F32 => Kernel::PackF32,
             GramPrecision::F16 => Kernel::PackF16,
         };
-        kernels.prepare(gpu, &[pack, Kernel::Start, Kernel::Finish])?;
+        kernels.prepare(gpu, options.gram, &[pack, Kernel::Start, Kernel::Finish])?;
         if let StepPath::Sweeps(_) = &path {
             let sweep = match reduced_sweep(gpu) {
                 true => Kernel::SweepReduced,
@@ -160,7 +160,7 @@ impl<'a> Job<'a> {
                 Coder::Omp => Kernel::SelectOmp,
                 Coder::Mp { .. } => Kernel::SelectMp,
             };
-            kernels.prepare(gpu, &[Kernel::PackAlpha, sweep, select])?;
+            kernels.prepare(gpu, options.gram, &[Kernel::PackAlpha, sweep, select])?;
         }
         let steps = match options.coder {
             Coder::Omp => max_atoms,
@@ -291,10 +291,10 @@ impl<'a> Job<'a> {
             .map(|i| self.chunk_groups(i, operands, &g_view, &upd_view))
             .collect();
         let pack = self.pack_pipeline();
-        let (gpu, kernels) = (self.gpu, self.kernels);
+        let (gpu, kernels, gram) = (self.gpu, self.kernels, self.options.gram);
         let mut pass = gpu.passes(encoder, "sparse coding");
         let kernel = |pass: &mut Passes<'_>, kernel: Kernel| {
-            pass.set_pipeline(kernel.entry(), kernels.pipeline(gpu, kernel));
+            pass.set_pipeline(kernel.entry(), kernels.pipeline(gpu, gram, kernel));
         };
         pass.set_pipeline(pack.0, pack.1);
         for (&(r0, r1), group) in self.pack_chunks.iter().zip(&packs) {
@@ -335,8 +335,8 @@ impl<'a> Job<'a> {
                     Coder::Omp => Kernel::SelectOmp,
                     Coder::Mp { .. } => Kernel::SelectMp,
                 };
-                let [sweep, select] =
-                    [sweep, select].map(|k| (k.entry(), kernels.pipeline(gpu, k)));
+                let [sweep, select] = [sweep, select]
+                    .map(|k| (k.entry(), kernels.pipeline(gpu, self.options.gram, k)));
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
                     pass.set_pipeline(sweep.0, sweep.1);
@@ -373,7 +373,10 @@ impl<'a> Job<'a> {
             GramPrecision::F32 => Kernel::PackF32,
             GramPrecision::F16 => Kernel::PackF16,
         };
-        (kernel.entry(), self.kernels.pipeline(self.gpu, kernel))
+        (
+            kernel.entry(),
+            self.kernels.pipeline(self.gpu, self.options.gram, kernel),
+        )
     }
 
     /// pack_gram's bind group per window of G's rows.
@@ -425,7 +428,7 @@ impl<'a> Job<'a> {
         let codes = window(code_words(k), r0, r1, align);
         let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("omp state"),
-            layout: &self.kernels.state_layout,
+            layout: self.kernels.state_layout(self.options.gram),
             entries: &[
                 entry(0, self.uniform(chunk.uniform)),
                 entry(1, wgpu::BindingResource::TextureView(g_view)),
@@ -494,7 +497,7 @@ impl<'a> Job<'a> {
         let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("omp sweep"),
-                layout: &self.kernels.sweep_layout,
+                layout: self.kernels.sweep_layout(self.options.gram),
                 entries: &[
                     uniform(),
                     entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
@@ -509,7 +512,7 @@ impl<'a> Job<'a> {
             label: Some("omp pack_alpha"),
             layout: &self
                 .kernels
-                .pipeline(self.gpu, Kernel::PackAlpha)
+                .pipeline(self.gpu, self.options.gram, Kernel::PackAlpha)
                 .get_bind_group_layout(0),
             entries: &[
                 uniform(),
@@ -566,13 +569,13 @@ impl StateLayout {
 fn step_path(
     gpu: &Gpu,
     kernels: &OmpKernels,
-    coder: Coder,
+    options: &CodingOptions,
     n_atoms: usize,
     max_atoms: usize,
     rows: usize,
 ) -> Result<StepPath> {
-    if let Some(plan) = resident_plan(gpu, coder, n_atoms, max_atoms) {
-        let resident = resident_kernels(gpu, kernels, &plan)?;
+    if let Some(plan) = resident_plan(gpu, options.coder, n_atoms, max_atoms) {
+        let resident = resident_kernels(gpu, kernels, &plan, options.gram)?;
         return Ok(StepPath::Resident(plan, resident));
     }
     let shape = TextureShape {
