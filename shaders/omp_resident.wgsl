@@ -1,5 +1,7 @@
 // extends: omp.wgsl
-// (needs subgroup operations; the host repeats each code line naming `$t` per α texel, see below)
+// host: const RK_TRI: u32 = 36u;
+// (needs subgroup operations; the host repeats each code line naming `$t` per α texel, and
+// defines RK_TRI, see resident_refit)
 //
 // Resident matching pursuit: each sample's correlations α stay in the private memory of one
 // subgroup (CPU adapters, resident_mp) or one workgroup (GPUs, resident_mp_wg, below) for many
@@ -223,6 +225,42 @@ fn resident_mp_wg(
     }
 }
 
+// resident_refit on CPU adapters keeps the factor in private memory while it grows it: rows
+// [0, first_step) are read from the record once, the new rows written back once. llvmpipe runs
+// each storage access of one invocation per sample as a loop over the lanes, and the forward
+// solves make k³/6 of them (the kernel 2× faster at k = 32). RK_TRI, the factor's most
+// entries, is a `const` the host defines before this file: tri(k) rounded up, or 1 where the
+// factor stays in `work` (REFIT_PRIVATE false: GPUs, large k).
+override REFIT_PRIVATE: bool = false;
+var<private> res_chol: array<f32, RK_TRI>;
+
+// cholesky_grow over res_chol (rows [0, s) present): row s = L⁻¹·G[I, j] solved in place, then
+// its pivot; false for a small pivot (the row is left unused). The same f32 operations in the
+// same order as cholesky_grow.
+fn res_chol_grow(rec: u32, j: u32, s: u32) -> bool {
+    let sel = sel_at(rec);
+    let row = tri(s);
+    for (var t = 0u; t < s; t++) {
+        var v = g_at(j, work[sel + t]);
+        for (var u = 0u; u < t; u++) {
+            v -= res_chol[tri(t) + u] * res_chol[row + u];
+        }
+        res_chol[row + t] = v / res_chol[tri(t) + t];
+    }
+    var ww = 0.0;
+    for (var t = 0u; t < s; t++) {
+        ww += res_chol[row + t] * res_chol[row + t];
+    }
+    let gjj = g_at(j, j);
+    let pivot = gjj - ww;
+    // `!(pivot > …)` also stops on NaN.
+    if !(pivot > params.min_pivot * gjj) {
+        return false;
+    }
+    res_chol[row + s] = sqrt(pivot);
+    return true;
+}
+
 // The refit's right-hand side α⁰[I] and Cholesky factor of G[I,I], rows [first_step,
 // last_step) of the support; one invocation per sample, after the last resident_mp.
 @compute @workgroup_size(64)
@@ -234,7 +272,32 @@ fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let rec = sample * params.stride;
     let n = work[rec + H_NSEL];
     let row = res_row(sample);
-    for (var s = params.first_step; s < min(params.last_step, n); s++) {
+    let first = params.first_step;
+    let last = min(params.last_step, n);
+    if REFIT_PRIVATE {
+        if first >= last || work[rec + H_CHOL_OK] == 0u {
+            return;
+        }
+        let chol = chol_at(rec);
+        for (var i = 0u; i < tri(first); i++) {
+            res_chol[i] = wf(chol + i);
+        }
+        var grown = first;
+        for (; grown < last; grown++) {
+            let j = work[sel_at(rec) + grown];
+            work[rhs_at(rec) + grown] = alpha0_in[row + j];
+            // A small pivot keeps MP's coefficients, as in mp_take.
+            if !res_chol_grow(rec, j, grown) {
+                work[rec + H_CHOL_OK] = 0u;
+                break;
+            }
+        }
+        for (var i = tri(first); i < tri(grown); i++) {
+            set_wf(chol + i, res_chol[i]);
+        }
+        return;
+    }
+    for (var s = first; s < last; s++) {
         if work[rec + H_CHOL_OK] == 0u {
             return;
         }

@@ -573,7 +573,8 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 /// many steps (omp_resident.wgsl): one subgroup's on CPU adapters (lavapipe), one workgroup's
 /// on GPUs; with `without_subgroups` it takes a sweep and a select dispatch per step. Every
 /// path, both resident ones also split into dispatches of a few steps and refit rows (a small
-/// loop cap: later dispatches rebuild α from the chosen atoms), and what a GPU plans
+/// loop cap: later dispatches rebuild α from the chosen atoms; on lavapipe the refit's factor,
+/// grown in private memory, is read back and written out between dispatches), and what a GPU plans
 /// (`with_gpu_paths`: the workgroup coder, or the sweeps reduced in the workgroup, after the
 /// tiled GEMM's correlations), against the reference: K = 1 and primes (texels past K, an
 /// interleaved last texel, several sweep chunks), K = 1020 and 2300 (α in named registers and

@@ -306,7 +306,9 @@ mod tests {
         ];
         for (base, resident) in shaders {
             for count in [3, super::UNROLLED_TEXELS + 1] {
-                let source = format!("{base}{}", super::texel_lines(resident, count));
+                // What the hosts define before the resident files (omp_resident.wgsl's factor).
+                let host = "const RK_TRI: u32 = 36u;\n";
+                let source = format!("{host}{base}{}", super::texel_lines(resident, count));
                 let module = naga::front::wgsl::parse_str(&source)
                     .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
                 let mut validator = naga::valid::Validator::new(

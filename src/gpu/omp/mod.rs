@@ -27,6 +27,9 @@ pub(super) const RESIDENT_SHADER: &str = include_str!("../../../shaders/omp_resi
 /// grows with them on llvmpipe (2 s at 48, 9 s at 128, minutes at 512), so larger K take the
 /// portable path. At 128 (K = 4096) the resident kernel still codes 3.8× faster.
 const RESIDENT_TEXELS: usize = 128;
+/// Most atoms per sample whose refit factor resident_refit grows in private memory on CPU
+/// adapters: 64 (2 080 entries, 66 KiB per subgroup of 8 on llvmpipe's stack).
+const PRIVATE_FACTOR_ATOMS: usize = 64;
 /// Invocations per sample of the GPUs' resident coder (`resident_mp_wg`, RWG): K = 16 384 in 16
 /// texels (64 registers) per invocation, within WebGPU's default 256 per workgroup.
 const RESIDENT_WG: usize = 256;
@@ -127,8 +130,9 @@ pub(crate) struct OmpKernels {
     /// The pair of α textures the sweeps alternate between.
     alphas: [ScratchTexture; 2],
     /// The resident MP coder by texels per invocation, whether it spans a workgroup (GPUs) or a
-    /// subgroup (CPU adapters), and G's precision, built on first use.
-    resident: Mutex<HashMap<(usize, bool, GramPrecision), ResidentKernels>>,
+    /// subgroup (CPU adapters), G's precision and the refit's private factor entries, built on
+    /// first use.
+    resident: Mutex<HashMap<(usize, bool, GramPrecision, usize), ResidentKernels>>,
 }
 
 /// What reads G of one precision: omp.wgsl with G's storage-texture format, the layouts binding
@@ -181,6 +185,9 @@ struct ResidentPlan {
     first_steps: usize,
     later_steps: usize,
     rows_per_refit: usize,
+    /// Entries of the refit's factor resident_refit holds in private memory (RK_TRI), or 0
+    /// where it grows the factor in the record (REFIT_PRIVATE false).
+    private_factor: usize,
 }
 
 impl ResidentPlan {
@@ -247,6 +254,16 @@ fn resident_plan(
     let per_step = 5 * t + k + 8 + reduction;
     // Per refit row s < k: the Cholesky row (G[j, I], its forward solve, norm and copy).
     let per_row = 3 * k + k * k / 2 + 8;
+    // On CPU adapters the factor grows in private memory (up to PRIVATE_FACTOR_ATOMS, past
+    // which it would outgrow the stack): per dispatch, rows [0, first) read once and the new
+    // ones written once, at most tri(k) copies; in the record where those leave no row.
+    let factor = tri(max_atoms.next_multiple_of(8));
+    let private = limits.cpu_paths
+        && max_atoms <= PRIVATE_FACTOR_ATOMS
+        && limits
+            .max_loop_iterations
+            .is_none_or(|cap| tri(max_atoms) as u64 + per_row <= cap);
+    let copies = if private { tri(max_atoms) as u64 } else { 0 };
     // MP takes at most 2k steps (a step may pick an atom again).
     let (first, later, rows) = match gpu.limits().max_loop_iterations {
         Some(cap) if fixed + per_step > cap || per_row > cap => return None,
@@ -256,7 +273,8 @@ fn resident_plan(
             if first < 2 * k && later == 0 {
                 return None;
             }
-            (first as usize, later as usize, (cap / per_row) as usize)
+            let rows = (cap - copies) / per_row;
+            (first as usize, later as usize, rows as usize)
         }
         None => (usize::MAX, usize::MAX, usize::MAX),
     };
@@ -267,7 +285,13 @@ fn resident_plan(
         first_steps: first,
         later_steps: later.max(1),
         rows_per_refit: rows.max(1),
+        private_factor: if private { factor } else { 0 },
     })
+}
+
+/// Entries of a packed lower triangle of n rows.
+fn tri(n: usize) -> usize {
+    n * (n + 1) / 2
 }
 
 /// Whether a job coding with `options` at K = `n_atoms`, dimension `d` runs resident on `gpu`
@@ -455,24 +479,35 @@ fn resident_kernels(
     gram: GramPrecision,
 ) -> Result<ResidentKernels> {
     let texels = plan.texels;
-    gpu.cached_by(&kernels.resident, (texels, plan.workgroup, gram), || {
-        let source = format!(
-            "{}{}",
-            kernels.variant(gram).source,
-            super::layout::texel_lines(RESIDENT_SHADER, texels)
-        );
-        let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
-        let constants = [("RWG", plan.invocations as f64)];
-        let entry = match plan.workgroup {
-            true => "resident_mp_wg",
-            false => "resident_mp",
-        };
-        ResidentKernels {
-            mp_entry: entry,
-            mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
-            refit: super::layout::compute_pipeline(gpu, &module, "resident_refit", &constants),
-        }
-    })
+    let factor = plan.private_factor;
+    gpu.cached_by(
+        &kernels.resident,
+        (texels, plan.workgroup, gram, factor),
+        || {
+            let source = format!(
+                "const RK_TRI: u32 = {}u;\n{}{}",
+                factor.max(1),
+                kernels.variant(gram).source,
+                super::layout::texel_lines(RESIDENT_SHADER, texels)
+            );
+            let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
+            let constants = [("RWG", plan.invocations as f64)];
+            let entry = match plan.workgroup {
+                true => "resident_mp_wg",
+                false => "resident_mp",
+            };
+            ResidentKernels {
+                mp_entry: entry,
+                mp: super::layout::compute_pipeline(gpu, &module, entry, &constants),
+                refit: super::layout::compute_pipeline(
+                    gpu,
+                    &module,
+                    "resident_refit",
+                    &[("REFIT_PRIVATE", f64::from(u8::from(factor > 0)))],
+                ),
+            }
+        },
+    )
 }
 
 /// The bind groups of one chunk of a coding job's rows.
@@ -719,6 +754,7 @@ mod tests {
             first_steps,
             later_steps,
             rows_per_refit: 1,
+            private_factor: 0,
         };
         assert_eq!(
             plan(5, 2).step_ranges(10),
