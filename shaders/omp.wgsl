@@ -81,7 +81,8 @@ struct Params {
 // store-forwarding stall per element, which made the sweep 2× slower). And as a read-only
 // storage texture rather than a sampled one, as every texture here: llvmpipe's sampled
 // textureLoad looks up each lane's mip level and its strides, where a storage texture has one
-// level (the Batch-OMP sweep 1.27× and resident_mp 1.22× faster at K = 1536).
+// level (with α and the updates read so too, the Batch-OMP sweep 1.49× and resident_mp 1.25×
+// faster at K = 1536).
 @group(0) @binding(1) var g_tex: texture_storage_2d_array<rgba32float, read>;
 // [batch, K]: α⁰ = Y·Dᵀ (f32), read once by pack_alpha.
 @group(0) @binding(5) var<storage, read> alpha: array<u32>;

@@ -59,7 +59,7 @@ fn res_u_texel(t: u32, lid: u32, row4: u32, iterate_only: bool) -> vec4<f32> {
 }
 
 // Texel t's share of d_j·u.
-fn res_atom_dot(u: vec4<f32>, t: u32, lid: u32, row4: u32) -> vec4<f32> {
+fn res_dj_u(u: vec4<f32>, t: u32, lid: u32, row4: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), atom_texel(row4 + t * RWG + lid) * u, res_in_row(t, lid));
 }
 
@@ -68,8 +68,8 @@ fn res_atom_dot(u: vec4<f32>, t: u32, lid: u32, row4: u32) -> vec4<f32> {
 // (the projection reads d_new).
 fn res_load_u(lid: u32, row4: u32, iterate_only: bool) -> f32 {
     var dot = vec4<f32>(0.0);
-    res_u$t = res_u_texel($tu, lid, row4, iterate_only);
-    dot += res_atom_dot(res_u$t, $tu, lid, row4);
+    // One line, so that past 64 texels it stays one loop (the host's loop-count estimate).
+    res_u$t = res_u_texel($tu, lid, row4, iterate_only); dot += res_dj_u(res_u$t, $tu, lid, row4);
     return subgroupAdd(dot.x + dot.y + dot.z + dot.w);
 }
 
@@ -82,8 +82,8 @@ fn res_residual_row_texel(t: u32, lid: u32, first: u32) -> vec4<f32> {
 fn res_residual_dot_u(lid: u32, s: u32) -> f32 {
     let first = s * (params.d / 4u);
     var dot = vec4<f32>(0.0);
-    res_e$t = res_residual_row_texel($tu, lid, first);
-    dot += res_e$t * res_u$t;
+    // One line, as in res_load_u.
+    res_e$t = res_residual_row_texel($tu, lid, first); dot += res_e$t * res_u$t;
     return subgroupAdd(dot.x + dot.y + dot.z + dot.w);
 }
 

@@ -577,9 +577,10 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
 /// grown in private memory, is read back and written out between dispatches), and what a GPU plans
 /// (`with_gpu_paths`: the workgroup coder, or the sweeps reduced in the workgroup, after the
 /// tiled GEMM's correlations), against the reference: K = 1 and primes (texels past K, an
-/// interleaved last texel, several sweep chunks), K = 1020 and 2300 (α in named registers and
-/// in private arrays on lavapipe, each lane's last texel partly used), one sample, k = 1 and
-/// k = d, with and without the refit; Batch-OMP on the GPU kernels too.
+/// interleaved last texel, several sweep chunks), K = 1022 and 2302 (α in named registers and
+/// in private arrays on lavapipe, a texel partly past K; a cap of 3000 splits the resident
+/// steps there too, where 700 leaves those K to the sweeps), one sample, k = 1 and k = d, with
+/// and without the refit; Batch-OMP on the GPU kernels too.
 #[test]
 fn resident_and_portable_matching_pursuit_match_the_reference() {
     let Some(gpu) = common::gpu() else { return };
@@ -592,6 +593,7 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     }
     let portable = gpu.without_subgroups();
     let split = gpu.with_max_loop_iterations(700);
+    let wide_split = gpu.with_max_loop_iterations(3000);
     let gpu_paths = gpu.with_gpu_paths();
     let gpu_sweeps = gpu_paths.without_subgroups();
     let gpu_split = gpu_paths.with_max_loop_iterations(700);
@@ -602,14 +604,22 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
         (61, 24, 4, 24),
         // Three sweep chunks of 512 atoms, the last one short.
         (1031, 20, 4, 12),
-        // Texels per lane of 8 (rounded up to a multiple of 8), the last one partly used: 32, in
-        // named registers; 72, past the 64 held so, in private arrays (`texel_lines`).
-        (1020, 20, 4, 12),
-        (2300, 20, 4, 12),
+        // Texels per lane of 8 (rounded up to a multiple of 8), lane 7's last texel partly in K:
+        // 32, in named registers; 72, past the 64 held so, in private arrays (`texel_lines`).
+        (1022, 20, 4, 12),
+        (2302, 20, 4, 12),
     ] {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
-            for g in [gpu, &portable, &split, &gpu_paths, &gpu_sweeps, &gpu_split] {
+            for g in [
+                gpu,
+                &portable,
+                &split,
+                &wide_split,
+                &gpu_paths,
+                &gpu_sweeps,
+                &gpu_split,
+            ] {
                 check_against_reference(g, n_atoms, d, n, coding);
             }
         }

@@ -233,7 +233,8 @@ pub(crate) const UNROLLED_TEXELS: usize = 64;
 /// not unroll into a gather and a scatter lane by lane per access, where a named variable stays
 /// a register (or one vector spill). Past that count, a declaration `var<private> NAME$t: T;`
 /// becomes `var<private> NAME: array<T, count>;` and any other such line a loop over the
-/// texels, `NAME$t` indexing the array by its counter and `$tu` the counter itself.
+/// texels, `NAME$t` indexing the array by its counter and `$tu` the counter itself: one loop per
+/// line, which the hosts' loop-count estimates assume (write a texel's statements on one line).
 pub(crate) fn texel_lines(source: &str, count: usize) -> String {
     let mut out = String::with_capacity(source.len() + count.min(UNROLLED_TEXELS) * 256);
     for line in source.lines() {
@@ -250,6 +251,7 @@ pub(crate) fn texel_lines(source: &str, count: usize) -> String {
             let (name, ty) = declared
                 .trim_end_matches(';')
                 .split_once("$t:")
+                .filter(|(_, ty)| !ty.contains('='))
                 .expect("a per-texel declaration reads `var<private> NAME$t: T;`");
             out.push_str(&format!(
                 "var<private> {name}: array<{}, {count}>;",
@@ -258,8 +260,9 @@ pub(crate) fn texel_lines(source: &str, count: usize) -> String {
         } else {
             let indent = &line[..line.len() - line.trim_start().len()];
             let body = line.trim_start().replace("$tu", "t_").replace("$t", "[t_]");
+            // The brace on its own line: a trailing comment on the line stays a comment.
             out.push_str(&format!(
-                "{indent}for (var t_ = 0u; t_ < {count}u; t_++) {{ {body} }}"
+                "{indent}for (var t_ = 0u; t_ < {count}u; t_++) {{\n{indent}    {body}\n{indent}}}"
             ));
         }
         out.push('\n');
@@ -288,7 +291,7 @@ mod tests {
             super::texel_lines(SOURCE, count),
             format!(
                 "// $t stays\nvar<private> a: array<vec4<f32>, {count}>;\nfn f() {{\n    \
-                 for (var t_ = 0u; t_ < {count}u; t_++) {{ a[t_] = g(t_); }}\n}}\n"
+                 for (var t_ = 0u; t_ < {count}u; t_++) {{\n        a[t_] = g(t_);\n    }}\n}}\n"
             )
         );
     }

@@ -193,9 +193,8 @@ impl ScratchTexture {
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
                 format: shape.format,
-                usage: wgpu::TextureUsages::STORAGE_BINDING
-                    | wgpu::TextureUsages::TEXTURE_BINDING
-                    | wgpu::TextureUsages::COPY_DST,
+                // Kernels read textures as read-only storage textures (none samples them).
+                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             }))
         })?;

@@ -23,9 +23,10 @@ pub(super) const SHADER: &str = include_str!("../../../shaders/omp.wgsl");
 /// The resident coder, compiled after omp.wgsl whose record and step functions it calls, with
 /// its per-texel lines written out for each K (`texel_lines`).
 pub(super) const RESIDENT_SHADER: &str = include_str!("../../../shaders/omp_resident.wgsl");
-/// Most α texels one resident invocation holds (`RT` in omp_resident.wgsl): its compile time
-/// grows with them on llvmpipe (2 s at 48, 9 s at 128, minutes at 512), so larger K take the
-/// portable path. At 128 (K = 4096) the resident kernel still codes 3.8× faster.
+/// Most α texels one resident invocation holds (RT in omp_resident.wgsl): its compile time
+/// grows with them on llvmpipe (past 64 texels, where the host writes loops over arrays: 9 s at
+/// 128, minutes at 512), so larger K take the portable path. At 128 (K = 4096) the resident
+/// kernel coded 3.8× faster than the sweeps.
 const RESIDENT_TEXELS: usize = 128;
 /// Most atoms per sample whose refit factor resident_refit grows in private memory on CPU
 /// adapters: 64 (2 080 entries, 66 KiB per subgroup of 8 on llvmpipe's stack).
@@ -121,9 +122,9 @@ const KERNELS: usize = 9;
 /// textures of G and of the pending updates (reused: jobs on one queue run one after another).
 pub(crate) struct OmpKernels {
     /// The module, layouts and pipelines that read G of each precision
-    /// ([`GramPrecision::F32`], then `F16`): G is bound as a read-only storage texture, whose
-    /// format the shader names.
-    variants: [GramVariant; 2],
+    /// ([`GramPrecision::F32`], then `F16`), each built on first use: G is bound as a read-only
+    /// storage texture, whose format the shader names.
+    variants: [OnceLock<GramVariant>; 2],
     work: Scratch<u32>,
     gram: ScratchTexture,
     updates: ScratchTexture,
@@ -357,8 +358,7 @@ impl OmpKernels {
         }
         gpu.scoped(|| {
             Ok(Self {
-                variants: [GramPrecision::F32, GramPrecision::F16]
-                    .map(|gram| GramVariant::new(gpu, gram)),
+                variants: Default::default(),
                 work: Scratch::default(),
                 gram: ScratchTexture::default(),
                 updates: ScratchTexture::default(),
@@ -368,18 +368,17 @@ impl OmpKernels {
         })
     }
 
-    /// What reads G of precision `gram`.
-    fn variant(&self, gram: GramPrecision) -> &GramVariant {
-        match gram {
-            GramPrecision::F32 => &self.variants[0],
-            GramPrecision::F16 => &self.variants[1],
-        }
+    /// What reads G of precision `gram` (built here if no job prepared it).
+    fn variant(&self, gpu: &Gpu, gram: GramPrecision) -> &GramVariant {
+        self.variants[gram as usize].get_or_init(|| GramVariant::new(gpu, gram))
     }
 
-    /// Builds the pipelines of `kernels` reading G of precision `gram` not built yet, each in an
-    /// error scope and kept only once valid: a job prepares what it will record.
+    /// Builds what reads G of precision `gram` and the pipelines of `kernels` not built yet,
+    /// each in an error scope and kept only once valid: a job prepares what it will record.
     fn prepare(&self, gpu: &Gpu, gram: GramPrecision, kernels: &[Kernel]) -> Result<()> {
-        let variant = self.variant(gram);
+        let variant = gpu.cached(&self.variants[gram as usize], |gpu| {
+            gpu.scoped(|| Ok(GramVariant::new(gpu, gram)))
+        })?;
         for &kernel in kernels {
             gpu.cached(&variant.pipelines[kernel as usize], |gpu| {
                 gpu.scoped(|| Ok(variant.build(gpu, kernel)))
@@ -391,22 +390,23 @@ impl OmpKernels {
     /// The pipeline of `kernel` reading G of precision `gram` (built here if the job did not
     /// prepare it).
     fn pipeline(&self, gpu: &Gpu, gram: GramPrecision, kernel: Kernel) -> &wgpu::ComputePipeline {
-        let variant = self.variant(gram);
+        let variant = self.variant(gpu, gram);
         variant.pipelines[kernel as usize].get_or_init(|| variant.build(gpu, kernel))
     }
 
     /// Layout of `start`, `select_*` and `finish` reading G of precision `gram`.
-    fn state_layout(&self, gram: GramPrecision) -> &wgpu::BindGroupLayout {
-        &self.variant(gram).state_layout
+    fn state_layout(&self, gpu: &Gpu, gram: GramPrecision) -> &wgpu::BindGroupLayout {
+        &self.variant(gpu, gram).state_layout
     }
 
     /// Layout of the sweeps reading G of precision `gram`.
-    fn sweep_layout(&self, gram: GramPrecision) -> &wgpu::BindGroupLayout {
-        &self.variant(gram).sweep_layout
+    fn sweep_layout(&self, gpu: &Gpu, gram: GramPrecision) -> &wgpu::BindGroupLayout {
+        &self.variant(gpu, gram).sweep_layout
     }
 }
 
 impl GramVariant {
+    /// omp.wgsl with G's format for `gram` written in, its module and layouts; no pipelines yet.
     fn new(gpu: &Gpu, gram: GramPrecision) -> Self {
         let format = gram_format(gram);
         let wgsl_format = match gram {
@@ -433,6 +433,7 @@ impl GramVariant {
                 entry(8, storage(false)),
             ],
         );
+        // Four storage textures: WebGPU's default max_storage_textures_per_shader_stage.
         let sweep_layout = bind_group_layout(
             gpu,
             "omp sweep",
@@ -454,6 +455,7 @@ impl GramVariant {
         }
     }
 
+    /// The pipeline of `kernel` in this variant's module and layouts.
     fn build(&self, gpu: &Gpu, kernel: Kernel) -> wgpu::ComputePipeline {
         let (state, sweep) = (Some(&self.state_layout), Some(&self.sweep_layout));
         let layout = match kernel {
@@ -487,7 +489,7 @@ fn resident_kernels(
             let source = format!(
                 "const RK_TRI: u32 = {}u;\n{}{}",
                 factor.max(1),
-                kernels.variant(gram).source,
+                kernels.variant(gpu, gram).source,
                 super::layout::texel_lines(RESIDENT_SHADER, texels)
             );
             let module = super::layout::shader_module(gpu, "omp_resident.wgsl", source);
@@ -741,6 +743,12 @@ mod tests {
             ) < 10_000
         );
         assert!(loop_iterations(Coder::Omp, 16_384, 256, false, cpu_parts(16_384)) > 65_535);
+    }
+
+    /// omp.wgsl declares G as GramVariant::new expects, so f16 G gets its own format.
+    #[test]
+    fn the_shader_declares_g_where_the_host_writes_its_format() {
+        assert_eq!(SHADER.matches(G_DECLARATION).count(), 1);
     }
 
     /// The resident steps: the first dispatch takes its share, later ones (which rebuild α

@@ -428,7 +428,7 @@ impl<'a> Job<'a> {
         let codes = window(code_words(k), r0, r1, align);
         let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("omp state"),
-            layout: self.kernels.state_layout(self.options.gram),
+            layout: self.kernels.state_layout(self.gpu, self.options.gram),
             entries: &[
                 entry(0, self.uniform(chunk.uniform)),
                 entry(1, wgpu::BindingResource::TextureView(g_view)),
@@ -497,7 +497,7 @@ impl<'a> Job<'a> {
         let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("omp sweep"),
-                layout: self.kernels.sweep_layout(self.options.gram),
+                layout: self.kernels.sweep_layout(self.gpu, self.options.gram),
                 entries: &[
                     uniform(),
                     entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
