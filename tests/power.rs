@@ -480,6 +480,17 @@ fn gpu_kernels_match_the_reference() {
     matches_reference(&gpu_paths, &batched_options(), false, 2e-6, 1e-5);
 }
 
+/// ‖got − reference‖ / ‖reference‖ in f64.
+fn relative_difference(got: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(got.len(), reference.len(), "vectors of different lengths");
+    let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
+    for (a, b) in got.iter().zip(reference) {
+        diff2 += (*a as f64 - *b as f64).powi(2);
+        norm2 += (*b as f64).powi(2);
+    }
+    (diff2 / norm2).sqrt()
+}
+
 /// An update (A = 32, p = 1) of 64 uniform atoms of dimension d from OMP codes (k = 32) of 96
 /// uniform samples, every fifth slot emptied: the samples, then the new atoms, codes and the
 /// device's residual.
@@ -573,12 +584,7 @@ fn both_forms_of_the_resident_kernels_agree_with_the_vec4_kernels() {
         let (_, vec4_atoms, vec4_codes, _) = uniform_update(&portable, d);
         let reference: Vec<f64> = vec4_atoms.iter().map(|&v| v as f64).collect();
         common::assert_atoms_agree(&atoms, &reference, d, 1.0 - 1e-6);
-        let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
-        for (a, b) in codes.values.iter().zip(&vec4_codes.values) {
-            diff2 += (*a as f64 - *b as f64).powi(2);
-            norm2 += (*b as f64).powi(2);
-        }
-        let rel = (diff2 / norm2).sqrt();
+        let rel = relative_difference(&codes.values, &vec4_codes.values);
         assert!(rel < 1e-5, "d = {d}: coefficients differ by {rel:.2e}");
     }
 }
@@ -628,12 +634,7 @@ fn full_work_items_at_the_paper_width_stay_under_the_loop_cap() {
     let (atoms_vec4, codes_vec4) = run(&gpu.without_subgroups());
     let reference: Vec<f64> = atoms_vec4.iter().map(|&v| v as f64).collect();
     common::assert_atoms_agree(&atoms_resident, &reference, d, 1.0 - 1e-6);
-    let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
-    for (a, b) in codes_resident.values.iter().zip(&codes_vec4.values) {
-        diff2 += (*a as f64 - *b as f64).powi(2);
-        norm2 += (*b as f64).powi(2);
-    }
-    let rel = (diff2 / norm2).sqrt();
+    let rel = relative_difference(&codes_resident.values, &codes_vec4.values);
     assert!(rel < 1e-5, "coefficients differ by {rel:.2e}");
 }
 
@@ -967,12 +968,7 @@ fn storage_and_texture_reads_give_identical_updates() {
     let floats = |bits: &[u32]| bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
     let reference: Vec<f64> = floats(&vec4.0).iter().map(|&v| v as f64).collect();
     common::assert_atoms_agree(&floats(&default.0), &reference, s.d, 1.0 - 1e-6);
-    let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
-    for (a, b) in floats(&default.1).iter().zip(floats(&vec4.1)) {
-        diff2 += (*a as f64 - b as f64).powi(2);
-        norm2 += (b as f64).powi(2);
-    }
-    let rel = (diff2 / norm2).sqrt();
+    let rel = relative_difference(&floats(&default.1), &floats(&vec4.1));
     eprintln!(
         "subgroup size {:?}: default against the vec4 item kernels, coefficients {rel:.2e}",
         gpu.limits().subgroup_size

@@ -152,11 +152,11 @@ struct GramVariant {
     pipelines: [OnceLock<wgpu::ComputePipeline>; KERNELS],
 }
 
-/// G's texture format for `gram`.
-fn gram_format(gram: GramPrecision) -> wgpu::TextureFormat {
+/// G's texture format for `gram`, and its name in WGSL.
+fn gram_format(gram: GramPrecision) -> (wgpu::TextureFormat, &'static str) {
     match gram {
-        GramPrecision::F32 => wgpu::TextureFormat::Rgba32Float,
-        GramPrecision::F16 => wgpu::TextureFormat::Rgba16Float,
+        GramPrecision::F32 => (wgpu::TextureFormat::Rgba32Float, "rgba32float"),
+        GramPrecision::F16 => (wgpu::TextureFormat::Rgba16Float, "rgba16float"),
     }
 }
 
@@ -305,7 +305,7 @@ pub(crate) fn runs_resident(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
 /// chosen atoms, coefficients, right-hand side, solve scratch, packed Cholesky factor.
 fn record_words(max_atoms: usize) -> usize {
-    HEADER_WORDS + 4 * max_atoms + max_atoms * (max_atoms + 1) / 2
+    HEADER_WORDS + 4 * max_atoms + tri(max_atoms)
 }
 
 /// Whether `gpu` plans the sweeps that reduce their argmax in the workgroup (`sweep_reduced`,
@@ -408,11 +408,7 @@ impl OmpKernels {
 impl GramVariant {
     /// omp.wgsl with G's format for `gram` written in, its module and layouts; no pipelines yet.
     fn new(gpu: &Gpu, gram: GramPrecision) -> Self {
-        let format = gram_format(gram);
-        let wgsl_format = match gram {
-            GramPrecision::F32 => "rgba32float",
-            GramPrecision::F16 => "rgba16float",
-        };
+        let (format, wgsl_format) = gram_format(gram);
         let source = SHADER.replace(
             G_DECLARATION,
             &G_DECLARATION.replace("rgba32float", wgsl_format),
@@ -553,7 +549,7 @@ struct GramTexture {
 }
 
 fn plan_gram(gpu: &Gpu, n_atoms: usize, gram: GramPrecision) -> Result<GramTexture> {
-    let format = gram_format(gram);
+    let (format, _) = gram_format(gram);
     let width = n_atoms.div_ceil(TEXEL);
     // G's shape is fixed for a dictionary; exact sides keep f32 G at K = 16 384 at 1 GiB, the
     // most llvmpipe allocates for a texture.
