@@ -35,8 +35,9 @@
 // entry points read the residual, the atoms and the iterates from texture copies instead
 // (bindings 19–21, refreshed by the host after every write): llvmpipe's texel fetch is an
 // unrolled gather, 3–10× faster than its lane-by-lane storage loads. The fold still writes
-// the residual buffer, which stays the truth. The vec4 folds find a sample's slots of the batch
-// in slot_order (written once per update by order_slots) instead of scanning all k.
+// the residual buffer, which stays the truth (it reads the copy for a sample's first slot of
+// the batch). The vec4 folds find a sample's slots of the batch in slot_order (written once per
+// update by order_slots) instead of scanning all k.
 //
 // On CPU adapters with subgroup operations, power_resident.wgsl's kernels take the work items of
 // power_partial_vec4 and power_project_vec4 (the atom's iterate held in one subgroup's
@@ -526,8 +527,19 @@ fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
         let x_old = values[slot];
         let x_new = slot_scratch[slot].y;
         let row4 = atom_texels(j);
-        for (var t = first; t < end; t += step) {
-            residual4[e + t] += x_old * atom_texel(row4 + t) - x_new * iterate_texel(row4 + t);
+        // The batch's first slot reads e_s as residual_texel does (READ_TEXTURES: from the
+        // texture copy, a gather where a storage load is a loop over the SIMD lanes; it holds
+        // the residual before this batch's fold) in the first window's dispatch; later slots and
+        // windows read the buffer the earlier ones wrote.
+        if i == lo && params.atom_first == 0u {
+            for (var t = first; t < end; t += step) {
+                residual4[e + t] = residual_texel(e + t) + x_old * atom_texel(row4 + t)
+                    - x_new * iterate_texel(row4 + t);
+            }
+        } else {
+            for (var t = first; t < end; t += step) {
+                residual4[e + t] += x_old * atom_texel(row4 + t) - x_new * iterate_texel(row4 + t);
+            }
         }
     }
 }

@@ -228,10 +228,11 @@ impl<'a> Recorder<'a> {
             };
             (self.slot(kind, b), resource)
         });
-        // The fold writes the residual buffer and reads no residual texels.
-        let textures = self.views.iter().zip(19..).filter(move |&(_, b)| {
-            self.vec4_kind(kind) && !(b == 19 && matches!(kind, Kind::Fold | Kind::FoldRows))
-        });
+        let textures = self
+            .views
+            .iter()
+            .zip(19..)
+            .filter(move |_| self.vec4_kind(kind));
         // power_reduce_resident reads the atoms' texels (a stand-in without textures) and, with
         // textures, writes the iterates' copy (26).
         let reduce_textures = (kind == Kind::Reduce && self.resident.is_some())
