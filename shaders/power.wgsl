@@ -530,11 +530,11 @@ fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
         // The batch's first slot reads e_s as residual_texel does (READ_TEXTURES: from the
         // texture copy, a gather where a storage load is a loop over the SIMD lanes; it holds
         // the residual before this batch's fold) in the first window's dispatch; later slots and
-        // windows read the buffer the earlier ones wrote.
+        // windows read the buffer the earlier ones wrote. The same sum either way.
         if i == lo && params.atom_first == 0u {
             for (var t = first; t < end; t += step) {
-                residual4[e + t] = residual_texel(e + t) + x_old * atom_texel(row4 + t)
-                    - x_new * iterate_texel(row4 + t);
+                residual4[e + t] = residual_texel(e + t)
+                    + (x_old * atom_texel(row4 + t) - x_new * iterate_texel(row4 + t));
             }
         } else {
             for (var t = first; t < end; t += step) {
