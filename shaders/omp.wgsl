@@ -15,14 +15,16 @@
 // llvmpipe's loop cap at any K, and lets a GPU spread a step over B·K/CHUNK workgroups.
 //
 //   pack_gram  G's f32 rows (a window of the product at a time) into the G texture.
-//   sweep   one workgroup per (sample, chunk of CHUNK = WG·PER atoms): α −= G[:,U]·Δ for the
-//           atoms U the last select changed, then each invocation's largest |α| (ties to the
-//           lowest index) into the sample's argmax partials (CPU adapters: no barriers).
+//   sweep   one workgroup per (sample, chunk of CHUNK = WG·PER atoms): OMP α = α⁰ − G[:,I]·γ for
+//           the chosen atoms I and their current coefficients γ, MP α −= a·G[j,:], then each
+//           invocation's largest |α| (ties to the lowest index) into the sample's argmax
+//           partials (CPU adapters: no barriers).
 //   sweep_reduced  the same, the workgroup's largest |α| reduced in workgroup memory into one
 //           partial per chunk (GPUs: barriers are cheap, and select's serial loop over the
 //           partials shrinks WG-fold, from 1024 entries per step at K = 16 384).
 //   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
-//           Cholesky factor, solves for the coefficients and writes the next (U, Δ) to upd_out.
+//           Cholesky factor, solves for the coefficients and writes (I, γ) (MP: (j, a)) to
+//           upd_out.
 //
 // Chosen atoms are marked in a bit mask per sample (in `work`), so rounding cannot make them win
 // the argmax again.
@@ -71,6 +73,12 @@ struct Params {
     // Argmax partials each sweep workgroup writes per (sample, chunk): WG from `sweep` (one
     // per invocation), 1 from `sweep_reduced`.
     chunk_parts: u32,
+    // OMP's sweeps (1): α recomputed from α⁰ every step, alpha_in being α⁰'s texture, and not
+    // stored. Every coefficient changes at every step, so the incremental update fetched as
+    // many G texels; this saves the α write (on llvmpipe a loop over the lanes: the sweep 1.16×
+    // faster) and computes α as the reference does, without accumulated rounding. MP's (0)
+    // update α and write it for the next sweep.
+    fresh: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -87,8 +95,9 @@ struct Params {
 // [batch, K]: α⁰ = Y·Dᵀ (f32), read once by pack_alpha.
 @group(0) @binding(5) var<storage, read> alpha: array<u32>;
 // α of the job's samples as a pair of textures, texel (q, sample) = α[4q .. 4q + 3] (f32 bits;
-// rgba32uint so no NaN canonicalisation touches them): each sweep reads one and writes the other,
-// for the reason G is a texture. pack_alpha fills the first from `alpha`.
+// rgba32uint so no NaN canonicalisation touches them), for the reason G is a texture: an MP
+// sweep reads one and writes the other; an OMP sweep reads the first, α⁰, and writes neither.
+// pack_alpha fills the first from `alpha`.
 @group(0) @binding(12) var alpha_in: texture_storage_2d<rgba32uint, read>;
 @group(0) @binding(13) var alpha_out: texture_storage_2d<rgba32uint, write>;
 // [batch]: ‖y‖².
@@ -98,7 +107,8 @@ struct Params {
 // [batch, stride] sample records, then [batch, n_chunks, chunk_parts, 2] argmax partials (f32 α
 // bits, index), then the chosen-atom masks.
 @group(0) @binding(8) var<storage, read_write> work: array<u32>;
-// The pending α update of each sample, texel (t, sample) = (atom, Δ bits): written by select
+// The pending α update of each sample, texel (t, sample) = (atom, coefficient bits) (MP: its one
+// entry, (atom, step)): written by select
 // (upd_out), read by the sweep (upd_in) as a texture for the same reason as G. Two views of one
 // texture, in the two kernels' separate bind groups.
 @group(0) @binding(2) var upd_in: texture_storage_2d<rg32uint, read>;
@@ -221,8 +231,9 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
     let q = min(first, last) / 4u;
     let mask = (1u << params.layer_shift) - 1u;
     for (var t = 0u; t < n; t++) {
-        // (atom, Δ) of the update's entry t; MP has one entry, its atom. Each update entry is
-        // fetched once for PER atoms: on llvmpipe every fetch is a gather of the lanes.
+        // (atom, x) of the update's entry t: OMP's chosen atom t and its coefficient, MP's one
+        // entry its atom and step. Each entry is fetched once for PER atoms: on llvmpipe every
+        // fetch is a gather of the lanes.
         let u = textureLoad(upd_in, vec2<u32>(t, sample)).xy;
         let dt = bitcast<f32>(u.y);
         let at = vec2<u32>(q, u.x & mask);
@@ -254,11 +265,13 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
             }
         }
     }
-    // α as updated goes to the other texture of the pair, which the next sweep reads.
-    textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
-    textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
-    textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
-    textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
+    // MP: α as updated goes to the other texture of the pair, which the next sweep reads.
+    if params.fresh == 0u {
+        textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
+        textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
+        textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
+        textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
+    }
     return best;
 }
 
@@ -450,8 +463,8 @@ fn cholesky_grow(rec: u32, j: u32, s: u32) -> bool {
     return true;
 }
 
-// Least-squares coefficients of the first n chosen atoms into coef; returns γ·α⁰[I]. The change
-// of each coefficient (the α update of the next step) is left in tmp.
+// Least-squares coefficients of the first n chosen atoms into coef (tmp is the solve's
+// scratch); returns γ·α⁰[I].
 fn solve_coefficients(rec: u32, n: u32) -> f32 {
     let tmp = tmp_at(rec);
     for (var t = 0u; t < n; t++) {
@@ -462,7 +475,6 @@ fn solve_coefficients(rec: u32, n: u32) -> f32 {
     var fit = 0.0;
     for (var t = 0u; t < n; t++) {
         let g = wf(tmp + t);
-        set_wf(tmp + t, g - wf(coef_at(rec) + t));
         set_wf(coef_at(rec) + t, g);
         fit += g * wf(rhs_at(rec) + t);
     }
@@ -513,8 +525,8 @@ fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
 }
 
 // Batch-OMP's step for one sample: takes atom j (current correlation a) as its next atom, or
-// stops it. Returns the entries of the α update left in the record (atom sel[t], change tmp[t]),
-// 0 when the sample stopped.
+// stops it. Returns the next sweep's entries (atom sel[t], coefficient coef[t]), 0 when the
+// sample stopped.
 fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
     let s = work[rec + H_NSEL];
     if s >= params.max_atoms || j == 0xffffffffu
@@ -530,7 +542,7 @@ fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
     work[sel_at(rec) + s] = j;
     set_wf(rhs_at(rec) + s, a0);
     set_wf(coef_at(rec) + s, 0.0);
-    // γ solves L·Lᵀ·γ = α⁰[I]; Δ = γ − γ_old drives the next sweep.
+    // γ solves L·Lᵀ·γ = α⁰[I]; the next sweep's α = α⁰ − G[:,I]·γ.
     let fit = solve_coefficients(rec, s + 1u);
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
@@ -590,7 +602,7 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let n = omp_take(sample, p.rec, p.y2, p.a, p.j);
     for (var t = 0u; t < n; t++) {
         let atom = work[sel_at(p.rec) + t];
-        textureStore(upd_out, vec2<u32>(t, sample), vec4<u32>(atom, work[tmp_at(p.rec) + t], 0u, 0u));
+        textureStore(upd_out, vec2<u32>(t, sample), vec4<u32>(atom, work[coef_at(p.rec) + t], 0u, 0u));
     }
 }
 

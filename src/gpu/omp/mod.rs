@@ -80,7 +80,8 @@ struct Params {
     texels: u32,
     rows_first: [u32; 4],
     chunk_parts: u32,
-    _pad: [u32; 3],
+    fresh: u32,
+    _pad: [u32; 2],
 }
 
 /// The entry points of omp.wgsl that coding runs.

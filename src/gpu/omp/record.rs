@@ -242,7 +242,8 @@ impl<'a> Job<'a> {
             texels: 0,
             rows_first: [0; 4],
             chunk_parts: chunk_parts(self.gpu) as u32,
-            _pad: [0; 3],
+            fresh: u32::from(matches!(self.options.coder, Coder::Omp)),
+            _pad: [0; 2],
         };
         let mut records: Vec<Params> = self
             .pack_chunks
@@ -340,7 +341,12 @@ impl<'a> Job<'a> {
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
                     pass.set_pipeline(sweep.0, sweep.1);
-                    pass.set_bind_group(&sweeps[step % 2]);
+                    // OMP's sweeps read α⁰ (texture 0) every step and write no α; MP's alternate.
+                    let pair = match self.options.coder {
+                        Coder::Omp => 0,
+                        Coder::Mp { .. } => step % 2,
+                    };
+                    pass.set_bind_group(&sweeps[pair]);
                     pass.dispatch(workgroups.0, workgroups.1);
                     pass.set_pipeline(select.0, select.1);
                     pass.set_bind_group(&group.state);
