@@ -314,7 +314,7 @@ impl Encoder {
                 + 1
                 + 2 * omp::code_words(k)
                 + omp::scratch_words(&self.gpu, self.n_atoms, k)
-                + omp::texture_words(self.n_atoms, k)
+                + omp::texture_words(self.n_atoms, k, self.options.coding.coder)
                 + self.d.next_multiple_of(4)
                 + 4) as u64;
         let budget_max = (self.options.memory_budget / per_sample).max(1) as usize;

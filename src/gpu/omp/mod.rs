@@ -129,7 +129,8 @@ pub(crate) struct OmpKernels {
     work: Scratch<u32>,
     gram: ScratchTexture,
     updates: ScratchTexture,
-    /// The pair of α textures the sweeps alternate between.
+    /// The pair of α textures MP's sweeps alternate between (OMP's read α⁰ from the first; the
+    /// second is then a 1×1 stand-in).
     alphas: [ScratchTexture; 2],
     /// The resident MP coder by texels per invocation, whether it spans a workgroup (GPUs) or a
     /// subgroup (CPU adapters), G's precision and the refit's private factor entries, built on
@@ -330,9 +331,14 @@ fn partials(gpu: &Gpu, n_atoms: usize) -> usize {
     n_atoms.div_ceil(CHUNK) * chunk_parts(gpu)
 }
 
-/// Words of texture per sample of a coding job: the pair of α textures and the update texture.
-pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize) -> usize {
-    2 * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
+/// Words of texture per sample of a coding job: the α textures (OMP's sweeps read α⁰ from one,
+/// MP's alternate between two) and the update texture.
+pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
+    let alphas = match coder {
+        Coder::Omp => 1,
+        Coder::Mp { .. } => 2,
+    };
+    alphas * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
 }
 
 /// Words of one sample's chosen-atom mask.

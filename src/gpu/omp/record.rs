@@ -571,7 +571,8 @@ impl StateLayout {
 }
 
 /// The job's greedy steps: resident where its plan fits, else sweeps over the pair of α
-/// textures (the resident coder keeps α in registers and the `alpha` buffer).
+/// textures, of which OMP's use one (the resident coder keeps α in registers and the `alpha`
+/// buffer).
 fn step_path(
     gpu: &Gpu,
     kernels: &OmpKernels,
@@ -590,9 +591,19 @@ fn step_path(
         layers: 1,
         format: wgpu::TextureFormat::Rgba32Uint,
     };
+    // OMP's sweeps read α⁰ from the first texture and write no α: the second binding gets a
+    // 1×1 stand-in (at K = 16 384 and 4096 rows the pair is 2 × 256 MiB).
+    let second = match options.coder {
+        Coder::Omp => TextureShape {
+            width: 1,
+            height: 1,
+            ..shape
+        },
+        Coder::Mp { .. } => shape,
+    };
     let textures = [
         kernels.alphas[0].get(gpu, shape)?,
-        kernels.alphas[1].get(gpu, shape)?,
+        kernels.alphas[1].get(gpu, second)?,
     ];
     Ok(StepPath::Sweeps(
         textures
