@@ -721,7 +721,8 @@ mod tests {
         last_step,
         texels,
         rows_first,
-        chunk_parts
+        chunk_parts,
+        fresh
     });
 
     /// Argmax partials per sample of the CPU adapters' sweep (one per invocation).
