@@ -331,14 +331,18 @@ fn partials(gpu: &Gpu, n_atoms: usize) -> usize {
     n_atoms.div_ceil(CHUNK) * chunk_parts(gpu)
 }
 
-/// Words of texture per sample of a coding job: the α textures (OMP's sweeps read α⁰ from one,
-/// MP's alternate between two) and the update texture.
-pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
-    let alphas = match coder {
+/// α textures the sweeps of `coder` use: OMP's read α⁰ from one at every step and write none
+/// (`fresh` in omp.wgsl), MP's alternate between two.
+fn alpha_textures(coder: Coder) -> usize {
+    match coder {
         Coder::Omp => 1,
         Coder::Mp { .. } => 2,
-    };
-    alphas * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
+    }
+}
+
+/// Words of texture per sample of a coding job: its α textures and the update texture.
+pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
+    alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
 }
 
 /// Words of one sample's chosen-atom mask.

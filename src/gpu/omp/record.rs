@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    check_coding_fits, chunk_parts, chunk_rows, code_words, mask_words, max_batch, partials,
-    plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan, ChunkGroups,
+    alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, mask_words, max_batch,
+    partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan, ChunkGroups,
     ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
@@ -242,7 +242,7 @@ impl<'a> Job<'a> {
             texels: 0,
             rows_first: [0; 4],
             chunk_parts: chunk_parts(self.gpu) as u32,
-            fresh: u32::from(matches!(self.options.coder, Coder::Omp)),
+            fresh: u32::from(alpha_textures(self.options.coder) == 1),
             _pad: [0; 2],
         };
         let mut records: Vec<Params> = self
@@ -341,11 +341,7 @@ impl<'a> Job<'a> {
                 let workgroups = groups(gpu, rows * self.n_chunks, 1);
                 for step in 0..self.steps {
                     pass.set_pipeline(sweep.0, sweep.1);
-                    // OMP's sweeps read α⁰ (texture 0) every step and write no α; MP's alternate.
-                    let pair = match self.options.coder {
-                        Coder::Omp => 0,
-                        Coder::Mp { .. } => step % 2,
-                    };
+                    let pair = step % alpha_textures(self.options.coder);
                     pass.set_bind_group(&sweeps[pair]);
                     pass.dispatch(workgroups.0, workgroups.1);
                     pass.set_pipeline(select.0, select.1);
@@ -591,15 +587,15 @@ fn step_path(
         layers: 1,
         format: wgpu::TextureFormat::Rgba32Uint,
     };
-    // OMP's sweeps read α⁰ from the first texture and write no α: the second binding gets a
-    // 1×1 stand-in (at K = 16 384 and 4096 rows the pair is 2 × 256 MiB).
-    let second = match options.coder {
-        Coder::Omp => TextureShape {
+    // Where the sweeps use one α texture the second binding gets a 1×1 stand-in (at K = 16 384
+    // and 4096 rows each is 256 MiB).
+    let second = match alpha_textures(options.coder) {
+        1 => TextureShape {
             width: 1,
             height: 1,
             ..shape
         },
-        Coder::Mp { .. } => shape,
+        _ => shape,
     };
     let textures = [
         kernels.alphas[0].get(gpu, shape)?,
