@@ -139,7 +139,7 @@ fn train(gpu: &dbksvd::Gpu, source: &InMemory<Vec<f32>>, groups: Option<Groups>)
 
 /// On MiniLM: the first group of a Matryoshka dictionary alone reconstructs better than the
 /// first atoms of a plain dictionary trained with the same budget, with the same nonzeros;
-/// with all groups it stays within 10 % of the plain dictionary's FVU.
+/// with all groups it stays within 12 % of the plain dictionary's FVU.
 #[test]
 fn every_prefix_reconstructs_and_the_whole_stays_close_to_plain() {
     let Some(gpu) = common::gpu() else { return };
@@ -194,11 +194,13 @@ fn every_prefix_reconstructs_and_the_whole_stays_close_to_plain() {
     .unwrap()
     .fvu;
     eprintln!("all groups: Matryoshka {whole_m:.4}, plain {whole_p:.4}");
-    // Measured on lavapipe: 0.2903 against 0.2672 (+8.6 %); with groups from 64 (four
-    // groups) the whole costs +13 %, and on the larger MiniLM split with groups from 64, +24 %
-    // (README): the bound holds for few, large groups.
+    // Measured on lavapipe: 0.2893 against 0.2622 (+10.3 %) with the trainer's atom batch of
+    // 128 (at A = 32: 0.2903 against 0.2672, +8.6 %; the plain dictionary gained more from
+    // the larger batch); with groups from 64 (four groups) the whole cost +13 %, and on the
+    // larger MiniLM split with groups from 64, +24 % (README, A = 32): the bound holds for
+    // few, large groups.
     assert!(
-        whole_m <= 1.10 * whole_p,
+        whole_m <= 1.12 * whole_p,
         "Matryoshka {whole_m} vs plain {whole_p}"
     );
 }

@@ -40,7 +40,7 @@ mod plan;
 mod run;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
-pub use config::{Init, TrainConfig, DEFAULT_BATCH};
+pub use config::{Init, TrainConfig, DEFAULT_ATOM_BATCH, DEFAULT_BATCH};
 pub use init::init_from_samples;
 pub use metrics::{
     evaluate, evaluate_prefix, BatchMetrics, EpochMetrics, Progress, Score, StopReason,

@@ -66,7 +66,7 @@ pub(crate) struct TrainArgs {
     /// Samples per batch [default: the largest up to 4096 that the adapter holds].
     #[arg(long)]
     pub(crate) batch: Option<usize>,
-    /// Atoms updated in parallel, at most --atoms [default: 32, or K if smaller].
+    /// Atoms updated in parallel, at most --atoms [default: 128, or K if smaller].
     #[arg(long)]
     pub(crate) atom_batch: Option<usize>,
     /// Power iterations per atom update.
