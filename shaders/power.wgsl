@@ -493,16 +493,13 @@ fn order_slots(
     slot_order[first + place] = vec2<u32>(key, slot);
 }
 
-// fold_dims over texels t = first, first + step, … < end of the vec4 views, visiting only the
-// sample's slots of this batch: none when its batch_mask bit is clear, else a binary search of
-// slot_order for the batch's first position, then its run of slots (so lanes of different
-// samples rarely wait on each other's folds).
-fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
+// The place in slot_order of sample s's first slot in this batch (its run of the batch's slots
+// follows), or 0xffffffff when its batch_mask bit says it has none: a binary search.
+fn fold_first(s: u32) -> u32 {
     let b = params.start / params.atom_batch;
     if (atomicLoad(&batch_mask[s * params.mask_words + b / 32u]) & (1u << (b % 32u))) == 0u {
-        return;
+        return 0xffffffffu;
     }
-    let e = s * (params.d / 4u);
     let row = s * params.k;
     var lo = 0u;
     var hi = params.k;
@@ -514,6 +511,20 @@ fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
             hi = mid;
         }
     }
+    return lo;
+}
+
+// fold_dims over texels t = first, first + step, … < end of the vec4 views, visiting only the
+// sample's slots of this batch: none when its batch_mask bit is clear, else a binary search of
+// slot_order for the batch's first position, then its run of slots (so lanes of different
+// samples rarely wait on each other's folds).
+fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
+    let lo = fold_first(s);
+    if lo == 0xffffffffu {
+        return;
+    }
+    let e = s * (params.d / 4u);
+    let row = s * params.k;
     for (var i = lo; i < params.k; i++) {
         let entry = slot_order[row + i];
         if entry.x >= params.start + params.len {

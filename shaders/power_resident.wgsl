@@ -7,7 +7,8 @@
 // read once; and power_reduce with one subgroup per atom (sums by subgroupAdd, where
 // power_reduce's workgroup sums cost a barrier per round, on llvmpipe a coroutine switch per
 // SIMD row), its textured variant writing the iterates' texture copy in place of a copy
-// command per atom row.
+// command per atom row; and fold_rows_resident, the fold with each sample's row in the
+// registers of RWG invocations.
 //
 // One workgroup of RWG invocations, exactly one subgroup, per work item. Invocation `lid` holds
 // the texels c = t·RWG + lid (t < UT) of the iterate u (interleaved, so the subgroup's loads of a
@@ -78,6 +79,25 @@ fn res_residual_row_texel(t: u32, lid: u32, first: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), residual_texel(first + t * RWG + lid), res_in_row(t, lid));
 }
 
+// Texel t of a residual row as the buffer holds it (0 past the row).
+fn res_stored_row_texel(t: u32, lid: u32, first: u32) -> vec4<f32> {
+    let c = min(t * RWG + lid, params.d / 4u - 1u);
+    return select(vec4<f32>(0.0), residual4[first + c], res_in_row(t, lid));
+}
+
+// Texel t's share of x_old·d_j − x_new·d_new (row4: atom j's first texel).
+fn res_fold_term(x_old: f32, x_new: f32, row4: u32, t: u32, lid: u32) -> vec4<f32> {
+    let c = row4 + t * RWG + lid;
+    return x_old * atom_texel(c) - x_new * iterate_texel(c);
+}
+
+// Texel t of a residual row into the buffer (nothing past the row).
+fn res_store_row_texel(v: vec4<f32>, t: u32, lid: u32, first: u32) {
+    if res_in_row(t, lid) {
+        residual4[first + t * RWG + lid] = v;
+    }
+}
+
 // Reads sample s's residual row into res_e and returns e_s·u over the subgroup.
 fn res_residual_dot_u(lid: u32, s: u32) -> f32 {
     let first = s * (params.d / 4u);
@@ -93,6 +113,48 @@ fn res_store_partial(acc: vec4<f32>, t: u32, lid: u32, r: u32, row4: u32, vx: f3
     if res_in_row(t, lid) {
         partials4[r * (params.d / 4u) + c] = acc + vx * atom_texel(row4 + c);
     }
+}
+
+// fold_rows_vec4 (power.wgsl) with the sample's row held in private texels: RWG invocations
+// per sample, invocation `lane` holding texels t·RWG + lane in res_e, which take every slot of
+// the batch before the row is written back, so a sample with several slots in the batch reads
+// and writes its row once rather than once per slot (at A = 128, K = 1536, k = 32 a sample has
+// about 2.7 slots in each batch it appears in). The first window's dispatch reads the row from
+// the texture copy (READ_TEXTURES; it holds the residual before this batch), later windows
+// from the buffer the earlier ones wrote. The same sums in the same order as fold_texels.
+// Runs where the loop cap leaves whole rows to one invocation (the host's dims_per_fold).
+@compute @workgroup_size(64)
+fn fold_rows_resident(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let s = gid.x / RWG;
+    let lane = gid.x % RWG;
+    if s >= params.n {
+        return;
+    }
+    let lo = fold_first(s);
+    if lo == 0xffffffffu {
+        return;
+    }
+    let e = s * (params.d / 4u);
+    if params.atom_first == 0u {
+        res_e$t = res_residual_row_texel($tu, lane, e);
+    } else {
+        res_e$t = res_stored_row_texel($tu, lane, e);
+    }
+    for (var i = lo; i < params.k; i++) {
+        let entry = slot_order[s * params.k + i];
+        if entry.x >= params.start + params.len {
+            break;
+        }
+        let j = u32(indices[entry.y]);
+        if !in_window(j) {
+            continue;
+        }
+        let x_old = values[entry.y];
+        let x_new = slot_scratch[entry.y].y;
+        let row4 = atom_texels(j);
+        res_e$t += res_fold_term(x_old, x_new, row4, $tu, lane);
+    }
+    res_store_row_texel(res_e$t, $tu, lane, e);
 }
 
 // power_partial's item: Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j with v_q = e_s·u + x_s·(d_j·u).

@@ -216,8 +216,9 @@ struct Vec4Kernels {
     fold_rows: wgpu::ComputePipeline,
 }
 
-/// power_partial_resident, power_project_resident and power_reduce_resident (its textured
-/// variant also writing the iterates' texture copy) of power_resident.wgsl.
+/// power_partial_resident, power_project_resident, power_reduce_resident (its textured
+/// variant also writing the iterates' texture copy) and fold_rows_resident of
+/// power_resident.wgsl.
 #[derive(Clone)]
 pub(super) struct ResidentKernels {
     /// The entry point of `reduce` (the textured variant or not).
@@ -225,6 +226,7 @@ pub(super) struct ResidentKernels {
     partial: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
+    fold: wgpu::ComputePipeline,
 }
 
 impl Vec4Kernels {
@@ -302,6 +304,7 @@ impl PowerKernels {
                 partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
                 reduce: compute_pipeline(gpu, &module, reduce, &c),
                 project: compute_pipeline(gpu, &module, "power_project_resident", &c),
+                fold: compute_pipeline(gpu, &module, "fold_rows_resident", &c),
             }
         })
     }

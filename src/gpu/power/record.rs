@@ -9,7 +9,7 @@ use super::recorder::Recorder;
 use super::{atom_order, update_loop_iterations, CodedBatch, Params, PowerKernels, UpdateOptions};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{flat_texture, TextureShape, Window};
-use crate::gpu::layout::groups;
+use crate::gpu::layout::{groups, UNROLLED_TEXELS};
 use crate::gpu::{Gpu, Matrix};
 
 /// The kinds of dispatch of one atom batch (see power.wgsl).
@@ -71,13 +71,17 @@ pub(super) struct Layout {
     pub(super) vec4: bool,
     /// Texels per row: d / 4 with vec4, else d.
     pub(super) texels: usize,
-    /// Invocations per sample in fold_rows_vec4.
+    /// Invocations per sample in fold_rows_vec4 (fold_rows_resident: the subgroup size).
     pub(super) fold_lanes: usize,
     /// Row texels per invocation of the resident kernels (power_resident.wgsl), where they
     /// replace power_partial_vec4, power_project_vec4 and power_reduce.
     pub(super) resident: Option<usize>,
     /// CPU adapters fold one sample per SIMD row (fold_rows).
     pub(super) fold_rows: bool,
+    /// The fold is fold_rows_resident (with fold_rows and the resident kernels, where the loop
+    /// cap leaves whole rows to one invocation): `fold_lanes` is the subgroup size,
+    /// `dims_per_fold` d / 4.
+    pub(super) fold_resident: bool,
     /// The flat texture copies of the residual and of the atoms (and iterates), with their layer
     /// shifts, where READ_TEXTURES kernels read them.
     pub(super) textures: Option<((TextureShape, u32), (TextureShape, u32))>,
@@ -165,10 +169,25 @@ impl Gpu {
         // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
         let texels = if vec4 { d / 4 } else { d };
-        // fold_rows_vec4 gives each sample FOLD_LANES invocations.
-        let fold_lanes = if vec4 { 8 } else { 1 };
+        let resident = resident.filter(|_| vec4);
+        // fold_rows_resident (CPU adapters, as fold_rows) holds a sample's whole row in one
+        // subgroup's registers, where the loop cap leaves whole rows to one invocation (its slots times its texels at most) and
+        // the host writes its texels out as named registers (as arrays, at d = 2304, it took
+        // 18 ms per dispatch against fold_rows_vec4's 3 ms); fold_rows_vec4 gives each sample
+        // FOLD_LANES invocations.
         let max_groups = self.limits().max_compute_workgroups_per_dimension as usize;
-        let fold_rows = self.limits().cpu_paths && (n * fold_lanes).div_ceil(64) <= max_groups;
+        let cpu_fold =
+            |lanes: usize| self.limits().cpu_paths && (n * lanes).div_ceil(64) <= max_groups;
+        let (fold_resident, fold_lanes) = match (resident, self.limits().subgroup_size) {
+            (Some(ut), Some(lanes))
+                if dims_per_fold >= texels && ut <= UNROLLED_TEXELS && cpu_fold(lanes as usize) =>
+            {
+                (true, lanes as usize)
+            }
+            _ => (false, if vec4 { 8 } else { 1 }),
+        };
+        let dims_per_fold = if fold_resident { texels } else { dims_per_fold };
+        let fold_rows = cpu_fold(fold_lanes);
         // CPU adapters read the residual, atoms and iterates from flat texture copies (see
         // power.wgsl) wherever the device's textures hold them.
         let textures = match (&kernels.textured, vec4 && self.limits().cpu_paths) {
@@ -193,8 +212,9 @@ impl Gpu {
             vec4,
             texels,
             fold_lanes,
-            resident: resident.filter(|_| vec4),
+            resident,
             fold_rows,
+            fold_resident,
             textures,
         })
     }

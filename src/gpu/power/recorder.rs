@@ -111,6 +111,9 @@ impl<'a> Recorder<'a> {
                 Kind::Partial => return ("power_partial_resident", &resident.partial),
                 Kind::Reduce => return (resident.reduce_entry, &resident.reduce),
                 Kind::Project => return ("power_project_resident", &resident.project),
+                Kind::FoldRows if self.layout.fold_resident => {
+                    return ("fold_rows_resident", &resident.fold)
+                }
                 _ => {}
             }
         }
