@@ -5,7 +5,8 @@
 //! `cargo bench --bench train` (needs `../shared/data/minilm_rustbook_L4.safetensors`; without it
 //! the bundled 4096-row file stands in, with K = 512, k = 16). Profiling adds one GPU wait per
 //! batch so the products and the coding are timed apart. With `DBKSVD_PROFILE=1` the epoch's
-//! time per kernel follows, from timestamp queries (each dispatch then in its own pass).
+//! time per kernel follows, from timestamp queries (each dispatch then in its own pass);
+//! `ATOM_BATCH=A` sets the atom batch (default: the trainer's).
 
 use dbksvd::data::{ActivationFile, ActivationSource, RowRange};
 use dbksvd::gpu::{Gpu, GpuOptions};
@@ -29,6 +30,10 @@ fn main() -> dbksvd::Result<()> {
     let gpu = Gpu::with_options(&options)?;
     let mut config = TrainConfig::new(atoms, k);
     config.epochs = 1;
+    // ATOM_BATCH=A times another atom batch than the trainer's default.
+    if let Ok(a) = std::env::var("ATOM_BATCH") {
+        config.atom_batch = a.trim().parse().expect("ATOM_BATCH: a whole number");
+    }
     config.profile = true;
     println!(
         "adapter: {} ({}); data: {} [{} x {}]; K = {atoms}, k = {k}",
@@ -55,9 +60,10 @@ fn main() -> dbksvd::Result<()> {
         dbksvd::encode::Coder::Mp { .. } => "sparse coding (MP)",
     };
     println!(
-        "batch size {} ({} batches)",
+        "batch size {} ({} batches), atom batch {}",
         result.config.batch_size.unwrap_or_default(),
-        result.batches.len()
+        result.batches.len(),
+        result.config.atom_batch
     );
     println!("phase                 seconds   share");
     for (name, s) in [

@@ -302,6 +302,10 @@ pub const DEFAULT_BATCH: usize = 4096;
 /// of MiniLM rows 0..28 672 (K = 1536, k = 32), held-out FVU by OMP codes, seeds 0 and 1:
 /// A = 32 0.1050 / 0.1051, 64 0.1047 / 0.1050, 128 0.1048 / 0.1048, 256 0.1047 / 0.1048; the
 /// main command (K = 512, k = 16, 10 epochs), training FVU, seeds 0, 1, 2: A = 32 0.1463 /
-/// 0.1457 / 0.1460, A = 128 0.1466 / 0.1456 / 0.1457. One epoch's update took 3.41 s at
-/// A = 32 and 2.37 s at 128 (30 % and 22 % of the epoch).
+/// 0.1457 / 0.1460, A = 128 0.1466 / 0.1456 / 0.1457, A = 256 0.1465 / 0.1457 / 0.1460.
+/// One epoch's update took 3.41 s at A = 32 and 2.37 s at 128 (30 % and 22 % of the epoch).
+/// Not 256, though its FVU was the same and its epoch's update 0.42–0.78× that of 128
+/// (`ATOM_BATCH=… cargo bench --bench train`, three alternated pairs): at the paper's size
+/// (`dbksvd bench --dim 2304 --atoms 16384 --k 64 --batch 4096 --phases update`, alternated)
+/// its update took 25.2 against 10.0 s and 15.7 against 13.4 s (profiled, 18.7 against 23.4).
 pub const DEFAULT_ATOM_BATCH: usize = 128;
