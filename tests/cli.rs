@@ -420,9 +420,16 @@ fn bench_refuses_sizes_it_cannot_run() {
     let k0 = dbksvd(&["bench", "--dim", "16", "--atoms", "40", "--k", "0"]);
     assert_eq!(k0.status.code(), Some(1), "{}", text(&k0));
     assert!(text(&k0).contains("k = 0"), "{}", text(&k0));
+    let a41 = small_bench(&["--atom-batch", "41"]);
+    assert_eq!(a41.status.code(), Some(1), "{}", text(&a41));
+    assert!(text(&a41).contains("atom batch A = 41"), "{}", text(&a41));
     if common::gpu().is_none() {
         return;
     }
+    // An atom batch of the user's is the one timed.
+    let a7 = small_bench(&["--atom-batch", "7", "--phases", "update"]);
+    assert!(a7.status.success(), "{}", text(&a7));
+    assert!(text(&a7).contains("(A = 7, p = "), "{}", text(&a7));
     let huge = small_bench(&["--batch", "100000000", "--phases", "step"]);
     assert_eq!(huge.status.code(), Some(1), "{}", text(&huge));
     assert!(

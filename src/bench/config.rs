@@ -84,6 +84,10 @@ pub struct BenchConfig {
     pub phases: Vec<Phase>,
     /// How the coders store the Gram matrix.
     pub gram: GramPrecision,
+    /// Atoms the update and the step update in parallel (A, at most K); `None` takes the
+    /// trainer's default ([`DEFAULT_ATOM_BATCH`](crate::train::DEFAULT_ATOM_BATCH), or K if
+    /// smaller).
+    pub atom_batch: Option<usize>,
 }
 
 impl BenchConfig {
@@ -98,6 +102,7 @@ impl BenchConfig {
             seed: 0,
             phases: Vec::new(),
             gram: GramPrecision::F32,
+            atom_batch: None,
         }
     }
 
@@ -121,6 +126,14 @@ impl BenchConfig {
                 self.k,
                 self.atoms.min(self.dim)
             ));
+        }
+        if let Some(a) = self.atom_batch {
+            if a == 0 || a > self.atoms {
+                return bad(format!(
+                    "atom batch A = {a} must lie in 1..=K = {}",
+                    self.atoms
+                ));
+            }
         }
         Ok(())
     }
@@ -159,5 +172,12 @@ mod tests {
         assert!(BenchConfig::new(16, 40, 0, 64).validate().is_err());
         assert!(BenchConfig::new(16, 40, 3, 0).validate().is_err());
         BenchConfig::new(16, 40, 3, 64).validate().unwrap();
+        let with_a = |a| BenchConfig {
+            atom_batch: Some(a),
+            ..BenchConfig::new(16, 40, 3, 64)
+        };
+        assert!(with_a(0).validate().is_err());
+        assert!(with_a(41).validate().is_err());
+        with_a(40).validate().unwrap();
     }
 }

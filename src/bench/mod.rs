@@ -445,11 +445,12 @@ impl<'a> Bench<'a> {
         Ok(Measured { figure, kernels })
     }
 
-    /// The trainer's update settings (atom batch, power iterations), without atom memory.
+    /// The trainer's update settings (atom batch, power iterations), without atom memory;
+    /// `--atom-batch` in place of the trainer's.
     fn update_options(&self) -> UpdateOptions {
         let train = TrainConfig::new(self.config.atoms, self.config.k);
         UpdateOptions {
-            atom_batch: train.atom_batch,
+            atom_batch: self.config.atom_batch.unwrap_or(train.atom_batch),
             power_iterations: train.power_iterations,
             seed: self.config.seed,
             memory: 0.0,

@@ -230,6 +230,10 @@ pub(crate) struct BenchArgs {
     /// Storage of the Gram matrix the coders read (f16: half its memory and reads).
     #[arg(long, value_enum, default_value_t = GramArg::F32)]
     pub(crate) gram: GramArg,
+    /// Atoms the update and the step update in parallel, at most --atoms [default: the
+    /// trainer's, 128, or K if smaller].
+    #[arg(long)]
+    pub(crate) atom_batch: Option<usize>,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub(crate) json: bool,

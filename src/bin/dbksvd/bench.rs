@@ -10,6 +10,7 @@ pub(crate) fn run(args: &BenchArgs) -> dbksvd::Result<bool> {
         samples: args.samples,
         seed: args.seed,
         gram: args.gram.into(),
+        atom_batch: args.atom_batch,
         phases: args
             .phases
             .iter()
