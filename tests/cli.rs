@@ -430,6 +430,36 @@ fn bench_refuses_sizes_it_cannot_run() {
     let a7 = small_bench(&["--atom-batch", "7", "--phases", "update"]);
     assert!(a7.status.success(), "{}", text(&a7));
     assert!(text(&a7).contains("(A = 7, p = "), "{}", text(&a7));
+    // Repeated, the figure is the median measurement and its spread follows it.
+    let r3 = small_bench(&[
+        "--batch", "64", "--json", "--phases", "update", "--repeat", "3",
+    ]);
+    assert!(r3.status.success(), "{}", text(&r3));
+    let stdout = String::from_utf8_lossy(&r3.stdout);
+    let figures: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let phases: Vec<&str> = figures
+        .iter()
+        .map(|f| f["phase"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        phases,
+        ["adapter", "update", "spread", "memory"],
+        "{stdout}"
+    );
+    let (update, spread) = (&figures[1], &figures[2]);
+    assert_eq!(
+        (&spread["of"], &spread["repeats"]),
+        (&"update".into(), &3.into())
+    );
+    let s = |key: &str| spread[key].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(update["seconds"].as_f64(), Some(s("median_s")), "{stdout}");
+    assert!(0.0 < s("min_s") && s("min_s") <= s("median_s") && s("median_s") <= s("max_s"));
+    let r0 = small_bench(&["--repeat", "0"]);
+    assert_eq!(r0.status.code(), Some(1), "{}", text(&r0));
+    assert!(text(&r0).contains("repeats R"), "{}", text(&r0));
     let huge = small_bench(&["--batch", "100000000", "--phases", "step"]);
     assert_eq!(huge.status.code(), Some(1), "{}", text(&huge));
     assert!(

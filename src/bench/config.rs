@@ -88,10 +88,14 @@ pub struct BenchConfig {
     /// trainer's default ([`DEFAULT_ATOM_BATCH`](crate::train::DEFAULT_ATOM_BATCH), or K if
     /// smaller).
     pub atom_batch: Option<usize>,
+    /// Measurements R of each timed figure (at least 1): the figure is the median one, followed
+    /// by the spread when R > 1.
+    pub repeats: usize,
 }
 
 impl BenchConfig {
-    /// d, K, k and B, projected to an epoch of 2²¹ samples, seed 0, every phase.
+    /// d, K, k and B, projected to an epoch of 2²¹ samples, seed 0, every phase, one
+    /// measurement each.
     pub fn new(dim: usize, atoms: usize, k: usize, batch: usize) -> Self {
         Self {
             dim,
@@ -103,6 +107,7 @@ impl BenchConfig {
             phases: Vec::new(),
             gram: GramPrecision::F32,
             atom_batch: None,
+            repeats: 1,
         }
     }
 
@@ -126,6 +131,9 @@ impl BenchConfig {
                 self.k,
                 self.atoms.min(self.dim)
             ));
+        }
+        if self.repeats == 0 {
+            return bad("repeats R must be at least 1".into());
         }
         if let Some(a) = self.atom_batch {
             if a == 0 || a > self.atoms {
@@ -179,5 +187,11 @@ mod tests {
         assert!(with_a(0).validate().is_err());
         assert!(with_a(41).validate().is_err());
         with_a(40).validate().unwrap();
+        let repeats = |r| BenchConfig {
+            repeats: r,
+            ..BenchConfig::new(16, 40, 3, 64)
+        };
+        assert!(repeats(0).validate().is_err());
+        repeats(5).validate().unwrap();
     }
 }

@@ -97,6 +97,20 @@ pub enum Figure {
         /// Of the figure's seconds per run.
         share: f64,
     },
+    /// With `--repeat R` (R > 1), the spread of the timed figure before it over its R
+    /// measurements (that figure is the median one).
+    Spread {
+        /// The figure: `gram`, `correlations`, `omp`, `mp`, `mp-sweeps`, `update` or `step`.
+        of: &'static str,
+        /// Measurements R.
+        repeats: usize,
+        /// The fastest measurement's seconds per run.
+        min_s: f64,
+        /// The median measurement's (the lower middle one of an even count).
+        median_s: f64,
+        /// The slowest measurement's.
+        max_s: f64,
+    },
     /// The most device memory dbksvd held in any phase ([`crate::Gpu::memory_peak`]).
     Memory {
         /// Bytes.
@@ -126,7 +140,10 @@ impl Figure {
             Figure::Coding { coder, seconds, .. } => Some((coder, seconds)),
             Figure::Update { seconds, .. } => Some(("update", seconds)),
             Figure::Step { seconds, .. } => Some(("step", seconds)),
-            Figure::Kernel { .. } | Figure::Memory { .. } | Figure::Projection { .. } => None,
+            Figure::Kernel { .. }
+            | Figure::Spread { .. }
+            | Figure::Memory { .. }
+            | Figure::Projection { .. } => None,
         }
     }
 }
@@ -258,6 +275,21 @@ impl fmt::Display for Figure {
                 duration(seconds),
                 100.0 * share,
                 if dispatches == 1.0 { "" } else { "es" }
+            ),
+            Figure::Spread {
+                of,
+                repeats,
+                min_s,
+                median_s,
+                max_s,
+            } => write!(
+                f,
+                "  spread {of:<13} min {}, median {}, max {} of {repeats} repeats (max/min \
+                 {:.2})",
+                duration(min_s),
+                duration(median_s),
+                duration(max_s),
+                max_s / min_s.max(1e-12)
             ),
             Figure::Memory { peak_bytes, during } => write!(
                 f,

@@ -8,6 +8,9 @@
 //! wait, are timed: one that takes [`MIN_SECONDS`] or more is the figure (a slow device is not
 //! kept waiting twice); a faster first run is left out as a warm-up of its buffers, and runs
 //! are then timed until [`MIN_SECONDS`] have passed or [`MAX_RUNS`] ran; figures are means.
+//! With [`BenchConfig::repeats`] R > 1 that measurement is made R times and the figure is the
+//! median one, followed by a [`Figure::Spread`] (min, median, max): on a shared machine whose
+//! speed moves within minutes one measurement decides nothing.
 //! On a profiling context ([`Gpu::profiling`]) each timed figure is followed by one
 //! [`Figure::Kernel`] per kernel it ran, from the same runs.
 //!
@@ -56,10 +59,28 @@ pub struct Bench<'a> {
 /// A kernel's entry point, dispatches and seconds per timed run.
 type PerRun = (&'static str, f64, f64);
 
-/// A timed figure and, on a profiling context, the kernel times of its runs.
+/// A timed figure and what follows it.
 struct Measured {
     figure: Figure,
+    timed: Timed,
+}
+
+/// What follows a timed figure: the seconds per run of each repeat and, on a profiling context,
+/// the kernel times of the figure's runs.
+#[derive(Default)]
+struct Timed {
+    repeats: Vec<f64>,
     kernels: Vec<PerRun>,
+}
+
+/// What [`timed`] measured: the figure's seconds per run and its runs' values (the median
+/// repeat's), that repeat's kernel times, and the seconds per run of every repeat, in the order
+/// measured.
+struct Timing<T> {
+    seconds: f64,
+    values: Vec<T>,
+    kernels: Vec<PerRun>,
+    repeats: Vec<f64>,
 }
 
 /// Samples (and atoms, for the Gram) of a phase's warm-up run: enough to build every pipeline
@@ -67,23 +88,44 @@ struct Measured {
 /// a full run's cost on a slow device.
 const WARM_UP_ROWS: usize = 64;
 
-/// Seconds per full-size run of `run` and the values of the runs timed (at least one).
+/// Seconds per full-size run of `run`, measured `repeats` times (at least once).
 ///
 /// `warm_up` (the phase on [`WARM_UP_ROWS`] samples) runs first, untimed, so pipeline
-/// compilation stays out. A first full run shorter than [`MIN_SECONDS`] is left out too (on a
-/// fast device the first use of its buffers would show), and runs are then timed until
-/// [`MIN_SECONDS`] or [`MAX_RUNS`]; a longer one is the figure, since a second run would
-/// double a slow device's wait for a change first-use costs barely make. Each run must end in
-/// a GPU wait (a readback or [`Gpu::wait`]).
+/// compilation stays out. Each repeat is then one measurement: a first full run shorter than
+/// [`MIN_SECONDS`] is left out (on a fast device the first use of its buffers would show), and
+/// runs are then timed until [`MIN_SECONDS`] or [`MAX_RUNS`]; a longer one is the measurement,
+/// since a second run would double a slow device's wait for a change first-use costs barely
+/// make. Each run must end in a GPU wait (a readback or [`Gpu::wait`]). The figure is the
+/// median repeat (the lower middle one of an even count: a measurement that happened).
 ///
-/// On a profiling context ([`Gpu::profiling`]) the kernel times of the runs timed, per run,
-/// come third (empty elsewhere).
+/// On a profiling context ([`Gpu::profiling`]) the median repeat's kernel times, per run, come
+/// with it (empty elsewhere).
 fn timed<T>(
     gpu: &Gpu,
+    repeats: usize,
     warm_up: impl FnOnce() -> Result<()>,
     mut run: impl FnMut() -> Result<T>,
-) -> Result<(f64, Vec<T>, Vec<PerRun>)> {
+) -> Result<Timing<T>> {
     warm_up()?;
+    let mut measured = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        measured.push(measure(gpu, &mut run)?);
+    }
+    let seconds: Vec<f64> = measured.iter().map(|m| m.0).collect();
+    let mut order: Vec<usize> = (0..measured.len()).collect();
+    order.sort_by(|&a, &b| seconds[a].total_cmp(&seconds[b]));
+    let (seconds_per_run, values, kernels) = measured.swap_remove(order[(order.len() - 1) / 2]);
+    Ok(Timing {
+        seconds: seconds_per_run,
+        values,
+        kernels,
+        repeats: seconds,
+    })
+}
+
+/// One measurement of [`timed`]: seconds per run, the values of the runs timed (at least one)
+/// and their kernel times per run.
+fn measure<T>(gpu: &Gpu, mut run: impl FnMut() -> Result<T>) -> Result<(f64, Vec<T>, Vec<PerRun>)> {
     gpu.reset_kernel_times()?;
     let started = Instant::now();
     let first = run()?;
@@ -111,6 +153,15 @@ fn timed<T>(
         .map(|t| (t.kernel, t.dispatches as f64 * per_run, t.seconds * per_run))
         .collect();
     Ok((seconds, values, kernels))
+}
+
+impl<T> From<Timing<T>> for Timed {
+    fn from(t: Timing<T>) -> Self {
+        Self {
+            repeats: t.repeats,
+            kernels: t.kernels,
+        }
+    }
 }
 
 impl<'a> Bench<'a> {
@@ -206,11 +257,26 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let data = synthetic(c)?;
         let mut figures = Vec::new();
-        // A timed figure is followed by its kernel times where the context profiles.
-        let mut emit = |figure: Figure, kernels: Vec<PerRun>, figures: &mut Vec<Figure>| {
+        // A timed figure is followed by its spread over repeats, if repeated, and its kernel
+        // times where the context profiles.
+        let mut emit = |figure: Figure, m: Timed, figures: &mut Vec<Figure>| {
+            let Timed { repeats, kernels } = m;
             each(&figure);
             let of = figure.timed();
             figures.push(figure);
+            if let (Some((of, _)), true) = (of, repeats.len() > 1) {
+                let mut sorted = repeats.clone();
+                sorted.sort_by(f64::total_cmp);
+                let figure = Figure::Spread {
+                    of,
+                    repeats: sorted.len(),
+                    min_s: sorted[0],
+                    median_s: sorted[(sorted.len() - 1) / 2],
+                    max_s: sorted[sorted.len() - 1],
+                };
+                each(&figure);
+                figures.push(figure);
+            }
             if let Some((of, seconds)) = of {
                 for (kernel, dispatches, kernel_s) in kernels {
                     let figure = Figure::Kernel {
@@ -242,7 +308,7 @@ impl<'a> Bench<'a> {
                 Phase::Products => {
                     for m in self.products(&data)? {
                         let figure = with_peak(m.figure, phase_peak("products"));
-                        emit(figure, m.kernels, &mut figures);
+                        emit(figure, m.timed, &mut figures);
                     }
                 }
                 Phase::Omp | Phase::Mp => {
@@ -251,7 +317,7 @@ impl<'a> Bench<'a> {
                         omp_codes = Some(codes);
                     }
                     let figure = with_peak(m.figure, phase_peak(phase.name()));
-                    emit(figure, m.kernels, &mut figures);
+                    emit(figure, m.timed, &mut figures);
                     // Where MP runs resident, its sweeps too: the evidence for the choice on
                     // this adapter (by the kernel times: without subgroups the products
                     // change kernel as well).
@@ -265,14 +331,14 @@ impl<'a> Bench<'a> {
                             *coder = "mp-sweeps";
                         }
                         let figure = with_peak(m.figure, phase_peak(phase.name()));
-                        emit(figure, m.kernels, &mut figures);
+                        emit(figure, m.timed, &mut figures);
                     }
                 }
                 Phase::Update => {
                     let m = self.update(&data, omp_codes.take())?;
                     emit(
                         with_peak(m.figure, phase_peak("update")),
-                        m.kernels,
+                        m.timed,
                         &mut figures,
                     );
                 }
@@ -283,7 +349,7 @@ impl<'a> Bench<'a> {
                     }
                     emit(
                         with_peak(m.figure, phase_peak("step")),
-                        m.kernels,
+                        m.timed,
                         &mut figures,
                     );
                 }
@@ -294,7 +360,7 @@ impl<'a> Bench<'a> {
                 peak_bytes: peak.0,
                 during: peak.1,
             },
-            Vec::new(),
+            Timed::default(),
             &mut figures,
         );
         if let Some(seconds) = step_s {
@@ -305,7 +371,7 @@ impl<'a> Bench<'a> {
                     steps,
                     seconds: seconds * steps,
                 },
-                Vec::new(),
+                Timed::default(),
                 &mut figures,
             );
         }
@@ -333,10 +399,11 @@ impl<'a> Bench<'a> {
             ("gram", &atoms, gpu.zeros(c.atoms, c.atoms)?),
             ("correlations", &samples, gpu.zeros(c.batch, c.atoms)?),
         ] {
-            let (seconds, runs, kernels) = timed(gpu, warm_up, || {
+            let t = timed(gpu, c.repeats, warm_up, || {
                 gpu.gemm(&GemmParams::abt(), a, &atoms, &mut result)?;
                 gpu.wait()
             })?;
+            let seconds = t.seconds;
             let (m, n, inner) = (a.rows(), atoms.rows(), c.dim);
             let figure = Figure::Products {
                 product,
@@ -345,10 +412,13 @@ impl<'a> Bench<'a> {
                 inner,
                 seconds,
                 gflop_per_s: 2.0 * m as f64 * n as f64 * inner as f64 / seconds / 1e9,
-                runs: runs.len(),
+                runs: t.values.len(),
                 peak_bytes: 0,
             };
-            out.push(Measured { figure, kernels });
+            out.push(Measured {
+                figure,
+                timed: t.into(),
+            });
         }
         Ok(out)
     }
@@ -372,9 +442,10 @@ impl<'a> Bench<'a> {
             let rows = WARM_UP_ROWS.min(c.batch);
             encoder.encode(&data.samples[..rows * c.dim]).map(drop)
         };
-        let (seconds, mut runs, kernels) = timed(gpu, warm_up, || encoder.encode(&data.samples))?;
-        let runs_timed = runs.len();
-        let codes = runs
+        let mut t = timed(gpu, c.repeats, warm_up, || encoder.encode(&data.samples))?;
+        let (seconds, runs_timed) = (t.seconds, t.values.len());
+        let codes = t
+            .values
             .pop()
             .unwrap_or_else(|| unreachable!("timed runs at least once"));
         let profiled = EncodeOptions::default().with_profile(true);
@@ -390,7 +461,13 @@ impl<'a> Bench<'a> {
             runs: runs_timed,
             peak_bytes: 0,
         };
-        Ok((Measured { figure, kernels }, codes))
+        Ok((
+            Measured {
+                figure,
+                timed: t.into(),
+            },
+            codes,
+        ))
     }
 
     /// An encoder that codes the whole batch in one GPU batch, as a training step does.
@@ -430,19 +507,23 @@ impl<'a> Bench<'a> {
         let mut atoms = gpu.matrix(c.atoms, c.dim, &data.atoms)?;
         let mut batch = gpu.coded_batch(&data.samples, c.dim, &codes, c.atoms)?;
         // Every run is a genuine update: the next one of the same batch.
-        let (seconds, runs, kernels) = timed(
+        let t = timed(
             gpu,
+            c.repeats,
             || Ok(()),
             || gpu.ksvd_update(&mut atoms, &mut batch, &options).map(drop),
         )?;
         let figure = Figure::Update {
             atom_batch: options.atom_batch,
             power_iterations: options.power_iterations,
-            seconds,
-            runs: runs.len(),
+            seconds: t.seconds,
+            runs: t.values.len(),
             peak_bytes: 0,
         };
-        Ok(Measured { figure, kernels })
+        Ok(Measured {
+            figure,
+            timed: t.into(),
+        })
     }
 
     /// The trainer's update settings (atom batch, power iterations), without atom memory;
@@ -494,11 +575,13 @@ impl<'a> Bench<'a> {
         step(&mut atoms, &mut few, rows)?;
         drop(few);
         let mut buffers = gpu.step_buffers(c.batch, d, c.k, n_atoms)?;
-        let (seconds, runs, kernels) = timed(
+        let t = timed(
             gpu,
+            c.repeats,
             || Ok(()),
             || step(&mut atoms, &mut buffers, c.batch).map(|out| (out.coding_s, out.update_s)),
         )?;
+        let (seconds, runs) = (t.seconds, &t.values);
         let share = 1.0 / runs.len() as f64;
         let figure = Figure::Step {
             seconds,
@@ -508,7 +591,10 @@ impl<'a> Bench<'a> {
             runs: runs.len(),
             peak_bytes: 0,
         };
-        Ok(Measured { figure, kernels })
+        Ok(Measured {
+            figure,
+            timed: t.into(),
+        })
     }
 }
 
@@ -533,7 +619,7 @@ fn with_peak(mut figure: Figure, bytes: u64) -> Figure {
         | Figure::Update { peak_bytes, .. }
         | Figure::Step { peak_bytes, .. }
         | Figure::Memory { peak_bytes, .. } => *peak_bytes = bytes,
-        Figure::Kernel { .. } | Figure::Projection { .. } => {}
+        Figure::Kernel { .. } | Figure::Spread { .. } | Figure::Projection { .. } => {}
     }
     figure
 }

@@ -234,6 +234,10 @@ pub(crate) struct BenchArgs {
     /// trainer's, 128, or K if smaller].
     #[arg(long)]
     pub(crate) atom_batch: Option<usize>,
+    /// Measure each timed figure R times and report the median, then its spread (min, median,
+    /// max): for machines whose speed varies.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub(crate) repeat: usize,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub(crate) json: bool,

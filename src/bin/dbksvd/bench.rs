@@ -11,6 +11,7 @@ pub(crate) fn run(args: &BenchArgs) -> dbksvd::Result<bool> {
         seed: args.seed,
         gram: args.gram.into(),
         atom_batch: args.atom_batch,
+        repeats: args.repeat,
         phases: args
             .phases
             .iter()
