@@ -98,6 +98,8 @@ pub(crate) fn compute_pipeline(
 
 /// The pipeline of `entry` under `layout` (derived from the shader when `None`). Workgroup
 /// memory is not zeroed: every kernel writes its workgroup variables before reading them.
+/// Each build's time is logged at debug level (`RUST_LOG=dbksvd=debug`): a driver without a
+/// warm shader cache compiles for seconds (lavapipe: LLVM on unrolled kernels).
 pub(crate) fn compute_pipeline_in(
     gpu: &Gpu,
     module: &wgpu::ShaderModule,
@@ -105,7 +107,9 @@ pub(crate) fn compute_pipeline_in(
     layout: Option<&wgpu::PipelineLayout>,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
-    gpu.device()
+    let started = std::time::Instant::now();
+    let pipeline = gpu
+        .device()
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout,
@@ -116,7 +120,12 @@ pub(crate) fn compute_pipeline_in(
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
-        })
+        });
+    log::debug!(
+        "pipeline {entry}: built in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    pipeline
 }
 
 /// A bind group for `pipeline` from (binding, buffer) pairs, whole buffers.
