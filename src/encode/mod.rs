@@ -229,8 +229,22 @@ impl Encoder {
             return Err(Error::InvalidArgument("batch size 0".into()));
         }
         let normalised = unit_rows("dictionary", atoms, d)?;
-        let dictionary = gpu.matrix(n_atoms, d, &normalised)?;
-        let gram = gpu.gram(&dictionary)?;
+        // The correlations' pipeline is built on a second thread while this one uploads the
+        // dictionary and records its Gram matrix (on lavapipe a fifth to a third of a 2048-row
+        // encode's start-up).
+        let (dictionary, gram) = std::thread::scope(|scope| {
+            let products = scope.spawn(|| gpu.prepare_correlations());
+            let built = gpu
+                .matrix(n_atoms, d, &normalised)
+                .and_then(|dictionary| Ok((gpu.gram(&dictionary)?, dictionary)));
+            let prepared = products.join().unwrap_or_else(|_| {
+                Err(Error::GpuValidation(
+                    "building the correlations' pipeline panicked".into(),
+                ))
+            });
+            let (gram, dictionary) = built?;
+            prepared.map(|()| (dictionary, gram))
+        })?;
         Ok(Self {
             gpu: gpu.clone(),
             atoms: normalised,

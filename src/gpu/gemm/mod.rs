@@ -430,6 +430,24 @@ impl Gpu {
         Ok(g)
     }
 
+    /// Builds the pipelines that A·Bᵀ of two different matrices (the correlations) records on
+    /// this adapter, so that a caller can build them on another thread while the device computes
+    /// something else: on lavapipe `gemm_texel_subgroup_tall` alone takes 0.2 s of the driver's
+    /// shader processing in every process, its shader cache warm or not. A product whose texel
+    /// plan fails falls back to the tiled kernel, which this does not build.
+    pub(crate) fn prepare_correlations(&self) -> Result<()> {
+        let kernels = self.gemm_kernels()?;
+        self.scoped(|| {
+            if self.limits().cpu_paths {
+                kernels.pack_pipeline(self)?;
+                kernels.texel_kernel(self, false)?;
+            } else {
+                kernels.pipeline(self, GemmKernel::Tiled, Product::ABt)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Correlations Y·Dᵀ of samples `y` [B, d] with atoms `d` [K, d] → [B, K].
     pub fn correlations(&self, y: &Matrix, d: &Matrix) -> Result<Matrix> {
         let mut c = self.zeros(y.rows(), d.rows())?;
