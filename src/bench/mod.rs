@@ -107,8 +107,9 @@ fn timed<T>(
     mut run: impl FnMut() -> Result<T>,
 ) -> Result<Timing<T>> {
     warm_up()?;
+    let repeats = repeats.max(1);
     let mut measured = Vec::with_capacity(repeats);
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats {
         measured.push(measure(gpu, &mut run)?);
     }
     let seconds: Vec<f64> = measured.iter().map(|m| m.0).collect();
@@ -264,15 +265,16 @@ impl<'a> Bench<'a> {
             each(&figure);
             let of = figure.timed();
             figures.push(figure);
-            if let (Some((of, _)), true) = (of, repeats.len() > 1) {
-                let mut sorted = repeats.clone();
-                sorted.sort_by(f64::total_cmp);
+            // The figure is the median measurement ([`timed`] picks it).
+            if let Some((of, median_s)) = of.filter(|_| repeats.len() > 1) {
+                let fastest = repeats.iter().copied().fold(f64::INFINITY, f64::min);
+                let slowest = repeats.iter().copied().fold(0.0, f64::max);
                 let figure = Figure::Spread {
                     of,
-                    repeats: sorted.len(),
-                    min_s: sorted[0],
-                    median_s: sorted[(sorted.len() - 1) / 2],
-                    max_s: sorted[sorted.len() - 1],
+                    repeats: repeats.len(),
+                    min_s: fastest,
+                    median_s,
+                    max_s: slowest,
                 };
                 each(&figure);
                 figures.push(figure);

@@ -98,8 +98,9 @@ pub(crate) fn compute_pipeline(
 
 /// The pipeline of `entry` under `layout` (derived from the shader when `None`). Workgroup
 /// memory is not zeroed: every kernel writes its workgroup variables before reading them.
-/// Each build's time is logged at debug level (`RUST_LOG=dbksvd=debug`): a driver without a
-/// warm shader cache compiles for seconds (lavapipe: LLVM on unrolled kernels).
+/// Each build's time is logged at debug level (`RUST_LOG=dbksvd=debug`): some drivers spend
+/// hundreds of milliseconds per pipeline (lavapipe: 80–260 ms for the texel GEMMs, its shader
+/// cache warm or not).
 pub(crate) fn compute_pipeline_in(
     gpu: &Gpu,
     module: &wgpu::ShaderModule,

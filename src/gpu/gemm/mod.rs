@@ -321,9 +321,7 @@ impl GemmKernels {
     /// TX consecutive invocations, which llvmpipe does (it runs invocations 8 at a time in
     /// linear order) but no API promises, hence the adapter-name check.
     fn texel_kernel(&self, gpu: &Gpu, symmetric: bool) -> Result<TexelKernel<'_>> {
-        let limits = gpu.limits();
-        let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");
-        if !(limits.cpu_paths && llvmpipe && limits.subgroup_size == Some(TX)) {
+        if !subgroup_texels(gpu) {
             return Ok(TexelKernel {
                 entry: "gemm_texel",
                 pipeline: self.texel_pipeline(gpu)?,
@@ -388,6 +386,14 @@ impl GemmKernels {
     }
 }
 
+/// Whether texel products take the subgroup kernels: llvmpipe with 8-wide subgroups (see
+/// [`GemmKernels::texel_kernel`]), where the Gram and the other products differ in kernel.
+fn subgroup_texels(gpu: &Gpu) -> bool {
+    let limits = gpu.limits();
+    let llvmpipe = gpu.adapter().name.to_lowercase().contains("llvmpipe");
+    limits.cpu_paths && llvmpipe && limits.subgroup_size == Some(TX)
+}
+
 /// Marks the blocks of A·Bᵀ symmetric (see gemm.wgsl) when they compute the Gram matrix: A and
 /// B one matrix, every block spanning all of C (splitting the inner dimension at most), so each
 /// block's lower part is its upper part transposed.
@@ -430,22 +436,20 @@ impl Gpu {
         Ok(g)
     }
 
-    /// Builds the pipelines that A·Bᵀ of two different matrices (the correlations) records on
-    /// this adapter, so that a caller can build them on another thread while the device computes
-    /// something else: on lavapipe `gemm_texel_subgroup_tall` alone takes 0.2 s of the driver's
-    /// shader processing in every process, its shader cache warm or not. A product whose texel
-    /// plan fails falls back to the tiled kernel, which this does not build.
-    pub(crate) fn prepare_correlations(&self) -> Result<()> {
+    /// Where the correlations take another kernel than the Gram matrix (llvmpipe's texel
+    /// products: `gemm_texel_subgroup_tall` against `gemm_texel_subgroup`), a builder of that
+    /// kernel's pipeline, for a caller to run on another thread while the Gram is computed: it
+    /// takes 0.2 s of lavapipe's shader processing in every process, its shader cache warm or
+    /// not. `None` where both products share their kernel (building it twice at once would gain
+    /// nothing).
+    pub(crate) fn correlations_prebuild(&self) -> Result<Option<impl FnOnce() -> Result<()> + '_>> {
+        if !subgroup_texels(self) {
+            return Ok(None);
+        }
         let kernels = self.gemm_kernels()?;
-        self.scoped(|| {
-            if self.limits().cpu_paths {
-                kernels.pack_pipeline(self)?;
-                kernels.texel_kernel(self, false)?;
-            } else {
-                kernels.pipeline(self, GemmKernel::Tiled, Product::ABt)?;
-            }
-            Ok(())
-        })
+        Ok(Some(move || {
+            self.scoped(|| kernels.texel_kernel(self, false).map(drop))
+        }))
     }
 
     /// Correlations Y·Dᵀ of samples `y` [B, d] with atoms `d` [K, d] → [B, K].
