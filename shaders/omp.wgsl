@@ -120,7 +120,9 @@ override WG: u32 = 64u;
 // is fetched once per four G texels. Mirrored by `PER` in src/gpu/omp/mod.rs.
 const PER: u32 = 16u;
 
-// Record layout (words): header, then k-long arrays, then the packed Cholesky factor.
+// Record layout (words): header, then k-long arrays (chosen atoms, coefficients, α⁰ of the
+// chosen atoms, scratch, OMP's forward solve z = L⁻¹·α⁰[I]), then the packed Cholesky factor.
+// Mirrored by `record_words` in src/gpu/omp/mod.rs.
 const H_NSEL: u32 = 0u; // atoms chosen
 const H_DONE: u32 = 1u; // 1 once the sample has stopped
 const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
@@ -144,9 +146,14 @@ fn rhs_at(rec: u32) -> u32 {
 fn tmp_at(rec: u32) -> u32 {
     return rec + HEADER + 3u * params.max_atoms;
 }
+// z = L⁻¹·α⁰[I], grown by one entry per Batch-OMP step: its first entries do not change when
+// the factor grows, so each step solves one row instead of the whole forward system.
+fn fwd_at(rec: u32) -> u32 {
+    return rec + HEADER + 4u * params.max_atoms;
+}
 // Cholesky factor L of G[I,I], lower triangle packed by rows: row i starts at i(i+1)/2.
 fn chol_at(rec: u32) -> u32 {
-    return rec + HEADER + 4u * params.max_atoms;
+    return rec + HEADER + 5u * params.max_atoms;
 }
 
 fn wf(i: u32) -> f32 {
@@ -472,6 +479,12 @@ fn solve_coefficients(rec: u32, n: u32) -> f32 {
     }
     forward_solve(rec, tmp, n);
     backward_in_tmp(rec, n);
+    return fit_coefficients(rec, n);
+}
+
+// The solved coefficients from tmp into coef; returns γ·α⁰[I].
+fn fit_coefficients(rec: u32, n: u32) -> f32 {
+    let tmp = tmp_at(rec);
     var fit = 0.0;
     for (var t = 0u; t < n; t++) {
         let g = wf(tmp + t);
@@ -479,6 +492,17 @@ fn solve_coefficients(rec: u32, n: u32) -> f32 {
         fit += g * wf(rhs_at(rec) + t);
     }
     return fit;
+}
+
+// solve_coefficients with the forward solve z already in the record: the backward solve
+// only, the same operations as solve_coefficients' second half.
+fn solve_from_forward(rec: u32, n: u32) -> f32 {
+    let tmp = tmp_at(rec);
+    for (var t = 0u; t < n; t++) {
+        work[tmp + t] = work[fwd_at(rec) + t];
+    }
+    backward_in_tmp(rec, n);
+    return fit_coefficients(rec, n);
 }
 
 fn stop_sample(rec: u32) {
@@ -514,14 +538,22 @@ fn pick(sample: u32) -> Pick {
     return p;
 }
 
-// α⁰[j] = α[j] + G[j,I]·x over the first n chosen atoms: α = α⁰ − G[:,I]·x holds for the
-// current coefficients x.
-fn alpha0(rec: u32, a: f32, j: u32, n: u32) -> f32 {
-    var a0 = a;
-    for (var t = 0u; t < n; t++) {
-        a0 += g_at(j, work[sel_at(rec) + t]) * wf(coef_at(rec) + t);
+// α⁰[j] = d_j·y of the job's sample, read from the correlations as the reference takes it
+// (one load, where recovering it as α[j] + G[j,I]·x fetched n entries of G and rounded).
+fn alpha0(sample: u32, j: u32) -> f32 {
+    return bitcast<f32>(alpha[params.rows_first.x + sample * params.n_atoms + j]);
+}
+
+// Row s of the forward solve L·z = α⁰[I] (rows [0, s) already in the record), in the same
+// operations and order as forward_solve's row s, so z is the bits a whole solve would give.
+fn forward_row(rec: u32, s: u32, a0: f32) {
+    let chol = chol_at(rec);
+    let z = fwd_at(rec);
+    var v = a0;
+    for (var t = 0u; t < s; t++) {
+        v -= wf(chol + tri(s) + t) * wf(z + t);
     }
-    return a0;
+    set_wf(z + s, v / wf(chol + tri(s) + s));
 }
 
 // Batch-OMP's step for one sample: takes atom j (current correlation a) as its next atom, or
@@ -534,16 +566,17 @@ fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
         stop_sample(rec);
         return 0u;
     }
-    let a0 = alpha0(rec, a, j, s);
+    let a0 = alpha0(sample, j);
     if !cholesky_grow(rec, j, s) {
         stop_sample(rec);
         return 0u;
     }
     work[sel_at(rec) + s] = j;
     set_wf(rhs_at(rec) + s, a0);
-    set_wf(coef_at(rec) + s, 0.0);
-    // γ solves L·Lᵀ·γ = α⁰[I]; the next sweep's α = α⁰ − G[:,I]·γ.
-    let fit = solve_coefficients(rec, s + 1u);
+    // γ solves L·Lᵀ·γ = α⁰[I], i.e. Lᵀ·γ = z; the next sweep's α = α⁰ − G[:,I]·γ. (The
+    // forward half was a whole solve per step: a third of select's serial loads.)
+    forward_row(rec, s, a0);
+    let fit = solve_from_forward(rec, s + 1u);
     set_wf(rec + H_ENERGY, max(y2 - fit, 0.0));
     work[rec + H_NSEL] = s + 1u;
     work[rec + H_NUPD] = s + 1u;
@@ -554,7 +587,7 @@ fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
 
 // Matching pursuit's step for one sample: adds a·dⱼ (a the current correlation of atom j), or
 // stops the sample (false).
-fn mp_take(rec: u32, y2: f32, a: f32, j: u32) -> bool {
+fn mp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> bool {
     let n_sel = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
     if j == 0xffffffffu || !worth_another_atom(energy, y2, abs(a)) {
@@ -575,7 +608,7 @@ fn mp_take(rec: u32, y2: f32, a: f32, j: u32) -> bool {
         // α⁰[j], kept for the refit, whose factor grows with the support; a small pivot keeps
         // MP's coefficients. The resident coder (texels > 0) leaves both to resident_refit.
         if params.texels == 0u {
-            set_wf(rhs_at(rec) + slot, alpha0(rec, a, j, n_sel));
+            set_wf(rhs_at(rec) + slot, alpha0(sample, j));
             if params.refit != 0u && work[rec + H_CHOL_OK] != 0u && !cholesky_grow(rec, j, n_sel) {
                 work[rec + H_CHOL_OK] = 0u;
             }
@@ -610,7 +643,7 @@ fn select_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let sample = sample_of(gid, groups);
     let p = pick(sample);
-    if p.live && mp_take(p.rec, p.y2, p.a, p.j) {
+    if p.live && mp_take(sample, p.rec, p.y2, p.a, p.j) {
         textureStore(upd_out, vec2<u32>(0u, sample), vec4<u32>(p.j, bitcast<u32>(p.a), 0u, 0u));
     }
 }

@@ -171,7 +171,7 @@ fn resident_mp(
         let best = res_pick(mine);
         let a = bitcast<f32>(best.x);
         var taken = 0u;
-        if lid == 0u && mp_take(rec, y2, a, best.y) {
+        if lid == 0u && mp_take(sample, rec, y2, a, best.y) {
             taken = 1u;
         }
         if subgroupMax(taken) == 0u {
@@ -215,7 +215,7 @@ fn resident_mp_wg(
         let best = wg_pick(lid, mine);
         let a = bitcast<f32>(best.x);
         if lid == 0u {
-            wg_flag = u32(mp_take(rec, y2, a, best.y));
+            wg_flag = u32(mp_take(sample, rec, y2, a, best.y));
         }
         // Its barrier also keeps the next step's wg_pick from overwriting red_val[0] early.
         if workgroupUniformLoad(&wg_flag) == 0u {

@@ -305,9 +305,10 @@ pub(crate) fn runs_resident(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, 
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
-/// chosen atoms, coefficients, right-hand side, solve scratch, packed Cholesky factor.
+/// chosen atoms, coefficients, right-hand side, solve scratch, forward solve (OMP), packed
+/// Cholesky factor.
 fn record_words(max_atoms: usize) -> usize {
-    HEADER_WORDS + 4 * max_atoms + tri(max_atoms)
+    HEADER_WORDS + 5 * max_atoms + tri(max_atoms)
 }
 
 /// Whether `gpu` plans the sweeps that reduce their argmax in the workgroup (`sweep_reduced`,
@@ -435,6 +436,7 @@ impl GramVariant {
                 entry(0, uniform()),
                 entry(1, g_texture),
                 entry(3, written_texture(wgpu::TextureFormat::Rg32Uint)),
+                entry(5, storage(true)),
                 entry(6, storage(true)),
                 entry(7, storage(false)),
                 entry(8, storage(false)),
@@ -643,10 +645,11 @@ fn loop_iterations(
     let per = PER as u64;
     // Sweep: k updates of PER atoms (unrolled), PER argmax entries.
     let sweep = k + per;
-    // Select at step s < k: the argmax partials, α⁰[j] and the Cholesky row (s each), its forward solve
-    // (s²/2), both solves of the coefficients (s² in all) and short loops over the support.
+    // Select at step s < k: the argmax partials, the Cholesky row (s), its forward solve (s²/2),
+    // the new row of z (s), the backward solve of the coefficients (s²/2) and short loops over
+    // the support.
     let s = k.saturating_sub(1);
-    let select = parts + 3 * s * s / 2 + 8 * s + 8;
+    let select = parts + s * s + 8 * s + 8;
     // Finish: the k output slots and, with MP's refit, the two triangular solves.
     let finish = match coder {
         Coder::Mp { refit: true } => k + k * k + 3 * k,

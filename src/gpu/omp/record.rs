@@ -435,6 +435,7 @@ impl<'a> Job<'a> {
                 entry(0, self.uniform(chunk.uniform)),
                 entry(1, wgpu::BindingResource::TextureView(g_view)),
                 entry(3, wgpu::BindingResource::TextureView(upd_view)),
+                entry(5, chunk.alpha.clone()),
                 entry(6, chunk.norms.clone()),
                 entry(7, binding(&operands.codes.buffer, codes)),
                 entry(8, chunk.work.clone()),
@@ -463,7 +464,9 @@ impl<'a> Job<'a> {
                 entry(8, chunk.work.clone()),
                 entry(14, chunk.alpha.clone()),
             ];
+            // The steps' mp_take reads ‖y‖² and (in its branch for the sweeps) α⁰.
             if r < self.step_ranges.len() {
+                entries.push(entry(5, chunk.alpha.clone()));
                 entries.push(entry(6, chunk.norms.clone()));
             }
             self.gpu
