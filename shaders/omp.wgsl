@@ -92,7 +92,8 @@ struct Params {
 // level (with α and the updates read so too, the Batch-OMP sweep 1.49× and resident_mp 1.25×
 // faster at K = 1536).
 @group(0) @binding(1) var g_tex: texture_storage_2d_array<rgba32float, read>;
-// [batch, K]: α⁰ = Y·Dᵀ (f32), read once by pack_alpha.
+// [batch, K]: α⁰ = Y·Dᵀ (f32): packed into a texture by pack_alpha, α⁰[j] of a new atom read
+// by select, the resident coders' α read from it (omp_resident.wgsl).
 @group(0) @binding(5) var<storage, read> alpha: array<u32>;
 // α of the job's samples as a pair of textures, texel (q, sample) = α[4q .. 4q + 3] (f32 bits;
 // rgba32uint so no NaN canonicalisation touches them), for the reason G is a texture: an MP

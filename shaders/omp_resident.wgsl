@@ -13,7 +13,7 @@
 // subgroup's argmax (ties to the lowest index, as the reference), MP's step (`mp_take` of
 // omp.wgsl, run by invocation 0 on the record in `work`; the others learn its outcome through a
 // subgroup operation, so no barrier is needed), then α −= a·G[j, :]. A dispatch runs the steps
-// [first_step, last_step) that fit the driver's loop cap; α⁰ stays unwritten in `alpha0_in`, and
+// [first_step, last_step) that fit the driver's loop cap; α⁰ stays unwritten in `alpha`, and
 // a later dispatch rebuilds α = α⁰ − G[:,I]·x from the record (k row updates, against k²/2
 // G reads per sample to recover α⁰[I] from a stored α). `resident_refit` then prepares the
 // least-squares refit, its right-hand side α⁰[I] read directly (one invocation per sample).
@@ -38,8 +38,7 @@
 // the read and write of the sample's whole α (two of the three passes over K per step) and two
 // dispatches.
 
-// [batch, K]: α⁰ = Y·Dᵀ of the job's samples (read only: the refit's right-hand side).
-@group(0) @binding(14) var<storage, read> alpha0_in: array<u32>;
+// α⁰ is omp.wgsl's `alpha` ([batch, K], read only), also the refit's right-hand side.
 
 // Invocations per workgroup: the adapter's subgroup size (resident_mp; llvmpipe: 8), or 256
 // (resident_mp_wg).
@@ -58,7 +57,7 @@ fn res_alpha0_texel(row: u32, q: u32) -> vec4<f32> {
     var v = vec4<f32>();
     for (var m = 0u; m < 4u; m++) {
         if first + m < params.n_atoms {
-            v[m] = bitcast<f32>(alpha0_in[row + first + m]);
+            v[m] = bitcast<f32>(alpha[row + first + m]);
         }
     }
     return v;
@@ -285,7 +284,7 @@ fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         var grown = first;
         for (; grown < last; grown++) {
             let j = work[sel_at(rec) + grown];
-            work[rhs_at(rec) + grown] = alpha0_in[row + j];
+            work[rhs_at(rec) + grown] = alpha[row + j];
             // A small pivot keeps MP's coefficients, as in mp_take.
             if !res_chol_grow(rec, j, grown) {
                 work[rec + H_CHOL_OK] = 0u;
@@ -302,7 +301,7 @@ fn resident_refit(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             return;
         }
         let j = work[sel_at(rec) + s];
-        work[rhs_at(rec) + s] = alpha0_in[row + j];
+        work[rhs_at(rec) + s] = alpha[row + j];
         // A small pivot keeps MP's coefficients, as in mp_take.
         if !cholesky_grow(rec, j, s) {
             work[rec + H_CHOL_OK] = 0u;

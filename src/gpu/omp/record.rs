@@ -461,12 +461,10 @@ impl<'a> Job<'a> {
             let mut entries = vec![
                 entry(0, self.uniform(first + r)),
                 entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
+                entry(5, chunk.alpha.clone()),
                 entry(8, chunk.work.clone()),
-                entry(14, chunk.alpha.clone()),
             ];
-            // The steps' mp_take reads ‖y‖² and (in its branch for the sweeps) α⁰.
             if r < self.step_ranges.len() {
-                entries.push(entry(5, chunk.alpha.clone()));
                 entries.push(entry(6, chunk.norms.clone()));
             }
             self.gpu
