@@ -25,6 +25,8 @@
 //   select  one invocation per sample: reduces the partials, applies the stopping rules, grows the
 //           Cholesky factor, solves for the coefficients and writes (I, γ) (MP: (j, a)) to
 //           upd_out.
+//   fused_omp  Batch-OMP on CPU adapters: sweep and select of several greedy steps in one
+//           dispatch, one invocation per sample (below).
 //
 // Chosen atoms are marked in a bit mask per sample (in `work`), so rounding cannot make them win
 // the argmax again.
@@ -722,6 +724,99 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let p = pick(sample);
     if p.live && mp_take(sample, p.rec, p.y2, p.a, p.j) {
         textureStore(upd_out, vec2<u32>(0u, sample), vec4<u32>(p.j, bitcast<u32>(p.a), 0u, 0u));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused_omp: Batch-OMP's sweep and select in one kernel for CPU adapters, one invocation per
+// sample running the greedy steps [first_step, last_step) (as many as the host fits under the
+// loop cap). Per step: α = α⁰ − G[:,I]·γ recomputed PER atoms at a time and their argmax, all
+// in the invocation, then omp_take. The same f32 operations in the same order as sweep and
+// select_omp, so the same codes bit for bit; what it saves is their traffic through storage,
+// which llvmpipe runs lane by lane (a loop over the lanes per access): the sweep's per-chunk
+// loads of the record and mask and its stores of argmax partials, select's reading them back
+// (96 per sample and step at K = 1536), and the update entries, which stay in private memory
+// from one step to the next (the kernel 1.4× faster than sweep and select at K = 1536, k = 32).
+// On a GPU one invocation per sample would leave most of it idle: the sweeps run there.
+
+// The chosen atoms of the invocation's sample, in order; their coefficients are sel_x, which
+// omp_take leaves there.
+var<private> fused_atom: array<u32, SEL_PRIVATE>;
+
+// The sample's largest |α| over its unchosen atoms (ties to the lowest atom), α = α⁰ − G[:,I]·γ
+// recomputed from α⁰ (alpha_in) for the n chosen atoms in fused_atom and sel_x, PER atoms at a
+// time. A block's chosen atoms are found among the update entries as they pass, where the
+// sweep loads the mask.
+fn fused_best(sample: u32, n: u32) -> SweepBest {
+    let last = params.n_atoms - 1u;
+    let mask = (1u << params.layer_shift) - 1u;
+    var best_abs = -1.0;
+    var best = SweepBest(0.0, 0xffffffffu);
+    let blocks = (params.n_atoms + PER - 1u) / PER;
+    for (var b = 0u; b < blocks; b++) {
+        let qa = b * (PER / 4u);
+        var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample)));
+        var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample)));
+        var vc = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 2u, sample)));
+        var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample)));
+        let q = min(b * PER, last) / 4u;
+        var chosen = 0u;
+        for (var t = 0u; t < n; t++) {
+            let j = fused_atom[t];
+            let x = sel_x[t];
+            let at = vec2<u32>(q, j & mask);
+            let layer = j >> params.layer_shift;
+            va -= textureLoad(g_tex, at, layer) * x;
+            vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer) * x;
+            vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer) * x;
+            vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * x;
+            chosen |= select(0u, 1u << (j % PER), j / PER == b);
+        }
+        for (var m = 0u; m < PER; m++) {
+            let j = b * PER + m;
+            var v: f32;
+            if m < 4u {
+                v = va[m];
+            } else if m < 8u {
+                v = vb[m - 4u];
+            } else if m < 12u {
+                v = vc[m - 8u];
+            } else {
+                v = vd[m - 12u];
+            }
+            if j <= last && (chosen & (1u << m)) == 0u && abs(v) > best_abs {
+                best_abs = abs(v);
+                best = SweepBest(v, j);
+            }
+        }
+    }
+    return best;
+}
+
+@compute @workgroup_size(64)
+fn fused_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let sample = sample_of(gid, groups);
+    if sample >= params.batch {
+        return;
+    }
+    let rec = sample * params.stride;
+    if work[rec + H_DONE] != 0u {
+        return;
+    }
+    let y2 = y_norm2[params.rows_first.y + sample];
+    // The steps of earlier dispatches, from the record.
+    var n = work[rec + H_NSEL];
+    for (var t = 0u; t < n; t++) {
+        fused_atom[t] = work[sel_at(rec) + t];
+        sel_x[t] = wf(coef_at(rec) + t);
+    }
+    for (var step = params.first_step; step < params.last_step; step++) {
+        let best = fused_best(sample, n);
+        n = omp_take(sample, rec, y2, best.val, best.idx);
+        if n == 0u {
+            return;
+        }
+        fused_atom[n - 1u] = best.idx;
     }
 }
 

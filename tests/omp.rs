@@ -317,7 +317,8 @@ fn batching_does_not_change_codes() {
 /// seven windows, and one job of 1024 rows binds α [1024, 512], the codes and the coding state
 /// in row chunks (at most 300 KiB / 2 KiB = 149 rows of α each). With 2D textures of at most
 /// 200 texels a side G lies in four layers of 128 rows and the samples' updates in chunks of at
-/// most 200 rows. The codes of either coder must not change.
+/// most 200 rows. The codes of either coder must not change, nor Batch-OMP's between its fused
+/// kernel and its sweeps (`with_swept_batch_omp`): the same f32 operations in the same order.
 #[test]
 fn gram_split_across_bindings_and_layers_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();
@@ -325,9 +326,12 @@ fn gram_split_across_bindings_and_layers_gives_the_same_codes() {
     let small = gpu.with_max_binding_size(300 * 1024).unwrap();
     let smaller = gpu.with_max_binding_size(160 * 1024).unwrap();
     let layered = gpu.with_max_texture_dimension(200);
+    // Batch-OMP's sweeps too, where it runs fused (lavapipe): the same bits.
+    let swept = gpu.with_swept_batch_omp();
+    let layered_swept = layered.with_swept_batch_omp();
     for coding in [CodingOptions::omp(8), CodingOptions::mp(8, true)] {
         let whole = one_batch(gpu, &atoms, &samples, d, coding);
-        for split_gpu in [&small, &smaller, &layered] {
+        for split_gpu in [&small, &smaller, &layered, &swept, &layered_swept] {
             let split = one_batch(split_gpu, &atoms, &samples, d, coding);
             assert_eq!(split, whole, "{:?}", coding.coder);
         }
@@ -572,6 +576,77 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
     }
 }
 
+/// Batch-OMP on CPU adapters fuses each greedy step's sweep and select into one kernel
+/// (`fused_omp`: one invocation per sample, as many steps per dispatch as the loop cap allows,
+/// the chosen atoms and coefficients in private memory). Every path against the reference, on a profiling context that
+/// says which kernels ran: fused whole (one dispatch per job), fused split into dispatches of
+/// a few steps (a cap of 3000: later dispatches reload the atoms and coefficients from the
+/// record), the sweeps where a step does not fit the cap (1000) or the view asks for them
+/// (`with_swept_batch_omp`). Shapes: K = 1 and primes (blocks of 16 atoms past K), one sample,
+/// k = 1 and k = d; k = 80 whole and swept only (under those caps its solves are refused on
+/// either path). Elsewhere only the sweeps run.
+#[test]
+fn fused_and_swept_batch_omp_match_the_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let Some(profiled) = dbksvd::gpu::Gpu::profiling_context().unwrap() else {
+        // lavapipe (CI) has timestamp queries; other adapters may not.
+        assert!(!gpu.adapter().name.contains("llvmpipe"), "no timestamps");
+        return eprintln!("SKIPPED: {} has no timestamp queries", gpu.adapter().name);
+    };
+    let cpu = gpu.adapter().is_cpu();
+    let paths = [
+        ("whole", profiled.clone()),
+        ("split", profiled.with_max_loop_iterations(3000)),
+        ("capped", profiled.with_max_loop_iterations(1000)),
+        ("swept", profiled.with_swept_batch_omp()),
+    ];
+    // Per path: (fused dispatches, sweep dispatches) of each shape's job.
+    let mut ran: Vec<Vec<(u64, u64)>> = vec![Vec::new(); paths.len()];
+    for (n_atoms, d, n, k) in [
+        (1, 5, 3, 1),
+        (13, 7, 1, 7),
+        (257, 31, 5, 16),
+        (61, 24, 4, 24),
+        (1031, 20, 4, 12),
+        (300, 96, 3, 80),
+    ] {
+        for (p, (name, g)) in paths.iter().enumerate() {
+            if k > 24 && (*name == "split" || *name == "capped") {
+                continue;
+            }
+            profiled.reset_kernel_times().unwrap();
+            check_against_reference(g, n_atoms, d, n, CodingOptions::omp(k));
+            let times = profiled.kernel_times().unwrap();
+            let dispatches = |kernel: &str| -> u64 {
+                times
+                    .iter()
+                    .filter(|t| t.kernel == kernel)
+                    .map(|t| t.dispatches)
+                    .sum()
+            };
+            let (fused, sweeps) = (dispatches("fused_omp"), dispatches("sweep"));
+            assert!(
+                (fused > 0) != (sweeps > 0 || dispatches("sweep_reduced") > 0),
+                "K = {n_atoms}, k = {k}, {name}: {times:?}"
+            );
+            ran[p].push((fused, sweeps));
+        }
+    }
+    let fused_jobs = |p: usize| ran[p].iter().filter(|r| r.0 > 0).count();
+    if !cpu {
+        assert!((0..paths.len()).all(|p| fused_jobs(p) == 0), "{ran:?}");
+        return;
+    }
+    // Whole: every job fused, in one dispatch up to k = 24 (k = 80 takes several under
+    // lavapipe's cap: its solves grow with k²); swept: none.
+    assert!(ran[0].iter().all(|r| r.0 >= 1), "{ran:?}");
+    assert!(ran[0][..5].iter().all(|r| r.0 == 1), "{ran:?}");
+    assert_eq!(fused_jobs(3), 0, "{ran:?}");
+    // Split: some job fused in several dispatches; capped: some job left to the sweeps.
+    assert!(ran[1].iter().any(|r| r.0 > 1), "{ran:?}");
+    assert!(ran[2].iter().any(|r| r.0 == 0), "{ran:?}");
+}
+
 /// Matching pursuit with subgroup operations keeps each sample's correlations in registers for
 /// many steps (omp_resident.wgsl): one subgroup's on CPU adapters (lavapipe), one workgroup's
 /// on GPUs; with `without_subgroups` it takes a sweep and a select dispatch per step. Every
@@ -633,9 +708,10 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
 /// Exact ties of |α| go to the lowest atom on every path, as in the reference: atoms copied to
 /// higher indices in another sweep chunk (512 atoms at K = 1031), in another invocation of the
 /// same chunk, in the same invocation, and in a lower invocation of a later texel, samples
-/// built from the originals. A path that breaks
-/// ties the other way (the reduction across a GPU sweep's invocations, select across chunks, the
-/// resident subgroup's or workgroup's) picks a copy.
+/// built from the originals. A path that breaks ties the other way (the reduction across a GPU
+/// sweep's invocations, select across chunks, the resident subgroup's or workgroup's, the fused
+/// kernel's across its blocks of 16 atoms) picks a copy. On lavapipe Batch-OMP runs fused, and
+/// swept in the `with_swept_batch_omp` view.
 #[test]
 fn ties_go_to_the_lowest_atom_on_every_path() {
     let Some(gpu) = common::gpu() else { return };
@@ -664,6 +740,7 @@ fn ties_go_to_the_lowest_atom_on_every_path() {
         &gpu_paths,
         &gpu.without_subgroups(),
         &gpu_paths.without_subgroups(),
+        &gpu.with_swept_batch_omp(),
     ];
     for coding in [CodingOptions::omp(3), CodingOptions::mp(3, true)] {
         let refs = reference::encode(&atoms, n_atoms, &samples, d, &coding);

@@ -31,10 +31,11 @@ pub enum Figure {
     /// Sparse coding of the batch through [`crate::Encoder::encode`] (samples uploaded, correlations,
     /// coding kernel, codes read back).
     Coding {
-        /// `omp`, `mp`, or `mp-sweeps` (MP by a sweep and a select dispatch per greedy step,
-        /// beside the resident coder wherever `mp` runs it; planned without subgroups, so on
-        /// llvmpipe its correlations take the plain texel GEMM too: compare the coders by
-        /// `kernel_s`).
+        /// `omp`, `omp-sweeps` (Batch-OMP by a sweep and a select dispatch per greedy step,
+        /// beside the fused kernel wherever `omp` runs it: CPU adapters), `mp`, or `mp-sweeps`
+        /// (the same for MP, beside the resident coder wherever `mp` runs it; planned without
+        /// subgroups, so on llvmpipe its correlations take the plain texel GEMM too: compare
+        /// the coders by `kernel_s`).
         coder: &'static str,
         /// Samples coded per run (B).
         samples: usize,
@@ -86,7 +87,8 @@ pub enum Figure {
     /// On a profiling context (`dbksvd bench --profile`), one kernel's share of the timed
     /// figure before it, from timestamp queries ([`crate::Gpu::kernel_times`]).
     Kernel {
-        /// The figure: `gram`, `correlations`, `omp`, `mp`, `mp-sweeps`, `update` or `step`.
+        /// The figure: `gram`, `correlations`, `omp`, `omp-sweeps`, `mp`, `mp-sweeps`, `update`
+        /// or `step`.
         of: &'static str,
         /// The kernel's entry point in `shaders/`.
         kernel: &'static str,
@@ -100,7 +102,8 @@ pub enum Figure {
     /// With `--repeat R` (R > 1), the spread of the timed figure before it over its R
     /// measurements (that figure is the median one).
     Spread {
-        /// The figure: `gram`, `correlations`, `omp`, `mp`, `mp-sweeps`, `update` or `step`.
+        /// The figure: `gram`, `correlations`, `omp`, `omp-sweeps`, `mp`, `mp-sweeps`, `update`
+        /// or `step`.
         of: &'static str,
         /// Measurements R.
         repeats: usize,

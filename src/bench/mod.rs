@@ -320,17 +320,27 @@ impl<'a> Bench<'a> {
                     }
                     let figure = with_peak(m.figure, phase_peak(phase.name()));
                     emit(figure, m.timed, &mut figures);
-                    // Where MP runs resident, its sweeps too: the evidence for the choice on
-                    // this adapter (by the kernel times: without subgroups the products
-                    // change kernel as well).
-                    if phase == Phase::Mp
-                        && crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim)
-                    {
+                    // Where MP runs resident (Batch-OMP fused), its sweeps too: the evidence
+                    // for the choice on this adapter (MP's by the kernel times: without
+                    // subgroups the products change kernel as well).
+                    let sweeps = match phase {
+                        Phase::Mp
+                            if crate::gpu::omp::runs_resident(gpu, &mp(c.k), c.atoms, c.dim) =>
+                        {
+                            Some((gpu.planning_without_subgroups(), "mp-sweeps"))
+                        }
+                        Phase::Omp
+                            if crate::gpu::omp::runs_fused(gpu, &omp(c.k), c.atoms, c.dim) =>
+                        {
+                            Some((gpu.planning_with_swept_batch_omp(), "omp-sweeps"))
+                        }
+                        _ => None,
+                    };
+                    if let Some((sweeps, name)) = sweeps {
                         gpu.reset_memory_peak();
-                        let sweeps = gpu.planning_without_subgroups();
                         let (mut m, _) = self.coding(&sweeps, &data, phase)?;
                         if let Figure::Coding { coder, .. } = &mut m.figure {
-                            *coder = "mp-sweeps";
+                            *coder = name;
                         }
                         let figure = with_peak(m.figure, phase_peak(phase.name()));
                         emit(figure, m.timed, &mut figures);
@@ -436,7 +446,7 @@ impl<'a> Bench<'a> {
         let c = &self.config;
         let (coding, coder) = match phase {
             Phase::Mp => (mp(c.k), "mp"),
-            _ => (CodingOptions::omp(c.k), "omp"),
+            _ => (omp(c.k), "omp"),
         };
         let coding = coding.with_gram(c.gram);
         let encoder = self.encoder(gpu, data, coding)?;
@@ -600,7 +610,6 @@ impl<'a> Bench<'a> {
     }
 }
 
-/// Matching pursuit as the trainer's `--coder mp` runs it (refitted).
 /// How the first line and the JSON figures name the Gram storage.
 fn gram_name(gram: GramPrecision) -> &'static str {
     match gram {
@@ -609,8 +618,14 @@ fn gram_name(gram: GramPrecision) -> &'static str {
     }
 }
 
+/// Matching pursuit as the trainer's `--coder mp` runs it (refitted).
 fn mp(k: usize) -> CodingOptions {
     CodingOptions::mp(k, true)
+}
+
+/// Batch-OMP (exactly k atoms unless a stopping rule ends a sample early).
+fn omp(k: usize) -> CodingOptions {
+    CodingOptions::omp(k)
 }
 
 /// `figure` with its phase's peak device memory.

@@ -158,6 +158,10 @@ pub struct DeviceLimits {
     /// per-sample folds in the update): the adapter's class, unless a
     /// test view plans as a GPU would.
     pub(crate) cpu_paths: bool,
+    /// Whether Batch-OMP runs fused on CPU adapters (`fused_omp`: each greedy step's sweep and
+    /// select in one kernel, one invocation per sample) where its plan fits; off in a view
+    /// that times or tests the sweeps there.
+    pub(crate) fused_omp: bool,
 }
 
 impl DeviceLimits {
@@ -243,6 +247,7 @@ impl DeviceLimits {
                 .then_some(info.subgroup_min_size),
             subgroups: !subgroups.is_empty(),
             cpu_paths: summary.is_cpu(),
+            fused_omp: true,
         }
     }
 }

@@ -81,6 +81,22 @@ impl Gpu {
     }
 
     #[cfg(any(test, feature = "testing"))]
+    /// The same device, planning Batch-OMP's sweep and select dispatches per greedy step on a
+    /// CPU adapter too, where it would fuse them (`fused_omp`). Shares pipelines and buffers
+    /// with `self`; tests use it to check both paths on lavapipe.
+    pub fn with_swept_batch_omp(&self) -> Self {
+        self.planning_with_swept_batch_omp()
+    }
+
+    /// [`Gpu::with_swept_batch_omp`] for the crate: `dbksvd bench` times Batch-OMP's sweeps
+    /// beside its fused kernel with it.
+    pub(crate) fn planning_with_swept_batch_omp(&self) -> Self {
+        let mut limits = self.limits.clone();
+        limits.fused_omp = false;
+        self.planning_with(limits)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
     /// The same device, planning the kernels a GPU runs rather than a CPU adapter's variants:
     /// matching pursuit resident in a workgroup per sample rather than a subgroup, the sweeps
     /// (Batch-OMP's, MP's without subgroups) reduced in the workgroup, the tiled GEMM instead of the texel

@@ -2,7 +2,9 @@
 //! of the whole batch per pair of dispatches (`sweep`, then `select`), each sample's state in
 //! device memory between them. Where the device has subgroup operations, matching pursuit runs
 //! resident instead (`shaders/omp_resident.wgsl`): many steps per dispatch with α in registers,
-//! one subgroup per sample on CPU adapters, one workgroup per sample on GPUs.
+//! one subgroup per sample on CPU adapters, one workgroup per sample on GPUs. On CPU adapters
+//! Batch-OMP runs fused (`fused_omp`): sweep and select of many steps in one dispatch, one
+//! invocation per sample.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -97,6 +99,8 @@ enum Kernel {
     PackF32,
     PackF16,
     PackAlpha,
+    /// Batch-OMP's sweep and select fused, one invocation per sample (CPU adapters).
+    FusedOmp,
 }
 
 impl Kernel {
@@ -112,12 +116,13 @@ impl Kernel {
             Kernel::PackF32 => "pack_gram_f32",
             Kernel::PackF16 => "pack_gram_f16",
             Kernel::PackAlpha => "pack_alpha",
+            Kernel::FusedOmp => "fused_omp",
         }
     }
 }
 
 /// Number of [`Kernel`]s.
-const KERNELS: usize = 9;
+const KERNELS: usize = 10;
 
 /// The coding pipelines of one device, the scratch buffer holding the samples' state, and the
 /// textures of G and of the pending updates (reused: jobs on one queue run one after another).
@@ -145,6 +150,8 @@ struct GramVariant {
     state_layout: wgpu::BindGroupLayout,
     /// Layout of the sweeps: the update texture read.
     sweep_layout: wgpu::BindGroupLayout,
+    /// Layout of `fused_omp`: α⁰'s texture read, no update texture.
+    fused_layout: wgpu::BindGroupLayout,
     /// omp.wgsl, G's format written in.
     source: String,
     module: wgpu::ShaderModule,
@@ -292,6 +299,69 @@ fn resident_plan(
     })
 }
 
+/// Most atoms per sample of the fused Batch-OMP kernel (`SEL_PRIVATE` in omp.wgsl: its solves'
+/// vectors and the chosen atoms live in private arrays of that length).
+const FUSED_ATOMS: usize = 128;
+
+/// The greedy steps of each `fused_omp` dispatch for Batch-OMP at K = `n_atoms`, or `None`
+/// where the sweeps run: GPU paths (a step of one sample in one invocation would leave a GPU
+/// idle), matching pursuit, more than FUSED_ATOMS atoms per sample, or not one step under the
+/// loop cap.
+fn fused_plan(
+    gpu: &Gpu,
+    coder: Coder,
+    n_atoms: usize,
+    max_atoms: usize,
+) -> Option<Vec<(usize, usize)>> {
+    let limits = gpu.limits();
+    if !limits.cpu_paths
+        || !limits.fused_omp
+        || !matches!(coder, Coder::Omp)
+        || max_atoms > FUSED_ATOMS
+    {
+        return None;
+    }
+    fused_step_ranges(n_atoms, max_atoms, limits.max_loop_iterations)
+}
+
+/// The [first, last) greedy steps of each `fused_omp` dispatch, as many as fit under `cap`
+/// loop iterations per invocation (all in one without a cap); `None` when one step does not.
+fn fused_step_ranges(
+    n_atoms: usize,
+    max_atoms: usize,
+    cap: Option<u64>,
+) -> Option<Vec<(usize, usize)>> {
+    let k = max_atoms as u64;
+    let blocks = n_atoms.div_ceil(PER as usize) as u64;
+    // Step s (s atoms chosen): per block of PER atoms the s update entries, the PER argmax
+    // entries and the block itself; then select's solves (as `loop_iterations` counts them,
+    // less the partials).
+    let step = |s: usize| {
+        let s = s as u64;
+        blocks * (s + PER as u64 + 2) + s * s + 8 * s + 8
+    };
+    let Some(cap) = cap else {
+        return Some(vec![(0, max_atoms)]);
+    };
+    let mut ranges = Vec::new();
+    let mut first = 0;
+    while first < max_atoms {
+        // The dispatch's start loads the record's chosen atoms and coefficients.
+        let mut used = k + 4;
+        let mut last = first;
+        while last < max_atoms && used + step(last) <= cap {
+            used += step(last);
+            last += 1;
+        }
+        if last == first {
+            return None;
+        }
+        ranges.push((first, last));
+        first = last;
+    }
+    Some(ranges)
+}
+
 /// Entries of a packed lower triangle of n rows.
 fn tri(n: usize) -> usize {
     n * (n + 1) / 2
@@ -302,6 +372,13 @@ fn tri(n: usize) -> usize {
 pub(crate) fn runs_resident(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, d: usize) -> bool {
     let max_atoms = options.max_atoms(n_atoms, d).max(1);
     resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some()
+}
+
+/// Whether a job coding with `options` at K = `n_atoms`, dimension `d` runs Batch-OMP fused on
+/// `gpu` (for `dbksvd bench`, which then times the sweeps beside it).
+pub(crate) fn runs_fused(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, d: usize) -> bool {
+    let max_atoms = options.max_atoms(n_atoms, d).max(1);
+    fused_plan(gpu, options.coder, n_atoms, max_atoms).is_some()
 }
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
@@ -455,9 +532,22 @@ impl GramVariant {
                 entry(13, written_texture(wgpu::TextureFormat::Rgba32Uint)),
             ],
         );
+        let fused_layout = bind_group_layout(
+            gpu,
+            "omp fused",
+            &[
+                entry(0, uniform()),
+                entry(1, g_texture),
+                entry(5, storage(true)),
+                entry(6, storage(true)),
+                entry(8, storage(false)),
+                entry(12, read(wgpu::TextureFormat::Rgba32Uint)),
+            ],
+        );
         Self {
             state_layout,
             sweep_layout,
+            fused_layout,
             source,
             module,
             pipelines: Default::default(),
@@ -470,6 +560,7 @@ impl GramVariant {
         let layout = match kernel {
             Kernel::Start | Kernel::SelectOmp | Kernel::SelectMp | Kernel::Finish => state,
             Kernel::Sweep | Kernel::SweepReduced => sweep,
+            Kernel::FusedOmp => Some(&self.fused_layout),
             Kernel::PackF32 | Kernel::PackF16 | Kernel::PackAlpha => None,
         };
         let name = kernel.entry();
@@ -536,6 +627,11 @@ enum ChunkPath {
         sweeps: [wgpu::BindGroup; 2],
         pack: wgpu::BindGroup,
     },
+    /// `fused_omp`'s dispatches, one per range of steps; pack_alpha (α⁰ into α texture 0).
+    Fused {
+        steps: Vec<wgpu::BindGroup>,
+        pack: wgpu::BindGroup,
+    },
     /// The resident coder's dispatches, one per range of steps, then the refit's, one per
     /// range of support rows.
     Resident {
@@ -551,6 +647,8 @@ enum StepPath {
     Resident(ResidentPlan, ResidentKernels),
     /// Views of the pair of α textures (the scratch cache keeps the textures).
     Sweeps([wgpu::TextureView; 2]),
+    /// Batch-OMP's fused kernel over α⁰'s texture (the first view; the second a stand-in).
+    Fused([wgpu::TextureView; 2]),
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
@@ -590,8 +688,9 @@ pub(crate) fn check_coding_fits(
     options: &CodingOptions,
 ) -> Result<()> {
     let max_atoms = options.max_atoms(n_atoms, d).max(1);
-    // The resident coder's plan keeps its own dispatches under the cap.
-    let resident = resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
+    // The resident coder's plan and the fused kernel's keep their own dispatches under the cap.
+    let resident = resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some()
+        || fused_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
     gpu.check_loop_budget(
         &format!("sparse coding with K = {n_atoms}, k = {max_atoms}"),
         loop_iterations(
@@ -631,7 +730,8 @@ pub(crate) fn check_coding_fits(
 
 /// Loop iterations one invocation executes in the heaviest dispatch of a coding job, counted as
 /// a loop-capped driver counts them: every iteration of every loop within the dispatch. With
-/// `resident`, only start and finish count (the resident plan sizes its own dispatches);
+/// `resident`, only start and finish count (the resident and fused plans size their own
+/// dispatches);
 /// `parts`: the argmax partials per sample select reduces.
 fn loop_iterations(
     coder: Coder,
@@ -754,6 +854,25 @@ mod tests {
             ) < 10_000
         );
         assert!(loop_iterations(Coder::Omp, 16_384, 256, false, cpu_parts(16_384)) > 65_535);
+    }
+
+    /// The fused kernel's dispatches take every step once, in order, each under the cap: the
+    /// bench's size (K = 1536, k = 32) in a few dispatches under llvmpipe's 45 000, the paper's
+    /// (K = 16 384, k = 64) not at all (its last step alone needs about 87 000: the sweeps run),
+    /// K = 8192 at k = 32 does.
+    #[test]
+    fn fused_steps_cover_every_step_under_the_cap() {
+        let ranges = fused_step_ranges(1536, 32, Some(45_000)).unwrap();
+        assert!(ranges.len() > 1 && ranges.len() < 8, "{ranges:?}");
+        assert_eq!(ranges.first().unwrap().0, 0);
+        assert_eq!(ranges.last().unwrap().1, 32);
+        assert!(ranges
+            .windows(2)
+            .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1));
+        assert_eq!(fused_step_ranges(1536, 32, None), Some(vec![(0, 32)]));
+        assert_eq!(fused_step_ranges(16_384, 64, Some(45_000)), None);
+        assert!(fused_step_ranges(8192, 32, Some(45_000)).is_some());
+        assert_eq!(fused_step_ranges(40, 0, Some(45_000)), Some(vec![]));
     }
 
     /// omp.wgsl declares G as GramVariant::new expects, so f16 G gets its own format.

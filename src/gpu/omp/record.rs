@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use super::{
-    alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, mask_words, max_batch,
-    partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan, ChunkGroups,
-    ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG, TEXEL,
+    alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, fused_plan, mask_words,
+    max_batch, partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan,
+    ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG,
+    TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -162,6 +163,9 @@ impl<'a> Job<'a> {
             };
             kernels.prepare(gpu, options.gram, &[Kernel::PackAlpha, sweep, select])?;
         }
+        if let StepPath::Fused(_) = &path {
+            kernels.prepare(gpu, options.gram, &[Kernel::PackAlpha, Kernel::FusedOmp])?;
+        }
         let steps = match options.coder {
             Coder::Omp => max_atoms,
             Coder::Mp { .. } => 2 * max_atoms,
@@ -174,6 +178,10 @@ impl<'a> Job<'a> {
                     Coder::Mp { refit: true } => ranges(max_atoms, plan.rows_per_refit),
                     _ => Vec::new(),
                 },
+            ),
+            StepPath::Fused(_) => (
+                fused_plan(gpu, options.coder, n_atoms, max_atoms).expect("planned fused"),
+                Vec::new(),
             ),
             StepPath::Sweeps(_) => (Vec::new(), Vec::new()),
         };
@@ -267,7 +275,7 @@ impl<'a> Job<'a> {
         }));
         let texels = match &self.path {
             StepPath::Resident(plan, _) => plan.texels as u32,
-            StepPath::Sweeps(_) => 0,
+            StepPath::Sweeps(_) | StepPath::Fused(_) => 0,
         };
         for c in 0..self.chunks.len() {
             for &(first, last) in self.step_ranges.iter().chain(&self.refit_ranges) {
@@ -305,7 +313,7 @@ impl<'a> Job<'a> {
         }
         for (&(r0, r1), group) in self.chunks.iter().zip(&chunk_groups) {
             let per_sample = groups(gpu, r1 - r0, SAMPLE_WG as usize);
-            if let ChunkPath::Sweeps { pack, .. } = &group.path {
+            if let ChunkPath::Sweeps { pack, .. } | ChunkPath::Fused { pack, .. } = &group.path {
                 let texels = groups(gpu, (r1 - r0) * self.n_atoms.div_ceil(TEXEL), 64);
                 kernel(&mut pass, Kernel::PackAlpha);
                 pass.set_bind_group(pack);
@@ -346,6 +354,14 @@ impl<'a> Job<'a> {
                     pass.dispatch(workgroups.0, workgroups.1);
                     pass.set_pipeline(select.0, select.1);
                     pass.set_bind_group(&group.state);
+                    pass.dispatch(per_sample.0, per_sample.1);
+                }
+            }
+            ChunkPath::Fused { steps, .. } => {
+                let fused = kernels.pipeline(gpu, self.options.gram, Kernel::FusedOmp);
+                pass.set_pipeline(Kernel::FusedOmp.entry(), fused);
+                for bind_group in steps {
+                    pass.set_bind_group(bind_group);
                     pass.dispatch(per_sample.0, per_sample.1);
                 }
             }
@@ -444,6 +460,7 @@ impl<'a> Job<'a> {
         let path = match &self.path {
             StepPath::Resident(_, kernels) => self.resident_groups(i, kernels, &chunk),
             StepPath::Sweeps(views) => self.sweep_groups(views, &chunk, upd_view),
+            StepPath::Fused(views) => self.fused_groups(i, &views[0], &chunk),
         };
         ChunkGroups { state, path }
     }
@@ -484,6 +501,51 @@ impl<'a> Job<'a> {
                 .map(|r| group(r, &kernels.refit))
                 .collect(),
         }
+    }
+
+    /// `fused_omp`'s bind group per range of steps of chunk `i`, and pack_alpha's (α⁰ into
+    /// `alpha0`).
+    fn fused_groups(
+        &self,
+        i: usize,
+        alpha0: &wgpu::TextureView,
+        chunk: &ChunkEntries<'_>,
+    ) -> ChunkPath {
+        let device = self.gpu.device();
+        let first = self.pack_chunks.len() + self.chunks.len() + i * self.per_chunk();
+        let layout = &self
+            .kernels
+            .variant(self.gpu, self.options.gram)
+            .fused_layout;
+        let steps = (0..self.step_ranges.len())
+            .map(|r| {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("omp fused"),
+                    layout,
+                    entries: &[
+                        entry(0, self.uniform(first + r)),
+                        entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
+                        entry(5, chunk.alpha.clone()),
+                        entry(6, chunk.norms.clone()),
+                        entry(8, chunk.work.clone()),
+                        entry(12, wgpu::BindingResource::TextureView(alpha0)),
+                    ],
+                })
+            })
+            .collect();
+        let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("omp pack_alpha"),
+            layout: &self
+                .kernels
+                .pipeline(self.gpu, self.options.gram, Kernel::PackAlpha)
+                .get_bind_group_layout(0),
+            entries: &[
+                entry(0, self.uniform(chunk.uniform)),
+                entry(5, chunk.alpha.clone()),
+                entry(13, wgpu::BindingResource::TextureView(alpha0)),
+            ],
+        });
+        ChunkPath::Fused { steps, pack }
     }
 
     /// The sweeps' two bind groups (sweep s reads α texture s mod 2 and writes the other) and
@@ -582,6 +644,7 @@ fn step_path(
         let resident = resident_kernels(gpu, kernels, &plan, options.gram)?;
         return Ok(StepPath::Resident(plan, resident));
     }
+    let fused = fused_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
     let shape = TextureShape {
         width: n_atoms.div_ceil(TEXEL) as u32,
         height: rows as u32,
@@ -602,9 +665,11 @@ fn step_path(
         kernels.alphas[0].get(gpu, shape)?,
         kernels.alphas[1].get(gpu, second)?,
     ];
-    Ok(StepPath::Sweeps(
-        textures
-            .each_ref()
-            .map(|t| t.view(wgpu::TextureViewDimension::D2)),
-    ))
+    let views = textures
+        .each_ref()
+        .map(|t| t.view(wgpu::TextureViewDimension::D2));
+    Ok(match fused {
+        true => StepPath::Fused(views),
+        false => StepPath::Sweeps(views),
+    })
 }
