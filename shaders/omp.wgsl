@@ -253,9 +253,32 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
         vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer) * dt;
         vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * dt;
     }
-    // Ascending j, strict `>`: each invocation keeps its lowest index among ties.
     var best_abs = -1.0;
     var best = SweepBest(0.0, 0xffffffffu);
+    offer_block(&best_abs, &best, first, chosen, va, vb, vc, vd);
+    // MP: α as updated goes to the other texture of the pair, which the next sweep reads.
+    if params.fresh == 0u {
+        textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
+        textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
+        textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
+        textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
+    }
+    return best;
+}
+
+// Offers the PER atoms first .. first + PER − 1, their α in four texels, to the running best
+// (*best_abs its |α|, −1 for none), skipping atoms past K and those whose bit is set in
+// `chosen`. Ascending j and a strict `>`: the lowest index wins among ties.
+fn offer_block(
+    best_abs: ptr<function, f32>,
+    best: ptr<function, SweepBest>,
+    first: u32,
+    chosen: u32,
+    va: vec4<f32>,
+    vb: vec4<f32>,
+    vc: vec4<f32>,
+    vd: vec4<f32>,
+) {
     for (var m = 0u; m < PER; m++) {
         let j = first + m;
         var v: f32;
@@ -268,21 +291,11 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
         } else {
             v = vd[m - 12u];
         }
-        if j <= last && (chosen & (1u << m)) == 0u {
-            if abs(v) > best_abs {
-                best_abs = abs(v);
-                best = SweepBest(v, j);
-            }
+        if j < params.n_atoms && (chosen & (1u << m)) == 0u && abs(v) > *best_abs {
+            *best_abs = abs(v);
+            *best = SweepBest(v, j);
         }
     }
-    // MP: α as updated goes to the other texture of the pair, which the next sweep reads.
-    if params.fresh == 0u {
-        textureStore(alpha_out, vec2<u32>(qa, sample), bitcast<vec4<u32>>(va));
-        textureStore(alpha_out, vec2<u32>(qa + 1u, sample), bitcast<vec4<u32>>(vb));
-        textureStore(alpha_out, vec2<u32>(qa + 2u, sample), bitcast<vec4<u32>>(vc));
-        textureStore(alpha_out, vec2<u32>(qa + 3u, sample), bitcast<vec4<u32>>(vd));
-    }
-    return best;
 }
 
 // Word of argmax partial `part` of (sample, chunk).
@@ -772,23 +785,7 @@ fn fused_best(sample: u32, n: u32) -> SweepBest {
             vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * x;
             chosen |= select(0u, 1u << (j % PER), j / PER == b);
         }
-        for (var m = 0u; m < PER; m++) {
-            let j = b * PER + m;
-            var v: f32;
-            if m < 4u {
-                v = va[m];
-            } else if m < 8u {
-                v = vb[m - 4u];
-            } else if m < 12u {
-                v = vc[m - 8u];
-            } else {
-                v = vd[m - 12u];
-            }
-            if j <= last && (chosen & (1u << m)) == 0u && abs(v) > best_abs {
-                best_abs = abs(v);
-                best = SweepBest(v, j);
-            }
-        }
+        offer_block(&best_abs, &best, b * PER, chosen, va, vb, vc, vd);
     }
     return best;
 }

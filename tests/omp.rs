@@ -576,6 +576,17 @@ fn jobs_beyond_the_drivers_loop_cap_are_refused() {
     }
 }
 
+/// Coding shapes (K, d, samples, k) that reach every edge of the kernels' tiling: K = 1, one
+/// sample, k = d (13 × 7, 61 × 24), primes, and three sweep chunks of 512 atoms, the last one
+/// short (K = 1031).
+const AWKWARD: [(usize, usize, usize, usize); 5] = [
+    (1, 5, 3, 1),
+    (13, 7, 1, 7),
+    (257, 31, 5, 16),
+    (61, 24, 4, 24),
+    (1031, 20, 4, 12),
+];
+
 /// Batch-OMP on CPU adapters fuses each greedy step's sweep and select into one kernel
 /// (`fused_omp`: one invocation per sample, as many steps per dispatch as the loop cap allows,
 /// the chosen atoms and coefficients in private memory). Every path against the reference, on a profiling context that
@@ -602,14 +613,7 @@ fn fused_and_swept_batch_omp_match_the_reference() {
     ];
     // Per path: (fused dispatches, sweep dispatches) of each shape's job.
     let mut ran: Vec<Vec<(u64, u64)>> = vec![Vec::new(); paths.len()];
-    for (n_atoms, d, n, k) in [
-        (1, 5, 3, 1),
-        (13, 7, 1, 7),
-        (257, 31, 5, 16),
-        (61, 24, 4, 24),
-        (1031, 20, 4, 12),
-        (300, 96, 3, 80),
-    ] {
+    for (n_atoms, d, n, k) in AWKWARD.into_iter().chain([(300, 96, 3, 80)]) {
         for (p, (name, g)) in paths.iter().enumerate() {
             if k > 24 && (*name == "split" || *name == "capped") {
                 continue;
@@ -675,18 +679,12 @@ fn resident_and_portable_matching_pursuit_match_the_reference() {
     let gpu_paths = gpu.with_gpu_paths();
     let gpu_sweeps = gpu_paths.without_subgroups();
     let gpu_split = gpu_paths.with_max_loop_iterations(700);
-    for (n_atoms, d, n, k) in [
-        (1, 5, 3, 1),
-        (13, 7, 1, 7),
-        (257, 31, 5, 16),
-        (61, 24, 4, 24),
-        // Three sweep chunks of 512 atoms, the last one short.
-        (1031, 20, 4, 12),
+    for (n_atoms, d, n, k) in AWKWARD.into_iter().chain([
         // Texels per lane of 8 (rounded up to a multiple of 8), lane 7's last texel partly in K:
         // 32, in named registers; 72, past the 64 held so, in private arrays (`texel_lines`).
         (1022, 20, 4, 12),
         (2302, 20, 4, 12),
-    ] {
+    ]) {
         for refit in [false, true] {
             let coding = CodingOptions::mp(k, refit);
             for g in [

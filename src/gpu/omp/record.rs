@@ -533,19 +533,33 @@ impl<'a> Job<'a> {
                 })
             })
             .collect();
-        let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("omp pack_alpha"),
-            layout: &self
-                .kernels
-                .pipeline(self.gpu, self.options.gram, Kernel::PackAlpha)
-                .get_bind_group_layout(0),
-            entries: &[
-                entry(0, self.uniform(chunk.uniform)),
-                entry(5, chunk.alpha.clone()),
-                entry(13, wgpu::BindingResource::TextureView(alpha0)),
-            ],
-        });
-        ChunkPath::Fused { steps, pack }
+        ChunkPath::Fused {
+            steps,
+            pack: self.pack_alpha_group(chunk, alpha0),
+        }
+    }
+
+    /// pack_alpha's bind group: the chunk's α⁰ rows into `alpha0`.
+    fn pack_alpha_group(
+        &self,
+        chunk: &ChunkEntries<'_>,
+        alpha0: &wgpu::TextureView,
+    ) -> wgpu::BindGroup {
+        let layout = self
+            .kernels
+            .pipeline(self.gpu, self.options.gram, Kernel::PackAlpha)
+            .get_bind_group_layout(0);
+        self.gpu
+            .device()
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("omp pack_alpha"),
+                layout: &layout,
+                entries: &[
+                    entry(0, self.uniform(chunk.uniform)),
+                    entry(5, chunk.alpha.clone()),
+                    entry(13, wgpu::BindingResource::TextureView(alpha0)),
+                ],
+            })
     }
 
     /// The sweeps' two bind groups (sweep s reads α texture s mod 2 and writes the other) and
@@ -558,13 +572,12 @@ impl<'a> Job<'a> {
     ) -> ChunkPath {
         let device = self.gpu.device();
         let texture = |i: usize| wgpu::BindingResource::TextureView(&views[i]);
-        let uniform = || entry(0, self.uniform(chunk.uniform));
         let sweeps = [(0, 1), (1, 0)].map(|(from, to)| {
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("omp sweep"),
                 layout: self.kernels.sweep_layout(self.gpu, self.options.gram),
                 entries: &[
-                    uniform(),
+                    entry(0, self.uniform(chunk.uniform)),
                     entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
                     entry(2, wgpu::BindingResource::TextureView(upd_view)),
                     entry(8, chunk.work.clone()),
@@ -573,19 +586,10 @@ impl<'a> Job<'a> {
                 ],
             })
         });
-        let pack = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("omp pack_alpha"),
-            layout: &self
-                .kernels
-                .pipeline(self.gpu, self.options.gram, Kernel::PackAlpha)
-                .get_bind_group_layout(0),
-            entries: &[
-                uniform(),
-                entry(5, chunk.alpha.clone()),
-                entry(13, texture(0)),
-            ],
-        });
-        ChunkPath::Sweeps { sweeps, pack }
+        ChunkPath::Sweeps {
+            sweeps,
+            pack: self.pack_alpha_group(chunk, &views[0]),
+        }
     }
 }
 
