@@ -147,25 +147,8 @@ impl<'a> Job<'a> {
         let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows);
         let path = step_path(gpu, kernels, options, n_atoms, max_atoms, rows)?;
         // The pipelines this job records, built now in error scopes (see OmpKernels::prepare).
-        let pack = match options.gram {
-            GramPrecision::F32 => Kernel::PackF32,
-            GramPrecision::F16 => Kernel::PackF16,
-        };
-        kernels.prepare(gpu, options.gram, &[pack, Kernel::Start, Kernel::Finish])?;
-        if let StepPath::Sweeps(_) = &path {
-            let sweep = match reduced_sweep(gpu) {
-                true => Kernel::SweepReduced,
-                false => Kernel::Sweep,
-            };
-            let select = match options.coder {
-                Coder::Omp => Kernel::SelectOmp,
-                Coder::Mp { .. } => Kernel::SelectMp,
-            };
-            kernels.prepare(gpu, options.gram, &[Kernel::PackAlpha, sweep, select])?;
-        }
-        if let StepPath::Fused(_) = &path {
-            kernels.prepare(gpu, options.gram, &[Kernel::PackAlpha, Kernel::FusedOmp])?;
-        }
+        let job_kernels = job_kernels(gpu, options, n_atoms, max_atoms);
+        kernels.prepare(gpu, options.gram, &job_kernels)?;
         let steps = match options.coder {
             Coder::Omp => max_atoms,
             Coder::Mp { .. } => 2 * max_atoms,
@@ -590,6 +573,57 @@ impl<'a> Job<'a> {
             sweeps,
             pack: self.pack_alpha_group(chunk, &views[0]),
         }
+    }
+}
+
+/// The omp.wgsl pipelines a job coding with `options` at K = `n_atoms` records: G's and α⁰'s
+/// packing, start and finish, and the steps' kernels unless they run resident (in their own
+/// module, built with the job's path).
+fn job_kernels(
+    gpu: &Gpu,
+    options: &CodingOptions,
+    n_atoms: usize,
+    max_atoms: usize,
+) -> Vec<Kernel> {
+    let pack = match options.gram {
+        GramPrecision::F32 => Kernel::PackF32,
+        GramPrecision::F16 => Kernel::PackF16,
+    };
+    let mut kernels = vec![pack, Kernel::Start, Kernel::Finish];
+    if resident_plan(gpu, options.coder, n_atoms, max_atoms).is_some() {
+        return kernels;
+    }
+    kernels.push(Kernel::PackAlpha);
+    if fused_plan(gpu, options.coder, n_atoms, max_atoms).is_some() {
+        kernels.push(Kernel::FusedOmp);
+        return kernels;
+    }
+    kernels.push(match reduced_sweep(gpu) {
+        true => Kernel::SweepReduced,
+        false => Kernel::Sweep,
+    });
+    kernels.push(match options.coder {
+        Coder::Omp => Kernel::SelectOmp,
+        Coder::Mp { .. } => Kernel::SelectMp,
+    });
+    kernels
+}
+
+impl Gpu {
+    /// Builds the pipelines of omp.wgsl that coding with `options` against K = `n_atoms` atoms
+    /// of dimension `d` will record, where they do not depend on K (the resident coder's
+    /// module does, and is left to the job): `Encoder::new` runs this while another thread
+    /// builds the correlations' kernel, so a short encode does not build them one after the
+    /// other.
+    pub(crate) fn prepare_coding(
+        &self,
+        n_atoms: usize,
+        d: usize,
+        options: &CodingOptions,
+    ) -> Result<()> {
+        let max_atoms = options.max_atoms(n_atoms, d);
+        let kernels = job_kernels(self, options, n_atoms, max_atoms);
+        self.omp_kernels()?.prepare(self, options.gram, &kernels)
     }
 }
 
