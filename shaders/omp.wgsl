@@ -81,6 +81,10 @@ struct Params {
     // faster) and computes α as the reference does, without accumulated rounding. MP's (0)
     // update α and write it for the next sweep.
     fresh: u32,
+    // fused_omp: the blocks of PER atoms [first_block, last_block) this dispatch sweeps of its
+    // one step, where a whole step exceeds the loop cap (else 0 and 0xffffffff: all of them).
+    first_block: u32,
+    last_block: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -131,6 +135,10 @@ const H_DONE: u32 = 1u; // 1 once the sample has stopped
 const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
 const H_NUPD: u32 = 3u; // entries of the pending α update (0 after a stop)
 const H_CHOL_OK: u32 = 5u; // MP refit: the factor of the support so far is valid
+// fused_omp, a step split across dispatches: the largest |α| of the blocks swept so far (f32
+// α bits, atom).
+const H_BEST_VAL: u32 = 6u;
+const H_BEST_IDX: u32 = 7u;
 const HEADER: u32 = 8u;
 
 fn mask_words() -> u32 {
@@ -756,17 +764,19 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // omp_take leaves there.
 var<private> fused_atom: array<u32, SEL_PRIVATE>;
 
-// The sample's largest |α| over its unchosen atoms (ties to the lowest atom), α = α⁰ − G[:,I]·γ
-// recomputed from α⁰ (alpha_in) for the n chosen atoms in fused_atom and sel_x, PER atoms at a
-// time. A block's chosen atoms are found among the update entries as they pass, where the
+// The largest |α| over the sample's unchosen atoms in blocks [b0, b1) of PER atoms, offered
+// to the running best (ties to the lowest atom), α = α⁰ − G[:,I]·γ recomputed from α⁰
+// (alpha_in) for the n chosen atoms in fused_atom and sel_x, PER atoms at a time. A block's chosen atoms are found among the update entries as they pass, where the
 // sweep loads the mask.
-fn fused_best(sample: u32, n: u32) -> SweepBest {
+fn fused_best(sample: u32, n: u32, b0: u32, b1: u32, best_in: SweepBest) -> SweepBest {
     let last = params.n_atoms - 1u;
     let mask = (1u << params.layer_shift) - 1u;
+    var best = best_in;
     var best_abs = -1.0;
-    var best = SweepBest(0.0, 0xffffffffu);
-    let blocks = (params.n_atoms + PER - 1u) / PER;
-    for (var b = 0u; b < blocks; b++) {
+    if best.idx != 0xffffffffu {
+        best_abs = abs(best.val);
+    }
+    for (var b = b0; b < b1; b++) {
         let qa = b * (PER / 4u);
         var va = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa, sample)));
         var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample)));
@@ -807,8 +817,21 @@ fn fused_omp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         fused_atom[t] = work[sel_at(rec) + t];
         sel_x[t] = wf(coef_at(rec) + t);
     }
+    let blocks = (params.n_atoms + PER - 1u) / PER;
+    let b1 = min(params.last_block, blocks);
     for (var step = params.first_step; step < params.last_step; step++) {
-        let best = fused_best(sample, n);
+        // A step split across dispatches (first_step + 1 == last_step) continues the running
+        // best of its earlier blocks, and leaves it for the next dispatch until its last block.
+        var best = SweepBest(0.0, 0xffffffffu);
+        if params.first_block > 0u {
+            best = SweepBest(wf(rec + H_BEST_VAL), work[rec + H_BEST_IDX]);
+        }
+        best = fused_best(sample, n, params.first_block, b1, best);
+        if b1 < blocks {
+            set_wf(rec + H_BEST_VAL, best.val);
+            work[rec + H_BEST_IDX] = best.idx;
+            return;
+        }
         n = omp_take(sample, rec, y2, best.val, best.idx);
         if n == 0u {
             return;

@@ -83,7 +83,8 @@ struct Params {
     rows_first: [u32; 4],
     chunk_parts: u32,
     fresh: u32,
-    _pad: [u32; 2],
+    first_block: u32,
+    last_block: u32,
 }
 
 /// The entry points of omp.wgsl that coding runs.
@@ -301,65 +302,110 @@ fn resident_plan(
 
 /// Most atoms per sample of the fused Batch-OMP kernel (`SEL_PRIVATE` in omp.wgsl: its solves'
 /// vectors and the chosen atoms live in private arrays of that length).
-const FUSED_ATOMS: usize = 128;
+const FUSED_SUPPORT: usize = 128;
 
-/// The greedy steps of each `fused_omp` dispatch for Batch-OMP at K = `n_atoms`, or `None`
-/// where the sweeps run: GPU paths (a step of one sample in one invocation would leave a GPU
-/// idle), matching pursuit, more than FUSED_ATOMS atoms per sample, or not one step under the
-/// loop cap.
+/// Most atoms K the fused kernel codes against. Each invocation reads its sample's chosen rows
+/// of G 64 bytes at a time, 8 samples to a SIMD group, where a sweep workgroup reads 2 KiB runs
+/// of each row; past some size of G that costs more than the fusion saves. On lavapipe (2-core
+/// EPYC VM, d = 384, k = 32, B = 1024, each within one `dbksvd bench` run) fused against sweep
+/// and select: 0.53 / 0.81 s at K = 2048, 0.83 / 1.87 at 4096, 1.37 / 2.76 at 6144, 1.67 / 3.30
+/// at 7168, then 4.33 / 3.82 at 8000, 4.59 / 3.98 at 8192, and 11.9 / 6.8 s at K = 16 384
+/// (d = 2304, k = 64, B = 256). The cliff's place depends on the CPU's caches: this keeps a
+/// margin below it.
+const FUSED_DICTIONARY: usize = 6144;
+
+/// One `fused_omp` dispatch: its greedy steps [first, last), and of its one step the blocks of
+/// PER atoms [first, last) where a whole step does not fit the loop cap (else all of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FusedDispatch {
+    pub steps: (usize, usize),
+    pub blocks: (u32, u32),
+}
+
+/// Blocks of a dispatch that sweeps them all (`last_block` in omp.wgsl, clamped there).
+const ALL_BLOCKS: (u32, u32) = (0, u32::MAX);
+
+/// The dispatches of `fused_omp` for Batch-OMP at K = `n_atoms`, or `None` where the sweeps
+/// run: GPU paths (a step of one sample in one invocation would leave a GPU idle), matching
+/// pursuit, more than FUSED_SUPPORT atoms per sample or FUSED_DICTIONARY atoms, or not even one
+/// block and the solves of a step under the loop cap.
 fn fused_plan(
     gpu: &Gpu,
     coder: Coder,
     n_atoms: usize,
     max_atoms: usize,
-) -> Option<Vec<(usize, usize)>> {
+) -> Option<Vec<FusedDispatch>> {
     let limits = gpu.limits();
     if !limits.cpu_paths
         || !limits.fused_omp
         || !matches!(coder, Coder::Omp)
-        || max_atoms > FUSED_ATOMS
+        || max_atoms > FUSED_SUPPORT
+        || n_atoms > FUSED_DICTIONARY
     {
         return None;
     }
-    fused_step_ranges(n_atoms, max_atoms, limits.max_loop_iterations)
+    fused_dispatches(n_atoms, max_atoms, limits.max_loop_iterations)
 }
 
-/// The [first, last) greedy steps of each `fused_omp` dispatch, as many as fit under `cap`
-/// loop iterations per invocation (all in one without a cap); `None` when one step does not.
-fn fused_step_ranges(
+/// The `fused_omp` dispatches for K = `n_atoms` and `max_atoms` steps under `cap` loop
+/// iterations per invocation (all steps in one without a cap): as many whole steps per
+/// dispatch as fit, and a step that does not fit alone split into dispatches of as many blocks
+/// as fit; `None` when one block and the step's solves do not.
+fn fused_dispatches(
     n_atoms: usize,
     max_atoms: usize,
     cap: Option<u64>,
-) -> Option<Vec<(usize, usize)>> {
-    let k = max_atoms as u64;
-    let blocks = n_atoms.div_ceil(PER as usize) as u64;
-    // Step s (s atoms chosen): per block of PER atoms the s update entries, the PER argmax
-    // entries and the block itself; then select's solves (as `loop_iterations` counts them,
-    // less the partials).
-    let step = |s: usize| {
-        let s = s as u64;
-        blocks * (s + PER as u64 + 2) + s * s + 8 * s + 8
-    };
+) -> Option<Vec<FusedDispatch>> {
     let Some(cap) = cap else {
-        return Some(vec![(0, max_atoms)]);
+        return Some(vec![FusedDispatch {
+            steps: (0, max_atoms),
+            blocks: ALL_BLOCKS,
+        }]);
     };
-    let mut ranges = Vec::new();
+    let blocks = n_atoms.div_ceil(PER as usize) as u64;
+    // Step s (s atoms chosen): per block of PER atoms its s update entries, its PER argmax
+    // entries and itself; then select's solves (as `loop_iterations` counts them, less the
+    // partials). Every dispatch first loads the record's chosen atoms and coefficients.
+    let block = |s: u64| s + PER as u64 + 2;
+    let solve = |s: u64| s * s + 8 * s + 8;
+    let load = max_atoms as u64 + 4;
+    let step = |s: u64| blocks * block(s) + solve(s);
+    let mut out = Vec::new();
     let mut first = 0;
     while first < max_atoms {
-        // The dispatch's start loads the record's chosen atoms and coefficients.
-        let mut used = k + 4;
+        let mut used = load;
         let mut last = first;
-        while last < max_atoms && used + step(last) <= cap {
-            used += step(last);
+        while last < max_atoms && used + step(last as u64) <= cap {
+            used += step(last as u64);
             last += 1;
         }
-        if last == first {
+        if last > first {
+            out.push(FusedDispatch {
+                steps: (first, last),
+                blocks: ALL_BLOCKS,
+            });
+            first = last;
+            continue;
+        }
+        // Step `first` alone exceeds the cap: its blocks in pieces, the solves in the last.
+        let s = first as u64;
+        let per_piece = cap.checked_sub(load + solve(s))? / block(s);
+        if per_piece == 0 {
             return None;
         }
-        ranges.push((first, last));
-        first = last;
+        let per_piece = per_piece.min(blocks);
+        let mut b0 = 0;
+        while b0 < blocks {
+            let b1 = (b0 + per_piece).min(blocks);
+            out.push(FusedDispatch {
+                steps: (first, first + 1),
+                blocks: (b0 as u32, if b1 == blocks { u32::MAX } else { b1 as u32 }),
+            });
+            b0 = b1;
+        }
+        first += 1;
     }
-    Some(ranges)
+    Some(out)
 }
 
 /// Entries of a packed lower triangle of n rows.
@@ -829,7 +875,9 @@ mod tests {
         texels,
         rows_first,
         chunk_parts,
-        fresh
+        fresh,
+        first_block,
+        last_block
     });
 
     /// Argmax partials per sample of the CPU adapters' sweep (one per invocation).
@@ -856,23 +904,55 @@ mod tests {
         assert!(loop_iterations(Coder::Omp, 16_384, 256, false, cpu_parts(16_384)) > 65_535);
     }
 
-    /// The fused kernel's dispatches take every step once, in order, each under the cap: the
-    /// bench's size (K = 1536, k = 32) in a few dispatches under llvmpipe's 45 000, the paper's
-    /// (K = 16 384, k = 64) not at all (its last step alone needs about 87 000: the sweeps run),
-    /// K = 8192 at k = 32 does.
+    /// The fused kernel's dispatches take every step once, in order, and a step split across
+    /// dispatches every block once, in order: the bench's size (K = 1536, k = 32) in a few
+    /// dispatches of whole steps under llvmpipe's 45 000, the paper's (K = 16 384, k = 64) with
+    /// its later steps split (its last one needs about 87 000 iterations; `fused_plan` leaves
+    /// that size to the sweeps, but K = 4096 at k = 128 needs the split too); k = 240 not at
+    /// all (its solves alone exceed the cap).
     #[test]
-    fn fused_steps_cover_every_step_under_the_cap() {
-        let ranges = fused_step_ranges(1536, 32, Some(45_000)).unwrap();
-        assert!(ranges.len() > 1 && ranges.len() < 8, "{ranges:?}");
-        assert_eq!(ranges.first().unwrap().0, 0);
-        assert_eq!(ranges.last().unwrap().1, 32);
-        assert!(ranges
-            .windows(2)
-            .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1));
-        assert_eq!(fused_step_ranges(1536, 32, None), Some(vec![(0, 32)]));
-        assert_eq!(fused_step_ranges(16_384, 64, Some(45_000)), None);
-        assert!(fused_step_ranges(8192, 32, Some(45_000)).is_some());
-        assert_eq!(fused_step_ranges(40, 0, Some(45_000)), Some(vec![]));
+    fn fused_dispatches_cover_every_step_and_block_under_the_cap() {
+        let check = |n_atoms: usize, k: usize| -> Vec<FusedDispatch> {
+            let plan = fused_dispatches(n_atoms, k, Some(45_000)).unwrap();
+            let blocks = n_atoms.div_ceil(PER as usize) as u32;
+            let mut next = (0, 0u32);
+            for d in &plan {
+                assert_eq!(d.steps.0, next.0, "{plan:?}");
+                assert!(d.steps.0 < d.steps.1, "{plan:?}");
+                if d.blocks == ALL_BLOCKS {
+                    assert_eq!(next.1, 0, "{plan:?}");
+                    next = (d.steps.1, 0);
+                } else {
+                    assert_eq!(d.steps.1, d.steps.0 + 1, "{plan:?}");
+                    assert_eq!(d.blocks.0, next.1, "{plan:?}");
+                    let end = d.blocks.1.min(blocks);
+                    assert!(end > d.blocks.0, "{plan:?}");
+                    next = match d.blocks.1 == u32::MAX {
+                        true => (d.steps.1, 0),
+                        false => (d.steps.0, end),
+                    };
+                }
+            }
+            assert_eq!(next, (k, 0), "{plan:?}");
+            plan
+        };
+        let small = check(1536, 32);
+        assert!(small.len() > 1 && small.len() < 8, "{small:?}");
+        assert!(small.iter().all(|d| d.blocks == ALL_BLOCKS));
+        let paper = check(16_384, 64);
+        assert!(paper.iter().any(|d| d.blocks != ALL_BLOCKS), "{paper:?}");
+        let wide = check(4096, 128);
+        assert!(wide.iter().any(|d| d.blocks != ALL_BLOCKS), "{wide:?}");
+        assert_eq!(check(40, 1).len(), 1);
+        assert_eq!(
+            fused_dispatches(1536, 32, None),
+            Some(vec![FusedDispatch {
+                steps: (0, 32),
+                blocks: ALL_BLOCKS
+            }])
+        );
+        assert_eq!(fused_dispatches(40, 0, Some(45_000)), Some(vec![]));
+        assert_eq!(fused_dispatches(300, 240, Some(45_000)), None);
     }
 
     /// omp.wgsl declares G as GramVariant::new expects, so f16 G gets its own format.

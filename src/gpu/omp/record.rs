@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::{
     alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, fused_plan, mask_words,
     max_batch, partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan,
-    ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, CHUNK, SAMPLE_WG,
-    TEXEL,
+    ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, ALL_BLOCKS, CHUNK,
+    SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -109,6 +109,8 @@ struct Job<'a> {
     path: StepPath,
     /// Resident path: the steps of each resident dispatch, the support rows of each refit one.
     step_ranges: Vec<(usize, usize)>,
+    /// Fused path: the blocks of PER atoms each dispatch of `step_ranges` sweeps.
+    block_ranges: Vec<(u32, u32)>,
     refit_ranges: Vec<(usize, usize)>,
     /// Every dispatch's uniforms (set once the plan is complete).
     uniforms: Option<UniformRecords>,
@@ -153,20 +155,27 @@ impl<'a> Job<'a> {
             Coder::Omp => max_atoms,
             Coder::Mp { .. } => 2 * max_atoms,
         };
-        // Resident: per chunk, a record per dispatch of steps, then per dispatch of refit rows.
-        let (step_ranges, refit_ranges) = match &path {
-            StepPath::Resident(plan, _) => (
-                plan.step_ranges(steps),
-                match options.coder {
+        // Resident: per chunk, a record per dispatch of steps, then per dispatch of refit rows;
+        // fused: per dispatch of steps (or of blocks of one step).
+        let (step_ranges, refit_ranges, block_ranges) = match &path {
+            StepPath::Resident(plan, _) => {
+                let steps = plan.step_ranges(steps);
+                let blocks = vec![ALL_BLOCKS; steps.len()];
+                let refit = match options.coder {
                     Coder::Mp { refit: true } => ranges(max_atoms, plan.rows_per_refit),
                     _ => Vec::new(),
-                },
-            ),
-            StepPath::Fused(_) => (
-                fused_plan(gpu, options.coder, n_atoms, max_atoms).expect("planned fused"),
-                Vec::new(),
-            ),
-            StepPath::Sweeps(_) => (Vec::new(), Vec::new()),
+                };
+                (steps, refit, blocks)
+            }
+            StepPath::Fused(_) => {
+                let plan = fused_plan(gpu, options.coder, n_atoms, max_atoms).expect("planned");
+                (
+                    plan.iter().map(|d| d.steps).collect(),
+                    Vec::new(),
+                    plan.iter().map(|d| d.blocks).collect(),
+                )
+            }
+            StepPath::Sweeps(_) => (Vec::new(), Vec::new(), Vec::new()),
         };
         let binding_rows = rows_per_window(n_atoms, gpu.limits().planned_binding_size, align);
         let updates = TextureShape {
@@ -189,6 +198,7 @@ impl<'a> Job<'a> {
             steps,
             path,
             step_ranges,
+            block_ranges,
             refit_ranges,
             uniforms: None,
             work: kernels.work.get(gpu, layout.work_words)?,
@@ -234,7 +244,8 @@ impl<'a> Job<'a> {
             rows_first: [0; 4],
             chunk_parts: chunk_parts(self.gpu) as u32,
             fresh: u32::from(alpha_textures(self.options.coder) == 1),
-            _pad: [0; 2],
+            first_block: ALL_BLOCKS.0,
+            last_block: ALL_BLOCKS.1,
         };
         let mut records: Vec<Params> = self
             .pack_chunks
@@ -260,12 +271,19 @@ impl<'a> Job<'a> {
             StepPath::Resident(plan, _) => plan.texels as u32,
             StepPath::Sweeps(_) | StepPath::Fused(_) => 0,
         };
+        let blocks = self
+            .block_ranges
+            .iter()
+            .chain(std::iter::repeat(&ALL_BLOCKS));
         for c in 0..self.chunks.len() {
-            for &(first, last) in self.step_ranges.iter().chain(&self.refit_ranges) {
+            let ranges = self.step_ranges.iter().chain(&self.refit_ranges);
+            for (&(first, last), &(first_block, last_block)) in ranges.zip(blocks.clone()) {
                 records.push(Params {
                     first_step: first as u32,
                     last_step: last as u32,
                     texels,
+                    first_block,
+                    last_block,
                     ..records[chunk_records + c]
                 });
             }
