@@ -751,14 +751,16 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // ---------------------------------------------------------------------------------------------
 // fused_omp: Batch-OMP's sweep and select in one kernel for CPU adapters, one invocation per
 // sample running the greedy steps [first_step, last_step) (as many as the host fits under the
-// loop cap). Per step: α = α⁰ − G[:,I]·γ recomputed PER atoms at a time and their argmax, all
+// loop cap; where one step does not fit, its blocks [first_block, last_block) per dispatch, the
+// running argmax kept in the record between them). Per step: α = α⁰ − G[:,I]·γ recomputed PER atoms at a time and their argmax, all
 // in the invocation, then omp_take. The same f32 operations in the same order as sweep and
 // select_omp, so the same codes bit for bit; what it saves is their traffic through storage,
 // which llvmpipe runs lane by lane (a loop over the lanes per access): the sweep's per-chunk
 // loads of the record and mask and its stores of argmax partials, select's reading them back
 // (96 per sample and step at K = 1536), and the update entries, which stay in private memory
 // from one step to the next (the kernel 1.4× faster than sweep and select at K = 1536, k = 32).
-// On a GPU one invocation per sample would leave most of it idle: the sweeps run there.
+// On a GPU one invocation per sample would leave most of it idle, and past K = 6144 on
+// lavapipe the sweeps' long runs of each G row win (src/gpu/omp/mod.rs): the sweeps run there.
 
 // The chosen atoms of the invocation's sample, in order; their coefficients are sel_x, which
 // omp_take leaves there.
@@ -766,8 +768,8 @@ var<private> fused_atom: array<u32, SEL_PRIVATE>;
 
 // The largest |α| over the sample's unchosen atoms in blocks [b0, b1) of PER atoms, offered
 // to the running best (ties to the lowest atom), α = α⁰ − G[:,I]·γ recomputed from α⁰
-// (alpha_in) for the n chosen atoms in fused_atom and sel_x, PER atoms at a time. A block's chosen atoms are found among the update entries as they pass, where the
-// sweep loads the mask.
+// (alpha_in) for the n chosen atoms in fused_atom and sel_x, PER atoms at a time. A block's
+// chosen atoms are found among the update entries as they pass, where the sweep loads the mask.
 fn fused_best(sample: u32, n: u32, b0: u32, b1: u32, best_in: SweepBest) -> SweepBest {
     let last = params.n_atoms - 1u;
     let mask = (1u << params.layer_shift) - 1u;
