@@ -693,8 +693,9 @@ enum StepPath {
     Resident(ResidentPlan, ResidentKernels),
     /// Views of the pair of α textures (the scratch cache keeps the textures).
     Sweeps([wgpu::TextureView; 2]),
-    /// Batch-OMP's fused kernel over α⁰'s texture (the first view; the second a stand-in).
-    Fused([wgpu::TextureView; 2]),
+    /// Batch-OMP's fused kernel: its dispatches, and a view of α⁰'s texture (the first of the
+    /// pair; the fused kernel binds no second).
+    Fused(Vec<FusedDispatch>, wgpu::TextureView),
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of

@@ -109,7 +109,8 @@ struct Job<'a> {
     path: StepPath,
     /// Resident path: the steps of each resident dispatch, the support rows of each refit one.
     step_ranges: Vec<(usize, usize)>,
-    /// Fused path: the blocks of PER atoms each dispatch of `step_ranges` sweeps.
+    /// Fused path: the blocks of PER atoms each dispatch of `step_ranges` sweeps (dispatches
+    /// past its end, and every other path's, take them all).
     block_ranges: Vec<(u32, u32)>,
     refit_ranges: Vec<(usize, usize)>,
     /// Every dispatch's uniforms (set once the plan is complete).
@@ -159,22 +160,17 @@ impl<'a> Job<'a> {
         // fused: per dispatch of steps (or of blocks of one step).
         let (step_ranges, refit_ranges, block_ranges) = match &path {
             StepPath::Resident(plan, _) => {
-                let steps = plan.step_ranges(steps);
-                let blocks = vec![ALL_BLOCKS; steps.len()];
                 let refit = match options.coder {
                     Coder::Mp { refit: true } => ranges(max_atoms, plan.rows_per_refit),
                     _ => Vec::new(),
                 };
-                (steps, refit, blocks)
+                (plan.step_ranges(steps), refit, Vec::new())
             }
-            StepPath::Fused(_) => {
-                let plan = fused_plan(gpu, options.coder, n_atoms, max_atoms).expect("planned");
-                (
-                    plan.iter().map(|d| d.steps).collect(),
-                    Vec::new(),
-                    plan.iter().map(|d| d.blocks).collect(),
-                )
-            }
+            StepPath::Fused(plan, _) => (
+                plan.iter().map(|d| d.steps).collect(),
+                Vec::new(),
+                plan.iter().map(|d| d.blocks).collect(),
+            ),
             StepPath::Sweeps(_) => (Vec::new(), Vec::new(), Vec::new()),
         };
         let binding_rows = rows_per_window(n_atoms, gpu.limits().planned_binding_size, align);
@@ -269,7 +265,7 @@ impl<'a> Job<'a> {
         }));
         let texels = match &self.path {
             StepPath::Resident(plan, _) => plan.texels as u32,
-            StepPath::Sweeps(_) | StepPath::Fused(_) => 0,
+            StepPath::Sweeps(_) | StepPath::Fused(..) => 0,
         };
         let blocks = self
             .block_ranges
@@ -461,7 +457,7 @@ impl<'a> Job<'a> {
         let path = match &self.path {
             StepPath::Resident(_, kernels) => self.resident_groups(i, kernels, &chunk),
             StepPath::Sweeps(views) => self.sweep_groups(views, &chunk, upd_view),
-            StepPath::Fused(views) => self.fused_groups(i, &views[0], &chunk),
+            StepPath::Fused(_, alpha0) => self.fused_groups(i, alpha0, &chunk),
         };
         ChunkGroups { state, path }
     }
@@ -700,13 +696,20 @@ fn step_path(
         let resident = resident_kernels(gpu, kernels, &plan, options.gram)?;
         return Ok(StepPath::Resident(plan, resident));
     }
-    let fused = fused_plan(gpu, options.coder, n_atoms, max_atoms).is_some();
+    let fused = fused_plan(gpu, options.coder, n_atoms, max_atoms);
     let shape = TextureShape {
         width: n_atoms.div_ceil(TEXEL) as u32,
         height: rows as u32,
         layers: 1,
         format: wgpu::TextureFormat::Rgba32Uint,
     };
+    if let Some(plan) = fused {
+        let alpha0 = kernels.alphas[0].get(gpu, shape)?;
+        return Ok(StepPath::Fused(
+            plan,
+            alpha0.view(wgpu::TextureViewDimension::D2),
+        ));
+    }
     // Where the sweeps use one α texture the second binding gets a 1×1 stand-in (at K = 16 384
     // and 4096 rows each is 256 MiB).
     let second = match alpha_textures(options.coder) {
@@ -721,11 +724,9 @@ fn step_path(
         kernels.alphas[0].get(gpu, shape)?,
         kernels.alphas[1].get(gpu, second)?,
     ];
-    let views = textures
-        .each_ref()
-        .map(|t| t.view(wgpu::TextureViewDimension::D2));
-    Ok(match fused {
-        true => StepPath::Fused(views),
-        false => StepPath::Sweeps(views),
-    })
+    Ok(StepPath::Sweeps(
+        textures
+            .each_ref()
+            .map(|t| t.view(wgpu::TextureViewDimension::D2)),
+    ))
 }
