@@ -493,6 +493,47 @@ fn order_slots(
     slot_order[first + place] = vec2<u32>(key, slot);
 }
 
+// Most slots per sample order_samples sorts in private memory (the host runs order_slots for
+// larger k).
+const ORDER_PRIVATE: u32 = 64u;
+// The visiting positions of the invocation's sample's slots.
+var<private> order_key: array<u32, ORDER_PRIVATE>;
+
+// order_slots with one invocation per sample (k ≤ ORDER_PRIVATE): its k keys are read once
+// into private memory and ranked there, where order_slots reads every key of the sample in
+// each of its k invocations (on llvmpipe each read a loop over the lanes, k² per sample). The
+// same places, so the same slot_order.
+@compute @workgroup_size(64)
+fn order_samples(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = gid.y * groups.x * 64u + gid.x;
+    if s >= params.n {
+        return;
+    }
+    let first = s * params.k;
+    for (var i = 0u; i < params.k; i++) {
+        let key = slot_key(first + i);
+        order_key[i] = key;
+        if key != 0xffffffffu {
+            let b = key / params.atom_batch;
+            atomicOr(&batch_mask[s * params.mask_words + b / 32u], 1u << (b % 32u));
+        }
+    }
+    for (var i = 0u; i < params.k; i++) {
+        let key = order_key[i];
+        var place = 0u;
+        for (var o = 0u; o < params.k; o++) {
+            let other_key = order_key[o];
+            if other_key < key || (other_key == key && o < i) {
+                place++;
+            }
+        }
+        slot_order[first + place] = vec2<u32>(key, first + i);
+    }
+}
+
 // The place in slot_order of sample s's first slot in this batch (its run of the batch's slots
 // follows), or 0xffffffff when its batch_mask bit says it has none: a binary search.
 fn fold_first(s: u32) -> u32 {

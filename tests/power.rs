@@ -11,28 +11,34 @@ const K: usize = 256;
 const SLOTS: usize = 8;
 
 /// Atoms: the first 256 rows of the bundled MiniLM slice, normalised; samples: the other 1280
-/// rows; codes: GPU OMP with k = 8.
+/// rows; codes: GPU OMP with k = 8 (`setup`) or another k (`setup_with`).
 struct Setup {
     d: usize,
+    k: usize,
     atoms: Vec<f32>,
     samples: Vec<f32>,
     codes: SparseCodes,
 }
 
 fn setup(gpu: &Gpu) -> Setup {
+    setup_with(gpu, SLOTS)
+}
+
+fn setup_with(gpu: &Gpu, k: usize) -> Setup {
     let (data, rows, d) = common::minilm_slice();
     let encoder = Encoder::new(
         gpu,
         &data[..K * d],
         K,
         d,
-        EncoderOptions::new(CodingOptions::omp(SLOTS)),
+        EncoderOptions::new(CodingOptions::omp(k)),
     )
     .unwrap();
     let samples = data[K * d..rows * d].to_vec();
     let codes = encoder.encode(&samples).unwrap();
     Setup {
         d,
+        k,
         atoms: encoder.atoms().to_vec(),
         samples,
         codes,
@@ -44,7 +50,7 @@ fn reference_state(s: &Setup) -> KsvdState {
         d: s.d,
         atoms: s.atoms.iter().map(|&v| v as f64).collect(),
         samples: s.samples.iter().map(|&v| v as f64).collect(),
-        k: SLOTS,
+        k: s.k,
         indices: s.codes.indices.clone(),
         values: s.codes.values.iter().map(|&v| v as f64).collect(),
     }
@@ -74,10 +80,20 @@ fn gpu_update(gpu: &Gpu, s: &Setup, options: &UpdateOptions) -> (Vec<f32>, Spars
 /// every atom (|cos| ≥ 1 − `cos_gap`) and every atom's coefficients (‖Δx‖/‖x‖ ≤ `x_error`).
 /// `exact`: the reference's converged directions; otherwise its twin of the GPU's p power steps.
 fn matches_reference(gpu: &Gpu, options: &UpdateOptions, exact: bool, cos_gap: f64, x_error: f64) {
-    let s = setup(gpu);
-    let (atoms, codes, usage) = gpu_update(gpu, &s, options);
+    matches_reference_at(gpu, &setup(gpu), options, exact, cos_gap, x_error);
+}
 
-    let mut state = reference_state(&s);
+fn matches_reference_at(
+    gpu: &Gpu,
+    s: &Setup,
+    options: &UpdateOptions,
+    exact: bool,
+    cos_gap: f64,
+    x_error: f64,
+) {
+    let (atoms, codes, usage) = gpu_update(gpu, s, options);
+
+    let mut state = reference_state(s);
     let order: Vec<usize> = atom_order(K, options.seed)
         .into_iter()
         .map(|j| j as usize)
@@ -105,7 +121,7 @@ fn matches_reference(gpu: &Gpu, options: &UpdateOptions, exact: bool, cos_gap: f
         worst_cos = worst_cos.min(cos.abs());
         let (mut diff2, mut norm2) = (0.0f64, 0.0f64);
         for &(smp, t) in &users[j] {
-            let slot = smp * SLOTS + t;
+            let slot = smp * s.k + t;
             diff2 += (codes.values[slot] as f64 - state.values[slot]).powi(2);
             norm2 += state.values[slot].powi(2);
         }
@@ -114,7 +130,7 @@ fn matches_reference(gpu: &Gpu, options: &UpdateOptions, exact: bool, cos_gap: f
         }
     }
     let ref_after: f64 = state.residual().iter().map(|v| v * v).sum();
-    let gpu_after = residual_energy(&s, &atoms, &codes);
+    let gpu_after = residual_energy(s, &atoms, &codes);
     eprintln!(
         "A = {}, p = {}: worst 1 − |cos| {:.2e}, worst coefficient error {worst_x:.2e}, \
          ‖Y − XD‖² GPU {gpu_after:.2} reference {ref_after:.2}",
@@ -161,6 +177,53 @@ fn sequential_update_matches_the_exact_reference() {
 fn batched_update_matches_the_batched_reference() {
     let Some(gpu) = common::gpu() else { return };
     matches_reference(gpu, &batched_options(), false, 2e-6, 1e-5);
+}
+
+/// The batched update with k = 67 slots per sample, past the 64 whose slots one invocation
+/// orders in private memory (order_samples): here they are ordered one invocation per slot
+/// (order_slots), and the folds find each batch's slots there. Each row keeps its 8 OMP atoms
+/// and gains 59 more with coefficients up to ±0.6 (OMP itself at k = 67 picks nearly dependent
+/// MiniLM atoms whose coefficients run to 10⁸). Atom batches of 4: at 16 so many of a row's
+/// atoms share a batch that the parallel updates interfere and ‖Y − X·D‖² grows by orders of
+/// magnitude (GPU and reference alike). p = 1 (`UpdateOptions`' default): at p = 30 rounding
+/// grows with the users per atom
+/// (coefficient error 4e-7 at 9 slots, 3e-5 at 32, 4e-4 at 67, unconverged directions), at
+/// p = 1 it stays 4.5e-7 (1 − |cos| 1.1e-7), so the tolerances (2e-6, 1e-5) keep 20× of margin.
+/// order_slots writing each row's order reversed misses by 0.57 in |cos| (tried; the same in
+/// order_samples fails `batched_update_matches_the_batched_reference`).
+#[test]
+fn wide_codes_match_the_batched_reference() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut s = setup(gpu);
+    let wide = 67;
+    let mut codes = SparseCodes {
+        n: s.codes.n,
+        k: wide,
+        indices: Vec::with_capacity(s.codes.n * wide),
+        values: Vec::with_capacity(s.codes.n * wide),
+        residual_energy: s.codes.residual_energy.clone(),
+    };
+    for smp in 0..s.codes.n {
+        let row = smp * SLOTS..(smp + 1) * SLOTS;
+        let mut atoms: Vec<i32> = s.codes.indices[row.clone()].to_vec();
+        codes.values.extend_from_slice(&s.codes.values[row]);
+        let mut j = (smp * 37) % K;
+        while atoms.len() < wide {
+            if !atoms.contains(&(j as i32)) {
+                atoms.push(j as i32);
+                codes.values.push(0.2 * ((atoms.len() % 7) as f32 - 3.0));
+            }
+            j = (j + 11) % K;
+        }
+        codes.indices.extend(atoms);
+    }
+    s.codes = codes;
+    s.k = wide;
+    assert!(s.codes.indices.iter().all(|&j| j >= 0));
+    let options = batched_options()
+        .with_atom_batch(4)
+        .with_power_iterations(1);
+    matches_reference_at(gpu, &s, &options, false, 2e-6, 1e-5);
 }
 
 /// Atom batches of 16 at the trainer's p = 30, seeded.
@@ -1047,7 +1110,9 @@ fn profiled_contexts_time_every_kernel_and_change_nothing() {
             .sum()
     };
     assert_eq!(dispatches("fold"), K.div_ceil(24) as u64, "{times:?}");
-    assert_eq!(dispatches("order_slots"), 1, "{times:?}");
+    // k = 8: one invocation per sample orders its slots (wide_codes_… takes order_slots).
+    assert_eq!(dispatches("order_samples"), 1, "{times:?}");
+    assert_eq!(dispatches("order_slots"), 0, "{times:?}");
     assert_eq!(dispatches("commit"), 1, "{times:?}");
     assert!(
         dispatches("power_partial") >= K.div_ceil(24) as u64,

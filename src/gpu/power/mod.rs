@@ -187,6 +187,7 @@ pub(crate) struct PowerKernels {
     fold_rows: wgpu::ComputePipeline,
     commit: wgpu::ComputePipeline,
     order_slots: wgpu::ComputePipeline,
+    order_samples: wgpu::ComputePipeline,
     /// The vec4 entry points (d a multiple of 4) reading storage buffers.
     vec4: Vec4Kernels,
     /// The same reading texture copies (READ_TEXTURES), built on CPU adapters only.
@@ -257,6 +258,7 @@ impl PowerKernels {
                 fold_rows: compute_pipeline(gpu, &module, "fold_rows", &c),
                 commit: compute_pipeline(gpu, &module, "commit", &c),
                 order_slots: compute_pipeline(gpu, &module, "order_slots", &c),
+                order_samples: compute_pipeline(gpu, &module, "order_samples", &c),
                 vec4: Vec4Kernels::new(gpu, &module, false),
                 textured: gpu
                     .adapter()
@@ -635,4 +637,11 @@ mod tests {
         atom_batch,
         mask_words
     });
+
+    /// power.wgsl's private key array is as long as the host's bound on the k it takes.
+    #[test]
+    fn order_samples_holds_the_k_the_host_gives_it() {
+        let declared = format!("const ORDER_PRIVATE: u32 = {}u;", record::ORDER_PRIVATE);
+        assert_eq!(SHADER.matches(&declared).count(), 1);
+    }
 }

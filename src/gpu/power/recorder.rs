@@ -129,12 +129,17 @@ impl<'a> Recorder<'a> {
             (Kind::FoldRows, true) => ("fold_rows_vec4", &vec4.fold_rows),
             (Kind::Commit, _) => ("commit", &kernels.commit),
             (Kind::OrderSlots, _) => ("order_slots", &kernels.order_slots),
+            (Kind::OrderSamples, _) => ("order_samples", &kernels.order_samples),
         }
     }
 
     /// Whether `kind` runs a vec4 entry point (which also binds the textures 19–21).
     fn vec4_kind(&self, kind: Kind) -> bool {
-        self.layout.vec4 && !matches!(kind, Kind::Reduce | Kind::Commit | Kind::OrderSlots)
+        self.layout.vec4
+            && !matches!(
+                kind,
+                Kind::Reduce | Kind::Commit | Kind::OrderSlots | Kind::OrderSamples
+            )
     }
 
     /// The binding a buffer meant for binding `b` takes: the vec4 entry points bind the views
@@ -203,7 +208,7 @@ impl<'a> Recorder<'a> {
                 ];
                 slots.iter().copied().chain(rest).collect()
             }
-            Kind::OrderSlots => vec![
+            Kind::OrderSlots | Kind::OrderSamples => vec![
                 (2, &self.rank.buffer),
                 (6, &c.indices.buffer),
                 (22, &self.slot_order.buffer),
