@@ -134,7 +134,9 @@ const H_NSEL: u32 = 0u; // atoms chosen
 const H_DONE: u32 = 1u; // 1 once the sample has stopped
 const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)
 const H_NUPD: u32 = 3u; // entries of the pending α update (0 after a stop)
-const H_CHOL_OK: u32 = 5u; // MP refit: the factor of the support so far is valid
+// MP refit: the factor of the support so far is valid (1), or resident_refit solved the
+// coefficients and energy from it (2, finish keeps them)
+const H_CHOL_OK: u32 = 5u;
 // fused_omp, a step split across dispatches: the largest |α| of the blocks swept so far (f32
 // α bits, atom).
 const H_BEST_VAL: u32 = 6u;
@@ -851,7 +853,7 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let rec = sample * params.stride;
     let n = work[rec + H_NSEL];
     var energy = wf(rec + H_ENERGY);
-    if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] != 0u {
+    if params.refit != 0u && n > 0u && work[rec + H_CHOL_OK] == 1u {
         energy = max(y_norm2[params.rows_first.y + sample] - solve_coefficients(rec, n), 0.0);
     }
     let out = params.rows_first.z + sample * (2u * params.k + 1u);

@@ -265,6 +265,9 @@ fn resident_plan(
     let per_step = 5 * t + k + 8 + reduction;
     // Per refit row s < k: the Cholesky row (G[j, I], its forward solve, norm and copy).
     let per_row = 3 * k + k * k / 2 + 8;
+    // The dispatch that completes a private factor also solves for the coefficients: two
+    // triangular solves and three passes over the support.
+    let solve = k * k + 3 * k + 8;
     // On CPU adapters the factor grows in private memory (up to PRIVATE_FACTOR_ATOMS, past
     // which it would outgrow the stack): per dispatch, rows [0, first) read once and the new
     // ones written once, at most tri(k) copies; in the record where those leave no row.
@@ -273,8 +276,12 @@ fn resident_plan(
         && max_atoms <= PRIVATE_FACTOR_ATOMS
         && limits
             .max_loop_iterations
-            .is_none_or(|cap| tri(max_atoms) as u64 + per_row <= cap);
-    let copies = if private { tri(max_atoms) as u64 } else { 0 };
+            .is_none_or(|cap| tri(max_atoms) as u64 + per_row + solve <= cap);
+    let copies = if private {
+        tri(max_atoms) as u64 + solve
+    } else {
+        0
+    };
     // MP takes at most 2k steps (a step may pick an atom again).
     let (first, later, rows) = match gpu.limits().max_loop_iterations {
         Some(cap) if fixed + per_step > cap || per_row > cap => return None,
@@ -632,9 +639,12 @@ fn resident_kernels(
         &kernels.resident,
         (texels, plan.workgroup, gram, factor),
         || {
+            // The factor's rows: tri(rows) = factor, as 8·tri(r) + 1 = (2r + 1)².
+            let rows = ((8 * factor + 1).isqrt() - 1) / 2;
             let source = format!(
-                "const RK_TRI: u32 = {}u;\n{}{}",
+                "const RK_TRI: u32 = {}u;\nconst RK: u32 = {}u;\n{}{}",
                 factor.max(1),
+                rows.max(1),
                 kernels.variant(gpu, gram).source,
                 super::layout::texel_lines(RESIDENT_SHADER, texels)
             );

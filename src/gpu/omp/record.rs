@@ -472,15 +472,14 @@ impl<'a> Job<'a> {
     ) -> ChunkPath {
         let first = self.pack_chunks.len() + self.chunks.len() + i * self.per_chunk();
         let group = |r: usize, pipeline: &wgpu::ComputePipeline| {
-            let mut entries = vec![
+            // The steps read the norms, and so does the refit that completes a factor.
+            let entries = [
                 entry(0, self.uniform(first + r)),
                 entry(1, wgpu::BindingResource::TextureView(chunk.g_view)),
                 entry(5, chunk.alpha.clone()),
+                entry(6, chunk.norms.clone()),
                 entry(8, chunk.work.clone()),
             ];
-            if r < self.step_ranges.len() {
-                entries.push(entry(6, chunk.norms.clone()));
-            }
             self.gpu
                 .device()
                 .create_bind_group(&wgpu::BindGroupDescriptor {
