@@ -335,8 +335,13 @@ mod tests {
         ];
         for (base, resident) in shaders {
             for count in [3, super::UNROLLED_TEXELS + 1] {
-                // What the hosts define before the resident files (omp_resident.wgsl's factor).
-                let host = "const RK_TRI: u32 = 36u;\n";
+                // What the hosts define before the resident files, as their `// host:` lines
+                // show (omp_resident.wgsl's factor).
+                let host: String = resident
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("// host: "))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 let source = format!("{host}{base}{}", super::texel_lines(resident, count));
                 let module = naga::front::wgsl::parse_str(&source)
                     .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&source)));
