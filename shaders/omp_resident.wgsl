@@ -1,8 +1,7 @@
 // extends: omp.wgsl
 // host: const RK_TRI: u32 = 36u;
-// host: const RK: u32 = 8u;
 // (needs subgroup operations; the host repeats each code line naming `$t` per α texel, and
-// defines RK_TRI and RK, see resident_refit)
+// defines RK_TRI, see resident_refit)
 //
 // Resident matching pursuit: each sample's correlations α stay in the private memory of one
 // subgroup (CPU adapters, resident_mp) or one workgroup (GPUs, resident_mp_wg, below) for many
@@ -230,42 +229,36 @@ fn resident_mp_wg(
 // each storage access of one invocation per sample as a loop over the lanes, and the forward
 // solves make k³/6 of them (the kernel 2× faster at k = 32). RK_TRI, the factor's most
 // entries, is a `const` the host defines before this file: tri(k) rounded up, or 1 where the
-// factor stays in `work` (REFIT_PRIVATE false: GPUs, large k); RK its rows (tri(RK) = RK_TRI).
-// The dispatch that completes the factor also solves for the coefficients from it (res_solve),
-// which finish would do reading the factor from the record twice.
+// factor stays in `work` (REFIT_PRIVATE false: GPUs, large k). The dispatch that completes the
+// factor also solves for the coefficients from it (res_solve), which finish would do reading
+// the factor from the record twice.
 override REFIT_PRIVATE: bool = false;
 var<private> res_chol: array<f32, RK_TRI>;
-var<private> res_x: array<f32, RK>;
 
 // solve_coefficients over res_chol: the least-squares coefficients of the first n chosen atoms
 // into coef; returns γ·α⁰[I]. The same f32 operations in the same order (forward_solve,
-// backward_in_tmp, fit_coefficients), so the same coefficients as finish's.
+// backward_in_tmp, fit_coefficients), so the same coefficients as finish's; the solution in
+// omp.wgsl's sel_x (k ≤ 64 here, within its SEL_PRIVATE), which fit_private writes out.
 fn res_solve(rec: u32, n: u32) -> f32 {
     for (var t = 0u; t < n; t++) {
-        res_x[t] = wf(rhs_at(rec) + t);
+        sel_x[t] = wf(rhs_at(rec) + t);
     }
     for (var i = 0u; i < n; i++) {
-        var s = res_x[i];
+        var s = sel_x[i];
         for (var t = 0u; t < i; t++) {
-            s -= res_chol[tri(i) + t] * res_x[t];
+            s -= res_chol[tri(i) + t] * sel_x[t];
         }
-        res_x[i] = s / res_chol[tri(i) + i];
+        sel_x[i] = s / res_chol[tri(i) + i];
     }
     for (var ii = 0u; ii < n; ii++) {
         let i = n - 1u - ii;
-        var s = res_x[i];
+        var s = sel_x[i];
         for (var t = i + 1u; t < n; t++) {
-            s -= res_chol[tri(t) + i] * res_x[t];
+            s -= res_chol[tri(t) + i] * sel_x[t];
         }
-        res_x[i] = s / res_chol[tri(i) + i];
+        sel_x[i] = s / res_chol[tri(i) + i];
     }
-    var fit = 0.0;
-    for (var t = 0u; t < n; t++) {
-        let g = res_x[t];
-        set_wf(coef_at(rec) + t, g);
-        fit += g * wf(rhs_at(rec) + t);
-    }
-    return fit;
+    return fit_private(rec, n);
 }
 
 // cholesky_grow over res_chol (rows [0, s) present): row s = L⁻¹·G[I, j] solved in place, then

@@ -33,6 +33,8 @@ const RESIDENT_TEXELS: usize = 128;
 /// Most atoms per sample whose refit factor resident_refit grows in private memory on CPU
 /// adapters: 64 (2 080 entries, 66 KiB per subgroup of 8 on llvmpipe's stack).
 const PRIVATE_FACTOR_ATOMS: usize = 64;
+// resident_refit's solve of a private factor leaves its solution in omp.wgsl's sel_x.
+const _: () = assert!(PRIVATE_FACTOR_ATOMS <= FUSED_SUPPORT);
 /// Invocations per sample of the GPUs' resident coder (`resident_mp_wg`, RWG): K = 16 384 in 16
 /// texels (64 registers) per invocation, within WebGPU's default 256 per workgroup.
 const RESIDENT_WG: usize = 256;
@@ -277,7 +279,8 @@ fn resident_plan(
         && limits
             .max_loop_iterations
             .is_none_or(|cap| tri(max_atoms) as u64 + per_row + solve <= cap);
-    let copies = if private {
+    // A refit dispatch's work besides its rows: the factor's copies and the solve.
+    let refit_fixed = if private {
         tri(max_atoms) as u64 + solve
     } else {
         0
@@ -291,7 +294,7 @@ fn resident_plan(
             if first < 2 * k && later == 0 {
                 return None;
             }
-            let rows = (cap - copies) / per_row;
+            let rows = (cap - refit_fixed) / per_row;
             (first as usize, later as usize, rows as usize)
         }
         None => (usize::MAX, usize::MAX, usize::MAX),
@@ -639,12 +642,9 @@ fn resident_kernels(
         &kernels.resident,
         (texels, plan.workgroup, gram, factor),
         || {
-            // The factor's rows: tri(rows) = factor, as 8·tri(r) + 1 = (2r + 1)².
-            let rows = ((8 * factor + 1).isqrt() - 1) / 2;
             let source = format!(
-                "const RK_TRI: u32 = {}u;\nconst RK: u32 = {}u;\n{}{}",
+                "const RK_TRI: u32 = {}u;\n{}{}",
                 factor.max(1),
-                rows.max(1),
                 kernels.variant(gpu, gram).source,
                 super::layout::texel_lines(RESIDENT_SHADER, texels)
             );
