@@ -85,7 +85,12 @@ struct Params {
     // order_slots and the vec4 folds: atoms per batch, and words per sample of batch_mask.
     atom_batch: u32,
     mask_words: u32,
-    _pad: u32,
+    // READ_TEXTURES: layer shifts of slot_order's and user_entries' texture copies.
+    slot_shift: u32,
+    user_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -127,14 +132,27 @@ struct Params {
 override READ_TEXTURES: bool = false;
 
 // [n, k]: each sample's slots ordered by the visiting position of their atom, empty slots last:
-// (position or 0xffffffff, flat slot). Written once per update by order_slots; the vec4 folds
-// find an atom batch's slots in it by binary search instead of scanning all k.
-@group(0) @binding(22) var<storage, read_write> slot_order: array<vec2<u32>>;
+// (position or 0xffffffff, flat slot, the slot's atom and value as bits; neither changes until
+// the commit). Written once per update by order_slots; the vec4 folds find an atom batch's
+// slots in it by binary search instead of scanning all k.
+@group(0) @binding(22) var<storage, read_write> slot_order: array<vec4<u32>>;
 // [n, mask_words]: bit b of a sample's words is set when one of its slots holds an atom of
 // batch b (visiting positions b·atom_batch ..). Cleared by the host, set by order_slots: a
 // vec4 fold dismisses a sample without slots in its batch with one load instead of a binary
 // search (about half the samples at k·A ≈ K/1.5).
 @group(0) @binding(23) var<storage, read_write> batch_mask: array<atomic<u32>>;
+// slot_order's texture copy for READ_TEXTURES (the vec4 folds bind a 1×1 stand-in otherwise),
+// flat as flat_texel's textures. On llvmpipe a storage load at an address the compiler cannot
+// prove uniform is a loop over the SIMD lanes that puts each lane's value into the result
+// through the stack, a store-forwarding stall per lane; the folds' slot_order, indices and values
+// loads (every invocation of a sample at the same address) were about a third of
+// fold_rows_resident's time. A texel fetch is an unrolled gather.
+@group(0) @binding(27) var slot_tex: texture_storage_2d_array<rgba32uint, read>;
+// Per user list position q: (sample, flat slot, the slot's value as bits, 0), written by
+// user_table once per update where the resident item kernels read the users from a texture
+// copy (user_tex, binding 29; a 1×1 stand-in otherwise): the same stalls as slot_order's.
+@group(0) @binding(28) var<storage, read_write> user_entries: array<vec4<u32>>;
+@group(0) @binding(29) var user_tex: texture_storage_2d_array<rgba32uint, read>;
 
 fn in_window(j: u32) -> bool {
     return j >= params.atom_first && j < params.atom_end;
@@ -466,6 +484,11 @@ fn slot_key(slot: u32) -> u32 {
     return rank[u32(jj)];
 }
 
+// slot_order's entry for a slot whose visiting position is `key`.
+fn slot_entry(key: u32, slot: u32) -> vec4<u32> {
+    return vec4<u32>(key, slot, bitcast<u32>(indices[slot]), bitcast<u32>(values[slot]));
+}
+
 // One invocation per slot: its place among its sample's slots ordered by (key, slot), a
 // counting sort of k entries (k iterations per invocation, no atomics).
 @compute @workgroup_size(64)
@@ -490,7 +513,7 @@ fn order_slots(
             place++;
         }
     }
-    slot_order[first + place] = vec2<u32>(key, slot);
+    slot_order[first + place] = slot_entry(key, slot);
 }
 
 // Most slots per sample order_samples sorts in private memory (the host runs order_slots for
@@ -530,8 +553,44 @@ fn order_samples(
                 place++;
             }
         }
-        slot_order[first + place] = vec2<u32>(key, first + i);
+        slot_order[first + place] = slot_entry(key, first + i);
     }
+}
+
+// User list position q as (sample, flat slot, value bits, 0), from user_entries' texture copy
+// under READ_TEXTURES.
+fn user_at(q: u32) -> vec4<u32> {
+    if READ_TEXTURES {
+        let row = q >> 6u;
+        let in_layer = row & ((1u << params.user_shift) - 1u);
+        return textureLoad(user_tex, vec2<u32>(q & 63u, in_layer), row >> params.user_shift);
+    }
+    let user = users[q];
+    return vec4<u32>(user, bitcast<u32>(values[user.y]), 0u);
+}
+
+// One invocation per user list position q < params.len: its entry of user_entries.
+@compute @workgroup_size(64)
+fn user_table(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let q = gid.y * groups.x * 64u + gid.x;
+    if q >= params.len {
+        return;
+    }
+    let user = users[q];
+    user_entries[q] = vec4<u32>(user, bitcast<u32>(values[user.y]), 0u);
+}
+
+// Entry `at` of slot_order (from its texture copy under READ_TEXTURES).
+fn slot_at(at: u32) -> vec4<u32> {
+    if READ_TEXTURES {
+        let row = at >> 6u;
+        let in_layer = row & ((1u << params.slot_shift) - 1u);
+        return textureLoad(slot_tex, vec2<u32>(at & 63u, in_layer), row >> params.slot_shift);
+    }
+    return slot_order[at];
 }
 
 // The place in slot_order of sample s's first slot in this batch (its run of the batch's slots
@@ -546,7 +605,7 @@ fn fold_first(s: u32) -> u32 {
     var hi = params.k;
     while lo < hi {
         let mid = (lo + hi) / 2u;
-        if slot_order[row + mid].x < params.start {
+        if slot_at(row + mid).x < params.start {
             lo = mid + 1u;
         } else {
             hi = mid;
@@ -567,16 +626,16 @@ fn fold_texels(s: u32, first: u32, end: u32, step: u32) {
     let e = s * (params.d / 4u);
     let row = s * params.k;
     for (var i = lo; i < params.k; i++) {
-        let entry = slot_order[row + i];
+        let entry = slot_at(row + i);
         if entry.x >= params.start + params.len {
             break;
         }
         let slot = entry.y;
-        let j = u32(indices[slot]);
+        let j = entry.z;
         if !in_window(j) {
             continue;
         }
-        let x_old = values[slot];
+        let x_old = bitcast<f32>(entry.w);
         let x_new = slot_scratch[slot].y;
         let row4 = atom_texels(j);
         // The batch's first slot reads e_s as residual_texel does (READ_TEXTURES: from the

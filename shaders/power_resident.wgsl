@@ -141,15 +141,15 @@ fn fold_rows_resident(@builtin(global_invocation_id) gid: vec3<u32>) {
         res_e$t = res_stored_row_texel($tu, lane, e);
     }
     for (var i = lo; i < params.k; i++) {
-        let entry = slot_order[s * params.k + i];
+        let entry = slot_at(s * params.k + i);
         if entry.x >= params.start + params.len {
             break;
         }
-        let j = u32(indices[entry.y]);
+        let j = entry.z;
         if !in_window(j) {
             continue;
         }
-        let x_old = values[entry.y];
+        let x_old = bitcast<f32>(entry.w);
         let x_new = slot_scratch[entry.y].y;
         let row4 = atom_texels(j);
         res_e$t += res_fold_term(x_old, x_new, row4, $tu, lane);
@@ -174,8 +174,8 @@ fn power_partial_resident(
     res_acc$t = vec4<f32>(0.0);
     var vx = 0.0;
     for (var q = item.y; q < item.z; q++) {
-        let user = users[q];
-        let x = values[user.y];
+        let user = user_at(q);
+        let x = bitcast<f32>(user.z);
         let v = res_residual_dot_u(lid, user.x) + x * dju;
         vx += v * x;
         res_acc$t += v * res_e$t;
@@ -198,8 +198,8 @@ fn power_project_resident(
     let row4 = atom_texels(item.x);
     let dj_new = res_load_u(lid, row4, true);
     for (var q = item.y; q < item.z; q++) {
-        let user = users[q];
-        let x_new = res_residual_dot_u(lid, user.x) + values[user.y] * dj_new;
+        let user = user_at(q);
+        let x_new = res_residual_dot_u(lid, user.x) + bitcast<f32>(user.z) * dj_new;
         if lid == 0u {
             slot_scratch[user.y].y = x_new;
         }

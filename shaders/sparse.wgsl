@@ -8,7 +8,7 @@
 //                   llvmpipe issues one SIMD lane at a time); residual_from_codes_texels, for
 //                   CPU adapters, four texels per invocation with the atoms read from a texture
 //                   copy (a texel fetch instead of a storage load, and a quarter of the index and
-//                   value loads again)
+//                   value loads again), the indices and values from flat copies too
 //   chunk_counts    per chunk of samples, how many slots name each atom
 //   chunk_offsets   per atom, exclusive prefix of its counts over chunks, and its total
 //   atom_offsets    exclusive prefix of the totals over atoms: user_start[0..=K]
@@ -34,9 +34,9 @@ struct Params {
     atom_end: u32,
     atom_lead: u32,
     from_residual: u32,
-    // residual_from_codes_texels: layer shift of the atoms' flat texture.
+    // residual_from_codes_texels: layer shifts of the atoms' flat texture and of the codes'.
     atom_shift: u32,
-    _pad1: u32,
+    code_shift: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -66,6 +66,31 @@ struct Params {
 @group(0) @binding(15) var<storage, read_write> residual4: array<vec4<f32>>;
 // residual_from_codes_texels: a flat copy of all K atoms (see flat_texel).
 @group(0) @binding(16) var atoms_tex: texture_storage_2d_array<rgba32float, read>;
+// residual_from_codes_texels: flat copies of the indices and values, four slots per texel. Every
+// invocation of a sample reads each of its slots: from storage, on llvmpipe, a loop over the
+// SIMD lanes that puts each lane's value into the result through the stack (a store-forwarding
+// stall per lane); a texel fetch is an unrolled gather.
+@group(0) @binding(17) var index_tex: texture_storage_2d_array<rgba32sint, read>;
+@group(0) @binding(18) var value_tex: texture_storage_2d_array<rgba32float, read>;
+
+// Where flat slot f lies in the codes' textures: (column, row in layer, layer) of its texel.
+fn code_place(f: u32) -> vec3<u32> {
+    let texel = f >> 2u;
+    let row = texel >> 6u;
+    return vec3<u32>(texel & 63u, row & ((1u << params.code_shift) - 1u), row >> params.code_shift);
+}
+
+// The atom index of flat slot f, from index_tex.
+fn index_texel(f: u32) -> i32 {
+    let at = code_place(f);
+    return textureLoad(index_tex, at.xy, at.z)[f & 3u];
+}
+
+// The value of flat slot f, from value_tex.
+fn value_texel(f: u32) -> f32 {
+    let at = code_place(f);
+    return textureLoad(value_tex, at.xy, at.z)[f & 3u];
+}
 
 // Global index of invocation `lid` of a 1-D grid of workgroups.
 fn linear_id(wid: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
@@ -165,9 +190,9 @@ fn residual_from_codes_texels(
         e3 = samples4[e + t.w];
     }
     for (var i = 0u; i < params.k; i++) {
-        let j = indices[s * params.k + i];
+        let j = index_texel(s * params.k + i);
         if j >= 0 && u32(j) >= params.atom_first && u32(j) < params.atom_end {
-            let x = values[s * params.k + i];
+            let x = value_texel(s * params.k + i);
             let row = u32(j) * d4;
             e0 -= x * flat_texel(atoms_tex, row + t.x, params.atom_shift);
             e1 -= x * flat_texel(atoms_tex, row + t.y, params.atom_shift);

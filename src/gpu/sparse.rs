@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::buffer::ScratchTexture;
+use super::buffer::{Scratch, ScratchTexture};
 use super::layout::{bind, bind_resources, bind_windows, compute_pipeline, dispatch, groups};
 use super::{Gpu, GpuBuffer, Matrix};
 use crate::error::{Error, Result};
@@ -33,7 +33,7 @@ struct Params {
     atom_lead: u32,
     from_residual: u32,
     atom_shift: u32,
-    _pad: u32,
+    code_shift: u32,
 }
 
 /// The sparse.wgsl pipelines (auto layouts: each entry point binds only what it uses).
@@ -43,6 +43,12 @@ pub(crate) struct SparseKernels {
     /// residual_from_codes_texels and the flat copy of the atoms it reads (CPU adapters).
     residual_texels: wgpu::ComputePipeline,
     atom_texture: ScratchTexture,
+    /// residual_from_codes_texels' flat copies of the indices and values, and the buffers padded
+    /// to whole texels they are copied through.
+    index_texture: ScratchTexture,
+    value_texture: ScratchTexture,
+    padded_indices: Scratch<i32>,
+    padded_values: Scratch<f32>,
     chunk_counts: wgpu::ComputePipeline,
     chunk_offsets: wgpu::ComputePipeline,
     atom_offsets: wgpu::ComputePipeline,
@@ -60,6 +66,10 @@ impl SparseKernels {
                 residual_vec4: compute_pipeline(gpu, &module, "residual_from_codes_vec4", &c),
                 residual_texels: compute_pipeline(gpu, &module, "residual_from_codes_texels", &c),
                 atom_texture: ScratchTexture::default(),
+                index_texture: ScratchTexture::default(),
+                value_texture: ScratchTexture::default(),
+                padded_indices: Scratch::default(),
+                padded_values: Scratch::default(),
                 chunk_counts: compute_pipeline(gpu, &module, "chunk_counts", &c),
                 chunk_offsets: compute_pipeline(gpu, &module, "chunk_offsets", &c),
                 atom_offsets: compute_pipeline(gpu, &module, "atom_offsets", &[]),
@@ -159,7 +169,7 @@ impl Gpu {
             atom_lead: 0,
             from_residual: 0,
             atom_shift: 0,
-            _pad: 0,
+            code_shift: 0,
         };
         self.scoped(|| {
             let uniforms = self.buffer_init(
@@ -211,10 +221,13 @@ impl Gpu {
         // Four dimensions per invocation where rows are whole vec4s (see sparse.wgsl); on CPU
         // adapters four texels of them, the atoms read from a flat texture copy where it fits.
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
-        let flat = match vec4 && self.limits().cpu_paths {
+        // The texel kernel also reads the codes from flat copies, four slots per texel.
+        let codes_flat = super::buffer::flat_texture(self, (n * k).div_ceil(4));
+        let flat = match vec4 && self.limits().cpu_paths && codes_flat.is_some() {
             true => super::buffer::flat_texture(self, n_atoms * d / 4),
             false => None,
         };
+        let codes_flat = codes_flat.filter(|_| flat.is_some());
         let records: Vec<Params> = windows
             .iter()
             .enumerate()
@@ -230,7 +243,7 @@ impl Gpu {
                 atom_lead: window.first,
                 from_residual: u32::from(w > 0),
                 atom_shift: flat.map_or(0, |f| f.1),
-                _pad: 0,
+                code_shift: codes_flat.map_or(0, |f| f.1),
             })
             .collect();
         let job = ResidualJob {
@@ -239,6 +252,7 @@ impl Gpu {
             uniforms: self.uniform_records("sparse params", &records)?,
             windows,
             flat,
+            codes_flat,
             samples,
             atoms,
             codes,
@@ -309,6 +323,8 @@ struct ResidualJob<'a> {
     windows: Vec<(usize, usize, super::buffer::Window)>,
     /// The atoms' flat texture copy (shape, layer shift) the texel kernel reads, if any.
     flat: Option<(super::buffer::TextureShape, u32)>,
+    /// With it, the codes' (the indices' shape; the values' is the same in rgba32float).
+    codes_flat: Option<(super::buffer::TextureShape, u32)>,
     samples: &'a Matrix,
     atoms: &'a Matrix,
     codes: &'a CodeBuffers,
@@ -346,20 +362,69 @@ impl ResidualJob<'_> {
         let atoms = &self.atoms.data.buffer;
         super::buffer::copy_flat(encoder, atoms, 0, texels, &texture.texture, shift);
         let view = texture.view(wgpu::TextureViewDimension::D2Array);
+        let [indices, values] = self.copy_codes(encoder)?;
         Ok((0..self.windows.len())
             .map(|w| {
+                // The codes come from their textures.
                 let buffers = [
-                    (1, &codes.indices.buffer),
-                    (2, &codes.values.buffer),
                     (13, &self.samples.data.buffer),
                     (15, &self.residual.data.buffer),
                 ];
                 let entries = std::iter::once((0, self.uniforms.binding(w)))
                     .chain(buffers.map(|(b, buf)| (b, buf.as_entire_binding())))
-                    .chain([(16, wgpu::BindingResource::TextureView(&view))]);
+                    .chain([
+                        (16, wgpu::BindingResource::TextureView(&view)),
+                        (17, wgpu::BindingResource::TextureView(&indices)),
+                        (18, wgpu::BindingResource::TextureView(&values)),
+                    ]);
                 bind_resources(gpu, kernel, entries)
             })
             .collect())
+    }
+
+    /// Records the copies of the indices and values into their flat textures (through buffers
+    /// padded to whole texels of four slots); returns the textures' views.
+    fn copy_codes(&self, encoder: &mut wgpu::CommandEncoder) -> Result<[wgpu::TextureView; 2]> {
+        let (gpu, kernels, codes) = (self.gpu, self.kernels, self.codes);
+        let (shape, shift) = self.codes_flat.ok_or_else(|| {
+            Error::Internal("residual_from_codes_texels without its codes' textures".into())
+        })?;
+        let slots = codes.n * codes.k;
+        let texels = slots.div_ceil(4);
+        let indices = kernels.padded_indices.get(gpu, 4 * texels.max(1))?;
+        let values = kernels.padded_values.get(gpu, 4 * texels.max(1))?;
+        let bytes = 4 * slots as u64;
+        encoder.copy_buffer_to_buffer(&codes.indices.buffer, 0, &indices.buffer, 0, bytes);
+        encoder.copy_buffer_to_buffer(&codes.values.buffer, 0, &values.buffer, 0, bytes);
+        let value_shape = super::buffer::TextureShape {
+            format: wgpu::TextureFormat::Rgba32Float,
+            ..shape
+        };
+        let index_shape = super::buffer::TextureShape {
+            format: wgpu::TextureFormat::Rgba32Sint,
+            ..shape
+        };
+        let index_texture = kernels.index_texture.get(gpu, index_shape)?;
+        let value_texture = kernels.value_texture.get(gpu, value_shape)?;
+        let copy = super::buffer::copy_flat;
+        copy(
+            encoder,
+            &indices.buffer,
+            0,
+            texels,
+            &index_texture.texture,
+            shift,
+        );
+        copy(
+            encoder,
+            &values.buffer,
+            0,
+            texels,
+            &value_texture.texture,
+            shift,
+        );
+        let dimension = wgpu::TextureViewDimension::D2Array;
+        Ok([index_texture.view(dimension), value_texture.view(dimension)])
     }
 
     /// The transpose's dispatches in order (entry point, pipeline, bind group, workgroups):

@@ -176,7 +176,9 @@ struct Params {
     atom_shift: u32,
     atom_batch: u32,
     mask_words: u32,
-    _pad: u32,
+    slot_shift: u32,
+    user_shift: u32,
+    _pad: [u32; 3],
 }
 
 pub(crate) struct PowerKernels {
@@ -207,6 +209,13 @@ pub(crate) struct PowerKernels {
     atom_texture: ScratchTexture,
     iterate_texture: ScratchTexture,
     stand_in: ScratchTexture,
+    /// READ_TEXTURES: slot_order's copy (rgba32uint), and the stand-in bound without it.
+    slot_texture: ScratchTexture,
+    slot_stand_in: ScratchTexture,
+    /// user_table's entries and their texture copy (resident kernels with READ_TEXTURES).
+    user_table: wgpu::ComputePipeline,
+    user_entries: Scratch<u32>,
+    user_texture: ScratchTexture,
 }
 
 /// The `*_vec4` entry points of power.wgsl under one value of READ_TEXTURES.
@@ -272,6 +281,11 @@ impl PowerKernels {
                 atom_texture: ScratchTexture::default(),
                 iterate_texture: ScratchTexture::default(),
                 stand_in: ScratchTexture::default(),
+                slot_texture: ScratchTexture::default(),
+                slot_stand_in: ScratchTexture::default(),
+                user_table: compute_pipeline(gpu, &module, "user_table", &c),
+                user_entries: Scratch::default(),
+                user_texture: ScratchTexture::default(),
             })
         })
     }

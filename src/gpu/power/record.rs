@@ -25,6 +25,8 @@ pub(super) enum Kind {
     OrderSlots,
     /// order_samples: the same order, one invocation per sample (k ≤ [`ORDER_PRIVATE`]).
     OrderSamples,
+    /// user_table: once per update, the resident item kernels' user entries.
+    UserTable,
 }
 
 /// Most slots per sample that order_samples ranks in private memory (`ORDER_PRIVATE` in
@@ -46,6 +48,10 @@ pub(super) enum Step {
 pub(super) enum Copied {
     Residual,
     Atoms,
+    /// slot_order, once per update after its ordering.
+    SlotOrder,
+    /// user_entries, once per update after user_table.
+    Users,
     /// The iterates of the atoms at visiting positions start .. start + len (only those change).
     Iterate {
         start: usize,
@@ -91,6 +97,12 @@ pub(super) struct Layout {
     /// The flat texture copies of the residual and of the atoms (and iterates), with their layer
     /// shifts, where READ_TEXTURES kernels read them.
     pub(super) textures: Option<((TextureShape, u32), (TextureShape, u32))>,
+    /// slot_order's flat texture copy (rgba32uint) and its layer shift, with the textures.
+    pub(super) slot_texture: Option<(TextureShape, u32)>,
+    /// Entries of the user lists (all atoms'), and user_entries' flat texture copy (rgba32uint)
+    /// where the resident kernels read textures.
+    pub(super) n_users: usize,
+    pub(super) user_texture: Option<(TextureShape, u32)>,
 }
 
 /// The steps of one update and the uniform record of each dispatch.
@@ -202,6 +214,25 @@ impl Gpu {
             }
             _ => None,
         };
+        let n_users = usage.iter().map(|&u| u as usize).sum::<usize>();
+        // slot_order's entries (16 bytes each) in an rgba32uint texture of the same flat shape,
+        // and user_entries' likewise where the resident kernels read textures; the kernels read
+        // all their copies or none.
+        let uint_texture = |entries: usize| {
+            flat_texture(self, entries.max(1)).map(|(shape, shift)| {
+                let format = wgpu::TextureFormat::Rgba32Uint;
+                (TextureShape { format, ..shape }, shift)
+            })
+        };
+        let slot_texture = textures.and(uint_texture(n * k));
+        let user_texture = match resident {
+            Some(_) => slot_texture.and(uint_texture(n_users)),
+            None => None,
+        };
+        let textures = match (slot_texture, resident, user_texture) {
+            (None, ..) | (Some(_), Some(_), None) => None,
+            _ => textures,
+        };
         Ok(Layout {
             n_atoms,
             d,
@@ -222,6 +253,9 @@ impl Gpu {
             fold_rows,
             fold_resident,
             textures,
+            slot_texture: slot_texture.filter(|_| textures.is_some()),
+            n_users,
+            user_texture: user_texture.filter(|_| textures.is_some()),
         })
     }
 }
@@ -289,6 +323,23 @@ impl Layout {
             steps
                 .steps
                 .push(Step::Run(record, kind, groups(gpu, items, 64), 0));
+            if self.copies() {
+                // The folds read it from its texture copy (slot_at).
+                steps.steps.push(Step::Copy(Copied::SlotOrder));
+            }
+        }
+        if self.user_texture.is_some() && self.n_users > 0 {
+            // The resident item kernels read their users from its texture copy (user_at).
+            steps.records.push(Params {
+                len: self.n_users as u32,
+                ..Params::zeroed()
+            });
+            let record = steps.records.len() - 1;
+            let groups = groups(gpu, self.n_users, 64);
+            steps
+                .steps
+                .push(Step::Run(record, Kind::UserTable, groups, 0));
+            steps.steps.push(Step::Copy(Copied::Users));
         }
         for start in (0..self.n_atoms).step_by(self.atom_batch) {
             self.atom_batch_steps(gpu, &mut steps, start, options)?;
@@ -328,7 +379,9 @@ impl Layout {
             atom_shift: self.textures.map_or(0, |t| t.1 .1),
             atom_batch: self.atom_batch as u32,
             mask_words: self.mask_words as u32,
-            _pad: 0,
+            slot_shift: self.slot_texture.map_or(0, |t| t.1),
+            user_shift: self.user_texture.map_or(0, |t| t.1),
+            _pad: [0; 3],
         }
     }
 

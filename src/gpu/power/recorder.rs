@@ -28,9 +28,11 @@ pub(super) struct Recorder<'a> {
     slot_order: GpuBuffer<u32>,
     batch_mask: GpuBuffer<u32>,
     uniforms: UniformRecords,
-    /// The residual, atom and iterate textures READ_TEXTURES reads (a stand-in without them).
-    textures: [Arc<GpuTexture>; 3],
-    views: [wgpu::TextureView; 3],
+    /// The residual, atom, iterate, slot_order and user_entries textures READ_TEXTURES reads
+    /// (stand-ins without them).
+    textures: [Arc<GpuTexture>; 5],
+    views: [wgpu::TextureView; 5],
+    user_entries: GpuBuffer<u32>,
 }
 
 impl<'a> Recorder<'a> {
@@ -51,21 +53,34 @@ impl<'a> Recorder<'a> {
             &plan.items
         };
         let (n, k, d) = (layout.n, layout.k, layout.d);
-        let textures = match layout.textures {
-            Some(((residual, _), (atoms, _))) => [
+        let stand_in = |format| TextureShape {
+            width: 1,
+            height: 1,
+            layers: 1,
+            format,
+        };
+        let uint_stand_in = || {
+            kernels
+                .slot_stand_in
+                .get(gpu, stand_in(wgpu::TextureFormat::Rgba32Uint))
+        };
+        let users = match layout.user_texture {
+            Some((shape, _)) => kernels.user_texture.get(gpu, shape)?,
+            None => uint_stand_in()?,
+        };
+        let textures = match layout.textures.zip(layout.slot_texture) {
+            Some((((residual, _), (atoms, _)), (slots, _))) => [
                 kernels.residual_texture.get(gpu, residual)?,
                 kernels.atom_texture.get(gpu, atoms)?,
                 kernels.iterate_texture.get(gpu, atoms)?,
+                kernels.slot_texture.get(gpu, slots)?,
+                users,
             ],
             None => {
-                let stand_in = TextureShape {
-                    width: 1,
-                    height: 1,
-                    layers: 1,
-                    format: wgpu::TextureFormat::Rgba32Float,
-                };
-                let t = kernels.stand_in.get(gpu, stand_in)?;
-                [t.clone(), t.clone(), t]
+                let t = kernels
+                    .stand_in
+                    .get(gpu, stand_in(wgpu::TextureFormat::Rgba32Float))?;
+                [t.clone(), t.clone(), t, uint_stand_in()?, users]
             }
         };
         let views = textures
@@ -93,7 +108,8 @@ impl<'a> Recorder<'a> {
             items: gpu.upload(bytemuck::cast_slice::<[u32; 4], u32>(items))?,
             atom_items: gpu.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?,
             partials: kernels.partials.get(gpu, steps.partial_rows * d.max(1))?,
-            slot_order: kernels.slot_order.get(gpu, 2 * (n * k).max(1))?,
+            slot_order: kernels.slot_order.get(gpu, 4 * (n * k).max(1))?,
+            user_entries: kernels.user_entries.get(gpu, 4 * layout.n_users.max(1))?,
             batch_mask: kernels
                 .batch_mask
                 .get(gpu, (n * layout.mask_words).max(1))?,
@@ -130,6 +146,7 @@ impl<'a> Recorder<'a> {
             (Kind::Commit, _) => ("commit", &kernels.commit),
             (Kind::OrderSlots, _) => ("order_slots", &kernels.order_slots),
             (Kind::OrderSamples, _) => ("order_samples", &kernels.order_samples),
+            (Kind::UserTable, _) => ("user_table", &kernels.user_table),
         }
     }
 
@@ -138,7 +155,11 @@ impl<'a> Recorder<'a> {
         self.layout.vec4
             && !matches!(
                 kind,
-                Kind::Reduce | Kind::Commit | Kind::OrderSlots | Kind::OrderSamples
+                Kind::Reduce
+                    | Kind::Commit
+                    | Kind::OrderSlots
+                    | Kind::OrderSamples
+                    | Kind::UserTable
             )
     }
 
@@ -191,25 +212,34 @@ impl<'a> Recorder<'a> {
                 (13, &self.atom_items.buffer),
                 (14, &self.partials.buffer),
             ],
-            // The scalar folds scan the slots by rank; the vec4 ones search slot_order.
+            // The scalar folds scan the slots by rank and read their atoms and values; the vec4
+            // ones search slot_order, whose entries carry both.
             Kind::Fold | Kind::FoldRows => {
                 let slots: &[(u32, &wgpu::Buffer)] = if self.layout.vec4 {
                     &[(22, &self.slot_order.buffer), (23, &self.batch_mask.buffer)]
                 } else {
-                    &[(2, &self.rank.buffer)]
+                    &[
+                        (2, &self.rank.buffer),
+                        (5, &c.values.buffer),
+                        (6, &c.indices.buffer),
+                    ]
                 };
                 let rest = [
                     (3, &self.atoms.data.buffer),
                     (4, &batch.residual.data.buffer),
-                    (5, &c.values.buffer),
-                    (6, &c.indices.buffer),
                     (9, &batch.iterate.data.buffer),
                     (10, &batch.slot_scratch.buffer),
                 ];
                 slots.iter().copied().chain(rest).collect()
             }
+            Kind::UserTable => vec![
+                (5, &c.values.buffer),
+                (8, &c.users.buffer),
+                (28, &self.user_entries.buffer),
+            ],
             Kind::OrderSlots | Kind::OrderSamples => vec![
                 (2, &self.rank.buffer),
+                (5, &c.values.buffer),
                 (6, &c.indices.buffer),
                 (22, &self.slot_order.buffer),
                 (23, &self.batch_mask.buffer),
@@ -236,11 +266,17 @@ impl<'a> Recorder<'a> {
             };
             (self.slot(kind, b), resource)
         });
-        let textures = self
-            .views
+        let textures = self.views[..3]
             .iter()
             .zip(19..)
             .filter(move |_| self.vec4_kind(kind));
+        // The vec4 folds read slot_order's copy (27), the resident item kernels user_entries'
+        // (29).
+        let slot_texture = (self.layout.vec4 && matches!(kind, Kind::Fold | Kind::FoldRows))
+            .then_some((&self.views[3], 27));
+        let user_texture = (self.resident.is_some()
+            && matches!(kind, Kind::Partial | Kind::Project))
+        .then_some((&self.views[4], 29));
         // power_reduce_resident reads the atoms' texels (a stand-in without textures) and, with
         // textures, writes the iterates' copy (26).
         let reduce_textures = (kind == Kind::Reduce && self.resident.is_some())
@@ -255,6 +291,8 @@ impl<'a> Recorder<'a> {
             .chain(
                 textures
                     .chain(reduce_textures)
+                    .chain(slot_texture)
+                    .chain(user_texture)
                     .map(|(v, b)| (b, wgpu::BindingResource::TextureView(v))),
             );
         crate::gpu::layout::bind_resources(self.gpu, self.kernel(kind).1, entries)
@@ -308,7 +346,8 @@ impl<'a> Recorder<'a> {
     fn copy(&self, encoder: &mut wgpu::CommandEncoder, what: Copied) {
         let layout = self.layout;
         let (residual_shift, atom_shift) = layout.textures.map_or((0, 0), |t| (t.0 .1, t.1 .1));
-        let [residual, atoms, iterates] = self.textures.each_ref().map(|t| &t.texture);
+        let [residual, atoms, iterates, slots, users] =
+            self.textures.each_ref().map(|t| &t.texture);
         let texels = layout.texels;
         match what {
             Copied::Residual => copy_flat(
@@ -318,6 +357,22 @@ impl<'a> Recorder<'a> {
                 layout.n * texels,
                 residual,
                 residual_shift,
+            ),
+            Copied::Users => copy_flat(
+                encoder,
+                &self.user_entries.buffer,
+                0,
+                layout.n_users,
+                users,
+                layout.user_texture.map_or(0, |t| t.1),
+            ),
+            Copied::SlotOrder => copy_flat(
+                encoder,
+                &self.slot_order.buffer,
+                0,
+                layout.n * layout.k,
+                slots,
+                layout.slot_texture.map_or(0, |t| t.1),
             ),
             Copied::Atoms => copy_flat(
                 encoder,
