@@ -557,16 +557,24 @@ fn order_samples(
     }
 }
 
-// User list position q as (sample, flat slot, value bits, 0), from user_entries' texture copy
-// under READ_TEXTURES.
-fn user_at(q: u32) -> vec4<u32> {
-    if READ_TEXTURES {
-        let row = q >> 6u;
-        let in_layer = row & ((1u << params.user_shift) - 1u);
-        return textureLoad(user_tex, vec2<u32>(q & 63u, in_layer), row >> params.user_shift);
-    }
+// Texel f of an rgba32uint table copied flat into a texture (flat_texel's layout).
+fn flat_entry(tex: texture_storage_2d_array<rgba32uint, read>, f: u32, shift: u32) -> vec4<u32> {
+    let row = f >> 6u;
+    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift);
+}
+
+// User list position q as user_entries holds it: (sample, flat slot, value bits, 0).
+fn user_entry(q: u32) -> vec4<u32> {
     let user = users[q];
     return vec4<u32>(user, bitcast<u32>(values[user.y]), 0u);
+}
+
+// user_entry(q), from user_entries' texture copy under READ_TEXTURES.
+fn user_at(q: u32) -> vec4<u32> {
+    if READ_TEXTURES {
+        return flat_entry(user_tex, q, params.user_shift);
+    }
+    return user_entry(q);
 }
 
 // One invocation per user list position q < params.len: its entry of user_entries.
@@ -576,19 +584,15 @@ fn user_table(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let q = gid.y * groups.x * 64u + gid.x;
-    if q >= params.len {
-        return;
+    if q < params.len {
+        user_entries[q] = user_entry(q);
     }
-    let user = users[q];
-    user_entries[q] = vec4<u32>(user, bitcast<u32>(values[user.y]), 0u);
 }
 
 // Entry `at` of slot_order (from its texture copy under READ_TEXTURES).
 fn slot_at(at: u32) -> vec4<u32> {
     if READ_TEXTURES {
-        let row = at >> 6u;
-        let in_layer = row & ((1u << params.slot_shift) - 1u);
-        return textureLoad(slot_tex, vec2<u32>(at & 63u, in_layer), row >> params.slot_shift);
+        return flat_entry(slot_tex, at, params.slot_shift);
     }
     return slot_order[at];
 }

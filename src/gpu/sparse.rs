@@ -516,7 +516,8 @@ mod tests {
         atom_end,
         atom_lead,
         from_residual,
-        atom_shift
+        atom_shift,
+        code_shift
     });
 
     /// `unpack_codes` against the reference decoder on awkward shapes (n = 1 and a prime, k = 1

@@ -230,10 +230,12 @@ impl Gpu {
         let groups = limits.max_compute_workgroups_per_dimension as u64;
         let mut bounds = vec![
             bytes(words / d_64, "samples and residual [B, d]", 4 * d_64, 0),
+            // The code slots and user lists are [2Bk] words; slot_order and the user table
+            // (the update's, 16 bytes per slot) [4Bk].
             bytes(
-                words / (2 * k_64),
-                "code slots and user lists [2Bk]",
-                8 * k_64,
+                words / (4 * k_64),
+                "the update's slot order and user table [4Bk]",
+                16 * k_64,
                 0,
             ),
             bytes(

@@ -199,7 +199,7 @@ pub(crate) struct PowerKernels {
     resident: Mutex<HashMap<(usize, bool), ResidentKernels>>,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
-    /// [n, k] (visiting position, slot) pairs of order_slots.
+    /// [n, k] entries of order_slots: (visiting position, slot, atom, value bits).
     slot_order: Scratch<u32>,
     /// [n, mask_words]: the atom batches each sample's slots touch (order_slots).
     batch_mask: Scratch<u32>,
@@ -649,7 +649,9 @@ mod tests {
         residual_shift,
         atom_shift,
         atom_batch,
-        mask_words
+        mask_words,
+        slot_shift,
+        user_shift
     });
 
     /// power.wgsl's private key array is as long as the host's bound on the k it takes.

@@ -109,7 +109,11 @@ impl<'a> Recorder<'a> {
             atom_items: gpu.upload(bytemuck::cast_slice::<[u32; 2], u32>(&plan.atom_items))?,
             partials: kernels.partials.get(gpu, steps.partial_rows * d.max(1))?,
             slot_order: kernels.slot_order.get(gpu, 4 * (n * k).max(1))?,
-            user_entries: kernels.user_entries.get(gpu, 4 * layout.n_users.max(1))?,
+            // Only user_table writes it (resident kernels reading textures).
+            user_entries: match layout.user_texture {
+                Some(_) => kernels.user_entries.get(gpu, 4 * layout.n_users.max(1))?,
+                None => kernels.user_entries.get(gpu, 4)?,
+            },
             batch_mask: kernels
                 .batch_mask
                 .get(gpu, (n * layout.mask_words).max(1))?,
