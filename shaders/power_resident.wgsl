@@ -157,6 +157,71 @@ fn fold_rows_resident(@builtin(global_invocation_id) gid: vec3<u32>) {
     res_store_row_texel(res_e$t, $tu, lane, e);
 }
 
+// fold_project_resident's texels: the sample's residual row before the batch (what every
+// projection reads), and the current slot's atom d_j and new atom d_new, each read once for both
+// the projection and the fold.
+var<private> res_e0$t: vec4<f32>;
+var<private> res_dj$t: vec4<f32>;
+var<private> res_dn$t: vec4<f32>;
+
+// Texel t of atom row row4 of the atoms (0 past the row).
+fn res_atom_row_texel(t: u32, lid: u32, row4: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), atom_texel(row4 + t * RWG + lid), res_in_row(t, lid));
+}
+
+// Texel t of atom row row4 of the iterates, d_new after the last reduce (0 past the row).
+fn res_new_row_texel(t: u32, lid: u32, row4: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), iterate_texel(row4 + t * RWG + lid), res_in_row(t, lid));
+}
+
+// power_project_resident and fold_rows_resident in one pass over the samples, where the atoms
+// fit one window: one subgroup per sample holds its row before the batch (res_e0) and the row
+// being folded (res_e), and for each of its slots in the batch reads d_j and d_new once, projects
+// (x_new = e_s·d_new + x_s·(d_j·d_new), into slot_scratch for the commit) and folds
+// (e_s += x_s·d_j − x_new·d_new). The projections' item pass read each user's row again, and
+// the fold read x_new back. The same sums in the same order as power_project_resident and
+// fold_rows_resident, so the same bits. The host runs it with one window of atom rows only (a
+// later window's dispatch would start from the rows the earlier ones folded, not from the
+// residual before the batch) and with the texture copies (the first window reads the row
+// before the batch from the residual's).
+@compute @workgroup_size(RWG)
+fn fold_project_resident(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let s = linear_group(wid, groups);
+    if s >= params.n {
+        return;
+    }
+    let lo = fold_first(s);
+    if lo == 0xffffffffu {
+        return;
+    }
+    let e = s * (params.d / 4u);
+    res_e0$t = res_residual_row_texel($tu, lid, e);
+    res_e$t = res_e0$t;
+    for (var i = lo; i < params.k; i++) {
+        let entry = slot_at(s * params.k + i);
+        if entry.x >= params.start + params.len {
+            break;
+        }
+        let x_old = bitcast<f32>(entry.w);
+        let row4 = atom_texels(entry.z);
+        var dj_dn = vec4<f32>(0.0);
+        var e_dn = vec4<f32>(0.0);
+        // One line, as in res_load_u.
+        res_dj$t = res_atom_row_texel($tu, lid, row4); res_dn$t = res_new_row_texel($tu, lid, row4); dj_dn += res_dj$t * res_dn$t; e_dn += res_e0$t * res_dn$t;
+        let x_new = subgroupAdd(e_dn.x + e_dn.y + e_dn.z + e_dn.w)
+            + x_old * subgroupAdd(dj_dn.x + dj_dn.y + dj_dn.z + dj_dn.w);
+        if lid == 0u {
+            slot_scratch[entry.y].y = x_new;
+        }
+        res_e$t += x_old * res_dj$t - x_new * res_dn$t;
+    }
+    res_store_row_texel(res_e$t, $tu, lid, e);
+}
+
 // power_partial's item: Σ_q v_q·e_s + (Σ_q v_q·x_s)·d_j with v_q = e_s·u + x_s·(d_j·u).
 @compute @workgroup_size(RWG)
 fn power_partial_resident(

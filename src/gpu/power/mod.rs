@@ -227,8 +227,8 @@ struct Vec4Kernels {
 }
 
 /// power_partial_resident, power_project_resident, power_reduce_resident (its textured
-/// variant also writing the iterates' texture copy) and fold_rows_resident of
-/// power_resident.wgsl.
+/// variant also writing the iterates' texture copy), fold_rows_resident and
+/// fold_project_resident of power_resident.wgsl.
 #[derive(Clone)]
 pub(super) struct ResidentKernels {
     /// The entry point of `reduce` (the textured variant or not).
@@ -237,6 +237,7 @@ pub(super) struct ResidentKernels {
     reduce: wgpu::ComputePipeline,
     project: wgpu::ComputePipeline,
     fold: wgpu::ComputePipeline,
+    fold_project: wgpu::ComputePipeline,
 }
 
 impl Vec4Kernels {
@@ -321,6 +322,7 @@ impl PowerKernels {
                 reduce: compute_pipeline(gpu, &module, reduce, &c),
                 project: compute_pipeline(gpu, &module, "power_project_resident", &c),
                 fold: compute_pipeline(gpu, &module, "fold_rows_resident", &c),
+                fold_project: compute_pipeline(gpu, &module, "fold_project_resident", &c),
             }
         })
     }

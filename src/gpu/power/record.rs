@@ -20,6 +20,8 @@ pub(super) enum Kind {
     Project,
     Fold,
     FoldRows,
+    /// fold_project_resident: a batch's projections and fold in one dispatch.
+    FoldProject,
     Commit,
     /// order_slots: once per update, before the vec4 folds, one invocation per slot.
     OrderSlots,
@@ -94,6 +96,9 @@ pub(super) struct Layout {
     /// cap leaves whole rows to one invocation): `fold_lanes` is the subgroup size,
     /// `dims_per_fold` d / 4.
     pub(super) fold_resident: bool,
+    /// The projections run inside the fold (fold_project_resident): the fold is resident, the
+    /// kernels read the texture copies and the atoms fit one window.
+    pub(super) project_in_fold: bool,
     /// The flat texture copies of the residual and of the atoms (and iterates), with their layer
     /// shifts, where READ_TEXTURES kernels read them.
     pub(super) textures: Option<((TextureShape, u32), (TextureShape, u32))>,
@@ -183,6 +188,7 @@ impl Gpu {
         // time: every dispatch runs once per window, each skipping the other windows' atoms
         // (one window, the whole dictionary, wherever it fits one binding).
         let windows = crate::gpu::buffer::row_windows(self, n_atoms, d);
+        let windows_len = windows.len();
         // Whole rows are whole vec4s when d is a multiple of 4 and every window's first row
         // starts on one (bindings are aligned far coarser than 16 bytes, so it always does).
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
@@ -256,6 +262,7 @@ impl Gpu {
             slot_texture: slot_texture.filter(|_| textures.is_some()),
             n_users,
             user_texture: user_texture.filter(|_| textures.is_some()),
+            project_in_fold: fold_resident && textures.is_some() && windows_len == 1,
         })
     }
 }
@@ -430,6 +437,12 @@ impl Layout {
                 steps.steps.push(Step::Copy(Copied::Iterate { start, len }));
             }
         }
+        if self.project_in_fold {
+            // One subgroup per sample: its row read once for its projections and its fold,
+            // where the item pass read it once per slot.
+            self.push(steps, base, Kind::FoldProject, groups(gpu, self.n, 1));
+            return self.refresh_residual(steps, start + len);
+        }
         // Every projection reads the residual before the batch, so all precede the fold.
         let items = base.item_len as usize;
         self.push(steps, base, Kind::Project, groups(gpu, items, 1));
@@ -443,7 +456,13 @@ impl Layout {
         } else {
             self.push(steps, base, Kind::Fold, groups(gpu, self.n, 1));
         }
-        if self.copies() && start + len < self.n_atoms {
+        self.refresh_residual(steps, start + len)
+    }
+
+    /// After the fold of the batch ending at visiting position `end`: the residual's texture
+    /// copy refreshed for the next batch (none after the last).
+    fn refresh_residual(&self, steps: &mut Steps, end: usize) -> Result<()> {
+        if self.copies() && end < self.n_atoms {
             steps.steps.push(Step::Copy(Copied::Residual));
         }
         Ok(())

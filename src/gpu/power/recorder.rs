@@ -134,6 +134,7 @@ impl<'a> Recorder<'a> {
                 Kind::FoldRows if self.layout.fold_resident => {
                     return ("fold_rows_resident", &resident.fold)
                 }
+                Kind::FoldProject => return ("fold_project_resident", &resident.fold_project),
                 _ => {}
             }
         }
@@ -147,6 +148,9 @@ impl<'a> Recorder<'a> {
             (Kind::Fold, true) => ("fold_vec4", &vec4.fold),
             (Kind::FoldRows, false) => ("fold_rows", &kernels.fold_rows),
             (Kind::FoldRows, true) => ("fold_rows_vec4", &vec4.fold_rows),
+            (Kind::FoldProject, _) => {
+                unreachable!("fold_project_resident is planned with the resident kernels only")
+            }
             (Kind::Commit, _) => ("commit", &kernels.commit),
             (Kind::OrderSlots, _) => ("order_slots", &kernels.order_slots),
             (Kind::OrderSamples, _) => ("order_samples", &kernels.order_samples),
@@ -218,7 +222,7 @@ impl<'a> Recorder<'a> {
             ],
             // The scalar folds scan the slots by rank and read their atoms and values; the vec4
             // ones search slot_order, whose entries carry both.
-            Kind::Fold | Kind::FoldRows => {
+            Kind::Fold | Kind::FoldRows | Kind::FoldProject => {
                 let slots: &[(u32, &wgpu::Buffer)] = if self.layout.vec4 {
                     &[(22, &self.slot_order.buffer), (23, &self.batch_mask.buffer)]
                 } else {
@@ -276,8 +280,9 @@ impl<'a> Recorder<'a> {
             .filter(move |_| self.vec4_kind(kind));
         // The vec4 folds read slot_order's copy (27), the resident item kernels user_entries'
         // (29).
-        let slot_texture = (self.layout.vec4 && matches!(kind, Kind::Fold | Kind::FoldRows))
-            .then_some((&self.views[3], 27));
+        let slot_texture = (self.layout.vec4
+            && matches!(kind, Kind::Fold | Kind::FoldRows | Kind::FoldProject))
+        .then_some((&self.views[3], 27));
         let user_texture = (self.resident.is_some()
             && matches!(kind, Kind::Partial | Kind::Project))
         .then_some((&self.views[4], 29));
