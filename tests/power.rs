@@ -554,11 +554,43 @@ fn relative_difference(got: &[f32], reference: &[f32]) -> f64 {
     (diff2 / norm2).sqrt()
 }
 
+/// The residual E = Y − X·D and the update's tables on awkward shapes: n·k not a multiple of
+/// 4 (the codes' and slot tables' texture copies end in a partly used texel), n = 1, k = 1, K
+/// prime, several atom batches, against the residual recomputed from the updated atoms and
+/// codes (the tolerance of folded_residual_equals_the_recomputed_one_across_dimension_chunks).
+/// With a texel of the codes' copy read at the wrong place the residual of some sample is off
+/// by about x·d_j.
+#[test]
+fn residual_and_fold_on_awkward_shapes_match_the_recomputed_residual() {
+    let Some(gpu) = common::gpu() else { return };
+    for (n_atoms, n, k, d) in [
+        (5, 1, 1, 4),
+        (13, 7, 3, 12),
+        (31, 13, 5, 20),
+        (29, 9, 7, 36),
+    ] {
+        let (samples, new_atoms, new_codes, device) = uniform_update_of(gpu, (n_atoms, n, k, d), 4);
+        let worst = worst_residual_difference(&samples, &new_atoms, &new_codes, &device, d);
+        assert!(
+            worst < 1e-4,
+            "K = {n_atoms}, n = {n}, k = {k}, d = {d}: device residual differs by {worst:.2e}·‖y‖"
+        );
+    }
+}
+
 /// An update (A = 32, p = 1) of 64 uniform atoms of dimension d from OMP codes (k = 32) of 96
 /// uniform samples, every fifth slot emptied: the samples, then the new atoms, codes and the
 /// device's residual.
 fn uniform_update(gpu: &Gpu, d: usize) -> (Vec<f32>, Vec<f32>, SparseCodes, Vec<f32>) {
-    let (n_atoms, n, k) = (64, 96, 32);
+    uniform_update_of(gpu, (64, 96, 32, d), 32)
+}
+
+/// uniform_update with K, n, k, d as given and atom batches of `atom_batch`.
+fn uniform_update_of(
+    gpu: &Gpu,
+    (n_atoms, n, k, d): (usize, usize, usize, usize),
+    atom_batch: usize,
+) -> (Vec<f32>, Vec<f32>, SparseCodes, Vec<f32>) {
     let atoms = common::uniform(n_atoms * d, 21);
     let samples = common::uniform(n * d, 22);
     let encoder = Encoder::new(
@@ -579,7 +611,7 @@ fn uniform_update(gpu: &Gpu, d: usize) -> (Vec<f32>, Vec<f32>, SparseCodes, Vec<
     let mut dict = gpu.matrix(n_atoms, d, encoder.atoms()).unwrap();
     let mut batch = gpu.coded_batch(&samples, d, &codes, n_atoms).unwrap();
     let options = UpdateOptions::default()
-        .with_atom_batch(32)
+        .with_atom_batch(atom_batch)
         .with_power_iterations(1)
         .with_seed(3);
     gpu.ksvd_update(&mut dict, &mut batch, &options).unwrap();
@@ -592,8 +624,25 @@ fn uniform_update(gpu: &Gpu, d: usize) -> (Vec<f32>, Vec<f32>, SparseCodes, Vec<
 }
 
 fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
-    let n = 96;
     let (samples, new_atoms, new_codes, device) = uniform_update(gpu, d);
+    let worst = worst_residual_difference(&samples, &new_atoms, &new_codes, &device, d);
+    // f32 folds of a few atoms per sample: errors of a few ulp of ‖y‖; a missed or doubled
+    // chunk would leave differences of order x·|d_j| ≈ 0.1·‖y‖.
+    assert!(
+        worst < 1e-4,
+        "d = {d}: device residual differs by {worst:.2e}·‖y‖"
+    );
+}
+
+/// The largest |device − (y − X·D)| / ‖y‖ over the samples' entries, in f64.
+fn worst_residual_difference(
+    samples: &[f32],
+    new_atoms: &[f32],
+    new_codes: &SparseCodes,
+    device: &[f32],
+    d: usize,
+) -> f64 {
+    let n = samples.len() / d;
     let mut worst = 0.0f64;
     for s in 0..n {
         let mut row: Vec<f64> = samples[s * d..(s + 1) * d]
@@ -614,12 +663,7 @@ fn fold_matches_recomputed_residual(gpu: &Gpu, d: usize) {
             worst = worst.max((device[s * d + c] as f64 - r).abs() / norm);
         }
     }
-    // f32 folds of a few atoms per sample: errors of a few ulp of ‖y‖; a missed or doubled
-    // chunk would leave differences of order x·|d_j| ≈ 0.1·‖y‖.
-    assert!(
-        worst < 1e-4,
-        "d = {d}: device residual differs by {worst:.2e}·‖y‖"
-    );
+    worst
 }
 
 /// The resident item kernels hold a row in named registers up to 64 texels per invocation and
