@@ -8,7 +8,8 @@
 // power_reduce's workgroup sums cost a barrier per round, on llvmpipe a coroutine switch per
 // SIMD row), its textured variant writing the iterates' texture copy in place of a copy
 // command per atom row; and fold_rows_resident, the fold with each sample's row in the
-// registers of RWG invocations.
+// registers of RWG invocations, or fold_project_resident, the projections and the fold in one
+// pass (one subgroup per sample rather than per work item).
 //
 // One workgroup of RWG invocations, exactly one subgroup, per work item. Invocation `lid` holds
 // the texels c = t·RWG + lid (t < UT) of the iterate u (interleaved, so the subgroup's loads of a
@@ -205,6 +206,10 @@ fn fold_project_resident(
         let entry = slot_at(s * params.k + i);
         if entry.x >= params.start + params.len {
             break;
+        }
+        // Always in the one window (see above); the check keeps the fold's own.
+        if !in_window(entry.z) {
+            continue;
         }
         let x_old = bitcast<f32>(entry.w);
         let row4 = atom_texels(entry.z);

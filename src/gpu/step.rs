@@ -150,7 +150,8 @@ impl Gpu {
     /// The largest sample batch a training step takes on this device for K = `n_atoms` atoms of
     /// dimension `d` coded with `coding`. The kernels bind most step buffers whole, so each must
     /// fit one storage binding as well as `max_buffer_size`: samples and residual [B, d], code
-    /// slots and user lists \[2Bk\], packed codes [B, 2k + 1], atom counts; the correlations
+    /// slots and user lists \[2Bk\], the update's slot order and user table \[4Bk\], packed
+    /// codes [B, 2k + 1], atom counts; the correlations
     /// [B, K] must fit one buffer (the coding kernel binds them in row chunks). On llvmpipe the
     /// update's loop cap bounds the users of one atom (millions: they are spread over
     /// workgroups). When the dictionary itself does not fit (its atoms and the Gram matrix must

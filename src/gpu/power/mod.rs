@@ -209,9 +209,10 @@ pub(crate) struct PowerKernels {
     atom_texture: ScratchTexture,
     iterate_texture: ScratchTexture,
     stand_in: ScratchTexture,
-    /// READ_TEXTURES: slot_order's copy (rgba32uint), and the stand-in bound without it.
+    /// READ_TEXTURES: slot_order's copy (rgba32uint), and the 1×1 rgba32uint stand-in bound
+    /// in place of it or of user_entries' copy where those are not made.
     slot_texture: ScratchTexture,
-    slot_stand_in: ScratchTexture,
+    uint_stand_in: ScratchTexture,
     /// user_table's entries and their texture copy (resident kernels with READ_TEXTURES).
     user_table: wgpu::ComputePipeline,
     user_entries: Scratch<u32>,
@@ -283,7 +284,7 @@ impl PowerKernels {
                 iterate_texture: ScratchTexture::default(),
                 stand_in: ScratchTexture::default(),
                 slot_texture: ScratchTexture::default(),
-                slot_stand_in: ScratchTexture::default(),
+                uint_stand_in: ScratchTexture::default(),
                 user_table: compute_pipeline(gpu, &module, "user_table", &c),
                 user_entries: Scratch::default(),
                 user_texture: ScratchTexture::default(),

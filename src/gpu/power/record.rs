@@ -335,7 +335,9 @@ impl Layout {
                 steps.steps.push(Step::Copy(Copied::SlotOrder));
             }
         }
-        if self.user_texture.is_some() && self.n_users > 0 {
+        // Read by the partial sums, and by the projections unless the fold makes them.
+        let users_read = options.power_iterations > 0 || !self.project_in_fold;
+        if self.user_texture.is_some() && self.n_users > 0 && users_read {
             // The resident item kernels read their users from its texture copy (user_at).
             steps.records.push(Params {
                 len: self.n_users as u32,

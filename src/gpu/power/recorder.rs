@@ -61,7 +61,7 @@ impl<'a> Recorder<'a> {
         };
         let uint_stand_in = || {
             kernels
-                .slot_stand_in
+                .uint_stand_in
                 .get(gpu, stand_in(wgpu::TextureFormat::Rgba32Uint))
         };
         let users = match layout.user_texture {
