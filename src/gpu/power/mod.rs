@@ -196,7 +196,7 @@ pub(crate) struct PowerKernels {
     textured: Option<Vec4Kernels>,
     /// The resident item kernels by texels per invocation (`UT`) and READ_TEXTURES, built on
     /// first use.
-    resident: Mutex<HashMap<(usize, bool), ResidentKernels>>,
+    resident: Mutex<HashMap<(usize, bool, bool), ResidentKernels>>,
     /// Partial sums of one wave of work items (every row read is written first in its wave).
     partials: Scratch<f32>,
     /// [n, k] entries of order_slots: (visiting position, slot, atom, value bits).
@@ -236,9 +236,10 @@ pub(super) struct ResidentKernels {
     reduce_entry: &'static str,
     partial: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
-    project: wgpu::ComputePipeline,
-    fold: wgpu::ComputePipeline,
-    fold_project: wgpu::ComputePipeline,
+    /// The projections and the fold in two passes, or (`fused`) in one.
+    project: Option<wgpu::ComputePipeline>,
+    fold: Option<wgpu::ComputePipeline>,
+    fold_project: Option<wgpu::ComputePipeline>,
 }
 
 impl Vec4Kernels {
@@ -295,14 +296,16 @@ impl PowerKernels {
 
 impl PowerKernels {
     /// The resident item kernels holding `texels` texels per invocation, reading textures or
-    /// storage, built on first use.
+    /// storage, built on first use: with `fused`, fold_project_resident in place of
+    /// power_project_resident and fold_rows_resident (each an llvmpipe compile at start-up).
     pub(super) fn resident(
         &self,
         gpu: &Gpu,
         texels: usize,
         textures: bool,
+        fused: bool,
     ) -> Result<ResidentKernels> {
-        gpu.cached_by(&self.resident, (texels, textures), || {
+        gpu.cached_by(&self.resident, (texels, textures, fused), || {
             let source = format!(
                 "{SHADER}{}",
                 super::layout::texel_lines(RESIDENT_SHADER, texels)
@@ -321,9 +324,11 @@ impl PowerKernels {
                 reduce_entry: reduce,
                 partial: compute_pipeline(gpu, &module, "power_partial_resident", &c),
                 reduce: compute_pipeline(gpu, &module, reduce, &c),
-                project: compute_pipeline(gpu, &module, "power_project_resident", &c),
-                fold: compute_pipeline(gpu, &module, "fold_rows_resident", &c),
-                fold_project: compute_pipeline(gpu, &module, "fold_project_resident", &c),
+                project: (!fused)
+                    .then(|| compute_pipeline(gpu, &module, "power_project_resident", &c)),
+                fold: (!fused).then(|| compute_pipeline(gpu, &module, "fold_rows_resident", &c)),
+                fold_project: fused
+                    .then(|| compute_pipeline(gpu, &module, "fold_project_resident", &c)),
             }
         })
     }

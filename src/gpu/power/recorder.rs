@@ -92,7 +92,7 @@ impl<'a> Recorder<'a> {
         };
         let resident = layout
             .resident
-            .map(|texels| kernels.resident(gpu, texels, layout.copies()))
+            .map(|texels| kernels.resident(gpu, texels, layout.copies(), layout.project_in_fold))
             .transpose()?;
         Ok(Self {
             gpu,
@@ -127,14 +127,23 @@ impl<'a> Recorder<'a> {
     fn kernel(&self, kind: Kind) -> (&'static str, &wgpu::ComputePipeline) {
         let (kernels, vec4) = (self.kernels, self.vec4_kernels);
         if let Some(resident) = &self.resident {
+            // The layout plans the projections and the fold in one pass or in two, and the
+            // resident kernels were built for that (see PowerKernels::resident).
+            fn built(pipeline: &Option<wgpu::ComputePipeline>) -> &wgpu::ComputePipeline {
+                pipeline
+                    .as_ref()
+                    .expect("resident kernels built for the layout's projection and fold")
+            }
             match kind {
                 Kind::Partial => return ("power_partial_resident", &resident.partial),
                 Kind::Reduce => return (resident.reduce_entry, &resident.reduce),
-                Kind::Project => return ("power_project_resident", &resident.project),
+                Kind::Project => return ("power_project_resident", built(&resident.project)),
                 Kind::FoldRows if self.layout.fold_resident => {
-                    return ("fold_rows_resident", &resident.fold)
+                    return ("fold_rows_resident", built(&resident.fold))
                 }
-                Kind::FoldProject => return ("fold_project_resident", &resident.fold_project),
+                Kind::FoldProject => {
+                    return ("fold_project_resident", built(&resident.fold_project))
+                }
                 _ => {}
             }
         }
