@@ -559,8 +559,8 @@ fn order_samples(
 
 // Texel f of an rgba32uint table copied flat into a texture (flat_texel's layout).
 fn flat_entry(tex: texture_storage_2d_array<rgba32uint, read>, f: u32, shift: u32) -> vec4<u32> {
-    let row = f >> 6u;
-    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift);
+    let at = flat_place(f, shift);
+    return textureLoad(tex, at.xy, at.z);
 }
 
 // User list position q as user_entries holds it: (sample, flat slot, value bits, 0).
@@ -598,8 +598,12 @@ fn slot_at(at: u32) -> vec4<u32> {
 }
 
 // The place in slot_order of sample s's first slot in this batch (its run of the batch's slots
-// follows), or 0xffffffff when its batch_mask bit says it has none: a binary search.
+// follows), or 0xffffffff when its batch_mask bit says it has none or s is past the samples: a
+// binary search.
 fn fold_first(s: u32) -> u32 {
+    if s >= params.n {
+        return 0xffffffffu;
+    }
     let b = params.start / params.atom_batch;
     if (atomicLoad(&batch_mask[s * params.mask_words + b / 32u]) & (1u << (b % 32u))) == 0u {
         return 0xffffffffu;

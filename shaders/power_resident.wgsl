@@ -128,9 +128,6 @@ fn res_store_partial(acc: vec4<f32>, t: u32, lid: u32, r: u32, row4: u32, vx: f3
 fn fold_rows_resident(@builtin(global_invocation_id) gid: vec3<u32>) {
     let s = gid.x / RWG;
     let lane = gid.x % RWG;
-    if s >= params.n {
-        return;
-    }
     let lo = fold_first(s);
     if lo == 0xffffffffu {
         return;
@@ -170,11 +167,6 @@ fn res_atom_row_texel(t: u32, lid: u32, row4: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), atom_texel(row4 + t * RWG + lid), res_in_row(t, lid));
 }
 
-// Texel t of atom row row4 of the iterates, d_new after the last reduce (0 past the row).
-fn res_new_row_texel(t: u32, lid: u32, row4: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), iterate_texel(row4 + t * RWG + lid), res_in_row(t, lid));
-}
-
 // power_project_resident and fold_rows_resident in one pass over the samples, where the atoms
 // fit one window: one subgroup per sample holds its row before the batch (res_e0) and the row
 // being folded (res_e), and for each of its slots in the batch reads d_j and d_new once, projects
@@ -192,9 +184,6 @@ fn fold_project_resident(
     @builtin(num_workgroups) groups: vec3<u32>,
 ) {
     let s = linear_group(wid, groups);
-    if s >= params.n {
-        return;
-    }
     let lo = fold_first(s);
     if lo == 0xffffffffu {
         return;
@@ -216,7 +205,7 @@ fn fold_project_resident(
         var dj_dn = vec4<f32>(0.0);
         var e_dn = vec4<f32>(0.0);
         // One line, as in res_load_u.
-        res_dj$t = res_atom_row_texel($tu, lid, row4); res_dn$t = res_new_row_texel($tu, lid, row4); dj_dn += res_dj$t * res_dn$t; e_dn += res_e0$t * res_dn$t;
+        res_dj$t = res_atom_row_texel($tu, lid, row4); res_dn$t = res_u_texel($tu, lid, row4, true); dj_dn += res_dj$t * res_dn$t; e_dn += res_e0$t * res_dn$t;
         let x_new = subgroupAdd(e_dn.x + e_dn.y + e_dn.z + e_dn.w)
             + x_old * subgroupAdd(dj_dn.x + dj_dn.y + dj_dn.z + dj_dn.w);
         if lid == 0u {
@@ -378,10 +367,8 @@ fn res_reduce(lid: u32, a: u32) -> u32 {
 // flat_texel reads.
 fn res_store_iterate(u: vec4<f32>, t: u32, lid: u32, j: u32) {
     if res_in_row(t, lid) {
-        let f = j * (params.d / 4u) + t * RWG + lid;
-        let row = f >> 6u;
-        let mask = (1u << params.atom_shift) - 1u;
-        textureStore(iterate_store, vec2<u32>(f & 63u, row & mask), row >> params.atom_shift, u);
+        let at = flat_place(j * (params.d / 4u) + t * RWG + lid, params.atom_shift);
+        textureStore(iterate_store, at.xy, at.z, u);
     }
 }
 

@@ -73,11 +73,9 @@ struct Params {
 @group(0) @binding(17) var index_tex: texture_storage_2d_array<rgba32sint, read>;
 @group(0) @binding(18) var value_tex: texture_storage_2d_array<rgba32float, read>;
 
-// Where flat slot f lies in the codes' textures: (column, row in layer, layer) of its texel.
+// Where flat slot f lies in the codes' textures (four slots per texel).
 fn code_place(f: u32) -> vec3<u32> {
-    let texel = f >> 2u;
-    let row = texel >> 6u;
-    return vec3<u32>(texel & 63u, row & ((1u << params.code_shift) - 1u), row >> params.code_shift);
+    return flat_place(f >> 2u, params.code_shift);
 }
 
 // The atom index of flat slot f, from index_tex.

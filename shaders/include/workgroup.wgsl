@@ -65,6 +65,12 @@ fn linear_group(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
 // texels, layers of 2^shift rows. A read-only storage texture, not a sampled one: see the texel
 // GEMM in gemm.wgsl (power_partial_resident and residual_from_codes_texels about 1.2× faster).
 fn flat_texel(tex: texture_storage_2d_array<rgba32float, read>, f: u32, shift: u32) -> vec4<f32> {
+    let at = flat_place(f, shift);
+    return textureLoad(tex, at.xy, at.z);
+}
+
+// Where texel f of a flat copy lies: (column, row in its layer, layer).
+fn flat_place(f: u32, shift: u32) -> vec3<u32> {
     let row = f >> 6u;
-    return textureLoad(tex, vec2<u32>(f & 63u, row & ((1u << shift) - 1u)), row >> shift);
+    return vec3<u32>(f & 63u, row & ((1u << shift) - 1u), row >> shift);
 }

@@ -222,9 +222,10 @@ impl Gpu {
         // adapters four texels of them, the atoms read from a flat texture copy where it fits.
         let vec4 = d > 0 && d % 4 == 0 && n > 0 && windows.iter().all(|w| w.2.first % 4 == 0);
         // The texel kernel also reads the codes from flat copies, four slots per texel.
-        let codes_flat = super::buffer::flat_texture(self, (n * k).div_ceil(4));
+        let float = wgpu::TextureFormat::Rgba32Float;
+        let codes_flat = super::buffer::flat_texture(self, (n * k).div_ceil(4), float);
         let flat = match vec4 && self.limits().cpu_paths && codes_flat.is_some() {
-            true => super::buffer::flat_texture(self, n_atoms * d / 4),
+            true => super::buffer::flat_texture(self, n_atoms * d / 4, float),
             false => None,
         };
         let codes_flat = codes_flat.filter(|_| flat.is_some());
@@ -323,7 +324,8 @@ struct ResidualJob<'a> {
     windows: Vec<(usize, usize, super::buffer::Window)>,
     /// The atoms' flat texture copy (shape, layer shift) the texel kernel reads, if any.
     flat: Option<(super::buffer::TextureShape, u32)>,
-    /// With it, the codes' (the indices' shape; the values' is the same in rgba32float).
+    /// With it, the codes' (the values' rgba32float shape; the indices' is the same in
+    /// rgba32sint).
     codes_flat: Option<(super::buffer::TextureShape, u32)>,
     samples: &'a Matrix,
     atoms: &'a Matrix,
@@ -383,46 +385,38 @@ impl ResidualJob<'_> {
     }
 
     /// Records the copies of the indices and values into their flat textures (through buffers
-    /// padded to whole texels of four slots); returns the textures' views.
+    /// padded to whole texels of four slots where n·k is not a multiple of 4); returns the
+    /// textures' views.
     fn copy_codes(&self, encoder: &mut wgpu::CommandEncoder) -> Result<[wgpu::TextureView; 2]> {
         let (gpu, kernels, codes) = (self.gpu, self.kernels, self.codes);
-        let (shape, shift) = self.codes_flat.ok_or_else(|| {
+        let (value_shape, shift) = self.codes_flat.ok_or_else(|| {
             Error::Internal("residual_from_codes_texels without its codes' textures".into())
         })?;
         let slots = codes.n * codes.k;
         let texels = slots.div_ceil(4);
-        let indices = kernels.padded_indices.get(gpu, 4 * texels.max(1))?;
-        let values = kernels.padded_values.get(gpu, 4 * texels.max(1))?;
-        let bytes = 4 * slots as u64;
-        encoder.copy_buffer_to_buffer(&codes.indices.buffer, 0, &indices.buffer, 0, bytes);
-        encoder.copy_buffer_to_buffer(&codes.values.buffer, 0, &values.buffer, 0, bytes);
-        let value_shape = super::buffer::TextureShape {
-            format: wgpu::TextureFormat::Rgba32Float,
-            ..shape
+        // A copy reads whole 16-byte texels: past n·k the codes' buffers end.
+        let padded;
+        let (indices, values) = if slots % 4 == 0 {
+            (&codes.indices.buffer, &codes.values.buffer)
+        } else {
+            padded = (
+                kernels.padded_indices.get(gpu, 4 * texels)?,
+                kernels.padded_values.get(gpu, 4 * texels)?,
+            );
+            let bytes = 4 * slots as u64;
+            encoder.copy_buffer_to_buffer(&codes.indices.buffer, 0, &padded.0.buffer, 0, bytes);
+            encoder.copy_buffer_to_buffer(&codes.values.buffer, 0, &padded.1.buffer, 0, bytes);
+            (&padded.0.buffer, &padded.1.buffer)
         };
         let index_shape = super::buffer::TextureShape {
             format: wgpu::TextureFormat::Rgba32Sint,
-            ..shape
+            ..value_shape
         };
         let index_texture = kernels.index_texture.get(gpu, index_shape)?;
         let value_texture = kernels.value_texture.get(gpu, value_shape)?;
         let copy = super::buffer::copy_flat;
-        copy(
-            encoder,
-            &indices.buffer,
-            0,
-            texels,
-            &index_texture.texture,
-            shift,
-        );
-        copy(
-            encoder,
-            &values.buffer,
-            0,
-            texels,
-            &value_texture.texture,
-            shift,
-        );
+        copy(encoder, indices, 0, texels, &index_texture.texture, shift);
+        copy(encoder, values, 0, texels, &value_texture.texture, shift);
         let dimension = wgpu::TextureViewDimension::D2Array;
         Ok([index_texture.view(dimension), value_texture.view(dimension)])
     }

@@ -68,17 +68,21 @@ pub(crate) fn texture_rows(
     Ok((shape, layer_rows.ilog2()))
 }
 
-/// Texels per row of a [`flat_texture`]: 64 rgba32float texels are 1 KiB, a multiple of the
+/// Texels per row of a [`flat_texture`]: 64 texels of 16 bytes are 1 KiB, a multiple of the
 /// 256-byte row pitch that buffer-to-texture copies require.
 const FLAT_TEXELS: usize = 64;
 
-/// The shape (and layer shift) of a texture holding `texels` rgba32float texels in a flat run:
-/// texel f at column f % 64 of row f / 64, rows in layers of 2^shift (see [`texture_rows`]).
-/// Sides are powers of two, so every such texture is of one llvmpipe variant class. `None`
-/// where the device's textures cannot hold them.
-pub(crate) fn flat_texture(gpu: &Gpu, texels: usize) -> Option<(TextureShape, u32)> {
+/// The shape (and layer shift) of a texture holding `texels` 16-byte texels of `format`
+/// (rgba32float, rgba32uint, rgba32sint) in a flat run: texel f at column f % 64 of row f / 64,
+/// rows in layers of 2^shift (see [`texture_rows`]). Sides are powers of two, so every such
+/// texture is of one llvmpipe variant class. `None` where the device's textures cannot hold
+/// them.
+pub(crate) fn flat_texture(
+    gpu: &Gpu,
+    texels: usize,
+    format: wgpu::TextureFormat,
+) -> Option<(TextureShape, u32)> {
     let rows = texels.div_ceil(FLAT_TEXELS);
-    let format = wgpu::TextureFormat::Rgba32Float;
     let (shape, shift) = texture_rows(gpu, rows, FLAT_TEXELS, format, false).ok()?;
     Some((
         TextureShape {

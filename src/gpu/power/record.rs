@@ -216,7 +216,12 @@ impl Gpu {
         // power.wgsl) wherever the device's textures hold them.
         let textures = match (&kernels.textured, vec4 && self.limits().cpu_paths) {
             (Some(_), true) => {
-                flat_texture(self, n * texels).zip(flat_texture(self, n_atoms * texels))
+                let float = wgpu::TextureFormat::Rgba32Float;
+                flat_texture(self, n * texels, float).zip(flat_texture(
+                    self,
+                    n_atoms * texels,
+                    float,
+                ))
             }
             _ => None,
         };
@@ -224,21 +229,12 @@ impl Gpu {
         // slot_order's entries (16 bytes each) in an rgba32uint texture of the same flat shape,
         // and user_entries' likewise where the resident kernels read textures; the kernels read
         // all their copies or none.
-        let uint_texture = |entries: usize| {
-            flat_texture(self, entries.max(1)).map(|(shape, shift)| {
-                let format = wgpu::TextureFormat::Rgba32Uint;
-                (TextureShape { format, ..shape }, shift)
-            })
-        };
-        let slot_texture = textures.and(uint_texture(n * k));
-        let user_texture = match resident {
-            Some(_) => slot_texture.and(uint_texture(n_users)),
-            None => None,
-        };
-        let textures = match (slot_texture, resident, user_texture) {
-            (None, ..) | (Some(_), Some(_), None) => None,
-            _ => textures,
-        };
+        let uint_texture =
+            |entries: usize| flat_texture(self, entries.max(1), wgpu::TextureFormat::Rgba32Uint);
+        let slot_texture = uint_texture(n * k);
+        let user_texture = resident.and(uint_texture(n_users));
+        let tables_fit = slot_texture.is_some() && (resident.is_none() || user_texture.is_some());
+        let textures = textures.filter(|_| tables_fit);
         Ok(Layout {
             n_atoms,
             d,
