@@ -85,6 +85,12 @@ struct Params {
     // one step, where a whole step exceeds the loop cap (else 0 and 0xffffffff: all of them).
     first_block: u32,
     last_block: u32,
+    // fused_omp: sample s's Cholesky factor is row s & (2^factor_shift − 1) of layer
+    // s >> factor_shift of fac_tex.
+    factor_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -120,6 +126,15 @@ struct Params {
 // texture, in the two kernels' separate bind groups.
 @group(0) @binding(2) var upd_in: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var upd_out: texture_storage_2d<rg32uint, write>;
+// Batch-OMP's Cholesky factors where FACTOR_TEXTURE (fused_omp): sample s's packed factor, entry
+// e at column e of its row (see factor_shift). omp_solve_private reads the factor entry by entry,
+// s² per step, one invocation per sample; llvmpipe runs such a storage load as a loop over the
+// lanes through the stack (a store-forwarding stall per lane, 12 % of the fused kernel's time)
+// but a texel fetch as an unrolled gather: the kernel 1.1× faster with the factor here. select_omp
+// keeps it in the record (its layout binds a 1×1 stand-in here), as do the solves past
+// SEL_PRIVATE atoms, which fused_omp never runs (FUSED_SUPPORT).
+@group(0) @binding(14) var fac_tex: texture_storage_2d_array<r32float, read_write>;
+override FACTOR_TEXTURE: bool = false;
 
 // Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
 override WG: u32 = 64u;
@@ -167,6 +182,26 @@ fn fwd_at(rec: u32) -> u32 {
 // Cholesky factor L of G[I,I], lower triangle packed by rows: row i starts at i(i+1)/2.
 fn chol_at(rec: u32) -> u32 {
     return rec + HEADER + 5u * params.max_atoms;
+}
+
+// Entry e of the packed Cholesky factor of the job's sample (record rec): fac_tex where
+// FACTOR_TEXTURE, else the record. (The record's other solves, for k past SEL_PRIVATE and MP's
+// refit, read it there directly.)
+fn factor_at(sample: u32, rec: u32, e: u32) -> f32 {
+    if FACTOR_TEXTURE {
+        let row = sample & ((1u << params.factor_shift) - 1u);
+        return textureLoad(fac_tex, vec2<u32>(e, row), sample >> params.factor_shift).x;
+    }
+    return wf(chol_at(rec) + e);
+}
+
+fn set_factor(sample: u32, rec: u32, e: u32, v: f32) {
+    if FACTOR_TEXTURE {
+        let row = sample & ((1u << params.factor_shift) - 1u);
+        textureStore(fac_tex, vec2<u32>(e, row), sample >> params.factor_shift, vec4<f32>(v));
+    } else {
+        set_wf(chol_at(rec) + e, v);
+    }
 }
 
 fn wf(i: u32) -> f32 {
@@ -596,15 +631,14 @@ var<private> sel_x: array<f32, SEL_PRIVATE>;
 
 // Grows the factor by atom j as row s and z by its row s (false for a small pivot, nothing
 // written); leaves γ for the first s + 1 atoms in sel_x.
-fn omp_solve_private(rec: u32, j: u32, s: u32, a0: f32) -> bool {
+fn omp_solve_private(sample: u32, rec: u32, j: u32, s: u32, a0: f32) -> bool {
     let sel = sel_at(rec);
-    let chol = chol_at(rec);
     for (var i = 0u; i < s; i++) {
         var v = g_at(j, work[sel + i]);
         for (var t = 0u; t < i; t++) {
-            v -= wf(chol + tri(i) + t) * sel_row[t];
+            v -= factor_at(sample, rec, tri(i) + t) * sel_row[t];
         }
-        sel_row[i] = v / wf(chol + tri(i) + i);
+        sel_row[i] = v / factor_at(sample, rec, tri(i) + i);
     }
     var ww = 0.0;
     for (var t = 0u; t < s; t++) {
@@ -626,17 +660,22 @@ fn omp_solve_private(rec: u32, j: u32, s: u32, a0: f32) -> bool {
     sel_x[s] = v / sel_row[s];
     set_wf(z + s, sel_x[s]);
     for (var t = 0u; t <= s; t++) {
-        set_wf(chol + tri(s) + t, sel_row[t]);
+        set_factor(sample, rec, tri(s) + t, sel_row[t]);
     }
-    // Lᵀ·γ = z, backward (backward_in_tmp's order).
-    let n = s + 1u;
-    for (var ii = 0u; ii < n; ii++) {
-        let i = n - 1u - ii;
+    // Lᵀ·γ = z, backward (backward_in_tmp's order); row s from sel_row rather than read back
+    // where it was just stored.
+    for (var ii = 0u; ii <= s; ii++) {
+        let i = s - ii;
         var w = sel_x[i];
-        for (var t = i + 1u; t < n; t++) {
-            w -= wf(chol + tri(t) + i) * sel_x[t];
+        for (var t = i + 1u; t < s; t++) {
+            w -= factor_at(sample, rec, tri(t) + i) * sel_x[t];
         }
-        sel_x[i] = w / wf(chol + tri(i) + i);
+        var diagonal = sel_row[s];
+        if i < s {
+            w -= sel_row[i] * sel_x[s];
+            diagonal = factor_at(sample, rec, tri(i) + i);
+        }
+        sel_x[i] = w / diagonal;
     }
     return true;
 }
@@ -666,7 +705,7 @@ fn omp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> u32 {
     // γ solves L·Lᵀ·γ = α⁰[I], i.e. Lᵀ·γ = z; the next sweep's α = α⁰ − G[:,I]·γ. (The
     // forward half was a whole solve per step: a third of select's serial loads.)
     let private = params.max_atoms <= SEL_PRIVATE;
-    if (private && !omp_solve_private(rec, j, s, a0)) || (!private && !cholesky_grow(rec, j, s)) {
+    if (private && !omp_solve_private(sample, rec, j, s, a0)) || (!private && !cholesky_grow(rec, j, s)) {
         stop_sample(rec);
         return 0u;
     }
@@ -754,19 +793,44 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // fused_omp: Batch-OMP's sweep and select in one kernel for CPU adapters, one invocation per
 // sample running the greedy steps [first_step, last_step) (as many as the host fits under the
 // loop cap; where one step does not fit, its blocks [first_block, last_block) per dispatch, the
-// running argmax kept in the record between them). Per step: α = α⁰ − G[:,I]·γ recomputed PER atoms at a time and their argmax, all
-// in the invocation, then omp_take. The same f32 operations in the same order as sweep and
+// running argmax kept in the record between them). Per step: α = α⁰ − G[:,I]·γ recomputed PER
+// atoms at a time and their argmax, all in the invocation, then omp_take. The same f32 operations in the same order as sweep and
 // select_omp, so the same codes bit for bit; what it saves is their traffic through storage,
 // which llvmpipe runs lane by lane (a loop over the lanes per access): the sweep's per-chunk
 // loads of the record and mask and its stores of argmax partials, select's reading them back
 // (96 per sample and step at K = 1536), and the update entries, which stay in private memory
-// from one step to the next (the kernel 1.4× faster than sweep and select at K = 1536, k = 32).
+// from one step to the next (the kernel 1.4× faster than sweep and select at K = 1536, k = 32),
+// and the Cholesky factor, which it keeps in fac_tex (FACTOR_TEXTURE).
 // On a GPU one invocation per sample would leave most of it idle, and past K = 6144 on
 // lavapipe the sweeps' long runs of each G row win (src/gpu/omp/mod.rs): the sweeps run there.
 
 // The chosen atoms of the invocation's sample, in order; their coefficients are sel_x, which
 // omp_take leaves there.
 var<private> fused_atom: array<u32, SEL_PRIVATE>;
+
+// The four G texels of row j from texel q: PER atoms of the row.
+struct GBlock {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn fused_block(j: u32, q: u32, mask: u32) -> GBlock {
+    let at = vec2<u32>(q, j & mask);
+    let layer = j >> params.layer_shift;
+    return GBlock(
+        textureLoad(g_tex, at, layer),
+        textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer),
+        textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer),
+        textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer),
+    );
+}
+
+// Atom j's bit in block b's mask of chosen atoms (0 for an atom of another block).
+fn chosen_bit(j: u32, b: u32) -> u32 {
+    return select(0u, 1u << (j % PER), j / PER == b);
+}
 
 // The largest |α| over the sample's unchosen atoms in blocks [b0, b1) of PER atoms, offered
 // to the running best (ties to the lowest atom), α = α⁰ − G[:,I]·γ recomputed from α⁰
@@ -788,16 +852,32 @@ fn fused_best(sample: u32, n: u32, b0: u32, b1: u32, best_in: SweepBest) -> Swee
         var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample)));
         let q = min(b * PER, last) / 4u;
         var chosen = 0u;
-        for (var t = 0u; t < n; t++) {
+        // Two chosen atoms a turn: the first fetches of their G rows, each usually a cache
+        // miss, issue together (the kernel 1.05× faster on llvmpipe); the same operations in
+        // the same order as one at a time.
+        var t = 0u;
+        for (; t + 1u < n; t += 2u) {
             let j = fused_atom[t];
             let x = sel_x[t];
-            let at = vec2<u32>(q, j & mask);
-            let layer = j >> params.layer_shift;
-            va -= textureLoad(g_tex, at, layer) * x;
-            vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer) * x;
-            vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer) * x;
-            vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * x;
-            chosen |= select(0u, 1u << (j % PER), j / PER == b);
+            let i = fused_atom[t + 1u];
+            let y = sel_x[t + 1u];
+            let g = fused_block(j, q, mask);
+            let h = fused_block(i, q, mask);
+            va = (va - g.a * x) - h.a * y;
+            vb = (vb - g.b * x) - h.b * y;
+            vc = (vc - g.c * x) - h.c * y;
+            vd = (vd - g.d * x) - h.d * y;
+            chosen |= chosen_bit(j, b) | chosen_bit(i, b);
+        }
+        if t < n {
+            let j = fused_atom[t];
+            let x = sel_x[t];
+            let g = fused_block(j, q, mask);
+            va -= g.a * x;
+            vb -= g.b * x;
+            vc -= g.c * x;
+            vd -= g.d * x;
+            chosen |= chosen_bit(j, b);
         }
         offer_block(&best_abs, &best, b * PER, chosen, va, vb, vc, vd);
     }

@@ -87,6 +87,8 @@ struct Params {
     fresh: u32,
     first_block: u32,
     last_block: u32,
+    factor_shift: u32,
+    _pad: [u32; 3],
 }
 
 /// The entry points of omp.wgsl that coding runs.
@@ -140,6 +142,10 @@ pub(crate) struct OmpKernels {
     /// The pair of α textures MP's sweeps alternate between (OMP's read α⁰ from the first; the
     /// second is then a 1×1 stand-in).
     alphas: [ScratchTexture; 2],
+    /// `fused_omp`'s Cholesky factors (`fac_tex`), and the 1×1 stand-in the other Batch-OMP
+    /// kernels bind there.
+    factors: ScratchTexture,
+    factor_stand_in: ScratchTexture,
     /// The resident MP coder by texels per invocation, whether it spans a workgroup (GPUs) or a
     /// subgroup (CPU adapters), G's precision and the refit's private factor entries, built on
     /// first use.
@@ -310,6 +316,10 @@ fn resident_plan(
     })
 }
 
+/// Texel format of `fused_omp`'s Cholesky factors: one entry per texel, read and written by the
+/// same kernel (r32float is the format every WebGPU device offers read-write storage for).
+const FACTOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::R32Float;
+
 /// Most atoms per sample of the fused Batch-OMP kernel (`SEL_PRIVATE` in omp.wgsl: its solves'
 /// vectors and the chosen atoms live in private arrays of that length).
 const FUSED_SUPPORT: usize = 128;
@@ -337,8 +347,9 @@ const ALL_BLOCKS: (u32, u32) = (0, u32::MAX);
 
 /// The dispatches of `fused_omp` for Batch-OMP at K = `n_atoms`, or `None` where the sweeps
 /// run: GPU paths (a step of one sample in one invocation would leave a GPU idle), matching
-/// pursuit, more than FUSED_SUPPORT atoms per sample or FUSED_DICTIONARY atoms, or not even one
-/// block and the solves of a step under the loop cap.
+/// pursuit, more than FUSED_SUPPORT atoms per sample or FUSED_DICTIONARY atoms, a sample's
+/// factor wider than a texture row, or not even one block and the solves of a step under the
+/// loop cap.
 fn fused_plan(
     gpu: &Gpu,
     coder: Coder,
@@ -351,6 +362,7 @@ fn fused_plan(
         || !matches!(coder, Coder::Omp)
         || max_atoms > FUSED_SUPPORT
         || n_atoms > FUSED_DICTIONARY
+        || tri(max_atoms) > limits.max_texture_dimension_2d as usize
     {
         return None;
     }
@@ -474,9 +486,14 @@ fn alpha_textures(coder: Coder) -> usize {
     }
 }
 
-/// Words of texture per sample of a coding job: its α textures and the update texture.
+/// Words of texture per sample of a coding job: its α textures, the update texture and, for
+/// Batch-OMP, the fused kernel's Cholesky factor (counted wherever it may run).
 pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
-    alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
+    let factor = match coder {
+        Coder::Omp if max_atoms <= FUSED_SUPPORT => tri(max_atoms),
+        _ => 0,
+    };
+    alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms + factor
 }
 
 /// Words of one sample's chosen-atom mask.
@@ -508,6 +525,8 @@ impl OmpKernels {
                 gram: ScratchTexture::default(),
                 updates: ScratchTexture::default(),
                 alphas: Default::default(),
+                factors: Default::default(),
+                factor_stand_in: Default::default(),
                 resident: Mutex::default(),
             })
         })
@@ -561,6 +580,11 @@ impl GramVariant {
         let module = super::layout::shader_module(gpu, "omp.wgsl", source.clone());
         let read = |format| read_texture(format, wgpu::TextureViewDimension::D2);
         let g_texture = read_texture(format, wgpu::TextureViewDimension::D2Array);
+        let factors = wgpu::BindingType::StorageTexture {
+            access: wgpu::StorageTextureAccess::ReadWrite,
+            format: FACTOR_FORMAT,
+            view_dimension: wgpu::TextureViewDimension::D2Array,
+        };
         // start, select and finish: the state; the sweeps: α textures in and out.
         let state_layout = bind_group_layout(
             gpu,
@@ -573,6 +597,7 @@ impl GramVariant {
                 entry(6, storage(true)),
                 entry(7, storage(false)),
                 entry(8, storage(false)),
+                entry(14, factors),
             ],
         );
         // Four storage textures: WebGPU's default max_storage_textures_per_shader_stage.
@@ -598,6 +623,7 @@ impl GramVariant {
                 entry(6, storage(true)),
                 entry(8, storage(false)),
                 entry(12, read(wgpu::TextureFormat::Rgba32Uint)),
+                entry(14, factors),
             ],
         );
         Self {
@@ -622,7 +648,10 @@ impl GramVariant {
         let name = kernel.entry();
         match layout {
             Some(layout) => {
-                pipeline_in_layout(gpu, &self.module, name, layout, &[("WG", WG as f64)])
+                // fused_omp keeps its factors in fac_tex, the other kernels in the record.
+                let factor_texture = f64::from(u8::from(matches!(kernel, Kernel::FusedOmp)));
+                let constants = [("WG", WG as f64), ("FACTOR_TEXTURE", factor_texture)];
+                pipeline_in_layout(gpu, &self.module, name, layout, &constants)
             }
             None => super::layout::compute_pipeline(gpu, &self.module, name, &[]),
         }
@@ -705,7 +734,13 @@ enum StepPath {
     Sweeps([wgpu::TextureView; 2]),
     /// Batch-OMP's fused kernel: its dispatches, and a view of α⁰'s texture (the first of the
     /// pair; the fused kernel binds no second).
-    Fused(Vec<FusedDispatch>, wgpu::TextureView),
+    Fused {
+        plan: Vec<FusedDispatch>,
+        alpha0: wgpu::TextureView,
+        /// The samples' Cholesky factors, a row each, in layers of 2^factor_shift rows.
+        factors: wgpu::TextureView,
+        factor_shift: u32,
+    },
 }
 
 /// How G [K, K] lies in its texture: rows of ⌈K/4⌉ texels, row r at row r mod 2^layer_shift of
@@ -888,7 +923,8 @@ mod tests {
         chunk_parts,
         fresh,
         first_block,
-        last_block
+        last_block,
+        factor_shift
     });
 
     /// Argmax partials per sample of the CPU adapters' sweep (one per invocation).

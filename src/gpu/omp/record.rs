@@ -7,12 +7,13 @@ use super::{
     alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, fused_plan, mask_words,
     max_batch, partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan,
     ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, ALL_BLOCKS, CHUNK,
-    SAMPLE_WG, TEXEL,
+    FACTOR_FORMAT, SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
 use crate::gpu::buffer::{
-    binding, ranges, rows_per_window, window, GpuTexture, TextureShape, UniformRecords,
+    binding, ranges, rows_per_window, texture_rows, window, GpuTexture, TextureShape,
+    UniformRecords,
 };
 use crate::gpu::layout::groups;
 use crate::gpu::profile::Passes;
@@ -118,6 +119,8 @@ struct Job<'a> {
     work: GpuBuffer<u32>,
     g_texture: Arc<GpuTexture>,
     updates: Arc<GpuTexture>,
+    /// Bound at `fac_tex` by the kernels that keep the factor in the record.
+    factor_stand_in: Arc<GpuTexture>,
 }
 
 impl<'a> Job<'a> {
@@ -166,7 +169,7 @@ impl<'a> Job<'a> {
                 };
                 (plan.step_ranges(steps), refit, Vec::new())
             }
-            StepPath::Fused(plan, _) => (
+            StepPath::Fused { plan, .. } => (
                 plan.iter().map(|d| d.steps).collect(),
                 Vec::new(),
                 plan.iter().map(|d| d.blocks).collect(),
@@ -200,6 +203,15 @@ impl<'a> Job<'a> {
             work: kernels.work.get(gpu, layout.work_words)?,
             g_texture: kernels.gram.get(gpu, g.shape)?,
             updates: kernels.updates.get(gpu, updates)?,
+            factor_stand_in: kernels.factor_stand_in.get(
+                gpu,
+                TextureShape {
+                    width: 1,
+                    height: 1,
+                    layers: 1,
+                    format: FACTOR_FORMAT,
+                },
+            )?,
         };
         let records = job.records(&layout, max_atoms);
         job.uniforms = Some(gpu.uniform_records("omp params", &records)?);
@@ -242,6 +254,8 @@ impl<'a> Job<'a> {
             fresh: u32::from(alpha_textures(self.options.coder) == 1),
             first_block: ALL_BLOCKS.0,
             last_block: ALL_BLOCKS.1,
+            factor_shift: 0,
+            _pad: [0; 3],
         };
         let mut records: Vec<Params> = self
             .pack_chunks
@@ -265,7 +279,11 @@ impl<'a> Job<'a> {
         }));
         let texels = match &self.path {
             StepPath::Resident(plan, _) => plan.texels as u32,
-            StepPath::Sweeps(_) | StepPath::Fused(..) => 0,
+            StepPath::Sweeps(_) | StepPath::Fused { .. } => 0,
+        };
+        let factor_shift = match &self.path {
+            StepPath::Fused { factor_shift, .. } => *factor_shift,
+            _ => 0,
         };
         let blocks = self
             .block_ranges
@@ -280,6 +298,7 @@ impl<'a> Job<'a> {
                     texels,
                     first_block,
                     last_block,
+                    factor_shift,
                     ..records[chunk_records + c]
                 });
             }
@@ -441,6 +460,9 @@ impl<'a> Job<'a> {
             alpha: binding(&operands.alpha.data.buffer, window(n_atoms, r0, r1, align)),
         };
         let codes = window(code_words(k), r0, r1, align);
+        let stand_in = self
+            .factor_stand_in
+            .view(wgpu::TextureViewDimension::D2Array);
         let state = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("omp state"),
             layout: self.kernels.state_layout(self.gpu, self.options.gram),
@@ -452,12 +474,15 @@ impl<'a> Job<'a> {
                 entry(6, chunk.norms.clone()),
                 entry(7, binding(&operands.codes.buffer, codes)),
                 entry(8, chunk.work.clone()),
+                entry(14, wgpu::BindingResource::TextureView(&stand_in)),
             ],
         });
         let path = match &self.path {
             StepPath::Resident(_, kernels) => self.resident_groups(i, kernels, &chunk),
             StepPath::Sweeps(views) => self.sweep_groups(views, &chunk, upd_view),
-            StepPath::Fused(_, alpha0) => self.fused_groups(i, alpha0, &chunk),
+            StepPath::Fused {
+                alpha0, factors, ..
+            } => self.fused_groups(i, alpha0, factors, &chunk),
         };
         ChunkGroups { state, path }
     }
@@ -499,12 +524,13 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// `fused_omp`'s bind group per range of steps of chunk `i`, and pack_alpha's (α⁰ into
-    /// `alpha0`).
+    /// `fused_omp`'s bind group per range of steps of chunk `i` (its samples' factors in
+    /// `factors`), and pack_alpha's (α⁰ into `alpha0`).
     fn fused_groups(
         &self,
         i: usize,
         alpha0: &wgpu::TextureView,
+        factors: &wgpu::TextureView,
         chunk: &ChunkEntries<'_>,
     ) -> ChunkPath {
         let device = self.gpu.device();
@@ -525,6 +551,7 @@ impl<'a> Job<'a> {
                         entry(6, chunk.norms.clone()),
                         entry(8, chunk.work.clone()),
                         entry(12, wgpu::BindingResource::TextureView(alpha0)),
+                        entry(14, wgpu::BindingResource::TextureView(factors)),
                     ],
                 })
             })
@@ -704,10 +731,25 @@ fn step_path(
     };
     if let Some(plan) = fused {
         let alpha0 = kernels.alphas[0].get(gpu, shape)?;
-        return Ok(StepPath::Fused(
+        // A row of tri(k) entries per sample (fused_plan checked the width); one class of
+        // shapes, as the rows change from job to job.
+        let entries = max_atoms * (max_atoms + 1) / 2;
+        let (shape, factor_shift) = texture_rows(gpu, rows, entries, FACTOR_FORMAT, true).map_err(
+            |(requested, limit_name, limit)| Error::ExceedsLimit {
+                what: format!("Cholesky factors of {rows} samples as texture rows of {entries}"),
+                requested,
+                limit_name,
+                limit,
+                largest_batch: None,
+            },
+        )?;
+        let factors = kernels.factors.get(gpu, shape)?;
+        return Ok(StepPath::Fused {
             plan,
-            alpha0.view(wgpu::TextureViewDimension::D2),
-        ));
+            alpha0: alpha0.view(wgpu::TextureViewDimension::D2),
+            factors: factors.view(wgpu::TextureViewDimension::D2Array),
+            factor_shift,
+        });
     }
     // Where the sweeps use one α texture the second binding gets a 1×1 stand-in (at K = 16 384
     // and 4096 rows each is 256 MiB).
