@@ -143,8 +143,9 @@ override WG: u32 = 64u;
 const PER: u32 = 16u;
 
 // Record layout (words): header, then k-long arrays (chosen atoms, coefficients, α⁰ of the
-// chosen atoms, scratch, OMP's forward solve z = L⁻¹·α⁰[I]), then the packed Cholesky factor.
-// Mirrored by `record_words` in src/gpu/omp/mod.rs.
+// chosen atoms, scratch, OMP's forward solve z = L⁻¹·α⁰[I]), then the packed Cholesky factor
+// (not in fused_omp's records: FACTOR_TEXTURE). Mirrored by `record_words` in
+// src/gpu/omp/mod.rs.
 const H_NSEL: u32 = 0u; // atoms chosen
 const H_DONE: u32 = 1u; // 1 once the sample has stopped
 const H_ENERGY: u32 = 2u; // ‖r‖² (f32 bits)

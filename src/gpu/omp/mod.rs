@@ -451,7 +451,7 @@ pub(crate) fn runs_fused(gpu: &Gpu, options: &CodingOptions, n_atoms: usize, d: 
 
 /// Words of one sample's record in the scratch buffer for `max_atoms` chosen atoms: header,
 /// chosen atoms, coefficients, right-hand side, solve scratch, forward solve (OMP), packed
-/// Cholesky factor.
+/// Cholesky factor (the last not in fused_omp's records: it keeps the factors in a texture).
 fn record_words(max_atoms: usize) -> usize {
     HEADER_WORDS + 5 * max_atoms + tri(max_atoms)
 }
@@ -486,14 +486,10 @@ fn alpha_textures(coder: Coder) -> usize {
     }
 }
 
-/// Words of texture per sample of a coding job: its α textures, the update texture and, for
-/// Batch-OMP, the fused kernel's Cholesky factor (counted wherever it may run).
+/// Words of texture per sample of a coding job: its α textures and the update texture.
+/// (fused_omp's factor texture takes the place of its records' factors, counted there.)
 pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
-    let factor = match coder {
-        Coder::Omp if max_atoms <= FUSED_SUPPORT => tri(max_atoms),
-        _ => 0,
-    };
-    alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms + factor
+    alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
 }
 
 /// Words of one sample's chosen-atom mask.

@@ -150,8 +150,9 @@ impl<'a> Job<'a> {
         // Chunks of rows (even sizes), coded one after another with the same scratch.
         let most = chunk_rows(gpu, n_atoms, k).max(1);
         let rows = batch.div_ceil(batch.div_ceil(most));
-        let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows);
         let path = step_path(gpu, kernels, options, n_atoms, max_atoms, rows)?;
+        let in_texture = matches!(path, StepPath::Fused { .. });
+        let layout = StateLayout::new(gpu, n_atoms, max_atoms, rows, in_texture);
         // The pipelines this job records, built now in error scopes (see OmpKernels::prepare).
         let job_kernels = job_kernels(gpu, options, n_atoms, max_atoms);
         kernels.prepare(gpu, options.gram, &job_kernels)?;
@@ -694,8 +695,20 @@ struct StateLayout {
 }
 
 impl StateLayout {
-    fn new(gpu: &Gpu, n_atoms: usize, max_atoms: usize, rows: usize) -> Self {
-        let stride = record_words(max_atoms);
+    /// The layout for a chunk of `rows`; records without their last part, the Cholesky factor,
+    /// where the job keeps it in a texture (`factor_in_texture`: fused_omp).
+    fn new(
+        gpu: &Gpu,
+        n_atoms: usize,
+        max_atoms: usize,
+        rows: usize,
+        factor_in_texture: bool,
+    ) -> Self {
+        let factor = match factor_in_texture {
+            true => max_atoms * (max_atoms + 1) / 2,
+            false => 0,
+        };
+        let stride = record_words(max_atoms) - factor;
         let parts = rows * stride;
         let masks = parts + 2 * rows * partials(gpu, n_atoms);
         Self {
