@@ -127,13 +127,14 @@ struct Params {
 @group(0) @binding(2) var upd_in: texture_storage_2d<rg32uint, read>;
 @group(0) @binding(3) var upd_out: texture_storage_2d<rg32uint, write>;
 // Batch-OMP's Cholesky factors where FACTOR_TEXTURE (fused_omp): sample s's packed factor, entry
-// e at column e of its row (see factor_shift). omp_solve_private reads the factor entry by entry,
+// e at column e of its row (see factor_shift), as f32 bits (r32uint, so no conversion touches
+// them). omp_solve_private reads the factor entry by entry,
 // s² per step, one invocation per sample; llvmpipe runs such a storage load as a loop over the
-// lanes through the stack (a store-forwarding stall per lane, 12 % of the fused kernel's time)
+// lanes through the stack (a store-forwarding stall per lane, 17 % of an encode's time)
 // but a texel fetch as an unrolled gather: the kernel 1.1× faster with the factor here. select_omp
 // keeps it in the record (its layout binds a 1×1 stand-in here), as do the solves past
 // SEL_PRIVATE atoms, which fused_omp never runs (FUSED_SUPPORT).
-@group(0) @binding(14) var fac_tex: texture_storage_2d_array<r32float, read_write>;
+@group(0) @binding(14) var fac_tex: texture_storage_2d_array<r32uint, read_write>;
 override FACTOR_TEXTURE: bool = false;
 
 // Sweep invocations per workgroup; a power of two (the argmax is a tree reduction).
@@ -185,21 +186,26 @@ fn chol_at(rec: u32) -> u32 {
     return rec + HEADER + 5u * params.max_atoms;
 }
 
+// Where entry e of the job's sample's factor lies in fac_tex: (column, row, layer).
+fn factor_place(sample: u32, e: u32) -> vec3<u32> {
+    return vec3<u32>(e, sample & ((1u << params.factor_shift) - 1u), sample >> params.factor_shift);
+}
+
 // Entry e of the packed Cholesky factor of the job's sample (record rec): fac_tex where
 // FACTOR_TEXTURE, else the record. (The record's other solves, for k past SEL_PRIVATE and MP's
 // refit, read it there directly.)
 fn factor_at(sample: u32, rec: u32, e: u32) -> f32 {
     if FACTOR_TEXTURE {
-        let row = sample & ((1u << params.factor_shift) - 1u);
-        return textureLoad(fac_tex, vec2<u32>(e, row), sample >> params.factor_shift).x;
+        let at = factor_place(sample, e);
+        return bitcast<f32>(textureLoad(fac_tex, at.xy, at.z).x);
     }
     return wf(chol_at(rec) + e);
 }
 
 fn set_factor(sample: u32, rec: u32, e: u32, v: f32) {
     if FACTOR_TEXTURE {
-        let row = sample & ((1u << params.factor_shift) - 1u);
-        textureStore(fac_tex, vec2<u32>(e, row), sample >> params.factor_shift, vec4<f32>(v));
+        let at = factor_place(sample, e);
+        textureStore(fac_tex, at.xy, at.z, vec4<u32>(bitcast<u32>(v)));
     } else {
         set_wf(chol_at(rec) + e, v);
     }
@@ -795,8 +801,9 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // sample running the greedy steps [first_step, last_step) (as many as the host fits under the
 // loop cap; where one step does not fit, its blocks [first_block, last_block) per dispatch, the
 // running argmax kept in the record between them). Per step: α = α⁰ − G[:,I]·γ recomputed PER
-// atoms at a time and their argmax, all in the invocation, then omp_take. The same f32 operations in the same order as sweep and
-// select_omp, so the same codes bit for bit; what it saves is their traffic through storage,
+// atoms at a time and their argmax, all in the invocation, then omp_take. The same f32
+// operations in the same order as sweep and select_omp, so the same codes bit for bit; what it
+// saves is their traffic through storage,
 // which llvmpipe runs lane by lane (a loop over the lanes per access): the sweep's per-chunk
 // loads of the record and mask and its stores of argmax partials, select's reading them back
 // (96 per sample and step at K = 1536), and the update entries, which stay in private memory

@@ -317,8 +317,9 @@ fn batching_does_not_change_codes() {
 /// seven windows, and one job of 1024 rows binds α [1024, 512], the codes and the coding state
 /// in row chunks (at most 300 KiB / 2 KiB = 149 rows of α each). With 2D textures of at most
 /// 200 texels a side G lies in four layers of 128 rows, the samples' updates in chunks of at
-/// most 200 rows and the fused kernel's Cholesky factors in layers of 128 rows. The codes of either coder must not change, nor Batch-OMP's between its fused
-/// kernel and its sweeps (`with_swept_batch_omp`): the same f32 operations in the same order.
+/// most 200 rows and the fused kernel's Cholesky factors in layers of 128 rows. The codes of
+/// either coder must not change, nor Batch-OMP's between its fused kernel and its sweeps
+/// (`with_swept_batch_omp`): the same f32 operations in the same order.
 #[test]
 fn gram_split_across_bindings_and_layers_gives_the_same_codes() {
     let (atoms, samples, d) = minilm();

@@ -142,8 +142,8 @@ pub(crate) struct OmpKernels {
     /// The pair of α textures MP's sweeps alternate between (OMP's read α⁰ from the first; the
     /// second is then a 1×1 stand-in).
     alphas: [ScratchTexture; 2],
-    /// `fused_omp`'s Cholesky factors (`fac_tex`), and the 1×1 stand-in the other Batch-OMP
-    /// kernels bind there.
+    /// `fused_omp`'s Cholesky factors (`fac_tex`), and the 1×1 stand-in every kernel of the
+    /// state layout binds there.
     factors: ScratchTexture,
     factor_stand_in: ScratchTexture,
     /// The resident MP coder by texels per invocation, whether it spans a workgroup (GPUs) or a
@@ -155,11 +155,12 @@ pub(crate) struct OmpKernels {
 /// What reads G of one precision: omp.wgsl with G's storage-texture format, the layouts binding
 /// it, and the pipelines.
 struct GramVariant {
-    /// Layout of `start`, `select_*` and `finish`: the update texture as a storage texture.
+    /// Layout of `start`, `select_*` and `finish`: the update texture as a storage texture,
+    /// and a stand-in for the factor texture (select_omp names it, FACTOR_TEXTURE off).
     state_layout: wgpu::BindGroupLayout,
     /// Layout of the sweeps: the update texture read.
     sweep_layout: wgpu::BindGroupLayout,
-    /// Layout of `fused_omp`: α⁰'s texture read, no update texture.
+    /// Layout of `fused_omp`: α⁰'s texture read, no update texture, the factor texture.
     fused_layout: wgpu::BindGroupLayout,
     /// omp.wgsl, G's format written in.
     source: String,
@@ -316,9 +317,9 @@ fn resident_plan(
     })
 }
 
-/// Texel format of `fused_omp`'s Cholesky factors: one entry per texel, read and written by the
-/// same kernel (r32float is the format every WebGPU device offers read-write storage for).
-const FACTOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::R32Float;
+/// Texel format of `fused_omp`'s Cholesky factors: one entry's f32 bits per texel, read and
+/// written by the same kernel (WebGPU guarantees read-write storage of r32uint).
+const FACTOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::R32Uint;
 
 /// Most atoms per sample of the fused Batch-OMP kernel (`SEL_PRIVATE` in omp.wgsl: its solves'
 /// vectors and the chosen atoms live in private arrays of that length).
@@ -487,7 +488,8 @@ fn alpha_textures(coder: Coder) -> usize {
 }
 
 /// Words of texture per sample of a coding job: its α textures and the update texture.
-/// (fused_omp's factor texture takes the place of its records' factors, counted there.)
+/// (fused_omp's factor texture takes the place of its records' factors, counted there; its
+/// rows are rounded up to a power of two, at most twice a chunk's.)
 pub(crate) fn texture_words(n_atoms: usize, max_atoms: usize, coder: Coder) -> usize {
     alpha_textures(coder) * n_atoms.next_multiple_of(TEXEL) + 2 * max_atoms
 }
@@ -1002,6 +1004,14 @@ mod tests {
     #[test]
     fn the_shader_declares_g_where_the_host_writes_its_format() {
         assert_eq!(SHADER.matches(G_DECLARATION).count(), 1);
+    }
+
+    /// fused_omp solves only in private arrays of SEL_PRIVATE entries: past them omp_take
+    /// would grow the factor in the record, which fused_omp's records leave out.
+    #[test]
+    fn fused_support_is_the_shaders_private_solve_length() {
+        let declaration = format!("const SEL_PRIVATE: u32 = {FUSED_SUPPORT}u;");
+        assert_eq!(SHADER.matches(&declaration).count(), 1, "{declaration}");
     }
 
     /// The resident steps: the first dispatch takes its share, later ones (which rebuild α

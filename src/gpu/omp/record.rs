@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::{
     alpha_textures, check_coding_fits, chunk_parts, chunk_rows, code_words, fused_plan, mask_words,
     max_batch, partials, plan_gram, record_words, reduced_sweep, resident_kernels, resident_plan,
-    ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, ALL_BLOCKS, CHUNK,
-    FACTOR_FORMAT, SAMPLE_WG, TEXEL,
+    tri, ChunkGroups, ChunkPath, GramTexture, Kernel, OmpKernels, Params, StepPath, ALL_BLOCKS,
+    CHUNK, FACTOR_FORMAT, SAMPLE_WG, TEXEL,
 };
 use crate::coding::{Coder, CodingOptions, GramPrecision};
 use crate::error::{Error, Result};
@@ -705,7 +705,7 @@ impl StateLayout {
         factor_in_texture: bool,
     ) -> Self {
         let factor = match factor_in_texture {
-            true => max_atoms * (max_atoms + 1) / 2,
+            true => tri(max_atoms),
             false => 0,
         };
         let stride = record_words(max_atoms) - factor;
@@ -746,7 +746,7 @@ fn step_path(
         let alpha0 = kernels.alphas[0].get(gpu, shape)?;
         // A row of tri(k) entries per sample (fused_plan checked the width); one class of
         // shapes, as the rows change from job to job.
-        let entries = max_atoms * (max_atoms + 1) / 2;
+        let entries = tri(max_atoms);
         let (shape, factor_shift) = texture_rows(gpu, rows, entries, FACTOR_FORMAT, true).map_err(
             |(requested, limit_name, limit)| Error::ExceedsLimit {
                 what: format!("Cholesky factors of {rows} samples as texture rows of {entries}"),
