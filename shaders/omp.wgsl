@@ -28,8 +28,9 @@
 //   fused_omp  Batch-OMP on CPU adapters: sweep and select of several greedy steps in one
 //           dispatch, one invocation per sample (below).
 //
-// Chosen atoms are marked in a bit mask per sample (in `work`), so rounding cannot make them win
-// the argmax again.
+// Chosen atoms are marked in a bit mask per sample (in `work`): Batch-OMP's, so rounding cannot
+// make them win the argmax again; MP's, which may take an atom again, so that mp_take looks for
+// its slot only then.
 //
 // Residual energy ‖r‖² = ‖y‖² − γ·α⁰[I] is a difference of nearly equal numbers once the fit is
 // good, so in f32 it carries an absolute error of a few ulp of ‖y‖²: a relative tolerance below
@@ -288,8 +289,12 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
     var vb = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 1u, sample)));
     var vc = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 2u, sample)));
     var vd = bitcast<vec4<f32>>(textureLoad(alpha_in, vec2<u32>(qa + 3u, sample)));
-    // Bits of the chosen atoms among these PER (a mask word covers 32 atoms).
-    let chosen = work[params.mask + sample * mask_words() + first / 32u] >> (first % 32u);
+    // Bits of OMP's chosen atoms among these PER (a mask word covers 32 atoms); MP may take an
+    // atom again, its mask only finds the support's slots (mp_take).
+    var chosen = work[params.mask + sample * mask_words() + first / 32u] >> (first % 32u);
+    if params.fresh == 0u {
+        chosen = 0u;
+    }
     let q = min(first, last) / 4u;
     let mask = (1u << params.layer_shift) - 1u;
     for (var t = 0u; t < n; t++) {
@@ -742,10 +747,16 @@ fn mp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> bool {
         stop_sample(rec);
         return false;
     }
+    // The support's slot of j, or a new one: the chosen-atom mask says whether to look (one
+    // load where the search read every slot, each a lane loop on llvmpipe).
+    let word = params.mask + sample * mask_words() + j / 32u;
+    let bits = work[word];
     var slot = n_sel;
-    for (var t = 0u; t < n_sel; t++) {
-        if work[sel_at(rec) + t] == j {
-            slot = t;
+    if (bits & (1u << (j % 32u))) != 0u {
+        for (var t = 0u; t < n_sel; t++) {
+            if work[sel_at(rec) + t] == j {
+                slot = t;
+            }
         }
     }
     if slot == n_sel {
@@ -753,6 +764,7 @@ fn mp_take(sample: u32, rec: u32, y2: f32, a: f32, j: u32) -> bool {
             stop_sample(rec);
             return false;
         }
+        work[word] = bits | (1u << (j % 32u));
         // α⁰[j], kept for the refit, whose factor grows with the support; a small pivot keeps
         // MP's coefficients. The resident coder (texels > 0) leaves both to resident_refit.
         if params.texels == 0u {
