@@ -129,12 +129,12 @@ struct Params {
 @group(0) @binding(3) var upd_out: texture_storage_2d<rg32uint, write>;
 // Batch-OMP's Cholesky factors where FACTOR_TEXTURE (fused_omp): sample s's packed factor, entry
 // e at column e of its row (see factor_shift), as f32 bits (r32uint, so no conversion touches
-// them). omp_solve_private reads the factor entry by entry,
-// s² per step, one invocation per sample; llvmpipe runs such a storage load as a loop over the
-// lanes through the stack (a store-forwarding stall per lane, 17 % of an encode's time)
-// but a texel fetch as an unrolled gather: the kernel 1.1× faster with the factor here. select_omp
-// keeps it in the record (its layout binds a 1×1 stand-in here), as do the solves past
-// SEL_PRIVATE atoms, which fused_omp never runs (FUSED_SUPPORT).
+// them). omp_solve_private reads the factor entry by entry, s² per step, one invocation per
+// sample; llvmpipe runs such a storage load as a loop over the lanes through the stack (a
+// store-forwarding stall per lane, 17 % of an encode's time) but a texel fetch as an unrolled
+// gather: the kernel 1.1× faster with the factor here. select_omp keeps it in the record (its
+// layout binds a 1×1 stand-in here), as do the solves past SEL_PRIVATE atoms, which fused_omp
+// never runs (FUSED_SUPPORT).
 @group(0) @binding(14) var fac_tex: texture_storage_2d_array<r32uint, read_write>;
 override FACTOR_TEXTURE: bool = false;
 
@@ -225,6 +225,26 @@ fn g_texel(row: u32, q: u32) -> vec4<f32> {
     return textureLoad(g_tex, vec2<u32>(q, row & mask), row >> params.layer_shift);
 }
 
+// The four texels of G row j from texel q (PER atoms of the row: the sweeps' block); `mask`
+// is 2^layer_shift − 1.
+struct GBlock {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn g_block(j: u32, q: u32, mask: u32) -> GBlock {
+    let at = vec2<u32>(q, j & mask);
+    let layer = j >> params.layer_shift;
+    return GBlock(
+        textureLoad(g_tex, at, layer),
+        textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer),
+        textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer),
+        textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer),
+    );
+}
+
 fn g_at(row: u32, col: u32) -> f32 {
     return g_texel(row, col / 4u)[col % 4u];
 }
@@ -303,12 +323,11 @@ fn sweep_chunk(lid: u32, sample: u32, chunk: u32, n: u32) -> SweepBest {
         // fetch is a gather of the lanes.
         let u = textureLoad(upd_in, vec2<u32>(t, sample)).xy;
         let dt = bitcast<f32>(u.y);
-        let at = vec2<u32>(q, u.x & mask);
-        let layer = u.x >> params.layer_shift;
-        va -= textureLoad(g_tex, at, layer) * dt;
-        vb -= textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer) * dt;
-        vc -= textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer) * dt;
-        vd -= textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer) * dt;
+        let g = g_block(u.x, q, mask);
+        va -= g.a * dt;
+        vb -= g.b * dt;
+        vc -= g.c * dt;
+        vd -= g.d * dt;
     }
     var best_abs = -1.0;
     var best = SweepBest(0.0, 0xffffffffu);
@@ -815,37 +834,18 @@ fn select_mp(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 // running argmax kept in the record between them). Per step: α = α⁰ − G[:,I]·γ recomputed PER
 // atoms at a time and their argmax, all in the invocation, then omp_take. The same f32
 // operations in the same order as sweep and select_omp, so the same codes bit for bit; what it
-// saves is their traffic through storage,
-// which llvmpipe runs lane by lane (a loop over the lanes per access): the sweep's per-chunk
-// loads of the record and mask and its stores of argmax partials, select's reading them back
-// (96 per sample and step at K = 1536), and the update entries, which stay in private memory
-// from one step to the next (the kernel 1.4× faster than sweep and select at K = 1536, k = 32),
-// and the Cholesky factor, which it keeps in fac_tex (FACTOR_TEXTURE).
+// saves is their traffic through storage, which llvmpipe runs lane by lane (a loop over the
+// lanes per access): the sweep's per-chunk loads of the record and mask and its stores of
+// argmax partials, select's reading them back (96 per sample and step at K = 1536), and the
+// update entries, which stay in private memory from one step to the next (the kernel 1.4×
+// faster than sweep and select at K = 1536, k = 32), and the Cholesky factor, which it keeps
+// in fac_tex (FACTOR_TEXTURE).
 // On a GPU one invocation per sample would leave most of it idle, and past K = 6144 on
 // lavapipe the sweeps' long runs of each G row win (src/gpu/omp/mod.rs): the sweeps run there.
 
 // The chosen atoms of the invocation's sample, in order; their coefficients are sel_x, which
 // omp_take leaves there.
 var<private> fused_atom: array<u32, SEL_PRIVATE>;
-
-// The four G texels of row j from texel q: PER atoms of the row.
-struct GBlock {
-    a: vec4<f32>,
-    b: vec4<f32>,
-    c: vec4<f32>,
-    d: vec4<f32>,
-}
-
-fn fused_block(j: u32, q: u32, mask: u32) -> GBlock {
-    let at = vec2<u32>(q, j & mask);
-    let layer = j >> params.layer_shift;
-    return GBlock(
-        textureLoad(g_tex, at, layer),
-        textureLoad(g_tex, at + vec2<u32>(1u, 0u), layer),
-        textureLoad(g_tex, at + vec2<u32>(2u, 0u), layer),
-        textureLoad(g_tex, at + vec2<u32>(3u, 0u), layer),
-    );
-}
 
 // Atom j's bit in block b's mask of chosen atoms (0 for an atom of another block).
 fn chosen_bit(j: u32, b: u32) -> u32 {
@@ -881,8 +881,8 @@ fn fused_best(sample: u32, n: u32, b0: u32, b1: u32, best_in: SweepBest) -> Swee
             let x = sel_x[t];
             let i = fused_atom[t + 1u];
             let y = sel_x[t + 1u];
-            let g = fused_block(j, q, mask);
-            let h = fused_block(i, q, mask);
+            let g = g_block(j, q, mask);
+            let h = g_block(i, q, mask);
             va = (va - g.a * x) - h.a * y;
             vb = (vb - g.b * x) - h.b * y;
             vc = (vc - g.c * x) - h.c * y;
@@ -892,7 +892,7 @@ fn fused_best(sample: u32, n: u32, b0: u32, b1: u32, best_in: SweepBest) -> Swee
         if t < n {
             let j = fused_atom[t];
             let x = sel_x[t];
-            let g = fused_block(j, q, mask);
+            let g = g_block(j, q, mask);
             va -= g.a * x;
             vb -= g.b * x;
             vc -= g.c * x;
